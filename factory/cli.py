@@ -1,0 +1,66 @@
+"""Command-line flags for the nightly job; every flag mirrors a config field."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from typing import Any, Optional, Sequence
+
+from factory.config import DEFAULT_CHANNELS, JobConfig, build_config, load_yaml
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"max_num_seqs\": 64}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nightly_copy",
+        description="Write personalized marketing copy for user-product pairs with vLLM on Ray Data. "
+        "With no flags: bundled sample data, bundled model, output in ./out.",
+    )
+    p.add_argument("--config", help="YAML file with any of the settings below (flags win).")
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--pairs", help="Pairs Parquet file or folder (local or s3://).")
+    io.add_argument("--users", help="User profiles Parquet (local or s3://).")
+    io.add_argument("--products", help="Product catalog Parquet (local or s3://).")
+    io.add_argument("--output", help="Output folder or s3://bucket/prefix (default ./out).")
+    io.add_argument("--s3-endpoint", dest="s3_endpoint", help="S3-compatible endpoint URL (MinIO, R2, ...).")
+    io.add_argument("--s3-region", dest="s3_region", help="S3 region (default us-east-1).")
+    run = p.add_argument_group("what to write")
+    run.add_argument("--run-date", dest="run_date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today).")
+    run.add_argument("--campaign", help="Only this campaign's pairs; labels the run.")
+    run.add_argument("--channels", help=f"Comma list (default {','.join(DEFAULT_CHANNELS)}).")
+    run.add_argument("--variants", type=int, help="Copies per (pair, channel) (default 1).")
+    run.add_argument("--limit", type=int, help="Use only the first N pairs.")
+    run.add_argument("--templates", help="Folder of prompt templates (default: the packaged ones).")
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--model", help="Local folder, s3:// folder or hub id (default: bundled SmolLM2-135M-Instruct).")
+    eng.add_argument("--replicas", dest="engine.replicas", type=int, help="Engine replicas (default 1).")
+    eng.add_argument("--tensor-parallel-size", dest="engine.tensor_parallel_size", type=int)
+    eng.add_argument("--batch-size", dest="engine.batch_size", type=int, help="Rows per engine batch (default 32).")
+    eng.add_argument("--max-concurrent-batches", dest="engine.max_concurrent_batches", type=int)
+    eng.add_argument("--max-tokens", dest="engine.max_tokens", type=int, help="Override every channel's token cap.")
+    eng.add_argument("--temperature", dest="engine.temperature", type=float)
+    eng.add_argument("--top-p", dest="engine.top_p", type=float)
+    eng.add_argument("--seed", dest="engine.seed", type=int)
+    eng.add_argument("--max-model-len", dest="engine.max_model_len", type=int)
+    eng.add_argument("--device", dest="engine.device", choices=["auto", "cpu", "gpu"])
+    eng.add_argument("--enforce-eager", dest="engine.enforce_eager", action=argparse.BooleanOptionalAction,
+                     default=None)
+    eng.add_argument("--engine-kwargs", dest="engine.engine_kwargs", type=_json_object,
+                     help="JSON object passed straight to vLLM, e.g. '{\"max_num_seqs\": 128}'.")
+    return p
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> JobConfig:
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config")
+    return build_config(load_yaml(config_file) if config_file else {}, args)

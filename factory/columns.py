@@ -1,0 +1,49 @@
+"""Column names of the input contract, the output rows and the internal columns.
+
+Named once here so a rename is one edit and a typo is an ImportError, not a
+silently empty column.
+"""
+
+# --- Input contract -----------------------------------------------------------
+USER_ID = "user_id"
+PRODUCT_ID = "product_id"
+CHANNEL = "channel"
+CAMPAIGN_ID = "campaign_id"
+LOCALE = "locale"
+
+PAIRS_REQUIRED = (USER_ID, PRODUCT_ID)
+PAIRS_OPTIONAL = (CHANNEL, CAMPAIGN_ID)
+
+USERS_REQUIRED = (USER_ID, LOCALE)
+USERS_LIST_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
+USERS_OPTIONAL = USERS_LIST_FIELDS + ("age_band", "loyalty_tier")
+
+PRODUCTS_REQUIRED = (PRODUCT_ID, "title", "category", "brand", "price", "currency", "description")
+PRODUCTS_OPTIONAL = ("attributes", "selling_points")
+
+# --- Output rows ----------------------------------------------------------------
+RUN_ID = "run_id"
+RUN_DATE = "run_date"
+VARIANT = "variant"
+TEXT = "text"
+TEMPLATE_VERSION = "template_version"
+MODEL = "model"
+NUM_INPUT_TOKENS = "num_input_tokens"
+NUM_OUTPUT_TOKENS = "num_output_tokens"
+FINISH_REASON = "finish_reason"
+GENERATED_AT = "generated_at"
+
+OUTPUT_COLUMNS = (
+    RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
+    TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, FINISH_REASON, GENERATED_AT,
+)
+
+# --- Dead letters -----------------------------------------------------------------
+REASON = "reason"
+SOURCE = "source"
+
+# --- Internal (never written) -------------------------------------------------------
+# The rendered chat, as JSON, handed to the engine stage.
+MESSAGES = "__messages"
+# Per-row generation cap: channels differ in how long their copy may be.
+MAX_TOKENS = "__max_tokens"
