@@ -1,0 +1,158 @@
+"""Per-channel prompt templates: loading, versioning and rendering.
+
+A template is a YAML file in ``factory/templates/`` (or a folder the user
+names). Its version is a hash of the file's bytes, so any edit, even a comma,
+gives a new version, and every output row says which text produced it.
+
+Only the fields a template names reach the model: the renderer builds each
+prompt from exactly those placeholders, and a template that names a field not
+on the allow-list (``user_id`` above all) fails to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+BUILTIN_TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+PRODUCT_FIELDS = frozenset(
+    {"title", "brand", "category", "price", "description", "attributes", "selling_points"}
+)
+USER_FIELDS = frozenset(
+    {"interests", "recent_views", "recent_searches", "recent_purchases", "age_band", "loyalty_tier"}
+)
+DERIVED_FIELDS = frozenset({"language"})
+ALLOWED_FIELDS = PRODUCT_FIELDS | USER_FIELDS | DERIVED_FIELDS
+
+# Untrusted free text is cut so one huge description cannot crowd out the rest
+# of the prompt (or the model's context).
+MAX_FIELD_CHARS = 600
+MAX_LIST_ITEMS = 5
+
+LANGUAGES = {"en": "English", "zh": "Simplified Chinese", "de": "German", "fr": "French",
+             "es": "Spanish", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pt": "Portuguese"}
+
+_REQUIRED_KEYS = ("channel", "max_chars", "max_tokens", "system", "user")
+
+
+class TemplateError(ValueError):
+    """A template file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    channel: str
+    version: str
+    max_chars: int
+    max_tokens: int
+    system: str
+    user: str
+    fields: frozenset[str]
+    source: str
+
+    def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Chat messages for one row. ``values`` may hold more than the template
+        names; only the named fields are formatted in."""
+        context = {name: format_value(name, values.get(name)) for name in self.fields}
+        return [
+            {"role": "system", "content": self.system.format_map(context).strip()},
+            {"role": "user", "content": self.user.format_map(context).strip()},
+        ]
+
+
+def language_for(locale: str | None) -> str:
+    """``zh-CN`` -> ``Simplified Chinese``; unknown locales fall back to English."""
+    lang = (locale or "en").replace("_", "-").split("-")[0].lower()
+    return LANGUAGES.get(lang, "English")
+
+
+def format_value(name: str, value: Any) -> str:
+    """How one field reads inside a prompt: lists as comma lists, maps as
+    ``key: value`` pairs, money with its currency, long text cut."""
+    if name == "language":
+        return language_for(value)
+    if value is None:
+        return "none"
+    if hasattr(value, "tolist"):  # numpy arrays from Ray batches
+        value = value.tolist()
+    if isinstance(value, str) and name == "attributes":
+        value = _maybe_json(value)
+    if isinstance(value, Mapping):
+        text = "; ".join(f"{k}: {v}" for k, v in value.items() if v not in (None, ""))
+    elif isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], (list, tuple)) and len(value[0]) == 2:  # map as pairs
+            text = "; ".join(f"{k}: {v}" for k, v in value)
+        else:
+            text = ", ".join(str(v) for v in value[:MAX_LIST_ITEMS] if v not in (None, ""))
+    else:
+        text = str(value)
+    text = " ".join(text.split())  # one line: no injected newlines that fake prompt structure
+    if len(text) > MAX_FIELD_CHARS:
+        text = text[: MAX_FIELD_CHARS - 1].rstrip() + "…"
+    return text or "none"
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def format_price(price: Any, currency: Any) -> str:
+    if price is None:
+        return "none"
+    return f"{float(price):.2f} {currency or ''}".strip()
+
+
+def load_template(path: Path) -> PromptTemplate:
+    raw = path.read_bytes()
+    try:
+        spec = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise TemplateError(f"{path}: expected a mapping with keys {', '.join(_REQUIRED_KEYS)}")
+    missing = [k for k in _REQUIRED_KEYS if k not in spec]
+    if missing:
+        raise TemplateError(f"{path}: missing key(s) {', '.join(missing)}")
+    fields: set[str] = set()
+    for part in ("system", "user"):
+        for _, name, _, _ in string.Formatter().parse(spec[part]):
+            if name is None:
+                continue
+            if name not in ALLOWED_FIELDS:
+                raise TemplateError(
+                    f"{path}: placeholder {{{name}}} in '{part}' is not an allowed field "
+                    f"(allowed: {', '.join(sorted(ALLOWED_FIELDS))})"
+                )
+            fields.add(name)
+    channel = str(spec["channel"])
+    if channel != path.stem:
+        raise TemplateError(f"{path}: channel {channel!r} must match the file name {path.stem!r}")
+    return PromptTemplate(
+        channel=channel,
+        version=f"{channel}@{hashlib.sha256(raw).hexdigest()[:12]}",
+        max_chars=int(spec["max_chars"]),
+        max_tokens=int(spec["max_tokens"]),
+        system=spec["system"],
+        user=spec["user"],
+        fields=frozenset(fields),
+        source=str(path),
+    )
+
+
+def load_templates(template_dir: str | Path | None = None) -> dict[str, PromptTemplate]:
+    """All templates in a folder, keyed by channel."""
+    folder = Path(template_dir) if template_dir else BUILTIN_TEMPLATE_DIR
+    templates = {t.channel: t for t in (load_template(p) for p in sorted(folder.glob("*.yaml")))}
+    if not templates:
+        raise TemplateError(f"{folder}: no *.yaml templates found")
+    return templates

@@ -1,0 +1,204 @@
+"""A deterministic, realistic small shop: catalog, users and pairs.
+
+The demo, the tests and the benchmarks all run on this data, so it is generated
+(not downloaded) and identical for the same seed on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from factory import columns as C
+
+CHANNELS = ("push", "email_subject", "ad_headline", "sms", "product_blurb")
+CAMPAIGNS = ("winter_sale", "new_arrivals")
+
+# category -> (nouns, materials, selling points, price range)
+_CATALOG_EN = {
+    "outdoor": (["Hiking Jacket", "Trail Backpack", "Camping Tent", "Down Vest", "Trekking Poles"],
+                ["recycled nylon", "Gore-Tex", "ripstop polyester", "aluminium"],
+                ["Waterproof to 10,000 mm", "Packs into its own pocket", "Taped seams",
+                 "Weighs under 400 g", "Adjustable hood"], (39, 289)),
+    "electronics": (["Wireless Earbuds", "Smart Watch", "Bluetooth Speaker", "Power Bank", "E-Reader"],
+                    ["aluminium", "recycled plastic", "glass"],
+                    ["Up to 30 hours of battery", "USB-C fast charging", "IPX4 splash resistant",
+                     "Pairs with two devices", "Noise cancelling"], (25, 349)),
+    "beauty": (["Hydrating Serum", "Mineral Sunscreen", "Night Cream", "Lip Balm Set", "Clay Mask"],
+               ["hyaluronic acid", "zinc oxide", "shea butter", "kaolin clay"],
+               ["Fragrance free", "Dermatologist tested", "Vegan formula",
+                "Suitable for sensitive skin", "Recyclable packaging"], (9, 79)),
+    "home": (["Linen Duvet Cover", "Ceramic Table Lamp", "Wool Throw", "Scented Candle", "Storage Basket"],
+             ["linen", "ceramic", "merino wool", "soy wax", "seagrass"],
+             ["Machine washable", "Hand made", "Burns for 45 hours", "OEKO-TEX certified",
+              "Folds flat"], (19, 199)),
+    "running": (["Running Shoes", "Training Shorts", "Running Vest", "Sports Socks", "Thermal Tights"],
+                ["mesh", "merino wool", "recycled polyester", "elastane"],
+                ["Breathable upper", "Reflective details", "Cushioned midsole",
+                 "Quick drying", "Zip pocket for keys"], (12, 169)),
+    "kitchen": (["Chef's Knife", "Cast Iron Skillet", "Pour-Over Coffee Set", "Bamboo Cutting Board",
+                 "Glass Food Containers"],
+                ["stainless steel", "cast iron", "borosilicate glass", "bamboo"],
+                ["Dishwasher safe", "Pre-seasoned", "Oven safe to 260 C", "Lifetime sharpening service",
+                 "Leak-proof lids"], (15, 149)),
+}
+_BRANDS_EN = {
+    "outdoor": ["Northwind", "Alpenglow", "Ridgeline"],
+    "electronics": ["Voltis", "Soundry", "Lumen"],
+    "beauty": ["Dewdrop", "Botanica", "Clearskin"],
+    "home": ["Hearthly", "Nook & Linen", "Casa Calma"],
+    "running": ["Stride", "Pacer", "Kinetic"],
+    "kitchen": ["Forge & Fire", "Brewster", "Mise"],
+}
+_ADJ_EN = ["Lightweight", "Classic", "Everyday", "Pro", "Compact", "Premium", "Essential", "Ultra"]
+_COLORS = ["black", "navy", "forest green", "sand", "grey", "terracotta", "white"]
+
+_CATALOG_ZH = {
+    "outdoor": (["冲锋衣", "登山包", "露营帐篷"], ["防水面料", "尼龙"], ["防水透气", "轻便易收纳", "可调节帽檐"], (199, 1299)),
+    "beauty": (["保湿精华", "防晒霜", "面膜"], ["玻尿酸", "氧化锌"], ["无香料配方", "温和不刺激", "适合敏感肌"], (59, 399)),
+    "electronics": (["无线耳机", "智能手表", "充电宝"], ["铝合金", "钢化玻璃"], ["续航30小时", "支持快充", "蓝牙5.3"], (99, 1999)),
+    "home": (["亚麻四件套", "陶瓷台灯", "香薰蜡烛"], ["亚麻", "陶瓷", "大豆蜡"], ["可机洗", "手工制作", "燃烧45小时"], (69, 899)),
+}
+_BRANDS_ZH = {"outdoor": ["山野", "北风"], "beauty": ["清颜", "水润"], "electronics": ["声悦", "极光"],
+              "home": ["栖居", "暖光"]}
+
+_INTERESTS_EN = ["hiking", "trail running", "camping", "skincare", "home decor", "cooking", "coffee",
+                 "gadgets", "podcasts", "yoga", "marathon training", "minimalism", "gardening", "travel"]
+_INTERESTS_ZH = ["徒步", "露营", "护肤", "家居", "数码", "咖啡", "瑜伽", "旅行"]
+_SEARCHES_EN = ["waterproof jacket", "noise cancelling earbuds", "vegan sunscreen", "linen bedding",
+                "running shoes wide fit", "cast iron pan", "gift for dad", "lightweight tent"]
+_SEARCHES_ZH = ["防水冲锋衣", "无线耳机", "敏感肌防晒", "四件套", "香薰蜡烛"]
+_AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55+"]
+_TIERS = ["none", "silver", "gold", "platinum"]
+
+
+@dataclass(frozen=True)
+class SamplePaths:
+    pairs: str
+    users: str
+    products: str
+
+
+def make_products(rng: random.Random, n_en: int = 160, n_zh: int = 40) -> list[dict]:
+    products = []
+    for i in range(n_en):
+        category = rng.choice(sorted(_CATALOG_EN))
+        nouns, materials, points, (lo, hi) = _CATALOG_EN[category]
+        noun, brand, material = rng.choice(nouns), rng.choice(_BRANDS_EN[category]), rng.choice(materials)
+        title = f"{brand} {rng.choice(_ADJ_EN)} {noun}"
+        color = rng.choice(_COLORS)
+        selling = rng.sample(points, 3)
+        price = round(rng.uniform(lo, hi), 0) - 0.01
+        products.append({
+            C.PRODUCT_ID: f"P{i:05d}",
+            "title": title,
+            "category": category,
+            "brand": brand,
+            "price": price,
+            "currency": "USD",
+            "description": (f"The {title} is made from {material} in {color}. "
+                            f"{selling[0]}. {selling[1]}. Designed for everyday {category} use."),
+            "attributes": json.dumps({"material": material, "color": color}, ensure_ascii=False),
+            "selling_points": selling,
+        })
+    for j in range(n_zh):
+        category = rng.choice(sorted(_CATALOG_ZH))
+        nouns, materials, points, (lo, hi) = _CATALOG_ZH[category]
+        noun, brand, material = rng.choice(nouns), rng.choice(_BRANDS_ZH[category]), rng.choice(materials)
+        selling = rng.sample(points, 2)
+        products.append({
+            C.PRODUCT_ID: f"P{n_en + j:05d}",
+            "title": f"{brand}{noun}",
+            "category": category,
+            "brand": brand,
+            "price": float(rng.randint(lo, hi)),
+            "currency": "CNY",
+            "description": f"{brand}{noun}，采用{material}。{selling[0]}，{selling[1]}。",
+            "attributes": json.dumps({"material": material}, ensure_ascii=False),
+            "selling_points": selling,
+        })
+    return products
+
+
+def make_users(rng: random.Random, products: list[dict], n: int = 300) -> list[dict]:
+    en_titles = [p["title"] for p in products if p["currency"] == "USD"]
+    zh_titles = [p["title"] for p in products if p["currency"] == "CNY"]
+    users = []
+    for i in range(n):
+        roll = rng.random()
+        locale = "zh-CN" if roll < 0.15 else ("en-GB" if roll < 0.30 else "en-US")
+        zh = locale == "zh-CN"
+        interests, searches, titles = ((_INTERESTS_ZH, _SEARCHES_ZH, zh_titles) if zh
+                                       else (_INTERESTS_EN, _SEARCHES_EN, en_titles))
+        users.append({
+            C.USER_ID: f"U{i:06d}",
+            C.LOCALE: locale,
+            "interests": rng.sample(interests, rng.randint(1, 3)),
+            "recent_views": rng.sample(titles, rng.randint(0, 3)),
+            "recent_searches": rng.sample(searches, rng.randint(0, 2)),
+            "recent_purchases": rng.sample(titles, rng.randint(0, 2)),
+            "age_band": rng.choice(_AGE_BANDS),
+            "loyalty_tier": rng.choice(_TIERS),
+        })
+    return users
+
+
+def make_pairs(rng: random.Random, users: list[dict], products: list[dict], per_user: int = 2) -> list[dict]:
+    by_currency = {"USD": [p for p in products if p["currency"] == "USD"],
+                   "CNY": [p for p in products if p["currency"] == "CNY"]}
+    pairs = []
+    for u in users:
+        pool = by_currency["CNY" if u[C.LOCALE] == "zh-CN" else "USD"]
+        for p in rng.sample(pool, per_user):
+            pairs.append({
+                C.USER_ID: u[C.USER_ID],
+                C.PRODUCT_ID: p[C.PRODUCT_ID],
+                # Most pairs leave the channel to the run; some ask for one.
+                C.CHANNEL: rng.choice(CHANNELS) if rng.random() < 0.3 else None,
+                C.CAMPAIGN_ID: rng.choice(CAMPAIGNS),
+            })
+    return pairs
+
+
+_USERS_SCHEMA = pa.schema([
+    (C.USER_ID, pa.string()), (C.LOCALE, pa.string()),
+    ("interests", pa.list_(pa.string())), ("recent_views", pa.list_(pa.string())),
+    ("recent_searches", pa.list_(pa.string())), ("recent_purchases", pa.list_(pa.string())),
+    ("age_band", pa.string()), ("loyalty_tier", pa.string()),
+])
+_PRODUCTS_SCHEMA = pa.schema([
+    (C.PRODUCT_ID, pa.string()), ("title", pa.string()), ("category", pa.string()),
+    ("brand", pa.string()), ("price", pa.float64()), ("currency", pa.string()),
+    ("description", pa.string()), ("attributes", pa.string()),
+    ("selling_points", pa.list_(pa.string())),
+])
+_PAIRS_SCHEMA = pa.schema([
+    (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()),
+    (C.CHANNEL, pa.string()), (C.CAMPAIGN_ID, pa.string()),
+])
+
+
+def generate(out_dir: str | Path, seed: int = 7, n_users: int = 300) -> SamplePaths:
+    """Write pairs.parquet, users.parquet and products.parquet into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    products = make_products(rng)
+    users = make_users(rng, products, n=n_users)
+    pairs = make_pairs(rng, users, products)
+    paths = SamplePaths(str(out / "pairs.parquet"), str(out / "users.parquet"), str(out / "products.parquet"))
+    pq.write_table(pa.Table.from_pylist(pairs, schema=_PAIRS_SCHEMA), paths.pairs)
+    pq.write_table(pa.Table.from_pylist(users, schema=_USERS_SCHEMA), paths.users)
+    pq.write_table(pa.Table.from_pylist(products, schema=_PRODUCTS_SCHEMA), paths.products)
+    return paths
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(generate(sys.argv[1] if len(sys.argv) > 1 else "sample_data"))
