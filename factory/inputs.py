@@ -206,3 +206,8 @@ def pairs_projection(files: Iterable[str], loc: Location) -> list[str]:
     for path in files:
         present.update(pq.read_schema(path, filesystem=loc.fs).names)
     return [c for c in PAIRS.columns if c in present]
+
+
+def count_rows(files: Iterable[str], loc: Location) -> int:
+    """Rows in Parquet files, from their footers."""
+    return sum(pq.read_metadata(path, filesystem=loc.fs).num_rows for path in files)

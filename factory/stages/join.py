@@ -1,0 +1,111 @@
+"""Join pairs with user and product profiles and fan out channels and variants."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import columns as C
+
+USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
+PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID)
+
+# Dead-letter reasons: stable codes a downstream reader can group by.
+NULL_USER_ID = "null_user_id"
+NULL_PRODUCT_ID = "null_product_id"
+UNKNOWN_USER = "unknown_user_id"
+UNKNOWN_PRODUCT = "unknown_product_id"
+UNKNOWN_CHANNEL = "unknown_channel"
+
+
+class JoinProfiles:
+    """Pairs in, one row per (pair, channel, variant) out, profiles attached.
+
+    A pair the tables cannot serve comes out once, with ``reason`` set and no
+    profile, so the driver can send it to the dead letters; good rows have
+    ``reason`` null. The lookup tables arrive once per worker (constructor),
+    and the join itself is vectorized (``index_in`` + ``take``).
+    """
+
+    def __init__(self, users: pa.Table, products: pa.Table, channels: Sequence[str],
+                 known_channels: Sequence[str], variants: int, campaign: Optional[str]):
+        import ray
+
+        # Ray resolves top-level ObjectRefs for tasks, but Ray Data hands
+        # constructor arguments through its own wrapper: resolve here.
+        self._users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        self._products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
+        self._channels = list(channels)
+        self._known = set(known_channels)
+        self._variants = variants
+        self._campaign = campaign
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        user_ids, product_ids = batch[C.USER_ID], batch[C.PRODUCT_ID]
+        user_idx = pc.index_in(user_ids, value_set=self._users[C.USER_ID])
+        product_idx = pc.index_in(product_ids, value_set=self._products[C.PRODUCT_ID])
+        pair_channels = (batch[C.CHANNEL].to_pylist() if C.CHANNEL in batch.column_names else [None] * n)
+        campaigns = (batch[C.CAMPAIGN_ID].to_pylist() if C.CAMPAIGN_ID in batch.column_names else [None] * n)
+
+        reasons = _reasons(user_ids, product_ids, user_idx, product_idx, pair_channels, self._known)
+
+        # Fan out: a pair that names its channel gets that one (if this run
+        # writes it); the others get every channel of the run. Dead pairs
+        # come out once, so a bad pair is one dead letter, not five.
+        rows, out_channels, out_variants, out_reasons = [], [], [], []
+        for i in range(n):
+            if reasons[i] is not None:
+                rows.append(i), out_channels.append(pair_channels[i]), out_variants.append(0)
+                out_reasons.append(reasons[i])
+                continue
+            wanted = [pair_channels[i]] if pair_channels[i] else self._channels
+            for channel in wanted:
+                if channel not in self._channels:
+                    continue
+                for variant in range(self._variants):
+                    rows.append(i), out_channels.append(channel), out_variants.append(variant)
+                    out_reasons.append(None)
+
+        take = pa.array(rows, pa.int64())
+        campaign_col = [self._campaign or c or "default" for c in campaigns]
+        out = {
+            C.USER_ID: user_ids.take(take),
+            C.PRODUCT_ID: product_ids.take(take),
+            C.CHANNEL: pa.array(out_channels, pa.string()),
+            C.CAMPAIGN_ID: pa.array(campaign_col, pa.string()).take(take),
+            C.VARIANT: pa.array(out_variants, pa.int32()),
+            C.REASON: pa.array(out_reasons, pa.string()),
+        }
+        # Dead rows carry null indexes: take() yields nulls for them.
+        u = user_idx.take(take)
+        p = product_idx.take(take)
+        for col in USER_PROFILE_COLUMNS:
+            out[col] = self._users[col].take(u)
+        for col in PRODUCT_COLUMNS:
+            out[col] = self._products[col].take(p)
+        return pa.table(out)
+
+
+def _reasons(user_ids, product_ids, user_idx, product_idx, pair_channels, known) -> list[Optional[str]]:
+    null_user = pc.is_null(user_ids).to_numpy(zero_copy_only=False)
+    null_product = pc.is_null(product_ids).to_numpy(zero_copy_only=False)
+    no_user = pc.is_null(user_idx).to_numpy(zero_copy_only=False)
+    no_product = pc.is_null(product_idx).to_numpy(zero_copy_only=False)
+    reasons: list[Optional[str]] = [None] * len(null_user)
+    for i in np.flatnonzero(null_user | null_product | no_user | no_product):
+        if null_user[i]:
+            reasons[i] = NULL_USER_ID
+        elif null_product[i]:
+            reasons[i] = NULL_PRODUCT_ID
+        elif no_user[i]:
+            reasons[i] = UNKNOWN_USER
+        else:
+            reasons[i] = UNKNOWN_PRODUCT
+    for i, ch in enumerate(pair_channels):
+        if reasons[i] is None and ch and ch not in known:
+            reasons[i] = UNKNOWN_CHANNEL
+    return reasons
