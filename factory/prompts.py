@@ -33,7 +33,7 @@ ALLOWED_FIELDS = PRODUCT_FIELDS | USER_FIELDS | DERIVED_FIELDS
 
 # Untrusted free text is cut so one huge description cannot crowd out the rest
 # of the prompt (or the model's context).
-MAX_FIELD_CHARS = 600
+MAX_FIELD_CHARS = 400
 MAX_LIST_ITEMS = 5
 
 LANGUAGES = {"en": "English", "zh": "Simplified Chinese", "de": "German", "fr": "French",

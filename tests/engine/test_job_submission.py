@@ -29,7 +29,8 @@ def _free_port() -> int:
 def ray_head(tmp_path):
     """A real `ray start --head` with its dashboard (the job API lives there)."""
     gcs_port, dash_port = _free_port(), _free_port()
-    env = job_env(RAY_USAGE_STATS_ENABLED="0")
+    # The head's PATH decides which `python` a job's entrypoint runs: this venv's.
+    env = job_env(RAY_USAGE_STATS_ENABLED="0", PATH=os.pathsep.join([str(Path(PYTHON).parent), os.environ["PATH"]]))
     env.pop("RAY_ADDRESS", None)
     subprocess.run([RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
                     "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"],
