@@ -15,7 +15,6 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from factory import columns as C

@@ -29,6 +29,11 @@ def bundled_model_dir() -> Path:
     return cache_root() / "models" / "SmolLM2-135M-Instruct"
 
 
+def display_name(model: str) -> str:
+    """The model's name as written in every output row."""
+    return model.split(":", 1)[1] if model == BUNDLED_MODEL else model
+
+
 def resolve_model(model: str) -> str:
     """Turn the ``--model`` value into something vLLM can load.
 

@@ -30,7 +30,6 @@ from factory import inputs, model, sample_data
 from factory.config import JobConfig
 from factory.prompts import PromptTemplate, load_templates
 from factory.stages import FinalizeRows, JoinProfiles, RenderPrompts, build_generate_stage
-from factory.stages.finalize import OUTPUT_SCHEMA
 from factory.stages.write import WriteParquetFiles
 from factory.storage import Location, delete_dir_if_exists, make_dirs, resolve
 
@@ -76,7 +75,7 @@ class RunResult:
     dead_letters_by_reason: dict[str, int]
     samples: list[dict[str, Any]]
     seconds: float
-    files: list[str] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)  # {file, rows, bytes}
 
 
 def _partition(base: Location, kind: str, config: JobConfig) -> Location:
@@ -181,7 +180,7 @@ def joined_dataset(plan: Plan):
             users=ray.put(plan.users), products=ray.put(plan.products), channels=config.channels,
             known_channels=list(plan.templates), variants=config.variants, campaign=config.campaign,
         ),
-        batch_format="pyarrow", concurrency=(1, 2), num_cpus=light,
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light,
     )
 
 
@@ -189,6 +188,7 @@ def run(config: JobConfig) -> RunResult:
     import ray
 
     started = time.time()
+    plan = prepare(config)  # every check that can fail does so before Ray or the engine starts
     if not ray.is_initialized():
         # Under `ray job submit` this joins the cluster; otherwise it starts a local Ray.
         ray.init(log_to_driver=True)
@@ -200,7 +200,6 @@ def run(config: JobConfig) -> RunResult:
     # reader honours num_cpus, and the driver has listed the files already.
     ctx.use_datasource_v2 = False
 
-    plan = prepare(config)
     light = config.cpu_stage_num_cpus
     source = plan.pairs.uri
     for loc in (plan.copies, plan.dead_letters, plan.runs):
@@ -228,20 +227,20 @@ def run(config: JobConfig) -> RunResult:
     passthrough = [C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
     generate = build_generate_stage(config.engine, plan.model_source, device, passthrough, light)
     final = generate(rendered).map_batches(
-        FinalizeRows(config.run_id, config.run_date, config.model if config.model != model.BUNDLED_MODEL
-                     else model.BUNDLED_MODEL.split(":", 1)[1]),
+        FinalizeRows(config.run_id, config.run_date, model.display_name(config.model)),
         batch_format="pyarrow", num_cpus=light,
     )
-    _write(final, plan.copies, light)
+    files = _write(final, plan.copies, light)
 
-    result = _summarize(plan, dead_table, time.time() - started)
+    result = _summarize(plan, files, dead_table, time.time() - started)
     _write_summary(plan, result, device)
     return result
 
 
-def _summarize(plan: Plan, dead_table: pa.Table, seconds: float) -> RunResult:
-    files = _parquet_files(plan.copies)
-    channels = _read_back(plan.copies, OUTPUT_SCHEMA, columns=[C.CHANNEL])[C.CHANNEL]
+def _summarize(plan: Plan, written: list[dict[str, Any]], dead_table: pa.Table, seconds: float) -> RunResult:
+    files = [plan.copies.join(w["file"]).path for w in written]
+    channels = pa.chunked_array([pq.read_table(f, filesystem=plan.copies.fs, columns=[C.CHANNEL])[C.CHANNEL]
+                                 for f in files], pa.string())
     by_channel = dict(zip(*_value_counts(channels)))
     by_reason = dict(zip(*_value_counts(dead_table[C.REASON])))
     # One sample per channel from the head of the first file: cheap at any size.
@@ -255,7 +254,7 @@ def _summarize(plan: Plan, dead_table: pa.Table, seconds: float) -> RunResult:
     return RunResult(
         run_id=plan.config.run_id, output_uri=plan.copies.uri, rows_written=len(channels),
         dead_letters=dead_table.num_rows, rows_by_channel=by_channel, dead_letters_by_reason=by_reason,
-        samples=samples, seconds=round(seconds, 1), files=[f.rsplit("/", 1)[-1] for f in files],
+        samples=samples, seconds=round(seconds, 1), files=written,
     )
 
 
@@ -290,6 +289,7 @@ def _write_summary(plan: Plan, result: RunResult, device: str) -> None:
         "output": result.output_uri,
         "rows_written": result.rows_written,
         "rows_by_channel": result.rows_by_channel,
+        "files": result.files,
         "dead_letters": result.dead_letters,
         "dead_letters_by_reason": result.dead_letters_by_reason,
         "input_tables": [asdict(r) for r in plan.table_reports],

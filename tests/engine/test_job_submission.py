@@ -42,29 +42,31 @@ def ray_head(tmp_path):
 
 
 def test_job_submitted_to_a_ray_head_succeeds(ray_head, tmp_path):
-    # Ray 2.60's head turns on token auth; clients send the token only when asked to.
-    os.environ["RAY_AUTH_MODE"] = "token"
-    try:
-        from ray.job_submission import JobStatus, JobSubmissionClient
+    """The README's command, run as a nightly scheduler would, then its status checked.
 
-        client = JobSubmissionClient(ray_head)
-        out = tmp_path / "out"
-        job_id = client.submit_job(
-            entrypoint=f"python jobs/nightly_copy.py --limit 4 --channels push,ad_headline "
-                       f"--output {out} --run-date 2026-11-21 --campaign winter_sale",
-            runtime_env={"working_dir": str(REPO)},
-            submission_id=f"nightly-copy-test-{int(time.time())}",
-        )
-        deadline = time.time() + 900
-        status = client.get_job_status(job_id)
-        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
-            time.sleep(5)
-            status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-    finally:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    The CLI runs in its own process: Ray 2.60's head turns on token auth, and
+    clients send the token only when RAY_AUTH_MODE=token is in their
+    environment when Ray is imported.
+    """
+    out = tmp_path / "out"
+    submission_id = f"nightly-copy-test-{int(time.time())}"
+    env = job_env(RAY_AUTH_MODE="token", RAY_ADDRESS=ray_head)
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", str(REPO), "--",
+         "python", "jobs/nightly_copy.py", "--limit", "4", "--channels", "push,ad_headline",
+         "--output", str(out), "--run-date", "2026-11-21", "--campaign", "winter_sale"],
+        env=env, capture_output=True, text=True, timeout=900)
+    logs = submit.stdout + submit.stderr
+    status = subprocess.run([RAY, "job", "status", submission_id], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert "succeeded" in (status.stdout + status.stderr).lower(), logs[-5000:]
+    assert submit.returncode == 0
     assert "rows written" in logs
+
+    # A second submission with the same id is refused: the nightly schedule's guard.
+    again = subprocess.run([RAY, "job", "submit", "--submission-id", submission_id, "--no-wait", "--",
+                            "python", "-c", "pass"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0
 
     copies = out / "copies" / "run_date=2026-11-21" / "campaign=winter_sale"
     table = pq.read_table(copies)
