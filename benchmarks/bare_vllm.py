@@ -61,10 +61,13 @@ def main(args: argparse.Namespace) -> None:
         "rows_per_s": round(len(outs) / (t2 - t1), 2), "mean_prompt_tokens": round(n_in / len(outs), 1),
         "output_tokens_per_s": round(n_out / (t2 - t1), 1),
     }))
+    for row, out in list(zip(rows.to_pylist(), outs))[: args.show]:
+        print(f"[{row[C.CHANNEL]}, {row[C.LOCALE]}] {out.outputs[0].text!r}")
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--compile", action="store_true", help="torch.compile instead of eager mode")
+    parser.add_argument("--show", type=int, default=0, help="print this many generated copies")
     main(parser.parse_args())

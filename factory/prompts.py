@@ -56,15 +56,21 @@ class PromptTemplate:
     user: str
     fields: frozenset[str]
     source: str
+    # Worked examples as earlier chat turns: (user, assistant) pairs. Small
+    # models follow a shown answer far better than a described one, and the
+    # turns sit in the shared prefix, so the prefix cache makes them cheap.
+    examples: tuple[tuple[str, str], ...] = ()
 
     def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one row. ``values`` may hold more than the template
         names; only the named fields are formatted in."""
         context = {name: format_value(name, values.get(name)) for name in self.fields}
-        return [
-            {"role": "system", "content": self.system.format_map(context).strip()},
-            {"role": "user", "content": self.user.format_map(context).strip()},
-        ]
+        messages = [{"role": "system", "content": self.system.format_map(context).strip()}]
+        for user, assistant in self.examples:
+            messages.append({"role": "user", "content": user.strip()})
+            messages.append({"role": "assistant", "content": assistant.strip()})
+        messages.append({"role": "user", "content": self.user.format_map(context).strip()})
+        return messages
 
 
 def language_for(locale: str | None) -> str:
@@ -134,6 +140,11 @@ def load_template(path: Path) -> PromptTemplate:
                     f"(allowed: {', '.join(sorted(ALLOWED_FIELDS))})"
                 )
             fields.add(name)
+    examples = []
+    for i, ex in enumerate(spec.get("examples") or []):
+        if not isinstance(ex, dict) or not {"user", "assistant"} <= set(ex):
+            raise TemplateError(f"{path}: examples[{i}] needs 'user' and 'assistant'")
+        examples.append((str(ex["user"]), str(ex["assistant"])))
     channel = str(spec["channel"])
     if channel != path.stem:
         raise TemplateError(f"{path}: channel {channel!r} must match the file name {path.stem!r}")
@@ -146,6 +157,7 @@ def load_template(path: Path) -> PromptTemplate:
         user=spec["user"],
         fields=frozenset(fields),
         source=str(path),
+        examples=tuple(examples),
     )
 
 

@@ -41,6 +41,18 @@ def test_unknown_placeholder_names_the_file(tmp_path):
         load_template(_write(tmp_path, "{email}"))
 
 
+def test_examples_become_earlier_turns(tmp_path):
+    path = _write(tmp_path, "{title}")
+    path.write_text(path.read_text() + "examples:\n  - user: Sample product\n    assistant: Sample copy\n")
+    messages = load_template(path).render({"title": "Real product"})
+    assert messages[1:] == [{"role": "user", "content": "Sample product"},
+                            {"role": "assistant", "content": "Sample copy"},
+                            {"role": "user", "content": "Real product"}]
+    path.write_text(path.read_text() + "  - user: only a question\n")
+    with pytest.raises(TemplateError, match=r"examples\[1\] needs 'user' and 'assistant'"):
+        load_template(path)
+
+
 def test_channel_must_match_file_name(tmp_path):
     path = _write(tmp_path, "{title}")
     path.rename(tmp_path / "sms.yaml")
@@ -72,7 +84,7 @@ def test_locale_picks_the_language():
     assert language_for(None) == "English"
     assert language_for("xx-YY") == "English"
     t = load_templates()["push"]
-    assert "Simplified Chinese" in t.render({"language": "zh-CN"})[1]["content"]
+    assert "Simplified Chinese" in t.render({"language": "zh-CN"})[-1]["content"]
 
 
 def test_untrusted_text_is_cut_and_flattened():

@@ -31,8 +31,9 @@ def test_render_uses_the_channel_template_and_cap():
     assert push[C.TEMPLATE_VERSION] == templates["push"].version and push[C.MAX_TOKENS] == templates["push"].max_tokens
     assert ad[C.TEMPLATE_VERSION] == templates["ad_headline"].version
     messages = json.loads(push[C.MESSAGES])
-    assert [m["role"] for m in messages] == ["system", "user"]
-    user = messages[1]["content"]
+    # system, then the template's worked example as earlier turns, then this row
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    user = messages[-1]["content"]
     assert "Simplified Chinese" in user and "59.00 CNY" in user and "清颜面膜" in user and "护肤" in user
     assert "SECRET-PURCHASE" not in push[C.MESSAGES]  # push does not name recent_purchases
     assert "U1" not in push[C.MESSAGES]
