@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -87,17 +85,38 @@ def _display(loc: Location, path: str) -> str:
     return f"s3://{path}" if loc.is_s3 else path
 
 
-def check_schema(loc: Location, contract: Contract) -> list[str]:
-    """Check every file's schema (footers only); return the file list."""
+@dataclass(frozen=True)
+class ParquetInput:
+    """An input's files as checked: one footer read per file, reused by every later step."""
+
+    loc: Location
+    contract: Contract
+    files: list[str]
+    names: dict[str, list[str]]  # file -> its column names
+    rows: int
+
+    @property
+    def columns(self) -> list[str]:
+        """Contract columns present in any file (extra columns are ignored)."""
+        present = {n for names in self.names.values() for n in names}
+        return [c for c in self.contract.columns if c in present]
+
+
+def check_schema(loc: Location, contract: Contract) -> ParquetInput:
+    """Check every file's schema from its footer."""
     files = list_parquet_files(loc, contract.name)
+    names, rows = {}, 0
     for path in files:
         shown = _display(loc, path)
         try:
-            schema = pq.read_schema(path, filesystem=loc.fs)
+            meta = pq.read_metadata(path, filesystem=loc.fs)
+            schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # unreadable, truncated, not Parquet
             raise InputError(f"{contract.name}: cannot read {shown}: {exc}") from exc
         _check_fields(schema, contract, shown)
-    return files
+        names[path] = schema.names
+        rows += meta.num_rows
+    return ParquetInput(loc, contract, files, names, rows)
 
 
 def _check_fields(schema: pa.Schema, contract: Contract, shown: str) -> None:
@@ -135,10 +154,10 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
 
     Attributes are normalized to a JSON string so every later stage sees one type.
     """
-    files = check_schema(loc, contract)
+    checked = check_schema(loc, contract)
     tables = []
-    for path in files:
-        present = [c for c in contract.columns if c in pq.read_schema(path, filesystem=loc.fs).names]
+    for path in checked.files:
+        present = [c for c in contract.columns if c in checked.names[path]]
         table = pq.read_table(path, filesystem=loc.fs, columns=present)
         tables.append(_conform(table, contract))
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
@@ -197,16 +216,3 @@ def _attributes_as_json(column: pa.ChunkedArray) -> pa.Array:
         else:
             values.append(json.dumps(v, ensure_ascii=False, default=str))
     return pa.array(values, pa.string())
-
-
-def pairs_projection(files: Iterable[str], loc: Location) -> list[str]:
-    """The contract columns present in the pairs files (extra columns are ignored)."""
-    present: set[str] = set()
-    for path in files:
-        present.update(pq.read_schema(path, filesystem=loc.fs).names)
-    return [c for c in PAIRS.columns if c in present]
-
-
-def count_rows(files: Iterable[str], loc: Location) -> int:
-    """Rows in Parquet files, from their footers."""
-    return sum(pq.read_metadata(path, filesystem=loc.fs).num_rows for path in files)

@@ -42,9 +42,10 @@ def resolve_model(model: str) -> str:
     network. Only the bundled model needs preparing here.
     """
     if model != BUNDLED_MODEL:
-        if not model.startswith(("s3://", "gs://")) and os.path.sep in model and not Path(model).is_dir():
+        # "org/name" is a hub id; only something path-like must exist here.
+        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
             raise FileNotFoundError(f"--model {model!r}: no such model folder")
-        return model
+        return str(Path(model).expanduser()) if model.startswith("~") else model
     return str(ensure_bundled_model())
 
 

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,10 +52,7 @@ class Plan:
 
     config: JobConfig
     templates: dict[str, PromptTemplate]
-    pairs: Location
-    pairs_files: list[str]
-    pairs_columns: list[str]
-    pairs_rows: int
+    pairs: inputs.ParquetInput
     users: pa.Table
     products: pa.Table
     table_reports: list[inputs.TableReport]
@@ -97,8 +94,7 @@ def prepare(config: JobConfig) -> Plan:
         pairs_uri, users_uri, products_uri = config.pairs, config.users, config.products
 
     where = dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region)
-    pairs_loc = resolve(pairs_uri, **where)
-    pairs_files = inputs.check_schema(pairs_loc, inputs.PAIRS)
+    pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
     products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
 
@@ -110,9 +106,7 @@ def prepare(config: JobConfig) -> Plan:
             raise ConfigError(f"--output {config.output}: bucket {bucket!r} does not exist or is not reachable")
 
     return Plan(
-        config=config, templates=templates, pairs=pairs_loc, pairs_files=pairs_files,
-        pairs_columns=inputs.pairs_projection(pairs_files, pairs_loc),
-        pairs_rows=inputs.count_rows(pairs_files, pairs_loc),
+        config=config, templates=templates, pairs=pairs,
         users=users, products=products, table_reports=[users_report, products_report],
         copies=_partition(out, "copies", config), dead_letters=_partition(out, "dead_letters", config),
         runs=_partition(out, "runs", config),
@@ -166,10 +160,11 @@ def joined_dataset(plan: Plan):
     # itself Ray made one block per file and a whole file one engine task (seen:
     # no progress for minutes). Split at the read, not with repartition(): its
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
-    blocks = max(1, min(MAX_BLOCKS, -(-plan.pairs_rows // PAIRS_PER_BLOCK)))
-    ds = ray.data.read_parquet(plan.pairs_files, filesystem=plan.pairs.fs, columns=plan.pairs_columns,
+    pairs = plan.pairs
+    blocks = max(1, min(MAX_BLOCKS, -(-pairs.rows // PAIRS_PER_BLOCK)))
+    ds = ray.data.read_parquet(pairs.files, filesystem=pairs.loc.fs, columns=pairs.columns,
                                override_num_blocks=blocks, num_cpus=light)
-    if config.campaign and C.CAMPAIGN_ID in plan.pairs_columns:
+    if config.campaign and C.CAMPAIGN_ID in pairs.columns:
         ds = ds.map_batches(_campaign_filter, fn_kwargs={"campaign": config.campaign},
                             batch_format="pyarrow", num_cpus=light)
     if config.limit:
@@ -201,7 +196,7 @@ def run(config: JobConfig) -> RunResult:
     ctx.use_datasource_v2 = False
 
     light = config.cpu_stage_num_cpus
-    source = plan.pairs.uri
+    source = plan.pairs.loc.uri
     for loc in (plan.copies, plan.dead_letters, plan.runs):
         delete_dir_if_exists(loc)  # a rerun replaces the run's output
 
@@ -211,10 +206,10 @@ def run(config: JobConfig) -> RunResult:
             .map_batches(_dead_letter_rows, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
                                                         "source": source},
                          batch_format="pyarrow", num_cpus=light))
-    _write(dead, plan.dead_letters, light)
-    dead_table = _read_back(plan.dead_letters, DEAD_LETTER_SCHEMA, columns=[C.REASON])
-    if dead_table.num_rows:
-        logger.warning("%d pair(s) sent to the dead letters at %s", dead_table.num_rows, plan.dead_letters.uri)
+    dead_files = _write(dead, plan.dead_letters, light)
+    dead_reasons = _read_column(plan.dead_letters, dead_files, C.REASON)
+    if len(dead_reasons):
+        logger.warning("%d pair(s) sent to the dead letters at %s", len(dead_reasons), plan.dead_letters.uri)
 
     # Pass 2: generate.
     from factory.stages.generate import detect_device
@@ -232,17 +227,16 @@ def run(config: JobConfig) -> RunResult:
     )
     files = _write(final, plan.copies, light)
 
-    result = _summarize(plan, files, dead_table, time.time() - started)
+    result = _summarize(plan, files, dead_reasons, time.time() - started)
     _write_summary(plan, result, device)
     return result
 
 
-def _summarize(plan: Plan, written: list[dict[str, Any]], dead_table: pa.Table, seconds: float) -> RunResult:
+def _summarize(plan: Plan, written: list[dict[str, Any]], dead_reasons: pa.ChunkedArray, seconds: float) -> RunResult:
     files = [plan.copies.join(w["file"]).path for w in written]
-    channels = pa.chunked_array([pq.read_table(f, filesystem=plan.copies.fs, columns=[C.CHANNEL])[C.CHANNEL]
-                                 for f in files], pa.string())
+    channels = _read_column(plan.copies, written, C.CHANNEL)
     by_channel = dict(zip(*_value_counts(channels)))
-    by_reason = dict(zip(*_value_counts(dead_table[C.REASON])))
+    by_reason = dict(zip(*_value_counts(dead_reasons)))
     # One sample per channel from the head of the first file: cheap at any size.
     samples, seen = [], set()
     if files:
@@ -253,24 +247,15 @@ def _summarize(plan: Plan, written: list[dict[str, Any]], dead_table: pa.Table, 
                 samples.append({k: row[k] for k in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.TEXT)})
     return RunResult(
         run_id=plan.config.run_id, output_uri=plan.copies.uri, rows_written=len(channels),
-        dead_letters=dead_table.num_rows, rows_by_channel=by_channel, dead_letters_by_reason=by_reason,
+        dead_letters=len(dead_reasons), rows_by_channel=by_channel, dead_letters_by_reason=by_reason,
         samples=samples, seconds=round(seconds, 1), files=written,
     )
 
 
-def _parquet_files(loc: Location) -> list[str]:
-    if loc.fs.get_file_info(loc.path).type.name != "Directory":
-        return []
-    return inputs.list_parquet_files(loc, "output")
-
-
-def _read_back(loc: Location, schema: pa.Schema, columns: Optional[list[str]] = None) -> pa.Table:
-    """What a downstream reader would see: the files actually written."""
-    tables = [pq.read_table(f, filesystem=loc.fs, columns=columns) for f in _parquet_files(loc)]
-    if tables:
-        return pa.concat_tables(tables)
-    empty = schema.empty_table()
-    return empty.select(columns) if columns else empty
+def _read_column(loc: Location, written: list[dict[str, Any]], column: str) -> pa.ChunkedArray:
+    """One column of the files a write produced: what a downstream reader will see."""
+    return pa.chunked_array([pq.read_table(loc.join(w["file"]).path, filesystem=loc.fs, columns=[column])[column]
+                             for w in written], pa.string())
 
 
 def _value_counts(column) -> tuple[list, list]:

@@ -79,3 +79,12 @@ def test_lookup_table_drops_null_and_duplicate_keys_and_says_so(tmp_path):
     assert out.schema.field("price").type == pa.float64()
     assert "extra_column" not in out.column_names
     assert out["selling_points"].null_count == 2  # optional column added, typed
+
+
+def test_checked_input_counts_rows_and_keeps_contract_columns(tmp_path):
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "product_id": ["p1", "p2"], "noise": [1, 2]}),
+                   tmp_path / "a.parquet")
+    pq.write_table(pa.table({"user_id": ["u3"], "product_id": ["p3"], "channel": ["sms"]}), tmp_path / "b.parquet")
+    checked = check_schema(resolve(str(tmp_path)), PAIRS)
+    assert checked.rows == 3 and len(checked.files) == 2
+    assert checked.columns == ["user_id", "product_id", "channel"]

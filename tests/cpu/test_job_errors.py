@@ -46,3 +46,13 @@ def test_missing_model_folder_exits_2(tmp_path, sample_dir, capsys):
     argv = _inputs(tmp_path, sample_dir, pa.table({"user_id": ["U000001"], "product_id": ["P00001"]}))
     assert job.main(argv + ["--model", str(tmp_path / "no-such-model")]) == 2
     assert "no such model folder" in capsys.readouterr().err
+
+
+def test_hub_ids_pass_through_and_paths_must_exist(tmp_path):
+    from factory.model import resolve_model
+
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model("s3://models/llama/") == "s3://models/llama/"
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        resolve_model("./no/such/folder")
