@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,6 +34,8 @@ class Contract:
     string_fields: tuple[str, ...] = ()
     list_fields: tuple[str, ...] = ()
     numeric_fields: tuple[str, ...] = ()
+    # Key/value fields: a map, a struct or a JSON object string; read as JSON text.
+    json_fields: tuple[str, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -46,7 +49,7 @@ USERS = Contract("users", C.USERS_REQUIRED, C.USERS_OPTIONAL,
                  list_fields=C.USERS_LIST_FIELDS)
 PRODUCTS = Contract("products", C.PRODUCTS_REQUIRED, C.PRODUCTS_OPTIONAL,
                     string_fields=(C.PRODUCT_ID, "title", "category", "brand", "currency", "description"),
-                    list_fields=("selling_points",), numeric_fields=("price",))
+                    list_fields=("selling_points",), numeric_fields=("price",), json_fields=("attributes",))
 
 
 @dataclass
@@ -142,11 +145,11 @@ def _check_fields(schema: pa.Schema, contract: Contract, shown: str) -> None:
         if col in contract.numeric_fields and not (pa.types.is_integer(typ) or pa.types.is_floating(typ)
                                                     or pa.types.is_decimal(typ)):
             raise InputError(f"{contract.name}: {shown}: column {col!r} must be numeric, found {typ}")
-    if contract is PRODUCTS and "attributes" in names:
-        typ = schema.field("attributes").type
-        if not (pa.types.is_map(typ) or pa.types.is_struct(typ) or pa.types.is_string(typ)
-                or pa.types.is_large_string(typ) or pa.types.is_null(typ)):
-            raise InputError(f"products: {shown}: column 'attributes' must be a map, struct or JSON string, found {typ}")
+        if col in contract.json_fields and not (pa.types.is_map(typ) or pa.types.is_struct(typ)
+                                                 or pa.types.is_string(typ) or pa.types.is_large_string(typ)
+                                                 or pa.types.is_null(typ)):
+            raise InputError(f"{contract.name}: {shown}: column {col!r} must be a map, struct or JSON string, "
+                             f"found {typ}")
 
 
 def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.Table, TableReport]:
@@ -188,22 +191,22 @@ def _conform(table: pa.Table, contract: Contract) -> pa.Table:
         **{c: pa.string() for c in contract.string_fields},
         **{c: pa.list_(pa.string()) for c in contract.list_fields},
         **{c: pa.float64() for c in contract.numeric_fields},
-        "attributes": pa.string(),
+        **{c: pa.string() for c in contract.json_fields},
     }
     arrays, names = [], []
     for col in contract.columns:
         typ = target.get(col, pa.string())
         if col not in table.column_names:
             arrays.append(pa.nulls(table.num_rows, typ))
-        elif col == "attributes":
-            arrays.append(_attributes_as_json(table[col]))
+        elif col in contract.json_fields:
+            arrays.append(_as_json_text(table[col]))
         else:
             arrays.append(table[col].cast(typ))
         names.append(col)
     return pa.table(arrays, names=names)
 
 
-def _attributes_as_json(column: pa.ChunkedArray) -> pa.Array:
+def _as_json_text(column: pa.ChunkedArray) -> pa.Array:
     typ = column.type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         return column.cast(pa.string())

@@ -8,8 +8,8 @@
 Output layout under ``--output`` (Hive-style, so readers select by date and
 campaign):
 
-    copies/run_date=YYYY-MM-DD/campaign=<name>/part-00000.parquet
-    dead_letters/run_date=YYYY-MM-DD/campaign=<name>/part-00000.parquet
+    copies/run_date=YYYY-MM-DD/campaign=<name>/part-<digest of row keys>.parquet
+    dead_letters/run_date=YYYY-MM-DD/campaign=<name>/part-<digest of row keys>.parquet
     runs/run_date=YYYY-MM-DD/campaign=<name>/summary.json
 """
 
@@ -149,8 +149,11 @@ def _campaign_filter(batch: pa.Table, campaign: str) -> pa.Table:
     return batch.filter(pc.equal(batch[C.CAMPAIGN_ID], campaign))
 
 
-def joined_dataset(plan: Plan):
-    """Pairs read, filtered and joined: the common head of both passes."""
+def joined_dataset(plan: Plan, lookups: dict[str, Any]):
+    """Pairs read, filtered and joined: the common head of both passes.
+
+    ``lookups`` holds the users and products tables already in the object
+    store, put there once for both passes."""
     import ray
 
     config = plan.config
@@ -172,7 +175,7 @@ def joined_dataset(plan: Plan):
     return ds.map_batches(
         JoinProfiles,
         fn_constructor_kwargs=dict(
-            users=ray.put(plan.users), products=ray.put(plan.products), channels=config.channels,
+            **lookups, channels=config.channels,
             known_channels=list(plan.templates), variants=config.variants, campaign=config.campaign,
         ),
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light,
@@ -200,8 +203,10 @@ def run(config: JobConfig) -> RunResult:
     for loc in (plan.copies, plan.dead_letters, plan.runs):
         delete_dir_if_exists(loc)  # a rerun replaces the run's output
 
+    lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
+
     # Pass 1 (CPU only): pairs the lookup tables cannot serve.
-    dead = (joined_dataset(plan)
+    dead = (joined_dataset(plan, lookups)
             .map_batches(_keep_rows, fn_kwargs={"dead": True}, batch_format="pyarrow", num_cpus=light)
             .map_batches(_dead_letter_rows, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
                                                         "source": source},
@@ -215,7 +220,7 @@ def run(config: JobConfig) -> RunResult:
     from factory.stages.generate import detect_device
 
     device = detect_device(config.engine)
-    good = joined_dataset(plan).map_batches(_keep_rows, fn_kwargs={"dead": False}, batch_format="pyarrow",
+    good = joined_dataset(plan, lookups).map_batches(_keep_rows, fn_kwargs={"dead": False}, batch_format="pyarrow",
                                             num_cpus=light)
     rendered = good.map_batches(RenderPrompts(plan.templates, config.engine.max_tokens),
                                 batch_format="pyarrow", num_cpus=light)

@@ -88,3 +88,12 @@ def test_checked_input_counts_rows_and_keeps_contract_columns(tmp_path):
     checked = check_schema(resolve(str(tmp_path)), PAIRS)
     assert checked.rows == 3 and len(checked.files) == 2
     assert checked.columns == ["user_id", "product_id", "channel"]
+
+
+def test_attributes_of_the_wrong_kind_are_named(tmp_path, sample_dir):
+    products = pq.read_table(sample_dir / "products.parquet").slice(0, 2)
+    products = products.set_column(products.schema.get_field_index("attributes"), "attributes",
+                                   pa.array([1, 2], pa.int64()))
+    pq.write_table(products, tmp_path / "products.parquet")
+    with pytest.raises(InputError, match=r"column 'attributes' must be a map, struct or JSON string, found int64"):
+        check_schema(resolve(str(tmp_path / "products.parquet")), PRODUCTS)
