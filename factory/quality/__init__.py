@@ -1,0 +1,1 @@
+"""The quality and compliance gate: rules, policy, verdicts and corpus figures."""

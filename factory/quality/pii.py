@@ -1,0 +1,74 @@
+"""Personal data in free text: found (for the gate) and scrubbed (for prompts).
+
+Patterns, not a model: e-mail addresses, phone numbers (international, North
+American and Chinese mobile), national ID and social security numbers, long
+digit runs (card and account numbers) and street addresses. Prices and
+measures ("1,299.00", "10,000 mm") are not phone numbers.
+"""
+
+from __future__ import annotations
+
+import regex
+
+EMAIL = regex.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_PHONE = regex.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w])")
+_CN_MOBILE = regex.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+_ID_NUMBERS = (
+    ("national ID number", regex.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])")),
+    ("social security number", regex.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")),
+    ("long identifier number", regex.compile(r"(?<!\d|\d[.,])\d{9,}(?!\d|[.,]\d)")),
+)
+_STREET = (
+    regex.compile(r"\b\d{1,5}\s+(?:[A-Z][\w'-]*\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|"
+                  r"Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Close|Square)\b\.?"),
+    regex.compile(r"\p{Han}{2,}(?:路|街|大道|巷|弄)\s*\d+\s*号"),
+)
+_MEASURE = regex.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+")
+
+
+def _phones(text: str) -> list[regex.Match]:
+    found = list(_CN_MOBILE.finditer(text))
+    found += [m for m in _PHONE.finditer(text)
+              if sum(ch.isdigit() for ch in m.group(0)) >= 8 and not _MEASURE.fullmatch(m.group(0).strip())]
+    return found
+
+
+def find_personal_data(text: str, ignore: regex.Pattern | None = None) -> list[str]:
+    """The kinds of personal data in ``text`` (not the data itself).
+
+    ``ignore`` masks spans first (the gate passes its URL pattern, so digits
+    in a link are judged as a link)."""
+    kinds = []
+    if EMAIL.search(text):
+        kinds.append("e-mail address")
+        text = EMAIL.sub(" ", text)
+    if any(p.search(text) for p in _STREET):
+        kinds.append("street address")
+    if ignore is not None:
+        text = ignore.sub(" ", text)
+    if _phones(text):
+        kinds.append("phone number")
+    for kind, pattern in _ID_NUMBERS:
+        if pattern.search(text):
+            kinds.append(kind)
+            break
+    return kinds
+
+
+def scrub(text: str, replacement: str = "") -> str:
+    """``text`` without the personal data ``find_personal_data`` looks for."""
+    text = EMAIL.sub(replacement, text)
+    for pattern in _STREET:
+        text = pattern.sub(replacement, text)
+    for _, pattern in _ID_NUMBERS:
+        text = pattern.sub(replacement, text)
+    spans: list[list[int]] = []
+    for start, end in sorted(m.span() for m in _phones(text)):
+        if spans and start <= spans[-1][1]:  # overlapping matches: one span
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    for start, end in reversed(spans):
+        text = text[:start] + replacement + text[end:]
+    return " ".join(text.split())

@@ -1,0 +1,98 @@
+"""Measuring copy the way each channel measures it.
+
+Channels do not count bytes or code points: a push body is limited in what a
+person sees (graphemes: one emoji with a skin tone is one), Google Ads counts
+CJK and other double-width characters twice, and an SMS is billed in
+segments whose size depends on the encoding the whole message needs.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import regex
+
+_GRAPHEME = regex.compile(r"\X")
+
+# GSM 03.38: the default alphabet (one septet each) and the extension table
+# (an escape plus a septet: two each). Anything else forces UCS-2.
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")
+
+# Typography a model likes that GSM-7 lacks; one of these silently turns a
+# 150-character SMS into three UCS-2 segments. Plain equivalents exist.
+_GSM_SUBSTITUTES = str.maketrans({
+    "‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "–": "-", "—": "-",
+    "…": "...", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "•": "-",
+})
+
+SMS_SINGLE = {"GSM-7": 160, "UCS-2": 70}
+SMS_MULTI = {"GSM-7": 153, "UCS-2": 67}  # each part of a concatenated SMS loses room to its header
+
+
+def graphemes(text: str) -> int:
+    """User-perceived characters (Unicode extended grapheme clusters)."""
+    return len(_GRAPHEME.findall(text))
+
+
+def display_width(text: str) -> int:
+    """Width as ad platforms count it: wide and full-width characters count 2."""
+    width = 0
+    for cluster in _GRAPHEME.findall(text):
+        width += 2 if unicodedata.east_asian_width(cluster[0]) in ("W", "F") else 1
+    return width
+
+
+@dataclass(frozen=True)
+class SmsSize:
+    encoding: str  # "GSM-7" or "UCS-2"
+    units: int  # septets for GSM-7, UTF-16 code units for UCS-2
+    segments: int
+    first_non_gsm: str | None  # the character that forced UCS-2, if any
+
+    def limit(self, max_segments: int) -> int:
+        """Units allowed in ``max_segments`` segments of this encoding."""
+        per = SMS_SINGLE if max_segments <= 1 else SMS_MULTI
+        return per[self.encoding] * max(1, max_segments)
+
+
+def sms_size(text: str) -> SmsSize:
+    septets, offender = 0, None
+    for ch in text:
+        if ch in GSM7_BASIC:
+            septets += 1
+        elif ch in GSM7_EXTENDED:
+            septets += 2
+        else:
+            offender = ch
+            break
+    if offender is None:
+        encoding, units = "GSM-7", septets
+    else:
+        encoding, units = "UCS-2", len(text.encode("utf-16-le")) // 2
+    single, multi = SMS_SINGLE[encoding], SMS_MULTI[encoding]
+    segments = 0 if units == 0 else (1 if units <= single else -(-units // multi))
+    return SmsSize(encoding, units, segments, offender)
+
+
+def gsm_friendly(text: str) -> str:
+    """Replace typographic punctuation that has a GSM-7 equivalent.
+
+    Only worth it when that makes the whole text GSM-7; a Chinese SMS is UCS-2
+    anyway and keeps its punctuation."""
+    plain = text.translate(_GSM_SUBSTITUTES)
+    return plain if sms_size(plain).encoding == "GSM-7" else text
+
+
+_HAN = regex.compile(r"\p{Han}")
+_LETTER = regex.compile(r"\p{L}")
+
+
+def han_share(text: str) -> float:
+    """Share of letters that are Chinese characters (0 when there are no letters)."""
+    letters = len(_LETTER.findall(text))
+    return len(_HAN.findall(text)) / letters if letters else 0.0
