@@ -22,12 +22,15 @@ class Location:
     fs: pafs.FileSystem
     path: str
     uri: str
+    # S3 only: what a boto3 client needs for the calls pyarrow cannot make.
+    s3_endpoint: Optional[str] = None
+    s3_region: str = "us-east-1"
 
     def join(self, *parts: str) -> "Location":
         sep = "/"
         path = sep.join([self.path.rstrip(sep), *[p.strip(sep) for p in parts]])
         uri = sep.join([self.uri.rstrip(sep), *[p.strip(sep) for p in parts]])
-        return Location(self.fs, path, uri)
+        return Location(self.fs, path, uri, self.s3_endpoint, self.s3_region)
 
     @property
     def is_s3(self) -> bool:
@@ -46,14 +49,36 @@ def s3_filesystem(endpoint: Optional[str] = None, region: str = "us-east-1") -> 
 
 def resolve(uri: str, s3_endpoint: Optional[str] = None, s3_region: str = "us-east-1") -> Location:
     if uri.startswith("s3://"):
-        return Location(s3_filesystem(s3_endpoint, s3_region), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"))
+        return Location(s3_filesystem(s3_endpoint, s3_region), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"),
+                        s3_endpoint, s3_region)
     if "://" in uri:
         raise ValueError(f"{uri!r}: only local paths and s3:// URIs are supported")
     path = os.path.abspath(os.path.expanduser(uri))
     return Location(pafs.LocalFileSystem(), path, path)
 
 
+def s3_client(loc: Location):
+    """A boto3 client for ``loc``'s endpoint; credentials from the AWS chain."""
+    import boto3
+
+    endpoint = loc.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=loc.s3_region)
+
+
 def delete_dir_if_exists(loc: Location) -> None:
+    if loc.is_s3:
+        # pyarrow's delete_dir leaves a "parent/" marker object behind (it
+        # keeps the parent "directory" alive); delete the keys directly.
+        bucket, _, prefix = loc.path.partition("/")
+        client = s3_client(loc)
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        for page in pages:
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        return
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.Directory:
         loc.fs.delete_dir(loc.path)
