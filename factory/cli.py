@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", type=int, help="Copies per (pair, channel) (default 1).")
     run.add_argument("--limit", type=int, help="Use only the first N pairs.")
     run.add_argument("--templates", help="Folder of prompt templates (default: the packaged ones).")
+    gate = p.add_argument_group("quality gate (more in the config file's quality: section)")
+    gate.add_argument("--repair", dest="quality.repair", action=argparse.BooleanOptionalAction, default=None,
+                      help="Regenerate rejected rows once with the reasons fed back (default on).")
     eng = p.add_argument_group("engine")
     eng.add_argument("--model", help="Local folder, s3:// folder or hub id (default: bundled SmolLM2-135M-Instruct).")
     eng.add_argument("--replicas", dest="engine.replicas", type=int, help="Engine replicas (default 1).")

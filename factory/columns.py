@@ -33,8 +33,23 @@ NUM_OUTPUT_TOKENS = "num_output_tokens"
 FINISH_REASON = "finish_reason"
 GENERATED_AT = "generated_at"
 
+# The quality gate's verdict (see factory/quality).
+STATUS = "status"  # accepted | review | rejected
+REASONS = "reasons"  # reason codes, list<string>
+REASON_DETAILS = "reason_details"  # "code: what was found", list<string>
+ATTEMPT = "attempt"  # 1, or 2 for a repaired row
+FIRST_ATTEMPT_REASONS = "first_attempt_reasons"  # why attempt 1 was rejected (repaired rows)
+NUMERIC_FIDELITY = "numeric_fidelity"  # share of the copy's numbers found in the product data
+COPY_LENGTH = "copy_length"  # in the channel's unit (graphemes, display width, SMS units)
+COPY_LENGTH_LIMIT = "copy_length_limit"
+
+ACCEPTED, REVIEW, REJECTED = "accepted", "review", "rejected"
+STATUSES = (ACCEPTED, REVIEW, REJECTED)
+
 OUTPUT_COLUMNS = (
     RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
+    STATUS, REASONS, REASON_DETAILS, ATTEMPT, FIRST_ATTEMPT_REASONS, NUMERIC_FIDELITY,
+    COPY_LENGTH, COPY_LENGTH_LIMIT,
     TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, FINISH_REASON, GENERATED_AT,
 )
 
@@ -47,3 +62,8 @@ SOURCE = "source"
 MESSAGES = "__messages"
 # Per-row generation cap: channels differ in how long their copy may be.
 MAX_TOKENS = "__max_tokens"
+# Per-row stop strings (list<string>): one-line channels stop at a newline.
+STOP = "__stop"
+# Where the writer sends a row: the published copies, or the repair queue.
+ROUTE = "__route"
+ROUTE_COPIES, ROUTE_REPAIR = "copies", "repair"

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from factory.model import BUNDLED_MODEL
+from factory.quality.policy import QualityPolicy
 
 DEFAULT_CHANNELS = ("push", "email_subject", "ad_headline", "sms", "product_blurb")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -84,6 +85,11 @@ class JobConfig(_Strict):
         "beside the engine on a small node.",
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    quality: QualityPolicy = Field(
+        default_factory=QualityPolicy,
+        description="The quality gate: per-channel limits, extra banned/risky/allowed terms, "
+        "per-rule severity, repair on or off.",
+    )
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -145,10 +151,13 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Jo
     """Merge a config file's values with flags (flags win; unset flags are None)."""
     merged = dict(file_values)
     engine = dict(merged.pop("engine", None) or {})
+    quality = dict(merged.pop("quality", None) or {})
     for key, value in flag_values.items():
         if value is None:
             continue
-        if key.startswith("engine."):
+        if key.startswith("quality."):
+            quality[key.split(".", 1)[1]] = value
+        elif key.startswith("engine."):
             sub = key.split(".", 1)[1]
             if sub == "engine_kwargs":
                 engine["engine_kwargs"] = {**engine.get("engine_kwargs", {}), **value}
@@ -157,4 +166,5 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Jo
         else:
             merged[key] = value
     merged["engine"] = engine
+    merged["quality"] = quality
     return JobConfig.model_validate(merged)

@@ -3,14 +3,22 @@
     prepare()  validate config, templates and inputs; read the lookup tables;
                resolve the model. No engine time is spent before this passes.
     run()      pass 1 (CPU only): pairs the tables cannot serve -> dead letters
-               pass 2: join -> render -> generate -> finalize -> Parquet
+               pass 2: join -> render -> generate -> quality gate -> copies
+                       (rejected rows -> the repair queue instead)
+               pass 3: repair queue -> render with the reasons -> generate
+                       -> quality gate -> copies        (only if any were rejected)
+               then:   review queue and run summary from what was written
 
 Output layout under ``--output`` (Hive-style, so readers select by date and
-campaign):
+campaign). The key is ``date=``, not ``run_date=``: the files carry a
+``run_date`` column (a date), and a path key of the same name is inferred as
+a string, which pandas and pyarrow readers refuse to merge with it.
 
-    copies/run_date=YYYY-MM-DD/campaign=<name>/part-<digest of row keys>.parquet
-    dead_letters/run_date=YYYY-MM-DD/campaign=<name>/part-<digest of row keys>.parquet
-    runs/run_date=YYYY-MM-DD/campaign=<name>/summary.json
+    copies/date=YYYY-MM-DD/campaign=<name>/part-<digest of row keys>.parquet
+    review/date=YYYY-MM-DD/campaign=<name>/review.parquet
+    dead_letters/date=YYYY-MM-DD/campaign=<name>/part-<digest of row keys>.parquet
+    runs/date=YYYY-MM-DD/campaign=<name>/summary.json
+    _work/date=YYYY-MM-DD/campaign=<name>/repair/   (during the run only)
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ from factory import columns as C
 from factory import inputs, model, sample_data
 from factory.config import JobConfig
 from factory.prompts import PromptTemplate, load_templates
-from factory.stages import FinalizeRows, JoinProfiles, RenderPrompts, build_generate_stage
-from factory.stages.write import WriteParquetFiles
+from factory.quality.metrics import corpus_figures
+from factory.quality.summary import VERDICT_COLUMNS, quality_summary
+from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
+from factory.stages.write import Sink, WriteParquetFiles
 from factory.storage import Location, delete_dir_if_exists, make_dirs, resolve
 
 logger = logging.getLogger(__name__)
@@ -59,6 +69,8 @@ class Plan:
     copies: Location
     dead_letters: Location
     runs: Location
+    review: Location
+    work: Location  # the repair queue lives here during the run
     model_source: str
 
 
@@ -72,11 +84,12 @@ class RunResult:
     dead_letters_by_reason: dict[str, int]
     samples: list[dict[str, Any]]
     seconds: float
-    files: list[dict[str, Any]] = field(default_factory=list)  # {file, rows, bytes}
+    files: list[dict[str, Any]] = field(default_factory=list)  # {sink, file, rows, bytes}
+    quality: dict[str, Any] = field(default_factory=dict)
 
 
 def _partition(base: Location, kind: str, config: JobConfig) -> Location:
-    return base.join(kind, f"run_date={config.run_date.isoformat()}", f"campaign={config.campaign_label}")
+    return base.join(kind, f"date={config.run_date.isoformat()}", f"campaign={config.campaign_label}")
 
 
 def prepare(config: JobConfig) -> Plan:
@@ -109,7 +122,8 @@ def prepare(config: JobConfig) -> Plan:
         config=config, templates=templates, pairs=pairs,
         users=users, products=products, table_reports=[users_report, products_report],
         copies=_partition(out, "copies", config), dead_letters=_partition(out, "dead_letters", config),
-        runs=_partition(out, "runs", config),
+        runs=_partition(out, "runs", config), review=_partition(out, "review", config),
+        work=_partition(out, "_work", config).join("repair"),
         model_source=model.resolve_model(config.model),
     )
 
@@ -119,11 +133,21 @@ PAIRS_PER_BLOCK = 32
 MAX_BLOCKS = 2_000
 
 
-def _write(ds, loc: Location, num_cpus: float) -> list[dict[str, Any]]:
-    """Write ``ds`` under ``loc``; return one {file, rows, bytes} per file written."""
-    written = ds.map_batches(WriteParquetFiles(loc.fs, loc.path), batch_size=ROWS_PER_FILE,
+def _write(ds, sinks: dict[str, Sink], num_cpus: float, route: str | None = None) -> list[dict[str, Any]]:
+    """Write ``ds`` to its sinks; return one {sink, file, rows, bytes} per file written."""
+    written = ds.map_batches(WriteParquetFiles(sinks, route), batch_size=ROWS_PER_FILE,
                              batch_format="pyarrow", num_cpus=num_cpus)
-    return sorted(written.take_all(), key=lambda r: r["file"])
+    return sorted(written.take_all(), key=lambda r: (r["sink"], r["file"]))
+
+
+# What the repair pass needs of a rejected row: its keys, its chat and why it failed.
+REPAIR_QUEUE_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE,
+                        C.TEMPLATE_VERSION, "brand", C.MESSAGES, C.MAX_TOKENS, C.STOP, C.REASONS,
+                        C.REASON_DETAILS, C.COPY_LENGTH_LIMIT)
+
+
+def _repair_queue_rows(batch: pa.Table) -> pa.Table:
+    return batch.select(list(REPAIR_QUEUE_COLUMNS))
 
 
 def _keep_rows(batch: pa.Table, dead: bool) -> pa.Table:
@@ -200,7 +224,7 @@ def run(config: JobConfig) -> RunResult:
 
     light = config.cpu_stage_num_cpus
     source = plan.pairs.loc.uri
-    for loc in (plan.copies, plan.dead_letters, plan.runs):
+    for loc in (plan.copies, plan.dead_letters, plan.runs, plan.review, plan.work):
         delete_dir_if_exists(loc)  # a rerun replaces the run's output
 
     lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
@@ -211,7 +235,7 @@ def run(config: JobConfig) -> RunResult:
             .map_batches(_dead_letter_rows, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
                                                         "source": source},
                          batch_format="pyarrow", num_cpus=light))
-    dead_files = _write(dead, plan.dead_letters, light)
+    dead_files = _write(dead, {"dead_letters": Sink(plan.dead_letters.fs, plan.dead_letters.path)}, light)
     dead_reasons = _read_column(plan.dead_letters, dead_files, C.REASON)
     if len(dead_reasons):
         logger.warning("%d pair(s) sent to the dead letters at %s", len(dead_reasons), plan.dead_letters.uri)
@@ -224,37 +248,135 @@ def run(config: JobConfig) -> RunResult:
                                             num_cpus=light)
     rendered = good.map_batches(RenderPrompts(plan.templates, config.engine.max_tokens),
                                 batch_format="pyarrow", num_cpus=light)
-    passthrough = [C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
-    generate = build_generate_stage(config.engine, plan.model_source, device, passthrough, light)
-    final = generate(rendered).map_batches(
-        FinalizeRows(config.run_id, config.run_date, model.display_name(config.model)),
-        batch_format="pyarrow", num_cpus=light,
-    )
-    files = _write(final, plan.copies, light)
+    keys = [C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
+    finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
+    copies = Sink(plan.copies.fs, plan.copies.path, finalize)
 
-    result = _summarize(plan, files, dead_reasons, time.time() - started)
+    # The chat, its stops and the brand ride along for the repair pass's prompt.
+    generate = build_generate_stage(config.engine, plan.model_source, device,
+                                    keys + [C.MESSAGES, C.STOP, "brand"], light)
+    first = _gate(generate(rendered), plan, lookups, attempt=1)
+    files = _write(first, {C.ROUTE_COPIES: copies,
+                           C.ROUTE_REPAIR: Sink(plan.work.fs, plan.work.path, _repair_queue_rows)},
+                   light, route=C.ROUTE)
+
+    # Pass 3: one more draw for each rejected row, told why the first failed.
+    queued = [plan.work.join(f["file"]).path for f in files if f["sink"] == C.ROUTE_REPAIR]
+    if queued:
+        queued_rows = sum(f["rows"] for f in files if f["sink"] == C.ROUTE_REPAIR)
+        logger.info("Repairing %d rejected row(s)", queued_rows)
+        retry = (ray.data.read_parquet(queued, filesystem=plan.work.fs, num_cpus=light,
+                                       override_num_blocks=max(1, min(MAX_BLOCKS, -(-queued_rows // PAIRS_PER_BLOCK))))
+                 .map_batches(RenderRepair(), batch_format="pyarrow", num_cpus=light))
+        engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
+        regenerate = build_generate_stage(engine, plan.model_source, device,
+                                          keys + [C.FIRST_ATTEMPT_REASONS], light)
+        second = _gate(regenerate(retry), plan, lookups, attempt=2)
+        files = [f for f in files if f["sink"] != C.ROUTE_REPAIR] + _write(second, {C.ROUTE_COPIES: copies}, light)
+    delete_dir_if_exists(plan.work)
+
+    review = _write_review_queue(plan, files)
+    result = _summarize(plan, files, dead_reasons, time.time() - started, review)
     _write_summary(plan, result, device)
     return result
 
 
-def _summarize(plan: Plan, written: list[dict[str, Any]], dead_reasons: pa.ChunkedArray, seconds: float) -> RunResult:
-    files = [plan.copies.join(w["file"]).path for w in written]
-    channels = _read_column(plan.copies, written, C.CHANNEL)
-    by_channel = dict(zip(*_value_counts(channels)))
+def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int):
+    import ray
+
+    return ds.map_batches(
+        QualityGate,
+        fn_constructor_kwargs=dict(products=lookups["products"], users=lookups["users"],
+                                   policy=plan.config.quality, templates=plan.templates, attempt=attempt),
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        num_cpus=plan.config.cpu_stage_num_cpus,
+    )
+
+
+# Beside each copy under review, what a reviewer checks it against.
+REVIEW_PRODUCT_COLUMNS = ("title", "brand", "category", "price", "currency", "description", "attributes",
+                          "selling_points")
+REVIEW_DESCRIPTION_CHARS = 1_000
+
+
+def _write_review_queue(plan: Plan, written: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows with status ``review``, with the product facts beside the copy, in
+    one small Parquet file a reviewer can open in any tool."""
+    tables = [pq.read_table(plan.copies.join(w["file"]).path, filesystem=plan.copies.fs,
+                            filters=[(C.STATUS, "=", C.REVIEW)])
+              for w in written if w["sink"] == C.ROUTE_COPIES]
+    rows = pa.concat_tables(tables) if tables else None
+    if rows is None or rows.num_rows == 0:
+        return {"rows": 0, "file": None}
+    keep = [c for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.VARIANT, C.TEXT,
+                        C.REASONS, C.REASON_DETAILS, C.ATTEMPT, C.FIRST_ATTEMPT_REASONS, C.NUMERIC_FIDELITY,
+                        C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.TEMPLATE_VERSION, C.RUN_ID)]
+    products = plan.products.select([C.PRODUCT_ID] + [c for c in REVIEW_PRODUCT_COLUMNS
+                                                      if c in plan.products.column_names])
+    if "description" in products.column_names:
+        cut = pc.utf8_slice_codeunits(products["description"], 0, REVIEW_DESCRIPTION_CHARS)
+        products = products.set_column(products.column_names.index("description"), "description", cut)
+    # index_in + take, not Table.join: Acero cannot carry the list columns.
+    facts = products.take(pc.index_in(rows[C.PRODUCT_ID], value_set=products[C.PRODUCT_ID]))
+    review = rows.select(keep)
+    for name in facts.column_names[1:]:
+        review = review.append_column(name, facts[name])
+    review = review.sort_by([(C.CHANNEL, "ascending"), (C.PRODUCT_ID, "ascending"), (C.USER_ID, "ascending")])
+    target = plan.review.join("review.parquet")
+    make_dirs(plan.review.fs, plan.review.path)
+    pq.write_table(review, target.path, filesystem=plan.review.fs, compression="zstd")
+    logger.info("%d row(s) for review at %s", review.num_rows, target.uri)
+    return {"rows": review.num_rows, "file": target.uri}
+
+
+def _summarize(plan: Plan, written: list[dict[str, Any]], dead_reasons: pa.ChunkedArray, seconds: float,
+               review: dict[str, Any]) -> RunResult:
+    copies = [w for w in written if w["sink"] == C.ROUTE_COPIES]
+    verdicts = _read_columns(plan.copies, copies, VERDICT_COLUMNS)
+    quality = quality_summary(verdicts)
+    quality["review_queue"] = review
+    # Corpus figures need the text: read whole files (named by content hash,
+    # so effectively in random order) until a sample is big enough.
+    sample, rows = [], 0
+    for w in copies:
+        if rows >= CORPUS_SAMPLE_ROWS:
+            break
+        sample.append(w)
+        rows += w["rows"]
+    corpus_rows = _read_columns(plan.copies, sample, CORPUS_COLUMNS)
+    quality["corpus"] = corpus_figures(corpus_rows, plan.products, max_rows=CORPUS_SAMPLE_ROWS)
+    quality["corpus"]["files_measured"] = f"{len(sample)} of {len(copies)}"
+
+    by_channel = dict(zip(*_value_counts(verdicts[C.CHANNEL])))
     by_reason = dict(zip(*_value_counts(dead_reasons)))
-    # One sample per channel from the head of the first file: cheap at any size.
+    # One accepted sample per channel from the head of the first file: cheap at any size.
     samples, seen = [], set()
-    if files:
-        head = next(pq.ParquetFile(files[0], filesystem=plan.copies.fs).iter_batches(batch_size=2_000), None)
+    if copies:
+        first = plan.copies.join(copies[0]["file"]).path
+        head = next(pq.ParquetFile(first, filesystem=plan.copies.fs).iter_batches(batch_size=2_000), None)
         for row in (head.to_pylist() if head is not None else []):
-            if row[C.CHANNEL] not in seen and row[C.TEXT]:
+            if row[C.CHANNEL] not in seen and row[C.TEXT] and row[C.STATUS] == C.ACCEPTED:
                 seen.add(row[C.CHANNEL])
                 samples.append({k: row[k] for k in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.TEXT)})
     return RunResult(
-        run_id=plan.config.run_id, output_uri=plan.copies.uri, rows_written=len(channels),
+        run_id=plan.config.run_id, output_uri=plan.copies.uri, rows_written=verdicts.num_rows,
         dead_letters=len(dead_reasons), rows_by_channel=by_channel, dead_letters_by_reason=by_reason,
-        samples=samples, seconds=round(seconds, 1), files=written,
+        samples=samples, seconds=round(seconds, 1), files=copies, quality=quality,
     )
+
+
+CORPUS_SAMPLE_ROWS = 200_000
+CORPUS_COLUMNS = (C.CHANNEL, C.USER_ID, C.PRODUCT_ID, C.TEXT, C.STATUS, C.NUMERIC_FIDELITY, C.COPY_LENGTH,
+                  C.COPY_LENGTH_LIMIT)
+
+
+def _read_columns(loc: Location, written: list[dict[str, Any]], columns) -> pa.Table:
+    """Some columns of the files a write produced: what a downstream reader will see."""
+    from factory.stages.finalize import OUTPUT_SCHEMA
+
+    schema = pa.schema([OUTPUT_SCHEMA.field(c) for c in columns])
+    tables = [pq.read_table(loc.join(w["file"]).path, filesystem=loc.fs, columns=list(columns)) for w in written]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def _read_column(loc: Location, written: list[dict[str, Any]], column: str) -> pa.ChunkedArray:
@@ -279,6 +401,7 @@ def _write_summary(plan: Plan, result: RunResult, device: str) -> None:
         "output": result.output_uri,
         "rows_written": result.rows_written,
         "rows_by_channel": result.rows_by_channel,
+        "quality": result.quality,
         "files": result.files,
         "dead_letters": result.dead_letters,
         "dead_letters_by_reason": result.dead_letters_by_reason,

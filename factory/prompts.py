@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from factory.quality import pii
+
 BUILTIN_TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 PRODUCT_FIELDS = frozenset(
@@ -38,6 +40,8 @@ MAX_LIST_ITEMS = 5
 
 LANGUAGES = {"en": "English", "zh": "Simplified Chinese", "de": "German", "fr": "French",
              "es": "Spanish", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pt": "Portuguese"}
+
+_ANGLE_BRACKETS = str.maketrans({"<": "‹", ">": "›"})
 
 _REQUIRED_KEYS = ("channel", "max_chars", "max_tokens", "system", "user")
 
@@ -60,6 +64,8 @@ class PromptTemplate:
     # models follow a shown answer far better than a described one, and the
     # turns sit in the shared prefix, so the prefix cache makes them cheap.
     examples: tuple[tuple[str, str], ...] = ()
+    # Strings that end generation (vLLM stop strings), e.g. a newline for one-line channels.
+    stop: tuple[str, ...] = ()
 
     def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one row. ``values`` may hold more than the template
@@ -100,6 +106,12 @@ def format_value(name: str, value: Any) -> str:
     else:
         text = str(value)
     text = " ".join(text.split())  # one line: no injected newlines that fake prompt structure
+    # Untrusted text cannot close the <product> block (or open a fake one).
+    text = text.translate(_ANGLE_BRACKETS)
+    if name in USER_FIELDS:
+        # A profile built from searches can hold an e-mail or phone number;
+        # the model never sees one, so it cannot repeat one.
+        text = pii.scrub(text)
     if len(text) > MAX_FIELD_CHARS:
         text = text[: MAX_FIELD_CHARS - 1].rstrip() + "…"
     return text or "none"
@@ -158,6 +170,7 @@ def load_template(path: Path) -> PromptTemplate:
         fields=frozenset(fields),
         source=str(path),
         examples=tuple(examples),
+        stop=tuple(str(x) for x in (spec.get("stop") or [])),
     )
 
 

@@ -29,8 +29,20 @@ def report(result: RunResult) -> str:
         + "  ".join(f"{ch}={n}" for ch, n in sorted(result.rows_by_channel.items())),
         f"  dead letters: {result.dead_letters}  "
         + "  ".join(f"{r}={n}" for r, n in sorted(result.dead_letters_by_reason.items())),
-        "  sample copies:",
     ]
+    q = result.quality
+    if q.get("rows"):
+        lines.append("  quality:      " + "  ".join(f"{s}={n}" for s, n in q["status"].items())
+                     + f"   (before repair: " + "  ".join(f"{s}={n}" for s, n in q["before_repair"]["status"].items())
+                     + ")")
+        for channel, counts in q["status_by_channel"].items():
+            lines.append(f"    {channel:<14}" + "  ".join(f"{s}={n}" for s, n in counts.items()))
+        top = list(q["reasons"].items())[:5]
+        if top:
+            lines.append("  top reasons:  " + "  ".join(f"{r}={n}" for r, n in top))
+        if q["review_queue"]["file"]:
+            lines.append(f"  review queue: {q['review_queue']['file']}  ({q['review_queue']['rows']} rows)")
+    lines.append("  sample copies (accepted):")
     for s in result.samples[:3]:
         lines.append(f"    [{s['channel']}, {s['locale']}, {s['user_id']} x {s['product_id']}] {s['text']}")
     return "\n".join(lines)

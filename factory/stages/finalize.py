@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pyarrow as pa
 
@@ -18,6 +19,14 @@ OUTPUT_SCHEMA = pa.schema([
     (C.LOCALE, pa.string()),
     (C.VARIANT, pa.int32()),
     (C.TEXT, pa.string()),
+    (C.STATUS, pa.string()),
+    (C.REASONS, pa.list_(pa.string())),
+    (C.REASON_DETAILS, pa.list_(pa.string())),
+    (C.ATTEMPT, pa.int32()),
+    (C.FIRST_ATTEMPT_REASONS, pa.list_(pa.string())),
+    (C.NUMERIC_FIDELITY, pa.float64()),
+    (C.COPY_LENGTH, pa.int32()),
+    (C.COPY_LENGTH_LIMIT, pa.int32()),
     (C.TEMPLATE_VERSION, pa.string()),
     (C.MODEL, pa.string()),
     (C.NUM_INPUT_TOKENS, pa.int32()),
@@ -28,18 +37,25 @@ OUTPUT_SCHEMA = pa.schema([
 assert tuple(OUTPUT_SCHEMA.names) == C.OUTPUT_COLUMNS
 
 _QUOTES = {'"': '"', "'": "'", "“": "”", "「": "」", "《": "》"}
+# "Subject: ..." / "Push notification: ..." -- a label the channel does not want.
+_LABEL = re.compile(r"^(?:subject(?: line)?|e-?mail subject|headline|ad headline|sms|text message|push"
+                    r"(?: notification)?|notification|copy|recommendation|blurb|标题|短信|推送)\s*[:：]\s*",
+                    re.IGNORECASE)
 
 
 def clean_text(text: str) -> str:
-    """Trim whitespace and one pair of wrapping quotes; small models love both."""
+    """Trim whitespace, a leading channel label and one pair of wrapping
+    quotes; small models love all three. Nothing else is rewritten: the
+    gate judges what the model wrote."""
     text = (text or "").strip()
+    text = _LABEL.sub("", text, count=1).strip()
     if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
         text = text[1:-1].strip()
     return text
 
 
 class FinalizeRows:
-    """Adds run provenance, cleans the text and casts to ``OUTPUT_SCHEMA``."""
+    """Adds run provenance and casts gated rows to ``OUTPUT_SCHEMA``."""
 
     def __init__(self, run_id: str, run_date: dt.date, model: str):
         self._run_id = run_id
@@ -54,7 +70,8 @@ class FinalizeRows:
             C.RUN_DATE: pa.array([self._run_date] * n, pa.date32()),
             C.MODEL: pa.array([self._model] * n, pa.string()),
             C.GENERATED_AT: pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-            C.TEXT: pa.array([clean_text(t) for t in batch[C.TEXT].to_pylist()], pa.string()),
         }
+        if C.FIRST_ATTEMPT_REASONS not in batch.column_names:
+            columns[C.FIRST_ATTEMPT_REASONS] = pa.nulls(n, pa.list_(pa.string()))
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]
         return pa.table(arrays, schema=OUTPUT_SCHEMA)

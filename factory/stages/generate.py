@@ -85,8 +85,11 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
 
 
 def to_request(row: dict[str, Any], temperature: float, top_p: float) -> dict[str, Any]:
-    row["messages"] = json.loads(row.pop(C.MESSAGES))
+    row["messages"] = json.loads(row[C.MESSAGES])  # the string stays: a repair builds on it
     row["sampling_params"] = {"max_tokens": int(row[C.MAX_TOKENS]), "temperature": temperature, "top_p": top_p}
+    stop = row.get(C.STOP)  # stays on the row: a repair uses the same stops
+    if stop is not None and len(stop):
+        row["sampling_params"]["stop"] = [str(s) for s in stop]
     return row
 
 

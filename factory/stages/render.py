@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Mapping, Optional
 
 import pyarrow as pa
 
 from factory import columns as C
 from factory.prompts import PromptTemplate, format_price
+
+
+# Templates set token caps for English. Byte-level tokenizers spend about two
+# tokens per Chinese character (SmolLM2: 13 characters -> 24 tokens) against
+# about 0.3 per English one, and Chinese copy is about half as many
+# characters for the same message: twice the cap. Without it most Chinese
+# copies were cut off mid-phrase (3x was tried: longer rambling, no gain).
+_CJK_TOKEN_FACTOR = 2
+
+
+def tokens_per_char_factor(locale: Optional[str]) -> int:
+    lang = (locale or "").replace("_", "-").split("-")[0].lower()
+    return _CJK_TOKEN_FACTOR if lang in ("zh", "ja", "ko") else 1
 
 
 class RenderPrompts:
@@ -30,15 +44,97 @@ class RenderPrompts:
         locales = batch[C.LOCALE].to_pylist()
         prices, currencies = batch["price"].to_pylist(), batch["currency"].to_pylist()
 
-        messages, caps, versions = [], [], []
+        messages, caps, versions, stops = [], [], [], []
         for i, channel in enumerate(channels):
             template = self._templates[channel]
             values = {name: col[i] for name, col in cols.items()}
             values["language"] = locales[i]
             values["price"] = format_price(prices[i], currencies[i])
             messages.append(json.dumps(template.render(values), ensure_ascii=False))
-            caps.append(self._max_tokens or template.max_tokens)
+            caps.append(self._max_tokens or template.max_tokens * tokens_per_char_factor(locales[i]))
             versions.append(template.version)
+            stops.append(list(template.stop))
         return (batch.append_column(C.MESSAGES, pa.array(messages, pa.string()))
                 .append_column(C.MAX_TOKENS, pa.array(caps, pa.int32()))
+                .append_column(C.STOP, pa.array(stops, pa.list_(pa.string())))
                 .append_column(C.TEMPLATE_VERSION, pa.array(versions, pa.string())))
+
+
+# What the repair prompt adds, per reason code of the first attempt. Phrased
+# as requirements of the request, not as talk about a previous answer: a
+# small model told "your previous answer was cut off" writes about that.
+REPAIR_REQUIREMENTS = {
+    "length_exceeded": "It must be at most {limit} characters.",
+    "too_short": "Write a complete message.",
+    "multiple_options": "Write exactly one, on one line.",
+    "truncated": "Keep it short and end with a full stop.",
+    "banned_claim": "Do not use these words: {detail}.",
+    "risky_claim": "Do not use these words: {detail}.",
+    "unsupported_number": "Use no numbers except those in the <product> block.",
+    "unsupported_material": "Name no material that the <product> block does not name.",
+    "personal_data": "Include no contact details.",
+    "user_identifier": "Include no customer id.",
+    "foreign_url": "Include no links.",
+    "url_from_source": "Include no links.",
+    "foreign_brand": "Name no brand except {brand}.",
+    "injection_trace": "Write only about the product.",
+    "refusal": "Write the marketing copy itself.",
+    "template_leak": "Write new copy for this product only.",
+    "chatter": "Start directly with the copy.",
+    "empty": "Write the copy.",
+    "repetition": "Say each thing once.",
+    "wrong_language": "Write it in {language} only.",
+}
+
+
+def repair_requirements(details: list[str], locale: Optional[str], limit: Optional[int] = None,
+                        brand: Optional[str] = None) -> str:
+    """The first attempt's failures as requirements, one sentence per reason."""
+    from factory.prompts import language_for
+
+    lines = []
+    for item in details:
+        code, _, detail = item.partition(": ")
+        hint = REPAIR_REQUIREMENTS.get(code)
+        if hint is None:
+            continue
+        if code in ("banned_claim", "risky_claim"):
+            detail = ", ".join(re.findall(r"'([^']+)'", detail)) or detail
+        line = hint.format(detail=detail, language=language_for(locale), limit=limit or "the allowed number of",
+                           brand=brand or "the product's own")
+        if line not in lines:
+            lines.append(line)
+    return ("Requirements: " + " ".join(lines)) if lines else ""
+
+
+class RenderRepair:
+    """The second attempt's prompt: the first chat, with the reasons the first
+    copy was rejected added to the final request as requirements. The system
+    prompt and the worked examples are unchanged, so the prefix cache still
+    serves them.
+
+    The first attempt's reason codes move to ``first_attempt_reasons``; its
+    text and verdict are dropped (the gate writes new ones).
+    """
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        chats = batch[C.MESSAGES].to_pylist()
+        details = batch[C.REASON_DETAILS].to_pylist()
+        locales = batch[C.LOCALE].to_pylist()
+        limits = (batch[C.COPY_LENGTH_LIMIT].to_pylist() if C.COPY_LENGTH_LIMIT in batch.column_names
+                  else [None] * batch.num_rows)
+        brands = batch["brand"].to_pylist() if "brand" in batch.column_names else [None] * batch.num_rows
+        repaired = []
+        for chat, why, locale, limit, brand in zip(chats, details, locales, limits, brands):
+            messages = json.loads(chat)
+            feedback = repair_requirements(why or [], locale, limit, brand)
+            if feedback:
+                messages[-1]["content"] = f"{messages[-1]['content']}\n{feedback}"
+            repaired.append(json.dumps(messages, ensure_ascii=False))
+        keep = [c for c in batch.column_names
+                if c not in (C.MESSAGES, C.REASONS, C.TEXT, C.STATUS, C.REASON_DETAILS, C.NUMERIC_FIDELITY,
+                             C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.ATTEMPT, C.ROUTE, C.FINISH_REASON,
+                             C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, "brand")]
+        return (batch.select(keep)
+                .append_column(C.FIRST_ATTEMPT_REASONS, batch[C.REASONS])
+                .append_column(C.MESSAGES, pa.array(repaired, pa.string())))

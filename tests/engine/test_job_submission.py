@@ -68,9 +68,15 @@ def test_job_submitted_to_a_ray_head_succeeds(ray_head, tmp_path):
                             "python", "-c", "pass"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0
 
-    copies = out / "copies" / "run_date=2026-11-21" / "campaign=winter_sale"
+    copies = out / "copies" / "date=2026-11-21" / "campaign=winter_sale"
     table = pq.read_table(copies)
     assert table.num_rows > 0
     assert set(table[C.CAMPAIGN_ID].to_pylist()) == {"winter_sale"}
     assert set(table[C.CHANNEL].to_pylist()) <= {"push", "ad_headline"}
-    assert (out / "runs" / "run_date=2026-11-21" / "campaign=winter_sale" / "summary.json").exists()
+    assert (out / "runs" / "date=2026-11-21" / "campaign=winter_sale" / "summary.json").exists()
+    # A downstream reader's first try: the whole output folder as one table, partitions as columns.
+    import pandas as pd
+
+    frame = pd.read_parquet(out / "copies")
+    assert len(frame) == table.num_rows and set(frame["campaign"].astype(str)) == {"winter_sale"}
+    assert set(frame["date"].astype(str)) == {"2026-11-21"} and set(frame[C.STATUS]) <= set(C.STATUSES)

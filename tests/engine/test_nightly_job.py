@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import columns as C
+from factory import sample_data
 from factory.prompts import load_templates
 from factory.stages.finalize import OUTPUT_SCHEMA
 from tests.conftest import JOB, PYTHON, REPO, S3_SECRET_KEY, job_env
 
 pytestmark = pytest.mark.engine
 
-RUN_CHANNELS = ["push", "sms", "ad_headline"]
+RUN_CHANNELS = ["push", "sms", "ad_headline", "product_blurb"]
 RUN_DATE = "2026-11-20"
 
 
@@ -54,8 +55,14 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     products = pq.read_table(sample_dir / "products.parquet")
     all_pairs = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
     zh_users = {u[C.USER_ID] for u in users.to_pylist() if u[C.LOCALE] == "zh-CN"}
-    pairs = ([p for p in all_pairs if p[C.USER_ID] not in zh_users][:22]
-             + [p for p in all_pairs if p[C.USER_ID] in zh_users][:6])
+    hostile = sample_data.hostile_pairs(users.to_pylist(), products.to_pylist())
+    regular = [p for p in all_pairs if p not in hostile]
+    # Regular pairs in English and Chinese, and the hostile ones: instructions in
+    # a description, a 20,000-character description, a trademark containing 最,
+    # personal data in a profile.
+    pairs = ([p for p in regular if p[C.USER_ID] not in zh_users][:16]
+             + [p for p in regular if p[C.USER_ID] in zh_users][:5] + hostile)
+    assert len(hostile) == 4 and all(h in all_pairs for h in hostile)
     # Two pairs the tables cannot serve: they must land in the dead letters, not stop the run.
     pairs += [{C.USER_ID: "U999999", C.PRODUCT_ID: "P00001", C.CHANNEL: None, C.CAMPAIGN_ID: "winter_sale"},
               {C.USER_ID: "U000001", C.PRODUCT_ID: "P99999", C.CHANNEL: "sms", C.CAMPAIGN_ID: "winter_sale"}]
@@ -72,7 +79,7 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "rows written" in proc.stdout and "sample copies" in proc.stdout
 
-    partition = f"run_date={RUN_DATE}/campaign=all/"
+    partition = f"date={RUN_DATE}/campaign=all/"
     out = _read_prefix(s3_client, s3_bucket, f"factory/copies/{partition}")
     assert out is not None
     assert out.schema == OUTPUT_SCHEMA  # every column present and typed
@@ -86,7 +93,7 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     versions = {c: t.version for c, t in load_templates().items()}
     locales = dict(zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist()))
     for r in rows:
-        assert r[C.TEXT].strip(), r
+        assert r[C.TEXT].strip() or (r[C.STATUS] == C.REJECTED and "empty" in r[C.REASONS]), r
         assert r[C.TEMPLATE_VERSION] == versions[r[C.CHANNEL]]
         assert r[C.RUN_ID] == f"{RUN_DATE}_all" and r[C.RUN_DATE].isoformat() == RUN_DATE
         assert r[C.MODEL] == "SmolLM2-135M-Instruct"
@@ -95,6 +102,19 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         assert r[C.FINISH_REASON] in ("stop", "length")
         assert r[C.CAMPAIGN_ID] in ("winter_sale", "new_arrivals")
     assert any(r[C.LOCALE] == "zh-CN" for r in rows)
+    _check_verdicts(rows)
+
+    # Hostile rows did not stop the run, and each got its verdict.
+    by_product = Counter(r[C.PRODUCT_ID] for r in rows)
+    assert by_product["P09001"] == 1 and by_product["P09002"] == 1 and by_product["P09003"] == len(RUN_CHANNELS)
+    pii_rows = [r for r in rows if r[C.USER_ID] == sample_data.HOSTILE_USER[C.USER_ID]]
+    assert len(pii_rows) == len(RUN_CHANNELS)
+    for r in rows:
+        # The profile's e-mail and phone were scrubbed before the prompt, so no copy can hold them;
+        # anything the description smuggled in that the model repeated was rejected.
+        assert "jane.doe" not in r[C.TEXT] and "555 0142" not in r[C.TEXT]
+        if "free-prize" in r[C.TEXT] or "555 0199" in r[C.TEXT]:
+            assert r[C.STATUS] == C.REJECTED and {"url_from_source", "personal_data"} & set(r[C.REASONS]), r
 
     dead = _read_prefix(s3_client, s3_bucket, f"factory/dead_letters/{partition}")
     assert sorted(zip(dead[C.USER_ID].to_pylist(), dead[C.REASON].to_pylist())) == [
@@ -105,10 +125,62 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     summary_text = summary_obj["Body"].read().decode()
     summary = json.loads(summary_text)
     assert summary["rows_written"] == len(rows) and summary["dead_letters"] == 2
+    _check_quality_summary(summary["quality"], rows)
+
+    # The review queue: exactly the review rows, with the product facts beside the copy.
+    review_rows = [r for r in rows if r[C.STATUS] == C.REVIEW]
+    queue = _read_prefix(s3_client, s3_bucket, f"factory/review/{partition}")
+    if review_rows:
+        keys = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.TEXT)
+        assert sorted(zip(*(queue[k].to_pylist() for k in keys))) == sorted(tuple(r[k] for k in keys)
+                                                                            for r in review_rows)
+        titles = dict(zip(products[C.PRODUCT_ID].to_pylist(), products["title"].to_pylist()))
+        for q in queue.to_pylist():
+            assert q["title"] == titles[q[C.PRODUCT_ID]] and q[C.REASONS] and q["price"] is not None
+            assert len(q["description"]) <= 1_000
+    else:
+        assert queue is None
     assert summary["template_versions"] == {c: versions[c] for c in RUN_CHANNELS}
     # No object-store markers or stray files beside the data.
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]]
     assert all(k.endswith((".parquet", "summary.json")) for k in keys), keys
+    assert not [k for k in keys if "/_work/" in k]  # the repair queue is gone once the run is done
 
     for text in (proc.stdout, proc.stderr, summary_text):
         assert S3_SECRET_KEY not in text
+
+
+def _check_verdicts(rows: list[dict]) -> None:
+    """Every row says how it fared and, unless accepted, why."""
+    for r in rows:
+        assert r[C.STATUS] in C.STATUSES
+        assert len(r[C.REASONS]) == len(set(r[C.REASONS])) and len(r[C.REASON_DETAILS]) >= len(r[C.REASONS])
+        assert (r[C.STATUS] == C.ACCEPTED) == (r[C.REASONS] == []), r
+        assert all(d.split(": ", 1)[0] in r[C.REASONS] for d in r[C.REASON_DETAILS])
+        assert r[C.ATTEMPT] in (1, 2)
+        if r[C.ATTEMPT] == 2:  # repaired: attempt 1 was rejected, and said why
+            assert r[C.FIRST_ATTEMPT_REASONS], r
+        else:  # with repair on, a row rejected on attempt 1 always gets an attempt 2
+            assert r[C.FIRST_ATTEMPT_REASONS] is None and r[C.STATUS] != C.REJECTED, r
+        assert r[C.COPY_LENGTH_LIMIT] > 0
+        if r[C.TEXT] and "length_exceeded" not in r[C.REASONS]:
+            assert r[C.COPY_LENGTH] <= r[C.COPY_LENGTH_LIMIT], r
+        assert r[C.NUMERIC_FIDELITY] is None or 0.0 <= r[C.NUMERIC_FIDELITY] <= 1.0
+    # The repair pass ran: the bundled model's first drafts are rejected often.
+    assert any(r[C.ATTEMPT] == 2 for r in rows)
+
+
+def _check_quality_summary(quality: dict, rows: list[dict]) -> None:
+    """The summary's figures agree with the rows a reader sees."""
+    assert quality["status"] == {s: sum(r[C.STATUS] == s for r in rows) for s in C.STATUSES}
+    reasons = Counter(x for r in rows for x in r[C.REASONS])
+    assert quality["reasons"] == dict(reasons)
+    repaired = [r for r in rows if r[C.ATTEMPT] == 2]
+    assert quality["repair"]["attempted"] == len(repaired)
+    assert quality["before_repair"]["status"][C.REJECTED] == (
+        len(repaired) + sum(r[C.STATUS] == C.REJECTED for r in rows if r[C.ATTEMPT] == 1))
+    per_channel = {ch: sum(n for n in counts.values()) for ch, counts in quality["status_by_channel"].items()}
+    assert per_channel == dict(Counter(r[C.CHANNEL] for r in rows))
+    corpus = quality["corpus"]
+    assert corpus["rows"] == len(rows) and 0 < corpus["distinct_1"] <= 1 and 0 < corpus["distinct_2"] <= 1
+    assert corpus["length_compliance"] is not None and 0 <= corpus["length_compliance"] <= 1

@@ -1,0 +1,140 @@
+"""The quality gate: a verdict and its reasons on every generated row."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import regex
+
+from factory import columns as C
+from factory.prompts import PromptTemplate
+from factory.quality.policy import QualityPolicy
+from factory.quality.rules import Copy, ProductFacts, RuleBook
+from factory.quality.text import gsm_friendly
+from factory.stages.finalize import clean_text
+
+_PRODUCT_FIELDS = ("title", "brand", "category", "price", "currency", "description", "attributes",
+                   "selling_points")
+_PROFILE_TEXT_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
+_PLACEHOLDER = regex.compile(r"\{[a-z_]+\}")
+_PRODUCT_BLOCK = regex.compile(r"<product>.*?</product>", regex.DOTALL)
+_STRING_LIST = pa.list_(pa.string())
+
+
+def prompt_texts(templates: Mapping[str, PromptTemplate]) -> tuple[list[str], list[str]]:
+    """The fixed wording of the prompts, and the products of their worked examples.
+
+    Placeholders and the examples' product blocks split the wording: data is
+    not wording, and no run of words may span a gap. An example's product is
+    the block's text up to " by " (the templates' own convention)."""
+    from factory.stages.render import REPAIR_REQUIREMENTS
+
+    # The repair prompt's requirements count as wording too: a small model
+    # told "Do not use these words: free" likes to write exactly that.
+    instructions = [p for text in REPAIR_REQUIREMENTS.values() for p in _PLACEHOLDER.split(text)]
+    instructions.append("Requirements:")
+    example_products = []
+    for t in templates.values():
+        for text in (t.system, t.user, *(u for u, _ in t.examples)):
+            for piece in _PRODUCT_BLOCK.split(text):
+                instructions.extend(_PLACEHOLDER.split(piece))
+        for user, _ in t.examples:
+            for block in _PRODUCT_BLOCK.findall(user):
+                title = block[len("<product>"):].split(" by ")[0].split(",")[0].strip()
+                if title:
+                    example_products.append(title)
+    return instructions, example_products
+
+
+class QualityGate:
+    """Cleans each copy, runs every rule and adds the verdict columns.
+
+    ``status`` is ``rejected`` if any finding's severity is reject, else
+    ``review`` if any is review, else ``accepted``. On the first attempt a
+    rejected row is routed to the repair queue when the policy repairs.
+    The lookup tables arrive once per actor, like the join's.
+    """
+
+    def __init__(self, products: pa.Table, users: pa.Table, policy: QualityPolicy,
+                 templates: Mapping[str, PromptTemplate], attempt: int = 1):
+        import ray
+
+        products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
+        users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        self._policy = policy
+        self._attempt = attempt
+        instructions, answers = prompt_texts(templates)
+        self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist())
+        self._products = products
+        self._product_ids = products[C.PRODUCT_ID]
+        self._users = users
+        self._user_ids = users[C.USER_ID]
+        self._profile_fields = [f for f in _PROFILE_TEXT_FIELDS if f in users.column_names]
+
+    @functools.lru_cache(maxsize=8192)
+    def _facts(self, index: int) -> ProductFacts:
+        record = {f: self._products[f][index].as_py() for f in _PRODUCT_FIELDS if f in self._products.column_names}
+        return ProductFacts.from_record(record)
+
+    @functools.lru_cache(maxsize=8192)
+    def _profile_text(self, index: int) -> str:
+        parts = []
+        for f in self._profile_fields:
+            value = self._users[f][index].as_py()
+            parts.extend(value if isinstance(value, list) else [value])
+        return "\n".join(str(p) for p in parts if p).lower()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        product_idx = pc.index_in(batch[C.PRODUCT_ID], value_set=self._product_ids).to_pylist()
+        user_idx = pc.index_in(batch[C.USER_ID], value_set=self._user_ids).to_pylist()
+        texts = batch[C.TEXT].to_pylist()
+        channels, locales = batch[C.CHANNEL].to_pylist(), batch[C.LOCALE].to_pylist()
+        user_ids = batch[C.USER_ID].to_pylist()
+        finish = batch[C.FINISH_REASON].to_pylist() if C.FINISH_REASON in batch.column_names else [None] * n
+
+        out: dict[str, list[Any]] = {k: [] for k in (C.TEXT, C.STATUS, C.REASONS, C.REASON_DETAILS,
+                                                     C.NUMERIC_FIDELITY, C.COPY_LENGTH, C.COPY_LENGTH_LIMIT,
+                                                     C.ROUTE)}
+        for i in range(n):
+            text = clean_text(texts[i])
+            if self._policy.limits_for(channels[i]).unit == "sms_segments":
+                text = gsm_friendly(text)  # a curly quote must not turn the SMS into UCS-2
+            facts = self._facts(product_idx[i]) if product_idx[i] is not None else ProductFacts.from_record({})
+            copy = Copy(text=text, channel=channels[i], locale=locales[i], product=facts,
+                        user_id=user_ids[i], finish_reason=finish[i],
+                        user_source=self._profile_text(user_idx[i]) if user_idx[i] is not None else "")
+            m = self._book.check(copy)
+            severities = {f.code: self._policy.severity_of(f.code) for f in m.findings}
+            kept = [f for f in m.findings if severities[f.code] != "off"]
+            if any(severities[f.code] == "reject" for f in kept):
+                status = C.REJECTED
+            elif kept:
+                status = C.REVIEW
+            else:
+                status = C.ACCEPTED
+            repair = status == C.REJECTED and self._attempt == 1 and self._policy.repair
+            out[C.TEXT].append(text)
+            out[C.STATUS].append(status)
+            out[C.REASONS].append(list(dict.fromkeys(f.code for f in kept)))
+            out[C.REASON_DETAILS].append([f"{f.code}: {f.detail}" for f in kept])
+            out[C.NUMERIC_FIDELITY].append(m.numeric_fidelity)
+            out[C.COPY_LENGTH].append(m.length)
+            out[C.COPY_LENGTH_LIMIT].append(m.length_limit)
+            out[C.ROUTE].append(C.ROUTE_REPAIR if repair else C.ROUTE_COPIES)
+
+        types = {C.REASONS: _STRING_LIST, C.REASON_DETAILS: _STRING_LIST, C.NUMERIC_FIDELITY: pa.float64(),
+                 C.COPY_LENGTH: pa.int32(), C.COPY_LENGTH_LIMIT: pa.int32()}
+        for name, values in out.items():
+            array = pa.array(values, types.get(name, pa.string()))
+            if name in batch.column_names:
+                batch = batch.set_column(batch.column_names.index(name), name, array)
+            else:
+                batch = batch.append_column(name, array)
+        if C.ATTEMPT not in batch.column_names:
+            batch = batch.append_column(C.ATTEMPT, pa.array([self._attempt] * n, pa.int32()))
+        return batch
+
