@@ -191,7 +191,7 @@ def make_users(rng: random.Random, products: list[dict], n: int = 300) -> list[d
 def make_pairs(rng: random.Random, users: list[dict], products: list[dict], n_users: int = 50,
                per_user: int = 2) -> list[dict]:
     """Pairs for a sample of the users: small enough that the demo finishes in a
-    few minutes on 2 CPU cores (about 380 copies)."""
+    few minutes on 2 CPU cores (about 400 copies with the hostile pairs)."""
     by_currency = {"USD": [p for p in products if p["currency"] == "USD"],
                    "CNY": [p for p in products if p["currency"] == "CNY"]}
     pairs = []
