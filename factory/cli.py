@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output", help="Output folder or s3://bucket/prefix (default ./out).")
     io.add_argument("--s3-endpoint", dest="s3_endpoint", help="S3-compatible endpoint URL (MinIO, R2, ...).")
     io.add_argument("--s3-region", dest="s3_region", help="S3 region (default us-east-1).")
+    io.add_argument("--s3-sse", dest="s3_sse", choices=["AES256", "aws:kms"],
+                    help="Server-side encryption for every object written.")
+    io.add_argument("--s3-sse-kms-key-id", dest="s3_sse_kms_key_id", help="KMS key for --s3-sse aws:kms.")
+    io.add_argument("--s3-max-attempts", dest="s3_max_attempts", type=int,
+                    help="Tries per S3 request before the run fails (default 10, with backoff).")
     run = p.add_argument_group("what to write")
     run.add_argument("--run-date", dest="run_date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today).")
     run.add_argument("--campaign", help="Only this campaign's pairs; labels the run.")
@@ -41,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", type=int, help="Copies per (pair, channel) (default 1).")
     run.add_argument("--limit", type=int, help="Use only the first N pairs.")
     run.add_argument("--templates", help="Folder of prompt templates (default: the packaged ones).")
+    run.add_argument("--rows-per-file", dest="rows_per_file", type=int,
+                     help="Rows per output file, the resume unit (default 50000).")
+    run.add_argument("--force", action="store_true", default=None,
+                     help="Run again as a new attempt even if this run date and campaign are published.")
     gate = p.add_argument_group("quality gate (more in the config file's quality: section)")
     gate.add_argument("--repair", dest="quality.repair", action=argparse.BooleanOptionalAction, default=None,
                       help="Regenerate rejected rows once with the reasons fed back (default on).")

@@ -22,6 +22,10 @@ PRODUCTS_REQUIRED = (PRODUCT_ID, "title", "category", "brand", "price", "currenc
 PRODUCTS_OPTIONAL = ("attributes", "selling_points")
 
 # --- Output rows ----------------------------------------------------------------
+# Stable id of one output row: a hash of run id, campaign, user, product,
+# channel and variant. Resume skips rows whose id is already written; a
+# reader can deduplicate across runs with it.
+ROW_ID = "row_id"
 RUN_ID = "run_id"
 RUN_DATE = "run_date"
 VARIANT = "variant"
@@ -47,7 +51,7 @@ ACCEPTED, REVIEW, REJECTED = "accepted", "review", "rejected"
 STATUSES = (ACCEPTED, REVIEW, REJECTED)
 
 OUTPUT_COLUMNS = (
-    RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
+    ROW_ID, RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
     STATUS, REASONS, REASON_DETAILS, ATTEMPT, FIRST_ATTEMPT_REASONS, NUMERIC_FIDELITY,
     COPY_LENGTH, COPY_LENGTH_LIMIT,
     TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, FINISH_REASON, GENERATED_AT,
@@ -55,7 +59,8 @@ OUTPUT_COLUMNS = (
 
 # --- Dead letters -----------------------------------------------------------------
 REASON = "reason"
-SOURCE = "source"
+SOURCE = "source"  # the input file a row came from
+SOURCE_ROW = "source_row"  # its 0-based row number in that file
 
 # --- Internal (never written) -------------------------------------------------------
 # The rendered chat, as JSON, handed to the engine stage.
@@ -64,6 +69,8 @@ MESSAGES = "__messages"
 MAX_TOKENS = "__max_tokens"
 # Per-row stop strings (list<string>): one-line channels stop at a newline.
 STOP = "__stop"
+# Copy rows a checked pair owes the run (channels x variants; 0 for a dead pair).
+ROWS_OWED = "__rows_owed"
 # Where the writer sends a row: the published copies, or the repair queue.
 ROUTE = "__route"
 ROUTE_COPIES, ROUTE_REPAIR = "copies", "repair"

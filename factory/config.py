@@ -79,6 +79,19 @@ class JobConfig(_Strict):
     templates: Optional[str] = Field(default=None, description="Folder of prompt templates. Default: the packaged ones.")
     s3_endpoint: Optional[str] = Field(default=None, description="S3-compatible endpoint URL (MinIO, R2, a test server).")
     s3_region: str = Field(default="us-east-1", description="Region for S3 requests.")
+    s3_sse: Optional[Literal["AES256", "aws:kms"]] = Field(
+        default=None, description="Server-side encryption for every object the job writes.")
+    s3_sse_kms_key_id: Optional[str] = Field(
+        default=None, description="KMS key id or ARN for s3_sse=aws:kms (default: the bucket's AWS managed key).")
+    s3_max_attempts: int = Field(
+        default=10, ge=1, le=50,
+        description="Tries per S3 request (throttling, 5xx and dropped connections are retried with backoff).")
+    rows_per_file: int = Field(
+        default=50_000, ge=1, le=1_000_000,
+        description="Rows per output file. Files are the resume unit: after a crash only rows in "
+        "unfinished files are generated again.")
+    force: bool = Field(
+        default=False, description="Run again as a new attempt even if the run is already published.")
     cpu_stage_num_cpus: float = Field(
         default=0.25, gt=0, le=8,
         description="CPUs reserved per light CPU task (join, render, finalize). Small so they fit "
@@ -118,6 +131,12 @@ class JobConfig(_Strict):
         if value.startswith("s3://") and len(value[5:].split("/")[0]) < 3:
             raise ValueError(f"{value!r}: S3 bucket names have at least 3 characters")
         return value.rstrip("/") or value
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> "JobConfig":
+        if self.s3_sse_kms_key_id and self.s3_sse != "aws:kms":
+            raise ValueError("s3_sse_kms_key_id needs s3_sse: aws:kms")
+        return self
 
     @model_validator(mode="after")
     def _inputs_together(self) -> "JobConfig":

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory import columns as C
-from factory.storage import Location
+from factory.storage import Location, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,58 @@ class TableReport:
     rows_read: int = 0
     rows_kept: int = 0
     problems: dict[str, int] = field(default_factory=dict)
+    # Each dropped row: its key, reason, file and row number (for the dead letters).
+    rejects: list[dict] = field(default_factory=list, repr=False)
+    # Values with broken UTF-8 outside the key, replaced (U+FFFD), per column.
+    repaired_text: dict[str, int] = field(default_factory=dict)
+
+
+# An id is a short key; anything longer is a broken export, not an id.
+MAX_KEY_BYTES = 256
+
+
+def malformed_reasons(column: pa.ChunkedArray | pa.Array, name: str, max_bytes: int = MAX_KEY_BYTES,
+                      required: bool = True) -> list[Optional[str]]:
+    """Per value: why it cannot be a key (``null_<name>``, ``invalid_utf8_<name>``,
+    ``too_long_<name>``, ``control_characters_<name>``), or None."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
+    n = len(column)
+    reasons: list[Optional[str]] = [None] * n
+    if n == 0:
+        return reasons
+    raw = column.cast(pa.binary()) if not pa.types.is_binary(column.type) else column
+    nulls = pc.is_null(raw).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.binary_length(raw), 0).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(nulls if required else np.zeros(n, bool)):
+        reasons[i] = f"null_{name}"
+    for i in np.flatnonzero(lengths > max_bytes):
+        reasons[i] = f"too_long_{name}"
+    # UTF-8 and control characters: only a Python pass tells which row, so it
+    # runs on the (short) keys only, and only when a cheap check fails.
+    try:
+        column.cast(pa.string()).validate(full=True)
+        bad_utf8 = False
+    except (pa.ArrowInvalid, pa.ArrowException):
+        bad_utf8 = True
+    try:
+        needs_scan = bad_utf8 or bool(pc.any(pc.match_substring_regex(raw, pattern=r"[\x00-\x1f\x7f]")).as_py())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        needs_scan = True
+    if needs_scan:
+        for i, value in enumerate(raw.to_pylist()):
+            if value is None or reasons[i] is not None:
+                continue
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                reasons[i] = f"invalid_utf8_{name}"
+                continue
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+                reasons[i] = f"control_characters_{name}"
+    return reasons
+
+
 
 
 def list_parquet_files(loc: Location, name: str) -> list[str]:
@@ -97,6 +152,7 @@ class ParquetInput:
     files: list[str]
     names: dict[str, list[str]]  # file -> its column names
     rows: int
+    row_groups: dict[str, list[int]] = field(default_factory=dict)  # file -> rows per row group
 
     @property
     def columns(self) -> list[str]:
@@ -108,18 +164,19 @@ class ParquetInput:
 def check_schema(loc: Location, contract: Contract) -> ParquetInput:
     """Check every file's schema from its footer."""
     files = list_parquet_files(loc, contract.name)
-    names, rows = {}, 0
+    names, rows, groups = {}, 0, {}
     for path in files:
         shown = _display(loc, path)
         try:
-            meta = pq.read_metadata(path, filesystem=loc.fs)
+            meta = retry_io(pq.read_metadata, path, filesystem=loc.fs, attempts=loc.s3.max_attempts if loc.s3 else 1)
             schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # unreadable, truncated, not Parquet
             raise InputError(f"{contract.name}: cannot read {shown}: {exc}") from exc
         _check_fields(schema, contract, shown)
         names[path] = schema.names
         rows += meta.num_rows
-    return ParquetInput(loc, contract, files, names, rows)
+        groups[path] = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return ParquetInput(loc, contract, files, names, rows, groups)
 
 
 def _check_fields(schema: pa.Schema, contract: Contract, shown: str) -> None:
@@ -155,37 +212,65 @@ def _check_fields(schema: pa.Schema, contract: Contract, shown: str) -> None:
 def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.Table, TableReport]:
     """Read users or products on the driver: contract columns only, one row per key.
 
-    Attributes are normalized to a JSON string so every later stage sees one type.
+    A row whose key is null, malformed or a repeat of an earlier row's is
+    dropped and reported with its file and row number. Broken UTF-8 elsewhere
+    in a row is replaced, not fatal: one bad character in a description must
+    not cost the product. Attributes are normalized to a JSON string so every
+    later stage sees one type.
     """
     checked = check_schema(loc, contract)
-    tables = []
+    attempts = loc.s3.max_attempts if loc.s3 else 1
+    tables, sources, rows = [], [], []
     for path in checked.files:
         present = [c for c in contract.columns if c in checked.names[path]]
-        table = pq.read_table(path, filesystem=loc.fs, columns=present)
-        tables.append(_conform(table, contract))
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    report = TableReport(contract.name, rows_read=table.num_rows)
-
-    null_keys = pc.is_null(table[key])
-    n_null = pc.sum(null_keys).as_py() or 0
-    if n_null:
-        report.problems[f"null_{key}"] = n_null
-        table = table.filter(pc.invert(null_keys))
-    # Keep the first row per key: a duplicated id is a data problem upstream.
-    keys = table[key].to_pylist()
-    first: dict[str, int] = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    if len(first) != len(keys):
-        report.problems[f"duplicate_{key}"] = len(keys) - len(first)
-        table = table.take(pa.array(sorted(first.values()), pa.int64()))
+        table = retry_io(pq.read_table, path, filesystem=loc.fs, columns=present, attempts=attempts)
+        tables.append(table)
+        sources.extend([_display(loc, path)] * table.num_rows)
+        rows.extend(range(table.num_rows))
+    report = TableReport(contract.name, rows_read=sum(t.num_rows for t in tables))
+    keys = pa.chunked_array([t[key].cast(pa.binary()) if key in t.column_names else pa.nulls(t.num_rows, pa.binary())
+                             for t in tables], pa.binary())
+    reasons = malformed_reasons(keys, key)
+    seen: set = set()
+    for i, value in enumerate(keys.to_pylist()):
+        if reasons[i] is None:
+            if value in seen:
+                reasons[i] = f"duplicate_{key}"
+            seen.add(value)
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    for i, r in enumerate(reasons):
+        if r is not None:
+            report.problems[r] = report.problems.get(r, 0) + 1
+            shown = keys[i].as_py()
+            report.rejects.append({key: _shown_key(shown), "reason": r, "source": sources[i], "source_row": rows[i]})
+    table = _conform(pa.concat_tables([_conform_raw(t, contract) for t in tables], promote_options="permissive")
+                     if len(tables) > 1 else _conform_raw(tables[0], contract), contract, report)
+    table = table.take(pa.array(keep, pa.int64()))
     report.rows_kept = table.num_rows
     for problem, count in report.problems.items():
         logger.warning("%s: %d row(s) dropped: %s", contract.name, count, problem)
+    for column, count in report.repaired_text.items():
+        logger.warning("%s: %d value(s) of %r had broken UTF-8, replaced", contract.name, count, column)
     return table, report
 
 
-def _conform(table: pa.Table, contract: Contract) -> pa.Table:
+def _shown_key(value: Optional[bytes]) -> Optional[str]:
+    """A rejected key as the dead letters show it: valid text, at most 256 bytes."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace")
+    return text if len(text) <= MAX_KEY_BYTES else text[:MAX_KEY_BYTES] + "…"
+
+
+def _conform_raw(table: pa.Table, contract: Contract) -> pa.Table:
+    """Absent optional columns as nulls, so files with different columns concatenate."""
+    for col in contract.columns:
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(table.num_rows))
+    return table.select(list(contract.columns))
+
+
+def _conform(table: pa.Table, contract: Contract, report: Optional[TableReport] = None) -> pa.Table:
     """Add absent optional columns as nulls and give every column its contract type."""
     target = {
         **{c: pa.string() for c in contract.string_fields},
@@ -199,11 +284,45 @@ def _conform(table: pa.Table, contract: Contract) -> pa.Table:
         if col not in table.column_names:
             arrays.append(pa.nulls(table.num_rows, typ))
         elif col in contract.json_fields:
-            arrays.append(_as_json_text(table[col]))
+            arrays.append(_as_json_text(_valid_text(table[col], col, report)))
         else:
-            arrays.append(table[col].cast(typ))
+            arrays.append(_valid_text(table[col], col, report).cast(typ))
         names.append(col)
     return pa.table(arrays, names=names)
+
+
+def _valid_text(column: pa.ChunkedArray, name: str, report: Optional[TableReport]) -> pa.ChunkedArray:
+    """``column`` with any broken UTF-8 replaced (U+FFFD), counted in ``report``."""
+    typ = column.type
+    is_text = pa.types.is_string(typ) or pa.types.is_large_string(typ)
+    is_text_list = pa.types.is_list(typ) and (pa.types.is_string(typ.value_type)
+                                              or pa.types.is_large_string(typ.value_type))
+    if not (is_text or is_text_list):
+        return column
+    try:
+        column.validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        pass
+    fixed, count = [], 0
+
+    def repair(value):
+        nonlocal count
+        if value is None:
+            return None
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            count += 1
+            return value.decode("utf-8", "replace")
+
+    binary = column.cast(pa.list_(pa.binary()) if is_text_list else pa.binary())
+    for value in binary.to_pylist():
+        fixed.append([repair(v) for v in value] if is_text_list and value is not None else
+                     (None if value is None else repair(value)))
+    if report is not None:
+        report.repaired_text[name] = report.repaired_text.get(name, 0) + count
+    return pa.chunked_array([pa.array(fixed, pa.list_(pa.string()) if is_text_list else pa.string())])
 
 
 def _as_json_text(column: pa.ChunkedArray) -> pa.Array:

@@ -1,18 +1,63 @@
-"""Local paths and S3-compatible URIs behind one pyarrow filesystem.
+"""Local paths and S3-compatible URIs behind one small interface.
+
+Reads go through pyarrow filesystems (Ray Data reads with them too). Writes
+of the factory's own output go through ``put_bytes``: on S3 that is one boto3
+PUT, so an object is either whole or absent (what resume relies on), it can
+be conditional (``If-None-Match: *``, so two writers never both publish a
+manifest) and server-side encrypted (pyarrow can do neither). Locally the
+same guarantees come from a temporary file and a rename or a hard link.
 
 Credentials come from the standard AWS chain (environment, profile, instance
 role) inside pyarrow and boto3; this module never reads, logs or stores them.
-pyarrow ignores ``AWS_ENDPOINT_URL``, so the endpoint is passed explicitly.
+Both clients retry throttling, 5xx answers and dropped connections with
+backoff (AWS "standard" mode) up to ``max_attempts`` before an error surfaces.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+DEFAULT_MAX_ATTEMPTS = 10
+logger = logging.getLogger(__name__)
+
+# Errors pyarrow's S3 client surfaces for faults worth another try (the same
+# markers Ray Data retries its own reads on), and their local equivalents.
+TRANSIENT_MARKERS = (
+    "AWS Error INTERNAL_FAILURE", "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN",
+    "AWS Error SERVICE_UNAVAILABLE", "AWS Error UNKNOWN (HTTP status 503)", "AWS Error UNKNOWN (HTTP status 500)",
+    "Connection reset", "timed out",
+)
+
+
+class AlreadyExists(FileExistsError):
+    """An exclusive write found the object already there."""
+
+
+@dataclass(frozen=True)
+class S3Options:
+    endpoint: Optional[str] = None
+    region: str = "us-east-1"
+    sse: Optional[str] = None  # "AES256" or "aws:kms" for objects the factory writes
+    sse_kms_key_id: Optional[str] = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    @property
+    def endpoint_url(self) -> Optional[str]:
+        endpoint = self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "://" not in endpoint:
+            endpoint = f"https://{endpoint}"
+        return endpoint or None
 
 
 @dataclass(frozen=True)
@@ -22,56 +67,173 @@ class Location:
     fs: pafs.FileSystem
     path: str
     uri: str
-    # S3 only: what a boto3 client needs for the calls pyarrow cannot make.
-    s3_endpoint: Optional[str] = None
-    s3_region: str = "us-east-1"
+    s3: Optional[S3Options] = field(default=None)
 
     def join(self, *parts: str) -> "Location":
         sep = "/"
         path = sep.join([self.path.rstrip(sep), *[p.strip(sep) for p in parts]])
         uri = sep.join([self.uri.rstrip(sep), *[p.strip(sep) for p in parts]])
-        return Location(self.fs, path, uri, self.s3_endpoint, self.s3_region)
+        return Location(self.fs, path, uri, self.s3)
 
     @property
     def is_s3(self) -> bool:
         return self.uri.startswith("s3://")
 
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
 
-def s3_filesystem(endpoint: Optional[str] = None, region: str = "us-east-1") -> pafs.S3FileSystem:
-    kwargs: dict = {"region": region}
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": options.region,
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)}
+    endpoint = options.endpoint_url
     if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme or "https"
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve(uri: str, s3_endpoint: Optional[str] = None, s3_region: str = "us-east-1") -> Location:
+def resolve(uri: str, s3_endpoint: Optional[str] = None, s3_region: str = "us-east-1", *,
+            s3_sse: Optional[str] = None, s3_sse_kms_key_id: Optional[str] = None,
+            s3_max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Location:
     if uri.startswith("s3://"):
-        return Location(s3_filesystem(s3_endpoint, s3_region), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"),
-                        s3_endpoint, s3_region)
+        options = S3Options(s3_endpoint, s3_region, s3_sse, s3_sse_kms_key_id, s3_max_attempts)
+        return Location(s3_filesystem(options), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"), options)
     if "://" in uri:
         raise ValueError(f"{uri!r}: only local paths and s3:// URIs are supported")
     path = os.path.abspath(os.path.expanduser(uri))
     return Location(pafs.LocalFileSystem(), path, path)
 
 
-def s3_client(loc: Location):
-    """A boto3 client for ``loc``'s endpoint; credentials from the AWS chain."""
+@functools.lru_cache(maxsize=8)
+def _client(options: S3Options):
     import boto3
+    from botocore.config import Config
 
-    endpoint = loc.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint and "://" not in endpoint:
-        endpoint = f"https://{endpoint}"
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=loc.s3_region)
+    config = Config(retries={"max_attempts": options.max_attempts, "mode": "standard"},
+                    connect_timeout=10, read_timeout=60)
+    return boto3.client("s3", endpoint_url=options.endpoint_url, region_name=options.region, config=config)
+
+
+def s3_client(loc: Location):
+    """A boto3 client for ``loc``'s endpoint (cached per process)."""
+    return _client(loc.s3 or S3Options())
+
+
+def _bucket_key(loc: Location) -> tuple[str, str]:
+    bucket, _, key = loc.path.partition("/")
+    return bucket, key
+
+
+def put_bytes(loc: Location, data: bytes, *, exclusive: bool = False, content_type: Optional[str] = None) -> int:
+    """Write ``data`` whole to ``loc`` (never a partial object or file).
+
+    ``exclusive`` fails with AlreadyExists if something is there already."""
+    if loc.is_s3:
+        from botocore.exceptions import ClientError
+
+        bucket, key = _bucket_key(loc)
+        kwargs = {"Bucket": bucket, "Key": key, "Body": data}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        if exclusive:
+            kwargs["IfNoneMatch"] = "*"
+        options = loc.s3 or S3Options()
+        if options.sse:
+            kwargs["ServerSideEncryption"] = options.sse
+            if options.sse_kms_key_id:
+                kwargs["SSEKMSKeyId"] = options.sse_kms_key_id
+        try:
+            s3_client(loc).put_object(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if exclusive and code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                raise AlreadyExists(loc.uri) from None
+            raise
+        return len(data)
+    folder = os.path.dirname(loc.path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        if exclusive:
+            try:
+                os.link(tmp, loc.path)  # atomic, and fails if the name exists
+            except FileExistsError:
+                raise AlreadyExists(loc.uri) from None
+        else:
+            os.replace(tmp, loc.path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return len(data)
+
+
+def retry_io(fn, *args, attempts: int = DEFAULT_MAX_ATTEMPTS, **kwargs):
+    """``fn(*args, **kwargs)``, tried again with backoff on transient storage errors.
+
+    pyarrow's AWS SDK retries a failed request, but not a connection that drops
+    while a body is read ("Failed to flush response stream"), so reads made
+    on the driver go through here as well."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            message = str(exc)
+            if attempt == attempts or isinstance(exc, FileNotFoundError) or \
+                    not any(m in message for m in TRANSIENT_MARKERS):
+                raise
+            logger.warning("Transient storage error, try %d of %d in %.1f s: %s", attempt + 1, attempts, delay,
+                           message.splitlines()[0][:200])
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _attempts(loc: Location) -> int:
+    # pyarrow already retries each request up to max_attempts; these outer
+    # tries are for a body cut off mid-read, so a few are enough (more would
+    # multiply the wait in a real outage: seen 8 x 50 s).
+    return min(3, loc.s3.max_attempts) if loc.s3 else 1
+
+
+def read_bytes(loc: Location) -> bytes:
+    """The whole object or file; FileNotFoundError if it is not there."""
+    def read() -> bytes:
+        with loc.fs.open_input_stream(loc.path) as f:
+            return f.read()
+
+    return retry_io(read, attempts=_attempts(loc))
+
+
+def read_parquet(loc: Location, columns=None, filters=None) -> pa.Table:
+    """One Parquet file, read whole (with retries) and parsed in memory."""
+    return pq.read_table(pa.BufferReader(read_bytes(loc)), columns=columns, filters=filters)
+
+
+def write_parquet(loc: Location, table: pa.Table) -> int:
+    """``table`` as one whole Parquet object; returns its size in bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return put_bytes(loc, sink.getvalue().to_pybytes())
+
+
+def list_files(loc: Location, suffix: str = "") -> list[pafs.FileInfo]:
+    """Files under ``loc`` (recursively), sorted by path; none if it does not exist."""
+    infos = retry_io(loc.fs.get_file_info, pafs.FileSelector(loc.path, recursive=True, allow_not_found=True),
+                     attempts=_attempts(loc))
+    return sorted((i for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
+                   and not i.base_name.startswith(".")), key=lambda i: i.path)
 
 
 def delete_dir_if_exists(loc: Location) -> None:
     if loc.is_s3:
         # pyarrow's delete_dir leaves a "parent/" marker object behind (it
         # keeps the parent "directory" alive); delete the keys directly.
-        bucket, _, prefix = loc.path.partition("/")
+        bucket, prefix = _bucket_key(loc)
         client = s3_client(loc)
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
         for page in pages:
@@ -84,10 +246,3 @@ def delete_dir_if_exists(loc: Location) -> None:
         loc.fs.delete_dir(loc.path)
     elif info.type == pafs.FileType.File:
         loc.fs.delete_file(loc.path)
-
-
-def make_dirs(fs: pafs.FileSystem, path: str) -> None:
-    """Create a local folder; on object stores do nothing (pyarrow would leave
-    empty ``prefix/`` marker objects that confuse some readers)."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(path, recursive=True)

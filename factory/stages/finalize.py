@@ -10,6 +10,7 @@ import pyarrow as pa
 from factory import columns as C
 
 OUTPUT_SCHEMA = pa.schema([
+    (C.ROW_ID, pa.string()),
     (C.RUN_ID, pa.string()),
     (C.RUN_DATE, pa.date32()),
     (C.CAMPAIGN_ID, pa.string()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -31,7 +32,8 @@ class JoinProfiles:
     """
 
     def __init__(self, users: pa.Table, products: pa.Table, channels: Sequence[str],
-                 known_channels: Sequence[str], variants: int, campaign: Optional[str]):
+                 known_channels: Sequence[str], variants: int, campaign: Optional[str],
+                 run_id: str = "", done=None):
         import ray
 
         # Ray resolves top-level ObjectRefs for tasks, but Ray Data hands
@@ -42,6 +44,10 @@ class JoinProfiles:
         self._known = set(known_channels)
         self._variants = variants
         self._campaign = campaign
+        self._run_id = run_id
+        # Row ids already written by an earlier process of this attempt: skipped.
+        done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
+        self._done = done if done is not None and len(done) else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -80,6 +86,10 @@ class JoinProfiles:
             C.VARIANT: pa.array(out_variants, pa.int32()),
             C.REASON: pa.array(out_reasons, pa.string()),
         }
+        out[C.ROW_ID] = pa.array(
+            [row_id(self._run_id, c, u, p, ch, v) for c, u, p, ch, v in zip(
+                out[C.CAMPAIGN_ID].to_pylist(), out[C.USER_ID].to_pylist(), out[C.PRODUCT_ID].to_pylist(),
+                out_channels, out_variants)], pa.string())
         # Dead rows carry null indexes: take() yields nulls for them.
         u = user_idx.take(take)
         p = product_idx.take(take)
@@ -87,7 +97,17 @@ class JoinProfiles:
             out[col] = self._users[col].take(u)
         for col in PRODUCT_COLUMNS:
             out[col] = self._products[col].take(p)
-        return pa.table(out)
+        table = pa.table(out)
+        if self._done is not None:
+            table = table.filter(pc.invert(pc.is_in(table[C.ROW_ID], value_set=self._done)))
+        return table
+
+
+def row_id(run_id: str, campaign: Optional[str], user: Optional[str], product: Optional[str],
+           channel: Optional[str], variant: int) -> str:
+    """80 bits of sha256 over the row's identity: stable across processes and attempts."""
+    key = "\x1f".join(str(x) if x is not None else "\x00" for x in (run_id, campaign, user, product, channel, variant))
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _reasons(user_ids, product_ids, user_idx, product_idx, pair_channels, known) -> list[Optional[str]]:

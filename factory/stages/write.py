@@ -8,11 +8,9 @@ from typing import Callable, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from factory import columns as C
-from factory.storage import make_dirs
+from factory.storage import Location, write_parquet
 
 WRITTEN_SCHEMA = pa.schema([("sink", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
                             ("bytes", pa.int64())])
@@ -21,10 +19,10 @@ _KEY_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)
 
 @dataclass(frozen=True)
 class Sink:
-    """A folder rows are written to, and the shape they take there."""
+    """A folder rows are written to, and the shape they take there. With no
+    folder the rows are only counted (the dead-letter pass counts good rows)."""
 
-    fs: pafs.FileSystem
-    folder: str
+    folder: Optional[Location]
     shape: Optional[Callable[[pa.Table], pa.Table]] = None
 
 
@@ -34,9 +32,10 @@ class WriteParquetFiles:
     The digest covers the keys of the rows in the file, so the same rows give
     the same name on every attempt (a retried task overwrites its own file
     instead of adding a twin), and the stage returns one small row per file
-    (sink, name, rows, bytes) for the driver to list in the run summary. Ray
-    Data's own writer insists on a random write id in every name, which
-    defeats both.
+    (sink, name, rows, bytes) for the driver to list in the run summary. Each
+    file is written whole (one PUT, or a rename), so after a crash the files
+    present are exactly the rows done. Ray Data's own writer insists on a
+    random write id in every name, which defeats both.
 
     With several sinks, ``route_column`` names each row's sink (the gate
     sends rejected rows to the repair queue, the rest to the copies).
@@ -57,15 +56,18 @@ class WriteParquetFiles:
         return pa.Table.from_pylist(written, schema=WRITTEN_SCHEMA)
 
     @staticmethod
-    def _write(name: str, sink: Sink, rows: pa.Table) -> dict:
+    def _write(sink_name: str, sink: Sink, rows: pa.Table) -> dict:
+        if sink.folder is None:
+            return {"sink": sink_name, "file": None, "rows": rows.num_rows, "bytes": 0}
         digest = hashlib.sha256()
-        keys = [rows[c].to_pylist() for c in _KEY_COLUMNS if c in rows.column_names]
-        for row in zip(*keys):
-            digest.update(repr(row).encode())
+        if C.ROW_ID in rows.column_names:
+            for row_id in rows[C.ROW_ID].to_pylist():
+                digest.update(row_id.encode())
+        else:
+            keys = [rows[c].to_pylist() for c in _KEY_COLUMNS if c in rows.column_names]
+            for row in zip(*keys):
+                digest.update(repr(row).encode())
         table = sink.shape(rows) if sink.shape else rows
-        folder = sink.folder.rstrip("/")
-        path = f"{folder}/part-{digest.hexdigest()[:20]}.parquet"
-        make_dirs(sink.fs, folder)
-        pq.write_table(table, path, filesystem=sink.fs, compression="zstd")
-        size = sink.fs.get_file_info(path).size
-        return {"sink": name, "file": path.rsplit("/", 1)[-1], "rows": table.num_rows, "bytes": size}
+        file_name = f"part-{digest.hexdigest()[:20]}.parquet"
+        size = write_parquet(sink.folder.join(file_name), table)
+        return {"sink": sink_name, "file": file_name, "rows": table.num_rows, "bytes": size}

@@ -86,7 +86,7 @@ USERS = pa.Table.from_pylist([{C.USER_ID: "U0001", C.LOCALE: "en-US", "interests
 
 def _generated(texts, channel="push", finish="stop", product="P1"):
     n = len(texts)
-    return pa.table({C.USER_ID: ["U0001"] * n, C.PRODUCT_ID: [product] * n, C.CHANNEL: [channel] * n,
+    return pa.table({C.ROW_ID: [f"r{i}" for i in range(n)], C.USER_ID: ["U0001"] * n, C.PRODUCT_ID: [product] * n, C.CHANNEL: [channel] * n,
                      C.CAMPAIGN_ID: ["c"] * n, C.VARIANT: pa.array([0] * n, pa.int32()),
                      C.LOCALE: ["en-US"] * n, C.TEXT: texts, C.TEMPLATE_VERSION: [f"{channel}@x"] * n,
                      C.NUM_INPUT_TOKENS: [10] * n, C.NUM_OUTPUT_TOKENS: [2] * n, C.FINISH_REASON: finish if isinstance(finish, list) else [finish] * n,

@@ -34,7 +34,7 @@ def test_writer_names_files_by_content(s3_server, s3_client, s3_bucket):
     loc = resolve(f"s3://{s3_bucket}/out/copies", s3_server)
     rows = pa.table({C.USER_ID: ["u1", "u2"], C.PRODUCT_ID: ["p1", "p1"], C.CHANNEL: ["sms", "sms"],
                      C.VARIANT: pa.array([0, 0], pa.int32()), C.TEXT: ["a", "b"]})
-    writer = WriteParquetFiles({"copies": Sink(loc.fs, loc.path)})
+    writer = WriteParquetFiles({"copies": Sink(loc)})
     first = writer(rows).to_pylist()
     again = writer(rows).to_pylist()  # a retried task: same name, no twin file
     other = writer(rows.slice(0, 1)).to_pylist()
@@ -52,8 +52,8 @@ def test_writer_routes_rows_to_their_sink(s3_server, s3_client, s3_bucket):
     rows = pa.table({C.USER_ID: ["u1", "u2", "u3"], C.PRODUCT_ID: ["p1"] * 3, C.CHANNEL: ["sms"] * 3,
                      C.VARIANT: pa.array([0, 0, 0], pa.int32()), C.TEXT: ["a", "b", "c"],
                      C.ROUTE: [C.ROUTE_COPIES, C.ROUTE_REPAIR, C.ROUTE_COPIES]})
-    writer = WriteParquetFiles({C.ROUTE_COPIES: Sink(copies.fs, copies.path, lambda t: t.drop([C.ROUTE])),
-                                C.ROUTE_REPAIR: Sink(queue.fs, queue.path)}, route_column=C.ROUTE)
+    writer = WriteParquetFiles({C.ROUTE_COPIES: Sink(copies, lambda t: t.drop([C.ROUTE])),
+                                C.ROUTE_REPAIR: Sink(queue)}, route_column=C.ROUTE)
     written = {w["sink"]: w for w in writer(rows).to_pylist()}
     assert {k: w["rows"] for k, w in written.items()} == {C.ROUTE_COPIES: 2, C.ROUTE_REPAIR: 1}
     body = s3_client.get_object(Bucket=s3_bucket, Key=f"routed/copies/{written['copies']['file']}")["Body"].read()

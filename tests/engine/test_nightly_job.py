@@ -15,6 +15,7 @@ import pytest
 from factory import columns as C
 from factory import sample_data
 from factory.prompts import load_templates
+from factory.reader import read_published
 from factory.stages.finalize import OUTPUT_SCHEMA
 from tests.conftest import JOB, PYTHON, REPO, S3_SECRET_KEY, job_env
 
@@ -74,15 +75,19 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/in/pairs", "--users", f"s3://{s3_bucket}/in/users.parquet",
            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", f"s3://{s3_bucket}/factory",
            "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(RUN_CHANNELS),
-           "--batch-size", "16"]
+           "--batch-size", "16", "--s3-sse", "AES256"]
     proc = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "rows written" in proc.stdout and "sample copies" in proc.stdout
 
-    partition = f"date={RUN_DATE}/campaign=all/"
-    out = _read_prefix(s3_client, s3_bucket, f"factory/copies/{partition}")
+    partition = f"runs/date={RUN_DATE}/campaign=all/attempt=0001/"
+    out = _read_prefix(s3_client, s3_bucket, f"factory/{partition}copies/")
     assert out is not None
     assert out.schema == OUTPUT_SCHEMA  # every column present and typed
+    # What a reader following the contract sees (manifest, then its files) is exactly what was written.
+    published = read_published(f"s3://{s3_bucket}/factory", RUN_DATE, s3_endpoint=s3_server)
+    assert sorted(published[C.ROW_ID].to_pylist()) == sorted(out[C.ROW_ID].to_pylist())
+    assert len(set(out[C.ROW_ID].to_pylist())) == out.num_rows
 
     expected = _expected_rows(pairs, set(users[C.USER_ID].to_pylist()), set(products[C.PRODUCT_ID].to_pylist()))
     got = Counter(zip(*(out[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
@@ -116,12 +121,16 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         if "free-prize" in r[C.TEXT] or "555 0199" in r[C.TEXT]:
             assert r[C.STATUS] == C.REJECTED and {"url_from_source", "personal_data"} & set(r[C.REASONS]), r
 
-    dead = _read_prefix(s3_client, s3_bucket, f"factory/dead_letters/{partition}")
+    dead = _read_prefix(s3_client, s3_bucket, f"factory/{partition}dead_letters/")
     assert sorted(zip(dead[C.USER_ID].to_pylist(), dead[C.REASON].to_pylist())) == [
         ("U000001", "unknown_product_id"), ("U999999", "unknown_user_id")]
-    assert set(dead[C.SOURCE].to_pylist()) == {f"s3://{s3_bucket}/in/pairs"}
+    # Each dead letter says where the pair came from: the file and the row in it.
+    rows_in_file = {(p[C.USER_ID], p[C.PRODUCT_ID]): i for i, p in enumerate(pairs)}
+    for d in dead.to_pylist():
+        assert d[C.SOURCE] == f"s3://{s3_bucket}/in/pairs/part-0.parquet"
+        assert d[C.SOURCE_ROW] == rows_in_file[(d[C.USER_ID], d[C.PRODUCT_ID])]
 
-    summary_obj = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/runs/{partition}summary.json")
+    summary_obj = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}summary.json")
     summary_text = summary_obj["Body"].read().decode()
     summary = json.loads(summary_text)
     assert summary["rows_written"] == len(rows) and summary["dead_letters"] == 2
@@ -129,7 +138,7 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
 
     # The review queue: exactly the review rows, with the product facts beside the copy.
     review_rows = [r for r in rows if r[C.STATUS] == C.REVIEW]
-    queue = _read_prefix(s3_client, s3_bucket, f"factory/review/{partition}")
+    queue = _read_prefix(s3_client, s3_bucket, f"factory/{partition}review/")
     if review_rows:
         keys = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.TEXT)
         assert sorted(zip(*(queue[k].to_pylist() for k in keys))) == sorted(tuple(r[k] for k in keys)
@@ -141,12 +150,32 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     else:
         assert queue is None
     assert summary["template_versions"] == {c: versions[c] for c in RUN_CHANNELS}
-    # No object-store markers or stray files beside the data.
+    # The manifest lists exactly the data files there are, with their rows; published last.
+    manifest_text = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}manifest.json")["Body"].read()
+    manifest = json.loads(manifest_text)
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]]
-    assert all(k.endswith((".parquet", "summary.json")) for k in keys), keys
+    for kind in ("copies", "dead_letters", "review"):
+        listed = sorted(f"factory/{partition}{f['path']}" for f in manifest["files"][kind])
+        assert listed == sorted(k for k in keys if k.startswith(f"factory/{partition}{kind}/")), kind
+    assert sum(f["rows"] for f in manifest["files"]["copies"]) == len(rows) == manifest["rows"]["copies"]
+    assert manifest["rows_by_status"] == summary["quality"]["status"] and manifest["attempt"] == 1
+    assert [h["action"] for h in manifest["history"]] == ["new"] and manifest["config_hash"].startswith("sha256:")
+    assert f"factory/{partition}_SUCCESS" in keys
+    latest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="factory/latest/campaign=all.json")["Body"].read())
+    assert latest["manifest"] == f"{partition}manifest.json" and latest["run_id"] == f"{RUN_DATE}_all"
+    # No object-store markers or stray files beside the data, and every object encrypted as asked.
+    assert all(k.endswith((".parquet", ".json", "_SUCCESS")) for k in keys), keys
     assert not [k for k in keys if "/_work/" in k]  # the repair queue is gone once the run is done
+    for key in keys:
+        assert s3_client.head_object(Bucket=s3_bucket, Key=key).get("ServerSideEncryption") == "AES256", key
 
-    for text in (proc.stdout, proc.stderr, summary_text):
+    # The same command again: the run is published, so it exits 0 at once and writes nothing.
+    again = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already published" in again.stdout and "Starting attempt" not in again.stderr
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]] == keys
+
+    for text in (proc.stdout, proc.stderr, summary_text, manifest_text.decode(), again.stdout, again.stderr):
         assert S3_SECRET_KEY not in text
 
 

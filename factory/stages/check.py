@@ -1,0 +1,123 @@
+"""Read the pairs with their provenance and sort out the ones that cannot be served.
+
+``ReadPairs`` reads one row group of one pairs file and adds where each row
+came from (file and row number), so a bad row's dead letter says exactly
+where to look. ``CheckPairs`` gives every pair a reason it cannot be served,
+or none: malformed keys (null, not valid UTF-8, absurdly long, control
+characters), ids the lookup tables do not know, a channel no template
+serves. It also says how many copy rows each good pair owes the run, which is
+what the run must deliver exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from factory import columns as C
+from factory.inputs import MAX_KEY_BYTES, malformed_reasons
+
+# Dead-letter reasons: stable codes a downstream reader can group by.
+NULL_USER_ID = "null_user_id"
+NULL_PRODUCT_ID = "null_product_id"
+UNKNOWN_USER = "unknown_user_id"
+UNKNOWN_PRODUCT = "unknown_product_id"
+UNKNOWN_CHANNEL = "unknown_channel"
+
+class ReadPairs:
+    """One task per (file, row group): the pairs' contract columns, plus
+    ``source`` (the file's URI) and ``source_row`` (0-based row in the file).
+
+    String columns are read as binary and checked before they are decoded, so
+    a row with broken UTF-8 becomes a dead letter instead of a crash."""
+
+    def __init__(self, fs, columns: Sequence[str], display: dict[str, str]):
+        self._fs = fs
+        self._columns = list(columns)
+        self._display = dict(display)
+
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        tables = []
+        for path, group, first, take in zip(batch["file"], batch["row_group"], batch["first_row"], batch["take"]):
+            f = pq.ParquetFile(path, filesystem=self._fs)
+            table = f.read_row_group(int(group), columns=self._columns)
+            if take < table.num_rows:
+                table = table.slice(0, int(take))
+            n = table.num_rows
+            table = table.append_column(C.SOURCE, pa.array([self._display.get(path, path)] * n, pa.string()))
+            table = table.append_column(C.SOURCE_ROW, pa.array(np.arange(first, first + n), pa.int64()))
+            tables.append(table)
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+class CheckPairs:
+    """Adds ``reason`` (null for a good pair) and ``__rows_owed`` to each pair.
+
+    Lookups arrive once per actor, like the join's."""
+
+    def __init__(self, users: pa.Table, products: pa.Table, channels: Sequence[str],
+                 known_channels: Sequence[str], variants: int):
+        import ray
+
+        users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
+        self._user_ids = users[C.USER_ID]
+        self._product_ids = products[C.PRODUCT_ID]
+        self._channels = list(channels)
+        self._known = set(known_channels)
+        self._variants = variants
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        reasons: list[Optional[str]] = [None] * n
+        for name, limit, required in ((C.USER_ID, MAX_KEY_BYTES, True), (C.PRODUCT_ID, MAX_KEY_BYTES, True),
+                                      (C.CHANNEL, 64, False), (C.CAMPAIGN_ID, 64, False)):
+            if name not in batch.column_names:
+                continue
+            found = malformed_reasons(batch[name], name, max_bytes=limit, required=required)
+            for i, r in enumerate(found):
+                reasons[i] = reasons[i] or r
+            if any(r and not r.startswith("null_") for r in found):
+                # The dead letter itself must be valid, bounded text.
+                batch = batch.set_column(batch.column_names.index(name), name, _shown(batch[name], found))
+        # Only well-formed keys are looked up.
+        clean = pa.array([i for i in range(n) if reasons[i] is None], pa.int64())
+        rows = batch.take(clean)
+        user_idx = pc.index_in(rows[C.USER_ID], value_set=self._user_ids)
+        product_idx = pc.index_in(rows[C.PRODUCT_ID], value_set=self._product_ids)
+        channels = rows[C.CHANNEL].to_pylist() if C.CHANNEL in rows.column_names else [None] * rows.num_rows
+        no_user = pc.is_null(user_idx).to_numpy(zero_copy_only=False)
+        no_product = pc.is_null(product_idx).to_numpy(zero_copy_only=False)
+        owed = [0] * n
+        for j, i in enumerate(clean.to_pylist()):
+            if no_user[j]:
+                reasons[i] = UNKNOWN_USER
+            elif no_product[j]:
+                reasons[i] = UNKNOWN_PRODUCT
+            elif channels[j] and channels[j] not in self._known:
+                reasons[i] = UNKNOWN_CHANNEL
+            else:
+                wanted = [channels[j]] if channels[j] else self._channels
+                owed[i] = sum(1 for ch in wanted if ch in self._channels) * self._variants
+        return (batch.append_column(C.REASON, pa.array(reasons, pa.string()))
+                .append_column(C.ROWS_OWED, pa.array(owed, pa.int32())))
+
+
+def _shown(column, reasons: list[Optional[str]]) -> pa.Array:
+    """``column`` with malformed values made printable: broken UTF-8 replaced,
+    over-long values cut to 256 bytes."""
+    raw = column.cast(pa.binary()).to_pylist()
+    out = []
+    for value, reason in zip(raw, reasons):
+        if value is None:
+            out.append(None)
+            continue
+        text = value.decode("utf-8", "replace") if reason else value.decode("utf-8")
+        if reason and len(text.encode()) > MAX_KEY_BYTES:
+            text = text.encode()[:MAX_KEY_BYTES].decode("utf-8", "ignore") + "…"
+        out.append(text)
+    return pa.array(out, pa.string())

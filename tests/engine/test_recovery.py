@@ -1,0 +1,219 @@
+"""Safe to kill, safe to rerun: the real job (real Ray, the vLLM CPU engine, the
+bundled model) is killed mid-run and finishes on the next submission with
+every expected row exactly once; an engine actor killed mid-run is restarted
+by Ray and nothing is lost or duplicated."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from factory import columns as C
+from factory.reader import read_published
+from tests.conftest import JOB, PYTHON, REPO, job_env
+
+pytestmark = pytest.mark.engine
+
+CHANNELS = ["push", "sms"]
+MARKER = "COPY_FACTORY_TEST_RUN"
+
+
+def _pairs(sample_dir: Path, n: int) -> tuple[pa.Table, Counter]:
+    """English pairs, and the (user, product, channel, variant) rows they owe."""
+    users = pq.read_table(sample_dir / "users.parquet")
+    en = {u[C.USER_ID] for u in users.to_pylist() if u[C.LOCALE] != "zh-CN"}
+    pairs = [p for p in pq.read_table(sample_dir / "pairs.parquet").to_pylist()
+             if p[C.USER_ID] in en and p[C.PRODUCT_ID] < "P09000"][:n]
+    expected = Counter()
+    for p in pairs:
+        for ch in ([p[C.CHANNEL]] if p[C.CHANNEL] else CHANNELS):
+            if ch in CHANNELS:
+                expected[(p[C.USER_ID], p[C.PRODUCT_ID], ch, 0)] += 1
+    return pa.Table.from_pylist(pairs, schema=pq.read_schema(sample_dir / "pairs.parquet")), expected
+
+
+def _upload_inputs(client, bucket: str, prefix: str, pairs: pa.Table, sample_dir: Path) -> None:
+    for name, table in (("pairs.parquet", pairs), ("users.parquet", pq.read_table(sample_dir / "users.parquet")),
+                        ("products.parquet", pq.read_table(sample_dir / "products.parquet"))):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=buf.getvalue())
+
+
+def _start(cmd: list[str], marker: str, log: Path) -> subprocess.Popen:
+    env = job_env(**{MARKER: marker})
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _reap(marker: str) -> None:
+    """Kill what a SIGKILLed driver leaves behind (its local Ray, engine workers)."""
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(MARKER) == marker:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    time.sleep(3)
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended (rc={proc.returncode}) before the test could act:\n"
+                        + log.read_text()[-3000:])
+        time.sleep(1)
+    pytest.fail("timed out waiting for the job to write its first files:\n" + log.read_text()[-3000:])
+
+
+def _check_exactly_once(rows: pa.Table, expected: Counter) -> None:
+    got = Counter(zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
+    assert got == expected
+    assert len(set(rows[C.ROW_ID].to_pylist())) == rows.num_rows
+
+
+def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client, s3_bucket, sample_dir, tmp_path):
+    pairs, expected = _pairs(sample_dir, 40)
+    _upload_inputs(s3_client, s3_bucket, "crash/in", pairs, sample_dir)
+    out = f"s3://{s3_bucket}/crash/out"
+    cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/crash/in/pairs.parquet",
+           "--users", f"s3://{s3_bucket}/crash/in/users.parquet",
+           "--products", f"s3://{s3_bucket}/crash/in/products.parquet", "--output", out,
+           "--s3-endpoint", s3_server, "--run-date", "2026-11-22", "--channels", ",".join(CHANNELS),
+           "--batch-size", "4", "--rows-per-file", "3"]
+    attempt = "crash/out/runs/date=2026-11-22/campaign=all/attempt=0001/"
+
+    def keys(prefix: str) -> list[str]:
+        return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents", []))
+
+    def table(prefix: str) -> pa.Table:
+        files = [k for k in keys(prefix) if k.endswith(".parquet")]
+        parts = [pq.read_table(io.BytesIO(s3_client.get_object(Bucket=s3_bucket, Key=k)["Body"].read()))
+                 for k in files]
+        return pa.concat_tables(parts, promote_options="default") if parts else None
+
+    first_marker, log = uuid.uuid4().hex, tmp_path / "first.log"
+    first = _start(cmd, first_marker, log)
+    try:
+        _wait_for(lambda: len(keys(attempt + "copies/")) >= 1, 900, first, log)
+        first.send_signal(signal.SIGKILL)  # the driver, mid-run, no chance to clean up
+        first.wait(timeout=60)
+    finally:
+        _reap(first_marker)
+
+    assert not keys(attempt + "manifest.json")  # nothing published by the killed run
+    before = table(attempt + "copies/")
+    queued = table(attempt + "_work/repair/")
+    done_before = before.num_rows + (queued.num_rows if queued is not None else 0)
+    assert 0 < done_before < sum(expected.values())
+
+    second = subprocess.run(cmd, cwd=REPO, env=job_env(**{MARKER: uuid.uuid4().hex}), capture_output=True,
+                            text=True, timeout=1500)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    assert "resumed:" in second.stdout
+
+    rows = read_published(out, "2026-11-22", s3_endpoint=s3_server)
+    _check_exactly_once(rows, expected)
+    # Rows written before the kill were not generated again: same text, same timestamp.
+    final = {r[C.ROW_ID]: r for r in rows.to_pylist()}
+    for r in before.to_pylist():
+        assert final[r[C.ROW_ID]][C.TEXT] == r[C.TEXT] and final[r[C.ROW_ID]][C.GENERATED_AT] == r[C.GENERATED_AT]
+    manifest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=attempt + "manifest.json")["Body"].read())
+    killed, resumed = manifest["history"]
+    assert killed["action"] == "new" and "finished_at" not in killed
+    assert resumed["action"] == "resume" and resumed["rows_resumed"] == done_before
+    # The engine was asked only for what was missing (plus repairs of rejected drafts).
+    assert resumed["first_drafts"] == sum(expected.values()) - done_before
+    assert not keys(attempt + "_work/")
+
+
+def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
+    pairs, expected = _pairs(sample_dir, 12)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pairs, folder / "pairs.parquet")
+    out = tmp_path / "out"
+    cmd = [PYTHON, str(JOB), "--pairs", str(folder / "pairs.parquet"), "--users", str(sample_dir / "users.parquet"),
+           "--products", str(sample_dir / "products.parquet"), "--output", str(out), "--run-date", "2026-11-23",
+           "--channels", ",".join(CHANNELS), "--batch-size", "4", "--rows-per-file", "3", "--no-repair"]
+    copies = out / "runs" / "date=2026-11-23" / "campaign=all" / "attempt=0001" / "copies"
+    marker, log = uuid.uuid4().hex, tmp_path / "job.log"
+    job = _start(cmd, marker, log)
+    killed = []
+    try:
+        _wait_for(lambda: copies.exists() and any(copies.glob("*.parquet")), 900, job, log)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if "vLLMEngineStageUDF" in " ".join(proc.info["cmdline"] or []) \
+                        and proc.environ().get(MARKER) == marker:
+                    proc.kill()
+                    killed.append(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        assert killed, "no engine actor found to kill"
+        assert job.wait(timeout=1500) == 0, log.read_text()[-5000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+        _reap(marker)
+
+    rows = read_published(str(out), "2026-11-23")
+    _check_exactly_once(rows, expected)
+    manifest = json.loads((copies.parent / "manifest.json").read_text())
+    assert len(manifest["history"]) == 1  # one process did it all: Ray restarted the actor
+
+
+def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_server, s3_client, s3_bucket,
+                                                                           sample_dir, tmp_path):
+    from tests.s3_faults import FaultyS3Proxy
+
+    pairs, expected = _pairs(sample_dir, 6)
+    _upload_inputs(s3_client, s3_bucket, "faulty/in", pairs, sample_dir)
+
+    def command(endpoint: str, run_date: str) -> list[str]:
+        return [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/faulty/in/pairs.parquet",
+                "--users", f"s3://{s3_bucket}/faulty/in/users.parquet",
+                "--products", f"s3://{s3_bucket}/faulty/in/products.parquet", "--output", f"s3://{s3_bucket}/faulty/out",
+                "--s3-endpoint", endpoint, "--run-date", run_date, "--channels", ",".join(CHANNELS),
+                "--batch-size", "4", "--rows-per-file", "3", "--no-repair", "--s3-max-attempts", "8"]
+
+    # One request in five answered 503 SlowDown, one in twenty dropped: the run completes.
+    with FaultyS3Proxy(s3_server, error_rate=0.2, drop_rate=0.05) as proxy:
+        ok = subprocess.run(command(proxy.url, "2026-11-24"), cwd=REPO, env=job_env(**{MARKER: uuid.uuid4().hex}),
+                            capture_output=True, text=True, timeout=1500)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-5000:]
+    assert proxy.counts["errors"] > 3 and proxy.counts["drops"] > 0
+    _check_exactly_once(read_published(f"s3://{s3_bucket}/faulty/out", "2026-11-24", s3_endpoint=s3_server), expected)
+
+    # S3 goes away for good once the first copies are written: the run fails, says why, publishes nothing.
+    attempt = "faulty/out/runs/date=2026-11-25/campaign=all/attempt=0001/"
+    with FaultyS3Proxy(s3_server) as proxy:
+        marker, log = uuid.uuid4().hex, tmp_path / "outage.log"
+        job = _start(command(proxy.url, "2026-11-25"), marker, log)
+        try:
+            _wait_for(lambda: s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=attempt + "copies/").get("KeyCount"),
+                      900, job, log)
+            proxy.outage = True
+            rc = job.wait(timeout=900)
+        finally:
+            if job.poll() is None:
+                job.kill()
+            _reap(marker)
+    text = log.read_text()
+    assert rc not in (0, None), text[-3000:]
+    assert "SlowDown" in text or "503" in text
+    assert not s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=attempt + "manifest.json").get("KeyCount")
