@@ -45,6 +45,7 @@ from factory.quality.metrics import corpus_figures
 from factory.quality.summary import VERDICT_COLUMNS, quality_summary
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.check import CheckPairs, ReadPairs
+from factory.stages.join import fan_out
 from factory.stages.write import Sink, WriteParquetFiles
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
@@ -241,7 +242,7 @@ def joined_dataset(plan: Plan, lookups: dict[str, Any], staged: list, folder: Lo
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
     blocks = max(1, min(MAX_BLOCKS, -(-pair_count // PAIRS_PER_BLOCK)))
     ds = ray.data.read_parquet([i.path for i in staged], filesystem=folder.fs,
-                               columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID],
+                               columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT],
                                override_num_blocks=blocks, num_cpus=light)
     return ds.map_batches(
         JoinProfiles,
@@ -294,9 +295,8 @@ def run(config: JobConfig) -> RunResult:
     staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape),
                               "pairs": Sink(attempt.pairs, _staged_pair_shape)}, light, route=C.ROUTE)
     _write_lookup_rejects(plan, attempt)
-    staged_files = [i for i in list_files(attempt.pairs, ".parquet")]
-    expected = sum(pc.sum(read_parquet(attempt.pairs.join(i.base_name), columns=[C.ROWS_OWED])[C.ROWS_OWED]).as_py()
-                   or 0 for i in staged_files)
+    expected = _stage_rows(plan, attempt)
+    staged_files = list_files(attempt.pairs, ".parquet")
     dead_reasons = _read_column(attempt.dead_letters, _describe(attempt.dead_letters), C.REASON)
     if len(dead_reasons):
         logger.warning("%d pair(s) sent to the dead letters at %s", len(dead_reasons), attempt.dead_letters.uri)
@@ -312,7 +312,7 @@ def run(config: JobConfig) -> RunResult:
     from factory.stages.generate import detect_device
 
     device = detect_device(config.engine)
-    pair_count = sum(w["rows"] for w in staged if w["sink"] == "pairs")
+    pair_count = expected
     keys = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
     finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
     copies = Sink(attempt.copies, finalize)
@@ -449,6 +449,62 @@ def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None)
     dead_rows = dead_rows.append_column(C.ROUTE, pa.array(["dead_letters"] * n, pa.string()))
     staged = staged.append_column(C.ROUTE, pa.array(["pairs"] * staged.num_rows, pa.string()))
     return pa.concat_tables([dead_rows, staged], promote_options="default")
+
+
+DUPLICATE_PAIR = "duplicate_pair"
+STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
+
+
+def _stage_rows(plan: Plan, attempt: Attempt) -> int:
+    """Turn the checked pairs into the unique rows the run owes; return how many.
+
+    The same pair twice in the input, or a pair naming a channel that another
+    pair for the same user and product already gets, would owe a row twice.
+    The first pair in file order keeps each row; a pair left with nothing new
+    goes to the dead letters as ``duplicate_pair``. Done on the driver from
+    pass 1's output (keys only), so every process of an attempt stages the
+    same rows."""
+    config = plan.config
+    files = list_files(attempt.pairs, ".parquet")
+    pairs = (pa.concat_tables([read_parquet(attempt.pairs.join(f.base_name)) for f in files])
+             if files else pa.table({c: pa.array([], pa.string()) for c in STAGED_PAIR_COLUMNS}))
+    order = pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]) \
+        if pairs.num_rows else pa.array([], pa.int64())
+    cols = {c: pairs[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID)}
+    seen: set[tuple] = set()
+    out: dict[str, list] = {c: [] for c in STAGED_ROW_COLUMNS}
+    duplicates = []
+    for i in order.to_pylist():
+        campaign = config.campaign or cols[C.CAMPAIGN_ID][i] or "default"
+        fresh, owed = 0, fan_out(cols[C.CHANNEL][i], config.channels, config.variants)
+        for channel, variant in owed:
+            key = (campaign, cols[C.USER_ID][i], cols[C.PRODUCT_ID][i], channel, variant)
+            if key in seen:
+                continue
+            seen.add(key)
+            fresh += 1
+            for name, value in zip(STAGED_ROW_COLUMNS, (cols[C.USER_ID][i], cols[C.PRODUCT_ID][i], channel,
+                                                         cols[C.CAMPAIGN_ID][i], variant)):
+                out[name].append(value)
+        if owed and not fresh:  # (a pair for a channel this run does not write owes nothing)
+            duplicates.append(i)
+    delete_dir_if_exists(attempt.pairs)
+    rows = pa.table({**{c: pa.array(out[c], pa.string()) for c in STAGED_ROW_COLUMNS if c != C.VARIANT},
+                     C.VARIANT: pa.array(out[C.VARIANT], pa.int32())}).select(list(STAGED_ROW_COLUMNS))
+    for start in range(0, rows.num_rows, ROWS_PER_FILE):
+        write_parquet(attempt.pairs.join(f"part-{start // ROWS_PER_FILE:05d}.parquet"),
+                      rows.slice(start, ROWS_PER_FILE))
+    if duplicates:
+        dup = pairs.take(pa.array(duplicates, pa.int64()))
+        n = dup.num_rows
+        write_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet"), pa.table({
+            C.RUN_ID: pa.array([config.run_id] * n, pa.string()),
+            C.RUN_DATE: pa.array([config.run_date] * n, pa.date32()),
+            C.CAMPAIGN_ID: dup[C.CAMPAIGN_ID], C.USER_ID: dup[C.USER_ID], C.PRODUCT_ID: dup[C.PRODUCT_ID],
+            C.CHANNEL: dup[C.CHANNEL], C.REASON: pa.array([DUPLICATE_PAIR] * n, pa.string()),
+            C.SOURCE: dup[C.SOURCE], C.SOURCE_ROW: dup[C.SOURCE_ROW],
+        }, schema=DEAD_LETTER_SCHEMA))
+    return rows.num_rows
 
 
 def _dead_letter_shape(rows: pa.Table) -> pa.Table:

@@ -58,6 +58,8 @@ class JoinProfiles:
         campaigns = (batch[C.CAMPAIGN_ID].to_pylist() if C.CAMPAIGN_ID in batch.column_names else [None] * n)
 
         reasons = _reasons(user_ids, product_ids, user_idx, product_idx, pair_channels, self._known)
+        # Rows staged by pass 1 already name their channel and variant: no fan-out.
+        given_variants = batch[C.VARIANT].to_pylist() if C.VARIANT in batch.column_names else None
 
         # Fan out: a pair that names its channel gets that one (if this run
         # writes it); the others get every channel of the run. Dead pairs
@@ -68,13 +70,13 @@ class JoinProfiles:
                 rows.append(i), out_channels.append(pair_channels[i]), out_variants.append(0)
                 out_reasons.append(reasons[i])
                 continue
-            wanted = [pair_channels[i]] if pair_channels[i] else self._channels
-            for channel in wanted:
-                if channel not in self._channels:
-                    continue
-                for variant in range(self._variants):
-                    rows.append(i), out_channels.append(channel), out_variants.append(variant)
-                    out_reasons.append(None)
+            if given_variants is not None:
+                rows.append(i), out_channels.append(pair_channels[i]), out_variants.append(given_variants[i])
+                out_reasons.append(None)
+                continue
+            for channel, variant in fan_out(pair_channels[i], self._channels, self._variants):
+                rows.append(i), out_channels.append(channel), out_variants.append(variant)
+                out_reasons.append(None)
 
         take = pa.array(rows, pa.int64())
         campaign_col = [self._campaign or c or "default" for c in campaigns]
@@ -101,6 +103,13 @@ class JoinProfiles:
         if self._done is not None:
             table = table.filter(pc.invert(pc.is_in(table[C.ROW_ID], value_set=self._done)))
         return table
+
+
+def fan_out(channel: Optional[str], run_channels: Sequence[str], variants: int) -> list[tuple[str, int]]:
+    """The (channel, variant) rows a pair owes: the channel it names (if this
+    run writes it), or every channel of the run."""
+    wanted = [channel] if channel else list(run_channels)
+    return [(ch, v) for ch in wanted if ch in run_channels for v in range(variants)]
 
 
 def row_id(run_id: str, campaign: Optional[str], user: Optional[str], product: Optional[str],

@@ -62,3 +62,31 @@ def test_lookup_rows_with_bad_keys_are_rejected_with_file_and_row(tmp_path):
     assert report.problems == {"null_user_id": 1, "duplicate_user_id": 1}
     assert [(r["reason"], r["source_row"]) for r in report.rejects] == [("null_user_id", 1), ("duplicate_user_id", 2)]
     assert report.repaired_text == {"age_band": 1}
+
+
+def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
+    from types import SimpleNamespace
+
+    from factory.config import JobConfig
+    from factory.pipeline import _stage_rows
+    from factory.publish import Attempt
+    from factory.storage import read_parquet, write_parquet
+
+    config = JobConfig(channels=["push", "sms"], run_date="2026-11-20")
+    attempt = Attempt(resolve(str(tmp_path)), 1)
+    staged = pa.table({
+        C.USER_ID: ["U1", "U1", "U1", "U2", "U1"],
+        C.PRODUCT_ID: ["P1", "P1", "P1", "P1", "P1"],
+        C.CHANNEL: [None, None, "push", "sms", "email_subject"],  # row 4: a channel this run does not write
+        C.CAMPAIGN_ID: ["c", "c", "c", "c", "d"],
+        C.SOURCE: ["f.parquet"] * 5, C.SOURCE_ROW: pa.array([0, 7, 3, 5, 9], pa.int64()),
+        C.ROWS_OWED: pa.array([2, 2, 1, 1, 0], pa.int32()),
+    })
+    write_parquet(attempt.pairs.join("part-x.parquet"), staged)
+    assert _stage_rows(SimpleNamespace(config=config), attempt) == 3  # U1xP1 push+sms, U2xP1 sms
+    rows = read_parquet(attempt.pairs.join("part-00000.parquet")).to_pylist()
+    assert sorted((r[C.USER_ID], r[C.CHANNEL], r[C.VARIANT]) for r in rows) == [
+        ("U1", "push", 0), ("U1", "sms", 0), ("U2", "sms", 0)]
+    dead = read_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet")).to_pylist()
+    # The repeat (row 7) and the pair whose only channel was already owed (row 3) are dead letters.
+    assert sorted((d[C.SOURCE_ROW], d[C.REASON]) for d in dead) == [(3, "duplicate_pair"), (7, "duplicate_pair")]

@@ -54,6 +54,9 @@ def _fuzz_pairs(rng: random.Random, users: list[str], products: list[str]):
             bad.append((reason, row))
     rows = [("good", g) for g in good] + bad
     rng.shuffle(rows)
+    # Later in the file: the same pair again, and a pair without a channel whose
+    # only row (push) the first already owes. Each row is owed once.
+    rows += [("duplicate_pair", dict(good[0])), ("duplicate_pair", {**good[1], "ch": None})]
     table = pa.table({
         C.USER_ID: _text_column([r["u"] for _, r in rows]),
         C.PRODUCT_ID: _text_column([r["p"] for _, r in rows]),
@@ -112,7 +115,7 @@ def test_malformed_rows_become_dead_letters_and_good_rows_survive(s3_server, s3_
     source = f"s3://{s3_bucket}/fuzz/in/pairs/part-0.parquet"
     from_pairs = {d[C.SOURCE_ROW]: d for d in dead if d[C.SOURCE] == source}
     expected_dead = {i: r for i, r in enumerate(reasons) if r != "good"}
-    assert len(expected_dead) == 300
+    assert len(expected_dead) == 302
     assert {i: d[C.REASON] for i, d in from_pairs.items()} == expected_dead  # every bad row, right row, right reason
     for d in from_pairs.values():  # the dead letters themselves are clean, bounded text
         for col in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID):
