@@ -69,8 +69,6 @@ MESSAGES = "__messages"
 MAX_TOKENS = "__max_tokens"
 # Per-row stop strings (list<string>): one-line channels stop at a newline.
 STOP = "__stop"
-# Copy rows a checked pair owes the run (channels x variants; 0 for a dead pair).
-ROWS_OWED = "__rows_owed"
 # Where the writer sends a row: the published copies, or the repair queue.
 ROUTE = "__route"
 ROUTE_COPIES, ROUTE_REPAIR = "copies", "repair"

@@ -60,7 +60,7 @@ DEAD_LETTER_SCHEMA = pa.schema([
     (C.REASON, pa.string()), (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()),
 ])
 # What pass 1 keeps of a servable pair for the generation passes.
-STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW, C.ROWS_OWED)
+STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW)
 
 
 class ConfigError(ValueError):
@@ -193,8 +193,7 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any]):
                             batch_format="pyarrow", num_cpus=light)
     return ds.map_batches(
         CheckPairs,
-        fn_constructor_kwargs=dict(**lookups, channels=config.channels, known_channels=list(plan.templates),
-                                   variants=config.variants),
+        fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light,
     )
 
@@ -283,8 +282,8 @@ def run(config: JobConfig) -> RunResult:
     lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
 
     # Pass 1 (CPU only): every pair checked, with the file and row it came
-    # from. Bad pairs become dead letters; servable ones are staged for the
-    # generation passes with the rows each owes. Cheap, so a resumed attempt
+    # from. Bad pairs become dead letters; servable ones are staged, then
+    # turned into the unique rows the run owes. Cheap, so a resumed attempt
     # redoes it (same input, same result).
     for loc in (attempt.dead_letters, attempt.pairs):
         delete_dir_if_exists(loc)

@@ -5,8 +5,8 @@ came from (file and row number), so a bad row's dead letter says exactly
 where to look. ``CheckPairs`` gives every pair a reason it cannot be served,
 or none: malformed keys (null, not valid UTF-8, absurdly long, control
 characters), ids the lookup tables do not know, a channel no template
-serves. It also says how many copy rows each good pair owes the run, which is
-what the run must deliver exactly once.
+serves. (Which rows a good pair owes is settled on the driver afterwards,
+where repeated pairs can be seen: ``pipeline._stage_rows``.)
 """
 
 from __future__ import annotations
@@ -55,21 +55,18 @@ class ReadPairs:
 
 
 class CheckPairs:
-    """Adds ``reason`` (null for a good pair) and ``__rows_owed`` to each pair.
+    """Adds ``reason`` to each pair: null for a pair that can be served.
 
     Lookups arrive once per actor, like the join's."""
 
-    def __init__(self, users: pa.Table, products: pa.Table, channels: Sequence[str],
-                 known_channels: Sequence[str], variants: int):
+    def __init__(self, users: pa.Table, products: pa.Table, known_channels: Sequence[str]):
         import ray
 
         users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
         self._user_ids = users[C.USER_ID]
         self._product_ids = products[C.PRODUCT_ID]
-        self._channels = list(channels)
         self._known = set(known_channels)
-        self._variants = variants
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -92,7 +89,6 @@ class CheckPairs:
         channels = rows[C.CHANNEL].to_pylist() if C.CHANNEL in rows.column_names else [None] * rows.num_rows
         no_user = pc.is_null(user_idx).to_numpy(zero_copy_only=False)
         no_product = pc.is_null(product_idx).to_numpy(zero_copy_only=False)
-        owed = [0] * n
         for j, i in enumerate(clean.to_pylist()):
             if no_user[j]:
                 reasons[i] = UNKNOWN_USER
@@ -100,11 +96,7 @@ class CheckPairs:
                 reasons[i] = UNKNOWN_PRODUCT
             elif channels[j] and channels[j] not in self._known:
                 reasons[i] = UNKNOWN_CHANNEL
-            else:
-                wanted = [channels[j]] if channels[j] else self._channels
-                owed[i] = sum(1 for ch in wanted if ch in self._channels) * self._variants
-        return (batch.append_column(C.REASON, pa.array(reasons, pa.string()))
-                .append_column(C.ROWS_OWED, pa.array(owed, pa.int32())))
+        return batch.append_column(C.REASON, pa.array(reasons, pa.string()))
 
 
 def _shown(column, reasons: list[Optional[str]]) -> pa.Array:

@@ -22,17 +22,16 @@ def test_malformed_keys_are_named_per_row():
     assert malformed_reasons(_text([None]), "channel", required=False) == [None]
 
 
-def test_check_pairs_reasons_rows_owed_and_printable_dead_letters():
+def test_check_pairs_reasons_and_printable_dead_letters():
     users, products = pa.table({C.USER_ID: ["U1", "U2"]}), pa.table({C.PRODUCT_ID: ["P1"]})
     batch = pa.table({
         C.USER_ID: _text(["U1", "U2", b"\xff", "U" * 400, "U9", "U1"]),
         C.PRODUCT_ID: _text(["P1", "P1", "P1", "P1", "P1", "P9"]),
         C.CHANNEL: _text([None, "sms", None, None, None, "push"]),
     })
-    out = CheckPairs(users, products, ["push", "sms"], ["push", "sms", "ad_headline"], 2)(batch).to_pylist()
+    out = CheckPairs(users, products, ["push", "sms", "ad_headline"])(batch).to_pylist()
     assert [r[C.REASON] for r in out] == [None, None, "invalid_utf8_user_id", "too_long_user_id",
                                           "unknown_user_id", "unknown_product_id"]
-    assert [r[C.ROWS_OWED] for r in out] == [4, 2, 0, 0, 0, 0]  # channels x variants
     assert out[2][C.USER_ID] == "\ufffd" and len(out[3][C.USER_ID].encode()) <= 260
 
 
@@ -80,7 +79,6 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
         C.CHANNEL: [None, None, "push", "sms", "email_subject"],  # row 4: a channel this run does not write
         C.CAMPAIGN_ID: ["c", "c", "c", "c", "d"],
         C.SOURCE: ["f.parquet"] * 5, C.SOURCE_ROW: pa.array([0, 7, 3, 5, 9], pa.int64()),
-        C.ROWS_OWED: pa.array([2, 2, 1, 1, 0], pa.int32()),
     })
     write_parquet(attempt.pairs.join("part-x.parquet"), staged)
     assert _stage_rows(SimpleNamespace(config=config), attempt) == 3  # U1xP1 push+sms, U2xP1 sms
