@@ -351,8 +351,7 @@ def run(config: JobConfig) -> RunResult:
         generated += sum(w["rows"] for w in _write(second, {C.ROUTE_COPIES: copies}, light,
                                                    rows_per_file=config.rows_per_file))
 
-    files = _describe(attempt.copies)
-    _check_exactly_once(attempt, files, expected)
+    files = _check_exactly_once(attempt, expected)
     review = _write_review_queue(plan, attempt, files)
     result = _summarize(plan, attempt, state.action, files, dead_reasons, time.time() - started, review)
     result.rows_generated, result.rows_resumed = generated, len(done)
@@ -415,14 +414,21 @@ def _describe(folder: Location) -> list[dict[str, Any]]:
     return out
 
 
-def _check_exactly_once(attempt: Attempt, files: list[dict[str, Any]], expected: int) -> None:
-    """Refuse to publish unless every expected row is written exactly once."""
-    ids = _row_ids(attempt.copies)
+def _check_exactly_once(attempt: Attempt, expected: int) -> list[dict[str, Any]]:
+    """Refuse to publish unless every expected row is written exactly once;
+    return the copy files (name, rows, bytes) from the same single read."""
+    ids: list[str] = []
+    files = []
+    for info in list_files(attempt.copies, ".parquet"):
+        file_ids = read_parquet(attempt.copies.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID].to_pylist()
+        ids.extend(file_ids)
+        files.append({"file": info.base_name, "rows": len(file_ids), "bytes": info.size})
     unique = len(set(ids))
     if unique != len(ids) or len(ids) != expected:
         raise IncompleteRun(
             f"{attempt.copies.uri}: {len(ids)} row(s) written ({len(ids) - unique} duplicate), {expected} expected; "
             "not publishing. Rerun the same command to resume the attempt.")
+    return files
 
 
 def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None) -> pa.Table:
@@ -431,16 +437,12 @@ def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None)
     dead = batch.filter(pc.is_valid(batch[C.REASON]))
     good = batch.filter(pc.is_null(batch[C.REASON]))
     n = dead.num_rows
-    absent = pa.nulls(n, pa.string())
-    dead_rows = pa.table({
-        C.RUN_ID: pa.array([run_id] * n, pa.string()),
-        C.RUN_DATE: pa.array([run_date] * n, pa.date32()),
-        C.CAMPAIGN_ID: (dead[C.CAMPAIGN_ID] if C.CAMPAIGN_ID in dead.column_names
-                        else pa.array([campaign] * n, pa.string())),
-        C.USER_ID: dead[C.USER_ID], C.PRODUCT_ID: dead[C.PRODUCT_ID],
-        C.CHANNEL: dead[C.CHANNEL] if C.CHANNEL in dead.column_names else absent,
-        C.REASON: dead[C.REASON], C.SOURCE: dead[C.SOURCE], C.SOURCE_ROW: dead[C.SOURCE_ROW],
-    }, schema=DEAD_LETTER_SCHEMA)
+    dead_rows = _dead_letters(
+        run_id, run_date, n,
+        **{C.CAMPAIGN_ID: (dead[C.CAMPAIGN_ID] if C.CAMPAIGN_ID in dead.column_names
+                           else pa.array([campaign] * n, pa.string()))},
+        **{c: dead[c] for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.REASON, C.SOURCE, C.SOURCE_ROW)
+           if c in dead.column_names})
     for name in (C.CHANNEL, C.CAMPAIGN_ID):
         if name not in good.column_names:
             good = good.append_column(name, pa.nulls(good.num_rows, pa.string()))
@@ -496,14 +498,20 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
     if duplicates:
         dup = pairs.take(pa.array(duplicates, pa.int64()))
         n = dup.num_rows
-        write_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet"), pa.table({
-            C.RUN_ID: pa.array([config.run_id] * n, pa.string()),
-            C.RUN_DATE: pa.array([config.run_date] * n, pa.date32()),
-            C.CAMPAIGN_ID: dup[C.CAMPAIGN_ID], C.USER_ID: dup[C.USER_ID], C.PRODUCT_ID: dup[C.PRODUCT_ID],
-            C.CHANNEL: dup[C.CHANNEL], C.REASON: pa.array([DUPLICATE_PAIR] * n, pa.string()),
-            C.SOURCE: dup[C.SOURCE], C.SOURCE_ROW: dup[C.SOURCE_ROW],
-        }, schema=DEAD_LETTER_SCHEMA))
+        write_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet"), _dead_letters(
+            config.run_id, config.run_date, dup.num_rows,
+            **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
+            **{C.REASON: pa.array([DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
     return rows.num_rows
+
+
+def _dead_letters(run_id: str, run_date, n: int, **columns) -> pa.Table:
+    """``n`` dead-letter rows in DEAD_LETTER_SCHEMA: run provenance added,
+    absent columns null."""
+    values = {C.RUN_ID: pa.array([run_id] * n, pa.string()), C.RUN_DATE: pa.array([run_date] * n, pa.date32()),
+              **columns}
+    return pa.table([values[f.name] if f.name in values else pa.nulls(n, f.type) for f in DEAD_LETTER_SCHEMA],
+                    schema=DEAD_LETTER_SCHEMA)
 
 
 def _dead_letter_shape(rows: pa.Table) -> pa.Table:
@@ -522,17 +530,14 @@ def _write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
     if not rejects:
         return
     n = len(rejects)
-    table = pa.table({
-        C.RUN_ID: pa.array([config.run_id] * n, pa.string()),
-        C.RUN_DATE: pa.array([config.run_date] * n, pa.date32()),
+    table = _dead_letters(config.run_id, config.run_date, n, **{
         C.CAMPAIGN_ID: pa.array([config.campaign] * n, pa.string()),
         C.USER_ID: pa.array([r.get(C.USER_ID) for r in rejects], pa.string()),
         C.PRODUCT_ID: pa.array([r.get(C.PRODUCT_ID) for r in rejects], pa.string()),
-        C.CHANNEL: pa.nulls(n, pa.string()),
         C.REASON: pa.array([r["reason"] for r in rejects], pa.string()),
         C.SOURCE: pa.array([r["source"] for r in rejects], pa.string()),
         C.SOURCE_ROW: pa.array([r["source_row"] for r in rejects], pa.int64()),
-    }, schema=DEAD_LETTER_SCHEMA)
+    })
     write_parquet(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
 
 
