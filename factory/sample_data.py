@@ -1,4 +1,4 @@
-"""A deterministic, realistic small shop: catalog, users and pairs.
+"""A deterministic, realistic small shop: catalog, users, pairs and an events log.
 
 The demo, the tests and the benchmarks all run on this data, so it is generated
 (not downloaded) and identical for the same seed on every machine.
@@ -6,9 +6,11 @@ The demo, the tests and the benchmarks all run on this data, so it is generated
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,6 +124,7 @@ class SamplePaths:
     pairs: str
     users: str
     products: str
+    events: Optional[str] = None  # behaviour events, the input of jobs/build_profiles.py
 
 
 def make_products(rng: random.Random, n_en: int = 160, n_zh: int = 40) -> list[dict]:
@@ -226,8 +229,63 @@ _PAIRS_SCHEMA = pa.schema([
 ])
 
 
+# The events log covers the 45 days up to this date (build profiles with --as-of it).
+EVENTS_AS_OF = dt.date(2026, 11, 23)
+_EVENT_MIX = (("view", 0.55), ("search", 0.2), ("add_to_cart", 0.15), ("purchase", 0.1))
+_EVENTS_SCHEMA = pa.schema([
+    (C.USER_ID, pa.string()), ("event_type", pa.string()), (C.PRODUCT_ID, pa.string()), ("query", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    # What raw logs carry and a profile must never copy (the builder never reads it).
+    ("client_ip", pa.string()),
+])
+
+
+def make_events(users: list[dict], products: list[dict], seed: int = 7, days: int = 45) -> list[dict]:
+    """Each user's views, searches, carts and purchases, mostly in one or two
+    favourite categories, time-ordered; then a few bad events and personal
+    data typed into the search box, as real logs have."""
+    rng = random.Random(f"events-{seed}")  # its own stream: the other tables stay as they were
+    end = dt.datetime.combine(EVENTS_AS_OF + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    events = []
+    for u in users:
+        zh = u[C.LOCALE] == "zh-CN"
+        pool = [p for p in products if (p["currency"] == "CNY") == zh and p[C.PRODUCT_ID] < "P09000"]
+        favourites = rng.sample(sorted({p["category"] for p in pool}), 2)
+        liked = [p for p in pool if p["category"] in favourites]
+        searches = _SEARCHES_ZH if zh else _SEARCHES_EN
+        ip = f"203.0.113.{rng.randint(1, 254)}"
+        for _ in range(rng.randint(8, 40)):
+            kind = rng.choices([k for k, _ in _EVENT_MIX], [w for _, w in _EVENT_MIX])[0]
+            product = rng.choice(liked if rng.random() < 0.8 else pool)
+            ts = end - dt.timedelta(seconds=rng.randint(1, days * 86400))
+            events.append({C.USER_ID: u[C.USER_ID], "event_type": kind,
+                           C.PRODUCT_ID: None if kind == "search" else product[C.PRODUCT_ID],
+                           "query": rng.choice(searches) if kind == "search" else None, "ts": ts, "client_ip": ip})
+    events.sort(key=lambda e: (e["ts"], e[C.USER_ID]))
+    return events + _hostile_events(users[0][C.USER_ID], end)
+
+
+def _hostile_events(user_id: str, end: dt.datetime) -> list[dict]:
+    before = end - dt.timedelta(hours=3)
+    hostile = HOSTILE_USER[C.USER_ID]
+    return [
+        {C.USER_ID: user_id, "event_type": "click", C.PRODUCT_ID: "P00001", "query": None, "ts": before,
+         "client_ip": "203.0.113.9"},
+        {C.USER_ID: None, "event_type": "view", C.PRODUCT_ID: "P00001", "query": None, "ts": before,
+         "client_ip": "203.0.113.9"},
+        {C.USER_ID: user_id, "event_type": "view", C.PRODUCT_ID: "P00002", "query": None,
+         "ts": dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc), "client_ip": "203.0.113.9"},
+        {C.USER_ID: user_id, "event_type": "purchase", C.PRODUCT_ID: "P77777", "query": None, "ts": before,
+         "client_ip": "203.0.113.9"},
+        {C.USER_ID: hostile, "event_type": "search", C.PRODUCT_ID: None, "query": "jane.doe@example.com",
+         "ts": before, "client_ip": "198.51.100.23"},
+        {C.USER_ID: hostile, "event_type": "search", C.PRODUCT_ID: None,
+         "query": "cast iron pan call me on 415 555 0142", "ts": before, "client_ip": "198.51.100.23"},
+    ]
+
+
 def generate(out_dir: str | Path, seed: int = 7, n_users: int = 300, hostile: bool = True) -> SamplePaths:
-    """Write pairs.parquet, users.parquet and products.parquet into ``out_dir``.
+    """Write pairs.parquet, users.parquet, products.parquet and events.parquet into ``out_dir``.
 
     ``hostile`` adds the rows above (3 products, 1 user, 4 pairs at the end)."""
     out = Path(out_dir)
@@ -240,10 +298,12 @@ def generate(out_dir: str | Path, seed: int = 7, n_users: int = 300, hostile: bo
         pairs += hostile_pairs(users, products)
         products += HOSTILE_PRODUCTS
         users.append(HOSTILE_USER)
-    paths = SamplePaths(str(out / "pairs.parquet"), str(out / "users.parquet"), str(out / "products.parquet"))
+    paths = SamplePaths(str(out / "pairs.parquet"), str(out / "users.parquet"), str(out / "products.parquet"),
+                        str(out / "events.parquet"))
     pq.write_table(pa.Table.from_pylist(pairs, schema=_PAIRS_SCHEMA), paths.pairs)
     pq.write_table(pa.Table.from_pylist(users, schema=_USERS_SCHEMA), paths.users)
     pq.write_table(pa.Table.from_pylist(products, schema=_PRODUCTS_SCHEMA), paths.products)
+    pq.write_table(pa.Table.from_pylist(make_events(users, products, seed), schema=_EVENTS_SCHEMA), paths.events)
     return paths
 
 
