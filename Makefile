@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # torch: transformers then fails on import. Nothing text-only needs them.
 UNWANTED := torchvision torchaudio torchcodec
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean browser
 
 setup: $(VENV)/.installed
 
@@ -28,11 +28,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(PY) jobs/nightly_copy.py
 
-test: setup
+# The run report's test opens the report in headless Chromium: Debian's package.
+# CI runs as root on a fresh machine; elsewhere install it yourself (sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else echo "chromium is missing: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+
+test: setup browser
 	$(PY) -m pytest
 
-# Unit tests only: no engine, a few seconds.
-test-fast: setup
+# Unit tests only: no engine, a couple of minutes.
+test-fast: setup browser
 	$(PY) -m pytest tests/cpu
 
 clean:
