@@ -24,6 +24,7 @@ _STREET = (
                   r"Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Close|Square)\b\.?"),
     regex.compile(r"\p{Han}{2,}(?:路|街|大道|巷|弄)\s*\d+\s*号"),
 )
+_DIGIT = regex.compile(r"\d")
 _MEASURE = regex.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+")
 
 
@@ -40,9 +41,11 @@ def find_personal_data(text: str, ignore: regex.Pattern | None = None) -> list[s
     ``ignore`` masks spans first (the gate passes its URL pattern, so digits
     in a link are judged as a link)."""
     kinds = []
-    if EMAIL.search(text):
+    if "@" in text and EMAIL.search(text):
         kinds.append("e-mail address")
         text = EMAIL.sub(" ", text)
+    if not _DIGIT.search(text):
+        return kinds  # every pattern below needs a digit
     if any(p.search(text) for p in _STREET):
         kinds.append("street address")
     if ignore is not None:
@@ -58,6 +61,8 @@ def find_personal_data(text: str, ignore: regex.Pattern | None = None) -> list[s
 
 def scrub(text: str, replacement: str = "") -> str:
     """``text`` without the personal data ``find_personal_data`` looks for."""
+    if "@" not in text and not _DIGIT.search(text):
+        return " ".join(text.split())  # every pattern needs an "@" or a digit
     text = EMAIL.sub(replacement, text)
     for pattern in _STREET:
         text = pattern.sub(replacement, text)

@@ -66,6 +66,10 @@ def _flatten(value: Any) -> list[str]:
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, str):
+        # Only JSON text starting with { or [ (after JSON whitespace) parses to
+        # a map or a list; skip the failing parse of every plain string.
+        if value.lstrip(" \t\n\r")[:1] not in ("{", "["):
+            return [value]
         try:
             parsed = json.loads(value)
         except ValueError:
@@ -93,14 +97,17 @@ class ProductFacts:
         title, brand = str(record.get("title") or ""), str(record.get("brand") or "")
         attributes = _flatten(record.get("attributes"))
         points = _flatten(record.get("selling_points"))
+        # Extracted facts (factory.facts): every value in them was checked
+        # against the record, but they add normalized forms ("10000 mm").
+        extracted = _flatten(record.get("facts"))
         parts = [title, brand, str(record.get("category") or ""), str(record.get("description") or ""),
-                 *attributes, *points]
+                 *attributes, *points, *extracted]
         numbers = {v for part in parts for _, values in number_values(part) for v in values}
         price = record.get("price")
         if price is not None and not (isinstance(price, float) and math.isnan(price)):
             numbers.add(round(float(price), 2))
         return cls(title=title, brand=brand, source="\n".join(parts).lower(), numbers=frozenset(numbers),
-                   facts=tuple(points + attributes))
+                   facts=tuple(points + attributes + extracted))
 
 
 @dataclass
@@ -195,29 +202,49 @@ class TermMatcher:
                     self._latin.setdefault(len(words), {})[words] = term
             else:
                 self._han.append(term)
+        # A text holding none of the terms' first tokens holds no Latin term:
+        # one set test instead of an n-gram walk per term length.
+        self._first_words = frozenset(words[0] for table in self._latin.values() for words in table)
 
     def __bool__(self) -> bool:
         return bool(self._latin or self._han or self._patterns)
 
-    def find(self, lowered: str) -> list[str]:
-        """Terms found in ``lowered`` (lower-cased text), as they appear there."""
+    def find(self, lowered: str, words: list[str] | None = None) -> list[str]:
+        """Terms found in ``lowered`` (lower-cased text), as they appear there.
+        ``words``: ``tokens(lowered)``, when the caller has them already."""
         found = []
         if self._latin:
-            words = _TERM_TOKEN.findall(lowered)
+            words = tokens(lowered) if words is None else words
+            if self._first_words.isdisjoint(words):
+                words = ()
             for n, table in self._latin.items():
                 for i in range(len(words) - n + 1):
                     key = tuple(words[i:i + n])
                     if key in table:
                         found.append(" ".join(key))
-        found.extend(t for t in self._han if t in lowered)
+        if not lowered.isascii():  # every Chinese term has a Han character
+            found.extend(t for t in self._han if t in lowered)
         for trigger, pattern in self._patterns:
             if not trigger or trigger in lowered:
                 found.extend(m.group(0) for m in pattern.finditer(lowered))
         return found
 
 
+def tokens(lowered: str) -> list[str]:
+    """The tokens ``TermMatcher`` matches Latin terms against."""
+    return _TERM_TOKEN.findall(lowered)
+
+
+def _lower_words(pattern: regex.Pattern, text: str) -> list[str]:
+    """``[w.lower() for w in pattern.findall(text)]``; for ASCII text (lower()
+    only maps A-Z there) one lower() of the whole text does the same."""
+    if text.isascii():
+        return pattern.findall(text.lower())
+    return [w.lower() for w in pattern.findall(text)]
+
+
 def _shingles(text: str, n: int = 4) -> set[tuple[str, ...]]:
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = _lower_words(_WORD, text)
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
@@ -253,6 +280,13 @@ class RuleBook:
                     self._latin_brands.setdefault(len(words), set()).add(words)
             else:
                 self._han_brands.setdefault(len(brand), set()).add(brand)
+        # First word -> the word counts of the brands that start with it.
+        self._brand_starts: dict[str, tuple[int, ...]] = {}
+        for n, names in sorted(self._latin_brands.items()):
+            for words in names:
+                if n not in self._brand_starts.get(words[0], ()):
+                    self._brand_starts[words[0]] = self._brand_starts.get(words[0], ()) + (n,)
+        self._last_mask: tuple[str, ProductFacts, str] | None = None
 
     # The order is the order reasons appear in the output.
     def check(self, copy: Copy) -> Measures:
@@ -309,7 +343,7 @@ class RuleBook:
         leak = _PLACEHOLDER.search(text)
         if leak:
             yield Finding(P.TEMPLATE_LEAK, f"template text {leak.group(0)!r} in the copy")
-        elif self._prompt_shingles and _shingles(text) & self._prompt_shingles:
+        elif self._prompt_shingles and not self._prompt_shingles.isdisjoint(_shingles(text)):
             yield Finding(P.TEMPLATE_LEAK, "repeats the prompt's instructions")
         else:
             lowered = text.lower()
@@ -323,12 +357,15 @@ class RuleBook:
         """Degenerate loops: a word pair three times, a Chinese phrase three
         times, a character six times in a row."""
         text = copy.text
-        words = [w.lower() for w in _LATIN_WORD.findall(text)]
-        pairs: dict[tuple[str, str], int] = {}
-        for pair in zip(words, words[1:]):
-            pairs[pair] = pairs.get(pair, 0) + 1
-        loop = next((" ".join(p) for p, n in pairs.items() if n >= 3), None)
-        if loop is None:
+        words = _lower_words(_LATIN_WORD, text)
+        loop = None
+        # A pair seen three times makes at least two repeats among the pairs.
+        if len(words) - 1 - len(set(zip(words, words[1:]))) >= 2:
+            pairs: dict[tuple[str, str], int] = {}
+            for pair in zip(words, words[1:]):
+                pairs[pair] = pairs.get(pair, 0) + 1
+            loop = next((" ".join(p) for p, n in pairs.items() if n >= 3), None)
+        if loop is None and not text.isascii():
             for run in _HAN_RUN.findall(text):
                 grams: dict[str, int] = {}
                 for i in range(len(run) - 2):
@@ -360,9 +397,10 @@ class RuleBook:
         """Banned and risky claims from the lexicon, with the product's own
         brand and title (and the campaign's allowed terms) masked first."""
         text = self._mask(copy.text, copy.product)
+        words = tokens(text)
         for matcher, code in ((self._banned, P.BANNED_CLAIM), (self._risky, P.RISKY_CLAIM)):
             hits = []
-            for term in matcher.find(text):
+            for term in matcher.find(text, words):
                 if term in self._factual and term in copy.product.source:
                     continue  # "100% cotton" when the product is 100% cotton
                 hits.append(term)
@@ -380,8 +418,9 @@ class RuleBook:
     def _foreign(self, copy: Copy) -> Iterable[Finding]:
         """Content the prompt did not supply: URLs, other brands, and traces
         of instructions smuggled in through product text."""
-        text = pii.EMAIL.sub(" ", copy.text)
-        for m in _URL.finditer(text):
+        text = pii.EMAIL.sub(" ", copy.text) if "@" in copy.text else copy.text
+        # Every URL the pattern knows has a "." or "://" in it.
+        for m in _URL.finditer(text) if "." in text or "://" in text else ():
             url = m.group(0).rstrip(".,!?;:)")
             if url.lower() in copy.product.source or url.lower() in copy.user_source:
                 yield Finding(P.SOURCE_URL, "a URL copied from the product text")
@@ -423,22 +462,29 @@ class RuleBook:
     def _mask(self, text: str, product: ProductFacts) -> str:
         """Lower-cased ``text`` without the product's own title and brand and
         the campaign's allowed terms (plain replaces: this runs on every row)."""
+        last = self._last_mask
+        if last is not None and last[0] is text and last[1] is product:
+            return last[2]  # two rules mask the same copy
+        original = text
         text = text.lower()
         for name in (product.title.lower(), product.brand.lower(), *self._allowed):
             if len(name) >= 2 and name in text:
                 text = text.replace(name, " ")
+        self._last_mask = (original, product, text)
         return text
 
     def _brands_in(self, text: str) -> list[str]:
         found = []
         if self._latin_brands:
             # Case-sensitive: brand names are capitalised; "stride" the word is not "Stride" the brand.
+            # (The caller sorts what is found: the order here does not matter.)
             words = _LATIN_WORD.findall(text)
-            for n, names in self._latin_brands.items():
-                for i in range(len(words) - n + 1):
-                    if tuple(words[i:i + n]) in names:
+            starts = self._brand_starts
+            for i, word in enumerate(words):
+                for n in starts.get(word, ()):
+                    if tuple(words[i:i + n]) in self._latin_brands[n]:
                         found.append(" ".join(words[i:i + n]))
-        for run in _HAN_RUN.findall(text) if self._han_brands else ():
+        for run in _HAN_RUN.findall(text) if self._han_brands and not text.isascii() else ():
             for n, names in self._han_brands.items():
                 found.extend(run[i:i + n] for i in range(len(run) - n + 1) if run[i:i + n] in names)
         return found

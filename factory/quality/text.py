@@ -36,11 +36,17 @@ SMS_MULTI = {"GSM-7": 153, "UCS-2": 67}  # each part of a concatenated SMS loses
 
 def graphemes(text: str) -> int:
     """User-perceived characters (Unicode extended grapheme clusters)."""
+    if text.isascii():
+        # ASCII clusters are single characters, except CR LF (one cluster);
+        # most copy is ASCII and the cluster regex costs ~15 us a row.
+        return len(text) - text.count("\r\n")
     return len(_GRAPHEME.findall(text))
 
 
 def display_width(text: str) -> int:
     """Width as ad platforms count it: wide and full-width characters count 2."""
+    if text.isascii():
+        return graphemes(text)  # no ASCII character is wide
     width = 0
     for cluster in _GRAPHEME.findall(text):
         width += 2 if unicodedata.east_asian_width(cluster[0]) in ("W", "F") else 1
@@ -60,16 +66,22 @@ class SmsSize:
         return per[self.encoding] * max(1, max_segments)
 
 
+_GSM7_ALL = GSM7_BASIC | GSM7_EXTENDED
+
+
 def sms_size(text: str) -> SmsSize:
     septets, offender = 0, None
-    for ch in text:
-        if ch in GSM7_BASIC:
-            septets += 1
-        elif ch in GSM7_EXTENDED:
-            septets += 2
-        else:
-            offender = ch
-            break
+    if _GSM7_ALL.issuperset(text):  # the usual case, counted without a loop in Python
+        septets = len(text) + sum(text.count(ch) for ch in GSM7_EXTENDED)
+    else:
+        for ch in text:
+            if ch in GSM7_BASIC:
+                septets += 1
+            elif ch in GSM7_EXTENDED:
+                septets += 2
+            else:
+                offender = ch
+                break
     if offender is None:
         encoding, units = "GSM-7", septets
     else:
@@ -94,5 +106,8 @@ _LETTER = regex.compile(r"\p{L}")
 
 def han_share(text: str) -> float:
     """Share of letters that are Chinese characters (0 when there are no letters)."""
-    letters = len(_LETTER.findall(text))
-    return len(_HAN.findall(text)) / letters if letters else 0.0
+    han = len(_HAN.findall(text))
+    if not han:
+        return 0.0  # no Han: no need to count the letters
+    letters = len(_LETTER.findall(text))  # (a Han numeral like 〇 is not a letter)
+    return han / letters if letters else 0.0

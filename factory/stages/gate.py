@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping
 
 import pyarrow as pa
@@ -17,11 +16,14 @@ from factory.quality.text import gsm_friendly
 from factory.stages.finalize import clean_text
 
 _PRODUCT_FIELDS = ("title", "brand", "category", "price", "currency", "description", "attributes",
-                   "selling_points")
+                   "selling_points", C.FACTS)
 _PROFILE_TEXT_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
 _PLACEHOLDER = regex.compile(r"\{[a-z_]+\}")
 _PRODUCT_BLOCK = regex.compile(r"<product>.*?</product>", regex.DOTALL)
 _STRING_LIST = pa.list_(pa.string())
+# Products' facts and users' profile text kept per actor (each cache is
+# cleared when it would pass this many rows).
+_CACHED_ROWS = 50_000
 
 
 def prompt_texts(templates: Mapping[str, PromptTemplate]) -> tuple[list[str], list[str]]:
@@ -73,19 +75,32 @@ class QualityGate:
         self._users = users
         self._user_ids = users[C.USER_ID]
         self._profile_fields = [f for f in _PROFILE_TEXT_FIELDS if f in users.column_names]
+        self._facts: dict[int, ProductFacts] = {}
+        self._profiles: dict[int, str] = {}
 
-    @functools.lru_cache(maxsize=8192)
-    def _facts(self, index: int) -> ProductFacts:
-        record = {f: self._products[f][index].as_py() for f in _PRODUCT_FIELDS if f in self._products.column_names}
-        return ProductFacts.from_record(record)
+    def _load_facts(self, indexes: list) -> dict[int, ProductFacts]:
+        """The batch's products as facts, built once per actor: the rows not
+        seen yet are read in one ``take`` (one ``as_py`` per value cost more
+        than every rule together)."""
+        missing = _missing(self._facts, indexes)
+        if missing:
+            fields = [f for f in _PRODUCT_FIELDS if f in self._products.column_names]
+            records = self._products.select(fields).take(pa.array(missing, pa.int64())).to_pylist()
+            self._facts.update(zip(missing, map(ProductFacts.from_record, records)))
+        return self._facts
 
-    @functools.lru_cache(maxsize=8192)
-    def _profile_text(self, index: int) -> str:
-        parts = []
-        for f in self._profile_fields:
-            value = self._users[f][index].as_py()
-            parts.extend(value if isinstance(value, list) else [value])
-        return "\n".join(str(p) for p in parts if p).lower()
+    def _load_profiles(self, indexes: list) -> dict[int, str]:
+        """The batch's users' profile text (lower-cased), like ``_load_facts``."""
+        missing = _missing(self._profiles, indexes)
+        if missing:
+            records = self._users.select(self._profile_fields).take(pa.array(missing, pa.int64())).to_pylist()
+            for index, record in zip(missing, records):
+                parts = []
+                for f in self._profile_fields:
+                    value = record[f]
+                    parts.extend(value if isinstance(value, list) else [value])
+                self._profiles[index] = "\n".join(str(p) for p in parts if p).lower()
+        return self._profiles
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -99,14 +114,16 @@ class QualityGate:
         out: dict[str, list[Any]] = {k: [] for k in (C.TEXT, C.STATUS, C.REASONS, C.REASON_DETAILS,
                                                      C.NUMERIC_FIDELITY, C.COPY_LENGTH, C.COPY_LENGTH_LIMIT,
                                                      C.ROUTE)}
+        all_facts, profiles = self._load_facts(product_idx), self._load_profiles(user_idx)
+        no_facts = ProductFacts.from_record({})
         for i in range(n):
             text = clean_text(texts[i])
             if self._policy.limits_for(channels[i]).unit == "sms_segments":
                 text = gsm_friendly(text)  # a curly quote must not turn the SMS into UCS-2
-            facts = self._facts(product_idx[i]) if product_idx[i] is not None else ProductFacts.from_record({})
+            facts = all_facts[product_idx[i]] if product_idx[i] is not None else no_facts
             copy = Copy(text=text, channel=channels[i], locale=locales[i], product=facts,
                         user_id=user_ids[i], finish_reason=finish[i],
-                        user_source=self._profile_text(user_idx[i]) if user_idx[i] is not None else "")
+                        user_source=profiles[user_idx[i]] if user_idx[i] is not None else "")
             m = self._book.check(copy)
             severities = {f.code: self._policy.severity_of(f.code) for f in m.findings}
             kept = [f for f in m.findings if severities[f.code] != "off"]
@@ -138,3 +155,14 @@ class QualityGate:
             batch = batch.append_column(C.ATTEMPT, pa.array([self._attempt] * n, pa.int32()))
         return batch
 
+
+def _missing(cache: dict, indexes: list) -> list[int]:
+    """The indexes the batch needs that ``cache`` lacks. A cache that would
+    pass ``_CACHED_ROWS`` is emptied first (then the batch needs them all),
+    so a huge catalog cannot grow the actor."""
+    wanted = {i for i in indexes if i is not None}
+    missing = wanted - cache.keys()
+    if missing and len(cache) + len(missing) > _CACHED_ROWS:
+        cache.clear()
+        missing = wanted
+    return sorted(missing)

@@ -232,3 +232,16 @@ def test_policy_rejects_unknown_codes_and_bad_limits():
         QualityPolicy(limits={"sms": {"unit": "bytes"}})
     with pytest.raises(ValidationError):
         QualityPolicy(limits={"push": {"max": 0}})
+
+
+def test_extracted_facts_count_as_product_data_for_the_faithfulness_rules():
+    import json
+
+    from factory.quality.rules import ProductFacts
+
+    facts = json.dumps({"selling_points": ["Weighs 400 g"], "attributes": [{"name": "waterproof", "value": "10000 mm"}],
+                        "materials": ["linen"]})
+    with_facts = ProductFacts.from_record({"title": "Trail Jacket", "brand": "Ridgeline", "facts": facts})
+    without = ProductFacts.from_record({"title": "Trail Jacket", "brand": "Ridgeline"})
+    assert {400.0, 10000.0} <= with_facts.numbers and not {400.0, 10000.0} & without.numbers
+    assert "linen" in with_facts.source and "linen" not in without.source
