@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from factory.config import DEFAULT_CHANNELS, JobConfig, build_config, load_yaml
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--pairs", help="Pairs Parquet file or folder (local or s3://).")
     io.add_argument("--users", help="User profiles Parquet (local or s3://).")
     io.add_argument("--products", help="Product catalog Parquet (local or s3://).")
+    io.add_argument("--facts", help="Product-facts table (folder or s3://): extract facts for changed "
+                    "products, reuse the rest, and write from them (see jobs/extract_facts.py).")
     io.add_argument("--output", help="Output folder or s3://bucket/prefix (default ./out).")
     io.add_argument("--s3-endpoint", dest="s3_endpoint", help="S3-compatible endpoint URL (MinIO, R2, ...).")
     io.add_argument("--s3-region", dest="s3_region", help="S3 region (default us-east-1).")
@@ -41,7 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Tries per S3 request before the run fails (default 10, with backoff).")
     run = p.add_argument_group("what to write")
     run.add_argument("--run-date", dest="run_date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today).")
-    run.add_argument("--campaign", help="Only this campaign's pairs; labels the run.")
+    run.add_argument("--campaign", action="append",
+                     help="Only this campaign's pairs; labels the run. Repeat it or give a comma list to run "
+                     "several campaigns one after another (with --campaigns-dir: pick these from the folder).")
+    run.add_argument("--campaigns-dir", dest="campaigns_dir",
+                     help="Folder of campaign configs (one <campaign_id>.yaml each): runs every campaign active "
+                     "on the run date, or the ones named with --campaign.")
+    run.add_argument("--run-label", dest="run_label",
+                     help="Name the run (partition, run id, latest pointer) instead of the campaign, e.g. a backfill.")
+    run.add_argument("--only-users", dest="user_ids",
+                     help="Only pairs of these users: comma list, or @file with one id per line.")
+    run.add_argument("--only-products", dest="product_ids",
+                     help="Only pairs of these products: comma list, or @file with one id per line.")
+    run.add_argument("--locales", help="Only users with these locales, comma list (en-US, zh-CN, or en for all en-*).")
+    run.add_argument("--brand-voice", dest="brand_voice", help="Tone / brand voice added to every system prompt.")
     run.add_argument("--channels", help=f"Comma list (default {','.join(DEFAULT_CHANNELS)}).")
     run.add_argument("--variants", type=int, help="Copies per (pair, channel) (default 1).")
     run.add_argument("--limit", type=int, help="Use only the first N pairs.")
@@ -50,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Rows per output file, the resume unit (default 50000).")
     run.add_argument("--force", action="store_true", default=None,
                      help="Run again as a new attempt even if this run date and campaign are published.")
+    run.add_argument("--dedup", dest="dedup_prompts", action=argparse.BooleanOptionalAction, default=None,
+                     help="Generate identical prompts once and reuse the copy (default on).")
+    plan = p.add_argument_group("dry run: plan and estimate, no engine time")
+    plan.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
+                      help="Validate config and inputs, count rows per campaign and channel, estimate tokens, "
+                      "GPU-hours and cost; start no engine, write nothing.")
+    plan.add_argument("--json", action="store_true", help="With --dry-run: print the plan as JSON.")
+    plan.add_argument("--gpu-hour-price", dest="gpu_hour_price", type=float, help="USD per GPU-hour (default 4.0).")
+    plan.add_argument("--estimate-output-tokens-per-gpu-second", dest="estimate_output_tokens_per_gpu_second",
+                      type=float, help="Assumed output tokens per second of one GPU (default 5777, an H100 "
+                      "running an 8B model; see README).")
     gate = p.add_argument_group("quality gate (more in the config file's quality: section)")
     gate.add_argument("--repair", dest="quality.repair", action=argparse.BooleanOptionalAction, default=None,
                       help="Regenerate rejected rows once with the reasons fed back (default on).")
@@ -72,7 +99,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: Optional[Sequence[str]] = None) -> JobConfig:
+@dataclass
+class JobRequest:
+    """What one invocation asks for: one run per config, in order."""
+
+    configs: list[JobConfig]
+    campaign_files: list[Optional[str]]  # the campaign config behind each run, if any
+    dry_run: bool
+    json: bool
+
+
+def _names(args: dict[str, Any], file_values: dict[str, Any]) -> list[str]:
+    from factory.campaigns import split_names
+
+    return split_names(args.pop("campaign") or file_values.pop("campaign", None))
+
+
+def parse_job(argv: Optional[Sequence[str]] = None) -> JobRequest:
+    """Flags (and the files they name) to validated configs: every campaign
+    file and every config is checked here, before the first run starts."""
+    from factory.campaigns import campaign_configs
+
     args = vars(build_parser().parse_args(argv))
-    config_file = args.pop("config")
-    return build_config(load_yaml(config_file) if config_file else {}, args)
+    config_file, campaigns_dir, as_json = args.pop("config"), args.pop("campaigns_dir"), args.pop("json")
+    file_values = load_yaml(config_file) if config_file else {}
+    campaigns_dir = campaigns_dir or file_values.pop("campaigns_dir", None)
+    names = _names(args, file_values)
+    if campaigns_dir:
+        pairs = campaign_configs(file_values, args, campaigns_dir, names)
+        configs, files = [c for _, c in pairs], [str(k.path) for k, _ in pairs]
+    else:
+        configs = [build_config(file_values, {**args, "campaign": n}) for n in names] or [build_config(file_values, args)]
+        files = [None] * len(configs)
+        if len(configs) > 1 and configs[0].run_label:
+            from factory.campaigns import CampaignError
+
+            raise CampaignError([f"--run-label {configs[0].run_label}: one label cannot name {len(configs)} runs"])
+    dry_run = any(c.dry_run for c in configs)
+    return JobRequest(configs=configs, campaign_files=files, dry_run=dry_run, json=bool(as_json))
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> JobConfig:
+    """The config of a single run (no campaigns folder, at most one campaign)."""
+    request = parse_job(argv)
+    if len(request.configs) != 1:
+        raise ValueError(f"{len(request.configs)} runs requested; parse_job() handles several")
+    return request.configs[0]

@@ -9,16 +9,82 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from factory.model import BUNDLED_MODEL
 from factory.quality.policy import QualityPolicy
 
 DEFAULT_CHANNELS = ("push", "email_subject", "ad_headline", "sms", "product_blurb")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RULE = "use letters, digits, '_', '-' or '.' (at most 64, starting with a letter or digit)"
+# A locale is a language subtag, optionally with region/script subtags: en, en-US, zh-CN, zh_Hans_CN.
+_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+BRAND_VOICE_MAX_CHARS = 200
+# Public throughput figure the dry-run's GPU-hour estimate assumes (see the field's description).
+H100_8B_OUTPUT_TOKENS_PER_SECOND = 5777.0
+
+
+def check_name(value: str) -> str:
+    """A campaign or run label: it becomes a path segment and part of the run id."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{value!r}: {NAME_RULE}")
+    return value
+
+
+def normalize_locale(locale: Optional[str]) -> str:
+    """``en_us`` -> ``en-us``: how locales are compared (case and separator do not matter)."""
+    return (locale or "").strip().replace("_", "-").lower()
+
+
+def check_locale(value: str) -> str:
+    """A locale the prompt templates can write in (their ``{language}`` knows its language)."""
+    from factory.prompts import LANGUAGES
+
+    if not isinstance(value, str) or not _LOCALE_RE.match(value.strip()):
+        raise ValueError(f"{value!r} is not a locale (expected e.g. en-US, en-GB, zh-CN or just en)")
+    language = normalize_locale(value).split("-")[0]
+    if language not in LANGUAGES:
+        raise ValueError(f"{value!r}: the templates cannot write language {language!r} "
+                         f"(supported: {', '.join(sorted(LANGUAGES))})")
+    return value.strip()
+
+
+# One error per bad entry (locales.0, locales.2, ...), not just the first.
+Locale = Annotated[str, AfterValidator(check_locale)]
+
+
+def locale_allowed(locale: Optional[str], allowed: Optional[list[str]]) -> bool:
+    """Whether a user's locale is in a run's list. ``None`` allows every locale; an entry
+    with a region (``en-US``) matches that locale only, a bare language (``en``) matches
+    every region of it. Case and ``_``/``-`` do not matter."""
+    if allowed is None:
+        return True
+    have = normalize_locale(locale)
+    for entry in allowed:
+        want = normalize_locale(entry)
+        if have == want or ("-" not in want and have.split("-")[0] == want):
+            return True
+    return False
+
+
+def split_ids(value: Any) -> Any:
+    """A comma list, ``@file`` (one id per line, ``#`` comments), or a list, as a list of ids."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("@"):
+            path = Path(text[1:]).expanduser()
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            value = [line.split("#", 1)[0].strip() for line in lines]
+        else:
+            value = text.split(",")
+        value = [v.strip() for v in value if v.strip()]
+    return value
 
 
 class _Strict(BaseModel):
@@ -66,15 +132,44 @@ class JobConfig(_Strict):
     users: Optional[str] = Field(default=None, description="User profiles (Parquet). Default: bundled sample data.")
     products: Optional[str] = Field(default=None, description="Product catalog (Parquet). Default: bundled sample data.")
     output: str = Field(default="./out", description="Local folder or s3://bucket/prefix for the results.")
-    run_date: dt.date = Field(default_factory=dt.date.today, description="The date the run is for (partition key).")
+    run_date: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).date(),
+                              description="The date the run is for (partition key). Default: today in UTC.")
     campaign: Optional[str] = Field(
         default=None,
         description="Only pairs of this campaign (when pairs carry campaign_id); also labels the run. "
         "Default: every pair, each under its own campaign_id.",
     )
+    run_label: Optional[str] = Field(
+        default=None,
+        description="Names the run instead of the campaign: the partition campaign=<label>, the run id and "
+        "the latest pointer (e.g. a backfill of some users). Same name rule as campaign.",
+    )
+    user_ids: Optional[list[str]] = Field(
+        default=None,
+        description="Only pairs of these users (flag: comma list or @file with one id per line). Default: all.",
+    )
+    product_ids: Optional[list[str]] = Field(
+        default=None,
+        description="Only pairs of these products (flag: comma list or @file with one id per line). Default: all.",
+    )
+    locales: Optional[list[Locale]] = Field(
+        default=None,
+        description="Only users whose locale is listed (en-US matches en-US only; en matches every en-*). "
+        "Default: every locale.",
+    )
+    brand_voice: Optional[str] = Field(
+        default=None, max_length=BRAND_VOICE_MAX_CHARS,
+        description="Tone / brand voice in a few words (e.g. 'warm, cosy, never pushy'), added to every "
+        "system prompt through the templates' {brand_voice} placeholder. Default: none.",
+    )
     channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS), description="Channels to write.")
     variants: int = Field(default=1, ge=1, le=10, description="Copies per (pair, channel).")
     limit: Optional[int] = Field(default=None, ge=1, description="Use only the first N pairs (smoke runs).")
+    facts: Optional[str] = Field(
+        default=None,
+        description="Product-facts table (local folder or s3://). When set, facts are extracted with the "
+        "engine for new or changed products before generation (the rest are reused) and the prompts and "
+        "the faithfulness rule use them. Default: the catalog's own selling points.")
     model: str = Field(default=BUNDLED_MODEL, description="Local folder, s3:// folder or hub id of the model.")
     templates: Optional[str] = Field(default=None, description="Folder of prompt templates. Default: the packaged ones.")
     s3_endpoint: Optional[str] = Field(default=None, description="S3-compatible endpoint URL (MinIO, R2, a test server).")
@@ -92,10 +187,34 @@ class JobConfig(_Strict):
         "unfinished files are generated again.")
     force: bool = Field(
         default=False, description="Run again as a new attempt even if the run is already published.")
+    dedup_prompts: bool = Field(
+        default=True,
+        description="Generate once per identical prompt (same template, product, profile fields, locale and "
+        "variant) and reuse the copy for every row that asked for it; each reusing row names its source "
+        "row in dedup_of and is still judged by the quality gate on its own.")
+    progress_every_seconds: float = Field(
+        default=60.0, gt=0, description="How often the driver logs rows done, rows/s, tokens/s and the ETA.")
     cpu_stage_num_cpus: float = Field(
         default=0.25, gt=0, le=8,
         description="CPUs reserved per light CPU task (join, render, finalize). Small so they fit "
         "beside the engine on a small node.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Validate config and inputs, count the rows each campaign and channel owes, estimate "
+        "tokens, GPU-hours and cost, print the plan; start no engine and write nothing.",
+    )
+    gpu_hour_price: float = Field(
+        default=4.0, ge=0,
+        description="USD per GPU-hour for the dry-run's cost estimate (on-demand H100 is roughly 2-4 USD "
+        "on GPU clouds, more on the large ones; use your contract price).",
+    )
+    estimate_output_tokens_per_gpu_second: float = Field(
+        default=H100_8B_OUTPUT_TOKENS_PER_SECOND, gt=0,
+        description="ASSUMED generation throughput of one GPU, in output tokens per second, for the "
+        "dry-run's GPU-hour estimate. Default 5,777: Red Hat's MLPerf Inference v5.1 Offline result for "
+        "Llama-3.1-8B (FP8) with vLLM 0.10.0 on one H100 (redhat.com/en/blog/efficient-and-reproducible-"
+        "llm-inference-red-hat-mlperf-inference-v51-results). Measure your own model and GPU and set it.",
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
     quality: QualityPolicy = Field(
@@ -118,11 +237,45 @@ class JobConfig(_Strict):
             raise ValueError("at least one channel is needed")
         return list(dict.fromkeys(value))  # de-duplicated, order kept
 
-    @field_validator("campaign")
+    @field_validator("campaign", "run_label")
     @classmethod
     def _campaign_name(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not _NAME_RE.match(value):
-            raise ValueError(f"{value!r}: use letters, digits, '_', '-' or '.' (at most 64)")
+        return check_name(value) if value is not None else value
+
+    @field_validator("user_ids", "product_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: Any) -> Any:
+        return split_ids(value)
+
+    @field_validator("user_ids", "product_ids")
+    @classmethod
+    def _some_ids(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and not value:
+            raise ValueError("the list is empty (omit it to take every id)")
+        return list(dict.fromkeys(value)) if value is not None else value
+
+    @field_validator("locales", mode="before")
+    @classmethod
+    def _split_locales(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("locales")
+    @classmethod
+    def _known_locales(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("at least one locale is needed (omit locales to take every locale)")
+        return list(dict.fromkeys(value))
+
+    @field_validator("brand_voice")
+    @classmethod
+    def _brand_voice(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        value = " ".join(value.split())  # one line: it sits inside the system prompt
+        if not value:
+            raise ValueError("brand_voice is empty (omit it for no brand voice)")
         return value
 
     @field_validator("output")
@@ -152,7 +305,7 @@ class JobConfig(_Strict):
 
     @property
     def campaign_label(self) -> str:
-        return self.campaign or "all"
+        return self.run_label or self.campaign or "all"
 
     @property
     def run_id(self) -> str:

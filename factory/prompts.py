@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -25,13 +25,19 @@ from factory.quality import pii
 BUILTIN_TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 PRODUCT_FIELDS = frozenset(
-    {"title", "brand", "category", "price", "description", "attributes", "selling_points"}
+    {"title", "brand", "category", "price", "description", "attributes", "selling_points", "facts"}
 )
 USER_FIELDS = frozenset(
     {"interests", "recent_views", "recent_searches", "recent_purchases", "age_band", "loyalty_tier"}
 )
 DERIVED_FIELDS = frozenset({"language"})
-ALLOWED_FIELDS = PRODUCT_FIELDS | USER_FIELDS | DERIVED_FIELDS
+# One value per run, set by the campaign (not by a row), so it may stand only in
+# the system prompt: the shared prefix stays the same for every row.
+CAMPAIGN_FIELDS = frozenset({"brand_voice"})
+ALLOWED_FIELDS = PRODUCT_FIELDS | USER_FIELDS | DERIVED_FIELDS | CAMPAIGN_FIELDS
+BRAND_VOICE = "brand_voice"
+# How a campaign's brand voice reads in the system prompt; nothing at all without one.
+BRAND_VOICE_LINE = "Brand voice: {}."
 
 # Untrusted free text is cut so one huge description cannot crowd out the rest
 # of the prompt (or the model's context).
@@ -66,11 +72,28 @@ class PromptTemplate:
     examples: tuple[tuple[str, str], ...] = ()
     # Strings that end generation (vLLM stop strings), e.g. a newline for one-line channels.
     stop: tuple[str, ...] = ()
+    # The campaign's tone / brand voice for {brand_voice}; "" renders nothing.
+    brand_voice: str = ""
+    # The version of the file alone; ``version`` also covers the brand voice.
+    file_version: str = ""
+
+    def with_brand_voice(self, voice: str | None) -> "PromptTemplate":
+        """This template for a campaign with this brand voice. The version
+        covers the voice too: the same file with another voice is another
+        prompt, and the output rows must say so."""
+        voice = voice or ""
+        file_version = self.file_version or self.version
+        if not voice:
+            return replace(self, brand_voice="", version=file_version, file_version=file_version)
+        digest = hashlib.sha256(f"{file_version}\x00{voice}".encode()).hexdigest()[:12]
+        return replace(self, brand_voice=voice, version=f"{self.channel}@{digest}", file_version=file_version)
 
     def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one row. ``values`` may hold more than the template
         names; only the named fields are formatted in."""
-        context = {name: format_value(name, values.get(name)) for name in self.fields}
+        context = {name: format_value(name, values.get(name)) for name in self.fields if name != BRAND_VOICE}
+        if BRAND_VOICE in self.fields:
+            context[BRAND_VOICE] = format_brand_voice(self.brand_voice)
         messages = [{"role": "system", "content": self.system.format_map(context).strip()}]
         for user, assistant in self.examples:
             messages.append({"role": "user", "content": user.strip()})
@@ -90,6 +113,10 @@ def format_value(name: str, value: Any) -> str:
     ``key: value`` pairs, money with its currency, long text cut."""
     if name == "language":
         return language_for(value)
+    if name == "facts":  # JSON (factory.facts): "Folds flat; Machine washable; color: white"
+        from factory.facts.schema import facts_text
+
+        value = facts_text(value) or None
     if value is None:
         return "none"
     if hasattr(value, "tolist"):  # numpy arrays from Ray batches
@@ -115,6 +142,31 @@ def format_value(name: str, value: Any) -> str:
     if len(text) > MAX_FIELD_CHARS:
         text = text[: MAX_FIELD_CHARS - 1].rstrip() + "…"
     return text or "none"
+
+
+def format_brand_voice(voice: str | None) -> str:
+    """The campaign's brand voice as one line of the system prompt, held to the
+    rules of untrusted text (one line, no angle brackets, no contact details,
+    cut); empty without one, so the prompt is then exactly the template's."""
+    if not voice:
+        return ""
+    text = pii.scrub(" ".join(str(voice).split()).translate(_ANGLE_BRACKETS))
+    if len(text) > MAX_FIELD_CHARS:
+        text = text[: MAX_FIELD_CHARS - 1].rstrip() + "…"
+    return BRAND_VOICE_LINE.format(text.rstrip(".")) if text else ""
+
+
+def apply_brand_voice(templates: Mapping[str, PromptTemplate], voice: str | None,
+                      channels: Iterable[str]) -> dict[str, PromptTemplate]:
+    """The templates for a run with this brand voice. A voice the run's
+    templates cannot carry is a mistake, not something to drop silently."""
+    if voice:
+        missing = [templates[c].source for c in channels if c in templates and BRAND_VOICE not in templates[c].fields]
+        if missing:
+            raise TemplateError(
+                f"brand_voice is set but {', '.join(missing)} has no {{{BRAND_VOICE}}} placeholder in 'system'; "
+                "add it on a line of its own")
+    return {c: t.with_brand_voice(voice) for c, t in templates.items()}
 
 
 def _maybe_json(text: str) -> Any:
@@ -151,6 +203,9 @@ def load_template(path: Path) -> PromptTemplate:
                     f"{path}: placeholder {{{name}}} in '{part}' is not an allowed field "
                     f"(allowed: {', '.join(sorted(ALLOWED_FIELDS))})"
                 )
+            if name in CAMPAIGN_FIELDS and part != "system":
+                raise TemplateError(f"{path}: placeholder {{{name}}} belongs in 'system' (one value per "
+                                    "campaign, so the prompt prefix the engine caches stays shared)")
             fields.add(name)
     examples = []
     for i, ex in enumerate(spec.get("examples") or []):
@@ -160,9 +215,11 @@ def load_template(path: Path) -> PromptTemplate:
     channel = str(spec["channel"])
     if channel != path.stem:
         raise TemplateError(f"{path}: channel {channel!r} must match the file name {path.stem!r}")
+    version = f"{channel}@{hashlib.sha256(raw).hexdigest()[:12]}"
     return PromptTemplate(
         channel=channel,
-        version=f"{channel}@{hashlib.sha256(raw).hexdigest()[:12]}",
+        version=version,
+        file_version=version,
         max_chars=int(spec["max_chars"]),
         max_tokens=int(spec["max_tokens"]),
         system=spec["system"],

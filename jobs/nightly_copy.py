@@ -1,20 +1,31 @@
 """Nightly copy job: pairs + profiles + catalog in, personalized copy out.
 
     python jobs/nightly_copy.py                      # demo: sample data, bundled model, ./out
+    python jobs/nightly_copy.py --campaigns-dir configs             # every campaign active today
+    python jobs/nightly_copy.py --campaigns-dir configs --dry-run   # the plan and its cost, no engine
     ray job submit --working-dir . -- python jobs/nightly_copy.py --pairs s3://... --output s3://...
+
+Exit status: 0 every run published (or already was); 2 a configuration,
+template or input mistake, found before any engine time (every campaign file
+is validated before the first run starts); with several runs, the status of
+the first run that failed (1 failed, 2 input error, 3 publish conflict, 4
+incomplete), after all runs were tried.
 
 See README.md for the input contract, the output layout and every flag.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Optional, Sequence
 
 from pydantic import ValidationError
 
-from factory.cli import parse_config
+from factory.campaigns import CampaignError
+from factory.cli import JobRequest, parse_job
+from factory.config import JobConfig
 from factory.inputs import InputError
 from factory.pipeline import ConfigError, IncompleteRun, RunResult, run
 from factory.publish import PublishConflict
@@ -58,25 +69,84 @@ def report(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+# Mistakes found on the driver before any engine time, and what each exits with.
+_EXIT_CODES = ((ValidationError, 2), (CampaignError, 2), (ConfigError, 2), (InputError, 2), (TemplateError, 2),
+               (FileNotFoundError, 2), (PublishConflict, 3), (IncompleteRun, 4))
+
+
+def _exit_code(exc: BaseException) -> Optional[int]:
+    return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), None)
+
+
+def _error(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return f"error: invalid configuration:\n{exc}"
+    return f"error: {exc}"
+
+
+def run_one(config: JobConfig, several: bool) -> tuple[int, str]:
+    """One run: (exit status, one line for the campaign summary). With
+    several runs an unexpected error fails this run only; alone it
+    propagates as before (traceback, status 1)."""
+    try:
+        result = run(config)
+    except Exception as exc:  # noqa: BLE001 - mapped or re-raised below
+        code = _exit_code(exc)
+        if code is None:
+            if not several:
+                raise
+            logging.getLogger("nightly_copy").exception("Run %s failed", config.run_id)
+            code = 1
+        print(_error(exc), file=sys.stderr)
+        return code, f"{config.campaign_label:<20} FAILED (exit {code}): {str(exc).splitlines()[0][:160]}"
+    print(report(result))
+    state = "already published" if result.action == "published" else "published"
+    return 0, (f"{config.campaign_label:<20} {state}: attempt {result.attempt}, {result.rows_written} rows, "
+               f"{result.dead_letters} dead letters  {result.manifest_uri}")
+
+
+def dry_run_all(request: JobRequest) -> int:
+    from factory.dry_run import format_plan, plan_run
+
+    plans = []
+    for config in request.configs:
+        try:
+            plans.append(plan_run(config))
+        except Exception as exc:  # noqa: BLE001
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            print(_error(exc), file=sys.stderr)
+            return code
+    if request.json:
+        print(json.dumps(plans if len(plans) > 1 else plans[0], indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(format_plan(p) for p in plans))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = parse_config(argv)
-        result = run(config)
-    except ValidationError as exc:
-        print(f"error: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
-    except (ConfigError, InputError, TemplateError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PublishConflict as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except IncompleteRun as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 4
-    print(report(result))
-    return 0
+        request = parse_job(argv)
+    except Exception as exc:  # noqa: BLE001
+        code = _exit_code(exc)
+        if code is None:
+            raise
+        print(_error(exc), file=sys.stderr)
+        return code
+    if not request.configs:
+        print("No campaign is active on the run date: nothing to do.")
+        return 0
+    if request.dry_run:
+        return dry_run_all(request)
+    several = len(request.configs) > 1
+    outcomes = [run_one(config, several) for config in request.configs]
+    if several:
+        print("\nCampaigns:")
+        for _, line in outcomes:
+            print(f"  {line}")
+    return next((code for code, _ in outcomes if code), 0)
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process: this guard is required

@@ -54,3 +54,48 @@ def test_bad_engine_kwargs_json():
 
 def test_channels_deduplicated_in_order():
     assert JobConfig(channels="sms,push,sms").channels == ["sms", "push"]
+
+
+def test_run_label_names_the_run_instead_of_the_campaign():
+    c = parse_config(["--campaign", "winter_sale", "--run-label", "winter_fix", "--run-date", "2026-01-31"])
+    assert c.campaign == "winter_sale" and c.campaign_label == "winter_fix" and c.run_id == "2026-01-31_winter_fix"
+    assert parse_config(["--campaign", "winter_sale"]).campaign_label == "winter_sale"
+    with pytest.raises(ValidationError, match="run_label"):
+        parse_config(["--run-label", "../escape"])
+
+
+def test_only_users_and_products_take_a_comma_list_or_a_file(tmp_path):
+    ids = tmp_path / "users.txt"
+    ids.write_text("U000001\n# a comment\n\nU000002  # trailing comment\nU000001\n")
+    c = parse_config(["--only-users", f"@{ids}", "--only-products", "P00001, P00002,"])
+    assert c.user_ids == ["U000001", "U000002"] and c.product_ids == ["P00001", "P00002"]
+    assert parse_config([]).user_ids is None
+    with pytest.raises(ValidationError, match="cannot read"):
+        parse_config(["--only-users", f"@{tmp_path / 'missing.txt'}"])
+    with pytest.raises(ValidationError, match="the list is empty"):
+        parse_config(["--only-products", ","])
+
+
+def test_locales_are_checked_and_matched():
+    from factory.config import locale_allowed
+
+    assert parse_config(["--locales", "en-US,zh_CN,en-US"]).locales == ["en-US", "zh_CN"]
+    with pytest.raises(ValidationError, match=r"locales\.1[\s\S]*cannot write language 'xx'"):
+        parse_config(["--locales", "en,xx-YY"])
+    assert locale_allowed("en-GB", None)
+    assert locale_allowed("en-GB", ["en"]) and locale_allowed("en_us", ["en-US"])
+    assert not locale_allowed("en-GB", ["en-US"]) and not locale_allowed("zh-CN", ["en"])
+    assert not locale_allowed(None, ["en"])
+
+
+def test_brand_voice_is_one_line_and_capped():
+    assert parse_config(["--brand-voice", "warm,\n  cosy"]).brand_voice == "warm, cosy"
+    with pytest.raises(ValidationError, match="at most 200"):
+        parse_config(["--brand-voice", "x" * 201])
+
+
+def test_dry_run_settings():
+    c = parse_config(["--dry-run", "--gpu-hour-price", "2.5"])
+    assert c.dry_run and c.gpu_hour_price == 2.5 and c.estimate_output_tokens_per_gpu_second == 5777
+    with pytest.raises(ValidationError, match="estimate_output_tokens_per_gpu_second"):
+        parse_config(["--estimate-output-tokens-per-gpu-second", "0"])

@@ -1,0 +1,349 @@
+"""Campaign configs: one YAML file per campaign in a folder (``configs/``).
+
+A campaign file says what one campaign's nightly run writes: its channels,
+tone / brand voice, locales, quality overrides (extra banned / risky /
+allowed terms, per-channel limits), sampling and variants, and when it is
+active. ``--campaigns-dir configs`` runs every campaign active on the run
+date (or the ones named with ``--campaign``), one run each, one after another.
+
+Every file is validated before the first run starts, and every mistake in a
+file is reported (not only the first), each naming the file, the setting's
+path and what is wrong. Precedence, lowest first: defaults, the ``--config``
+file, the campaign file, flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+
+from factory.config import BRAND_VOICE_MAX_CHARS, EngineConfig, JobConfig, Locale, build_config, check_name
+from factory.prompts import BRAND_VOICE, PromptTemplate, load_templates
+from factory.quality.policy import QualityPolicy
+
+CAMPAIGN_SUFFIXES = (".yaml", ".yml")
+# Keys people write for a setting that has another name here.
+_HINTS = {"tone": "brand_voice", "voice": "brand_voice", "id": "campaign_id", "name": "campaign_id",
+          "enabled": "active", "start_date": "start", "end_date": "end", "languages": "locales",
+          "temperature": "sampling.temperature", "top_p": "sampling.top_p", "max_tokens": "sampling.max_tokens",
+          "banned_terms": "quality.banned_terms", "limits": "quality.limits"}
+
+
+class CampaignError(ValueError):
+    """Campaign configs that cannot run; ``problems`` holds one line per mistake."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the campaign configs:\n"
+                         + "\n".join(f"  {p}" for p in self.problems))
+
+
+def _engine_bound(name: str) -> Any:
+    """The type of EngineConfig's field ``name`` with its bounds, optional here."""
+    field = EngineConfig.model_fields[name]
+    base = next((a for a in getattr(field.annotation, "__args__", ()) if a is not type(None)), field.annotation)
+    return Optional[Annotated[(base, *field.metadata)]]
+
+
+class SamplingConfig(BaseModel):
+    """Sampling for one campaign; unset keys keep the job's settings. Same bounds as the engine flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: _engine_bound("temperature") = Field(default=None, description="Sampling temperature (0-2).")
+    top_p: _engine_bound("top_p") = Field(default=None, description="Nucleus sampling threshold (0-1].")
+    max_tokens: _engine_bound("max_tokens") = Field(
+        default=None, description="Cap on generated tokens for every channel (1-4096); default: each template's.")
+
+
+class CampaignConfig(BaseModel):
+    """One campaign's settings, as written in ``configs/<campaign_id>.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign_id: str = Field(description="The campaign's id: the pairs' campaign_id value, the run's partition "
+                                         "and latest pointer. Must equal the file's name without .yaml.")
+    description: Optional[str] = Field(default=None, description="For people; not sent to the model.")
+    active: bool = Field(default=True, description="Run it nightly (between start and end when given).")
+    start: Optional[dt.date] = Field(default=None, description="First run date it is active on (YYYY-MM-DD).")
+    end: Optional[dt.date] = Field(default=None, description="Last run date it is active on (YYYY-MM-DD).")
+    channels: list[str] = Field(description="Channels to write; each needs a prompt template.")
+    locales: Optional[list[Locale]] = Field(
+        default=None, description="Only users with these locales (en-US: that one; en: every en-*). Default: all.")
+    brand_voice: Optional[str] = Field(
+        default=None, max_length=BRAND_VOICE_MAX_CHARS,
+        description="Tone / brand voice in a few words, added to every system prompt "
+        f"(the templates' {{{BRAND_VOICE}}} placeholder). At most {BRAND_VOICE_MAX_CHARS} characters.")
+    variants: Optional[Annotated[(int, *JobConfig.model_fields["variants"].metadata)]] = Field(
+        default=None, description="Copies per (pair, channel), 1-10. Default: the job's.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, top_p, max_tokens.")
+    quality: QualityPolicy = Field(
+        default_factory=QualityPolicy,
+        description="Quality gate overrides, laid over the job's: limits per channel (only the keys given), "
+        "banned / risky / allowed terms (added to the job's), severity, repair.")
+
+    _quality_given: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_quality_as_written(cls, data: Any, handler):
+        """QualityPolicy fills in every default; laying those over the job's
+        quality would undo its settings. Keep what the file wrote."""
+        model = handler(data)
+        given = data.get("quality") if isinstance(data, dict) else None
+        if isinstance(given, QualityPolicy):
+            given = given.model_dump(exclude_unset=True, exclude={"limits"})
+        model._quality_given = copy.deepcopy(given or {})
+        return model
+
+    @field_validator("campaign_id")
+    @classmethod
+    def _id(cls, value: str, info: ValidationInfo) -> str:
+        check_name(value)
+        stem = (info.context or {}).get("file_stem")
+        if stem is not None and value != stem:
+            raise ValueError(f"{value!r} must equal the file's name {stem!r} "
+                             f"(rename the file to {value}.yaml or fix the id)")
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, value: Optional[dt.date], info: ValidationInfo) -> Optional[dt.date]:
+        start = info.data.get("start")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"end {value} is before start {start}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value:
+            raise ValueError("at least one channel is needed")
+        templates = (info.context or {}).get("templates")
+        unknown = [c for c in value if templates is not None and c not in templates]
+        if unknown:
+            raise ValueError(f"no template for {', '.join(map(repr, unknown))} (have: {', '.join(sorted(templates))})")
+        return list(dict.fromkeys(value))
+
+    @field_validator("locales")
+    @classmethod
+    def _some_locales(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and not value:
+            raise ValueError("at least one locale is needed (omit locales to take every locale)")
+        return list(dict.fromkeys(value)) if value is not None else value
+
+    @field_validator("brand_voice")
+    @classmethod
+    def _brand_voice(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if value is None:
+            return value
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("empty (omit brand_voice for none)")
+        templates: Optional[dict[str, PromptTemplate]] = (info.context or {}).get("templates")
+        lacking = [c for c in info.data.get("channels") or []
+                   if templates and c in templates and BRAND_VOICE not in templates[c].fields]
+        if lacking:
+            raise ValueError(f"the template(s) of {', '.join(lacking)} have no {{{BRAND_VOICE}}} placeholder "
+                             "in 'system', so the voice would never reach the model")
+        return value
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _limit_channels(cls, value: Any, info: ValidationInfo) -> Any:
+        templates = (info.context or {}).get("templates")
+        limits = value.get("limits") if isinstance(value, dict) else None
+        if templates is not None and isinstance(limits, dict):
+            unknown = [c for c in limits if c not in templates]
+            if unknown:
+                raise ValueError(f"limits name channel(s) with no template: {', '.join(map(repr, unknown))} "
+                                 f"(have: {', '.join(sorted(templates))})")
+        return value
+
+    def active_on(self, day: dt.date) -> bool:
+        return self.active and (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
+
+    def why_inactive(self, day: dt.date) -> str:
+        if not self.active:
+            return "active: false"
+        if self.start is not None and day < self.start:
+            return f"starts {self.start}"
+        return f"ended {self.end}"
+
+    def job_values(self) -> dict[str, Any]:
+        """What this campaign sets in a JobConfig (the ``--config`` file's shape)."""
+        values: dict[str, Any] = {"campaign": self.campaign_id, "channels": list(self.channels)}
+        for name in ("locales", "brand_voice", "variants"):
+            if getattr(self, name) is not None:
+                values[name] = getattr(self, name)
+        engine = self.sampling.model_dump(exclude_none=True)
+        if engine:
+            values["engine"] = engine
+        if self._quality_given:
+            values["quality"] = copy.deepcopy(self._quality_given)
+        return values
+
+
+@dataclass(frozen=True)
+class Campaign:
+    path: Path
+    config: CampaignConfig
+
+    @property
+    def id(self) -> str:
+        return self.config.campaign_id
+
+
+def _format_errors(path: Path, exc: ValidationError) -> list[str]:
+    """One line per pydantic error: file, setting path, what is wrong."""
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(file)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            hint = _HINTS.get(key) or next(iter(difflib.get_close_matches(key, _known_keys(err["loc"]), 1)), None)
+            msg = "unknown setting" + (f" (did you mean {hint}?)" if hint else "")
+        elif err["type"] == "missing":
+            msg = "required, missing"
+        elif err["type"] not in ("value_error",):
+            shown = repr(err.get("input"))
+            msg += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
+            if isinstance(err.get("input"), bool) and "severity" in err["loc"]:
+                msg += "; YAML reads unquoted off/on/no/yes as true/false: write \"off\""
+        out.append(f"{path}: {where}: {msg}")
+    return out
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    if len(loc) == 1:
+        return list(CampaignConfig.model_fields)
+    nested = {"sampling": SamplingConfig, "quality": QualityPolicy}.get(str(loc[0]))
+    return list(nested.model_fields) if nested and len(loc) == 2 else []
+
+
+def load_campaign(path: str | Path, templates: dict[str, PromptTemplate]) -> tuple[Optional[Campaign], list[str]]:
+    """One campaign file: the campaign, or None and every problem found in it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{path}: cannot read: {exc}"]
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, [f"{path}: not valid YAML: {where}{problem}"]
+    if not isinstance(raw, dict):
+        return None, [f"{path}: a campaign file is a mapping of settings (campaign_id, channels, ...), "
+                      f"not {type(raw).__name__}"]
+    try:
+        config = CampaignConfig.model_validate(raw, context={"file_stem": path.stem, "templates": templates})
+    except ValidationError as exc:
+        return None, _format_errors(path, exc)
+    return Campaign(path, config), []
+
+
+def load_campaigns(folder: str | Path, templates: dict[str, PromptTemplate]) -> dict[str, Campaign]:
+    """Every ``*.yaml`` / ``*.yml`` in ``folder``, keyed by campaign id; raises
+    CampaignError with every problem of every file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CampaignError([f"{folder}: no such folder (--campaigns-dir)"])
+    files = sorted(p for p in folder.iterdir() if p.suffix in CAMPAIGN_SUFFIXES and p.is_file())
+    if not files:
+        raise CampaignError([f"{folder}: no campaign files (*.yaml) in the folder"])
+    problems: list[str] = []
+    campaigns: dict[str, Campaign] = {}
+    for path in files:
+        campaign, found = load_campaign(path, templates)
+        problems.extend(found)
+        if campaign is None:
+            continue
+        if campaign.id in campaigns:
+            problems.append(f"{path}: campaign_id {campaign.id!r} is also defined in {campaigns[campaign.id].path}")
+            continue
+        campaigns[campaign.id] = campaign
+    if problems:
+        raise CampaignError(problems)
+    return campaigns
+
+
+def split_names(values: Optional[Sequence[str] | str]) -> list[str]:
+    """``--campaign a --campaign b,c`` -> [a, b, c] (order kept, repeats dropped)."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    names = [n.strip() for v in values for n in str(v).split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def select(campaigns: dict[str, Campaign], names: Sequence[str], run_date: dt.date) -> list[Campaign]:
+    """The named campaigns (each must exist and be active on the run date), or
+    every campaign active on the run date, in id order."""
+    if not names:
+        return [c for _, c in sorted(campaigns.items()) if c.config.active_on(run_date)]
+    problems = []
+    for name in names:
+        if name not in campaigns:
+            close = difflib.get_close_matches(name, list(campaigns), 1)
+            problems.append(f"--campaign {name}: no such campaign in the campaigns folder"
+                            + (f" (did you mean {close[0]}?)" if close else "")
+                            + f"; have: {', '.join(sorted(campaigns))}")
+        elif not campaigns[name].config.active_on(run_date):
+            problems.append(f"{campaigns[name].path}: campaign {name!r} is not active on {run_date} "
+                            f"({campaigns[name].config.why_inactive(run_date)})")
+    if problems:
+        raise CampaignError(problems)
+    return [campaigns[n] for n in names]
+
+
+def merge_values(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merged key by key, term lists added
+    to (a company-wide banned word stays banned), everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_values(out[key], value)
+        elif key.endswith("_terms") and isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = list(dict.fromkeys(out[key] + value))
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def campaign_configs(file_values: dict[str, Any], flag_values: dict[str, Any], campaigns_dir: str | Path,
+                     names: Sequence[str]) -> list[tuple[Campaign, JobConfig]]:
+    """One JobConfig per selected campaign: defaults < ``--config`` file <
+    campaign file < flags. Everything is validated here, before any run."""
+    templates_dir = flag_values.get("templates") or file_values.get("templates")
+    templates = load_templates(templates_dir)
+    campaigns = load_campaigns(campaigns_dir, templates)
+    base = build_config(file_values, {k: v for k, v in flag_values.items() if k != "campaign"})
+    chosen = select(campaigns, names, base.run_date)
+    if len(chosen) > 1 and base.run_label:
+        raise CampaignError([f"--run-label {base.run_label}: one label cannot name {len(chosen)} runs "
+                             f"({', '.join(c.id for c in chosen)}); name one campaign with --campaign"])
+    problems, out = [], []
+    for campaign in chosen:
+        try:
+            config = build_config(merge_values(file_values, campaign.config.job_values()),
+                                  {k: v for k, v in flag_values.items() if k != "campaign"})
+        except ValidationError as exc:
+            problems.extend(_format_errors(campaign.path, exc))
+            continue
+        out.append((campaign, config))
+    if problems:
+        raise CampaignError(problems)
+    return out

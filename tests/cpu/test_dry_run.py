@@ -1,0 +1,208 @@
+"""--dry-run: the plan's counts against a hand count from the Parquet files
+(plain pandas, none of the factory's code), token and cost arithmetic, and
+proof that no engine, no Ray and no write happen."""
+
+import json
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import jobs.nightly_copy as job
+from factory.cli import parse_job
+from factory.dry_run import LOCALE_EXCLUDED, NOTHING_OWED, plan_run
+from tests.cpu.test_campaigns import CONFIGS
+
+ALL_CHANNELS = ["push", "email_subject", "ad_headline", "sms", "product_blurb"]
+CAP = {"push": 40, "email_subject": 24, "ad_headline": 16, "sms": 48, "product_blurb": 72}  # templates' max_tokens
+
+
+def _inputs(sample_dir, tmp_path, pairs=None):
+    path = sample_dir / "pairs.parquet"
+    if pairs is not None:
+        path = tmp_path / "pairs.parquet"
+        pq.write_table(pairs, path)
+    return ["--pairs", str(path), "--users", str(sample_dir / "users.parquet"),
+            "--products", str(sample_dir / "products.parquet"), "--output", str(tmp_path / "out"),
+            "--run-date", "2026-11-23"]
+
+
+def _hand_count(sample_dir, channels, variants=1, locales=None, campaign=None, max_tokens=None):
+    """Rows per (campaign, channel) and output-token caps, by hand with pandas."""
+    pairs = pd.read_parquet(sample_dir / "pairs.parquet")
+    users = pd.read_parquet(sample_dir / "users.parquet")[["user_id", "locale"]]
+    if campaign:
+        pairs = pairs[pairs.campaign_id == campaign]
+    pairs = pairs.merge(users, on="user_id", how="left")
+    if locales:
+        pairs = pairs[pairs.locale.apply(lambda l: l in locales or l.split("-")[0] in locales)]
+    rows = []
+    for p in pairs.itertuples():
+        wanted = [p.channel] if isinstance(p.channel, str) else channels
+        for ch in wanted:
+            if ch in channels:
+                for v in range(variants):
+                    rows.append((p.campaign_id, p.user_id, p.product_id, ch, v, p.locale))
+    rows = pd.DataFrame(rows, columns=["campaign", "user", "product", "channel", "variant", "locale"])
+    rows = rows.drop_duplicates(["campaign", "user", "product", "channel", "variant"])
+    rows["cap"] = [max_tokens or CAP[ch] * (2 if loc == "zh-CN" else 1) for ch, loc in zip(rows.channel, rows.locale)]
+    return {k: (len(g), int(g.cap.sum())) for k, g in rows.groupby(["campaign", "channel"])}
+
+
+def _plan_counts(plans):
+    return {(c["campaign"], ch): (v["rows"], v["output_tokens_max"])
+            for p in plans for c in p["campaigns"] for ch, v in c["channels"].items()}
+
+
+@pytest.fixture(scope="module")
+def converted_model():
+    from factory.model import ensure_bundled_model
+
+    return ensure_bundled_model()  # a setup step shared with the engine tests (cached)
+
+
+@pytest.fixture
+def no_engine(monkeypatch, converted_model):
+    """Ray may not start and no model weights may load; vLLM is never imported."""
+    import ray
+    from transformers.modeling_utils import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run must not start Ray or load a model")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", refuse)  # every model class loads through it
+    had_vllm = "vllm" in sys.modules
+    yield
+    assert not ray.is_initialized()
+    assert had_vllm or "vllm" not in sys.modules
+
+
+def test_one_run_of_all_campaigns_matches_a_hand_count(sample_dir, tmp_path, no_engine):
+    [config] = parse_job(_inputs(sample_dir, tmp_path) + ["--dry-run", "--no-dedup"]).configs
+    plan = plan_run(config)
+    expected = _hand_count(sample_dir, ALL_CHANNELS)
+    assert _plan_counts([plan]) == expected
+    assert plan["total"]["rows"] == sum(r for r, _ in expected.values()) == 400
+    pairs = pd.read_parquet(sample_dir / "pairs.parquet")
+    assert {c["campaign"]: c["pairs"] for c in plan["campaigns"]} == pairs.campaign_id.value_counts().to_dict()
+    assert all(c["dead_letters"] == {} for c in plan["campaigns"])
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_campaign_configs_match_a_hand_count(sample_dir, tmp_path, no_engine):
+    request = parse_job(_inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(CONFIGS), "--dry-run", "--no-dedup"])
+    plans = [plan_run(c) for c in request.configs]
+    expected = {**_hand_count(sample_dir, ["push", "email_subject", "ad_headline", "sms"],
+                              locales=["en-US", "en-GB", "zh-CN"], campaign="winter_sale"),
+                **_hand_count(sample_dir, ["push", "email_subject", "product_blurb"], variants=2, locales=["en"],
+                              campaign="new_arrivals", max_tokens=64)}
+    assert _plan_counts(plans) == expected
+    # What is not generated, and why, by hand.
+    pairs = pd.read_parquet(sample_dir / "pairs.parquet").merge(
+        pd.read_parquet(sample_dir / "users.parquet")[["user_id", "locale"]], on="user_id")
+    new = pairs[pairs.campaign_id == "new_arrivals"]
+    zh = (new.locale == "zh-CN").sum()
+    skipped_channel = (~new.locale.eq("zh-CN") & new.channel.isin(["ad_headline", "sms"])).sum()
+    na = next(c for p in plans for c in p["campaigns"] if c["campaign"] == "new_arrivals")
+    assert na["not_generated"] == {LOCALE_EXCLUDED: zh, NOTHING_OWED: skipped_channel} and zh > 0
+    assert na["pairs"] == len(new) - zh  # out of the run's scope, like other campaigns' pairs
+    assert na["servable_pairs"] == len(new) - zh - skipped_channel
+
+
+def test_identical_prompts_count_once_for_the_engine(sample_dir, tmp_path, no_engine):
+    users = pd.read_parquet(sample_dir / "users.parquet")
+    users = users[users.locale == "en-US"].copy()
+    users["key"] = users.interests.apply(lambda v: ", ".join(v))
+    twins = users.groupby("key").user_id.apply(list)
+    twins = next(ids for ids in twins if len(ids) >= 2)[:2]  # two users whose push prompt shows the same
+    twin_key = users.set_index("user_id").key[twins[0]]
+    others = users[users.key != twin_key].drop_duplicates("key").user_id.iloc[:2].tolist()  # unlike anyone here
+    product = "P00001"
+    pairs = pa.table({"user_id": twins + others, "product_id": [product] * 4, "channel": ["push"] * 4,
+                      "campaign_id": ["spring"] * 4})
+    argv = _inputs(sample_dir, tmp_path, pairs) + ["--dry-run", "--channels", "push"]
+    [config] = parse_job(argv).configs
+    t = plan_run(config)["total"]
+    assert (t["rows"], t["engine_rows"], t["output_tokens_max"]) == (4, 3, 3 * CAP["push"])
+    [config] = parse_job(argv + ["--no-dedup"]).configs
+    t = plan_run(config)["total"]
+    assert (t["rows"], t["engine_rows"], t["output_tokens_max"]) == (4, 4, 4 * CAP["push"])
+
+
+def test_dead_letters_are_counted_with_the_pipelines_reasons(sample_dir, tmp_path, no_engine):
+    good = pd.read_parquet(sample_dir / "pairs.parquet").iloc[:3]
+    u, p = good.user_id.tolist(), good.product_id.tolist()
+    pairs = pa.table({
+        "user_id": [u[0], "U_NOBODY", u[1], u[2], u[2], None],
+        "product_id": [p[0], p[1], "P_NOTHING", p[2], p[2], p[0]],
+        "channel": ["push", None, None, "fax", None, None],
+        "campaign_id": ["spring"] * 6,
+    })
+    [config] = parse_job(_inputs(sample_dir, tmp_path, pairs) + ["--dry-run"]).configs
+    [c] = plan_run(config)["campaigns"]
+    assert c["campaign"] == "spring" and c["pairs"] == 6 and c["servable_pairs"] == 2
+    assert c["dead_letters"] == {"unknown_user_id": 1, "unknown_product_id": 1, "unknown_channel": 1,
+                                 "null_user_id": 1}
+    assert {ch: v["rows"] for ch, v in c["channels"].items()} == {"push": 2, **{ch: 1 for ch in ALL_CHANNELS[1:]}}
+
+
+def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(sample_dir, tmp_path, no_engine,
+                                                                         converted_model):
+    from transformers import AutoTokenizer
+
+    from factory.prompts import format_price, load_templates
+
+    users = pd.read_parquet(sample_dir / "users.parquet").set_index("user_id")
+    products = pd.read_parquet(sample_dir / "products.parquet").set_index("product_id")
+    pairs = pd.read_parquet(sample_dir / "pairs.parquet")
+    pairs = pairs[pairs.channel.isna()].iloc[:2]
+    [config] = parse_job(_inputs(sample_dir, tmp_path, pa.Table.from_pandas(pairs, preserve_index=False))
+                         + ["--dry-run", "--channels", "sms", "--no-dedup"]).configs
+    plan = plan_run(config)
+    # By hand: each row's chat from the template, through the chat template, tokenized.
+    tok = AutoTokenizer.from_pretrained(str(converted_model), local_files_only=True)
+    sms = load_templates()["sms"]
+    total = 0
+    for row in pairs.itertuples():
+        user, product = users.loc[row.user_id], products.loc[row.product_id]
+        values = {"language": user.locale, "interests": list(user.interests), "title": product.title,
+                  "brand": product.brand, "price": format_price(product.price, product.currency),
+                  "selling_points": list(product.selling_points)}
+        text = tok.apply_chat_template(sms.render(values), tokenize=False, add_generation_prompt=True)
+        total += len(tok(text, add_special_tokens=False)["input_ids"])
+    assert plan["total"]["prompt_tokens"] == total and total > 100
+
+
+def test_gpu_hours_and_cost_follow_the_assumptions(sample_dir, tmp_path, no_engine):
+    argv = _inputs(sample_dir, tmp_path) + ["--dry-run", "--no-dedup", "--gpu-hour-price", "2.5",
+                                            "--estimate-output-tokens-per-gpu-second", "100", "--no-repair"]
+    [config] = parse_job(argv).configs
+    t = plan_run(config)["total"]
+    hand = sum(cap for _, cap in _hand_count(sample_dir, ALL_CHANNELS).values())
+    assert t["output_tokens_max"] == hand
+    assert t["gpu_hours"] == pytest.approx(hand / 100 / 3600)
+    assert t["cost_usd"] == pytest.approx(hand / 100 / 3600 * 2.5)
+    assert t["gpu_hours_with_repair_max"] == t["gpu_hours"]  # no repair pass
+    [config] = parse_job(argv[:-1]).configs
+    assert plan_run(config)["total"]["gpu_hours_with_repair_max"] == pytest.approx(2 * t["gpu_hours"])
+
+
+def test_job_prints_the_plan_and_exits_0(sample_dir, tmp_path, capsys, no_engine):
+    argv = _inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(CONFIGS), "--dry-run"]
+    assert job.main(argv + ["--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert [p["run_id"] for p in plans] == ["2026-11-23_new_arrivals", "2026-11-23_winter_sale"]
+    assert job.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Dry run 2026-11-23_winter_sale: no engine started, nothing written" in out
+    assert "GPU-hours" in out and "winter_sale     push" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_still_stops_on_input_errors(sample_dir, tmp_path, capsys, no_engine):
+    argv = _inputs(sample_dir, tmp_path, pa.table({"user_id": ["U1"], "item": ["P1"]})) + ["--dry-run"]
+    assert job.main(argv) == 2
+    assert "product_id" in capsys.readouterr().err
