@@ -20,6 +20,9 @@ USERS_OPTIONAL = USERS_LIST_FIELDS + ("age_band", "loyalty_tier")
 
 PRODUCTS_REQUIRED = (PRODUCT_ID, "title", "category", "brand", "price", "currency", "description")
 PRODUCTS_OPTIONAL = ("attributes", "selling_points")
+# Attached by the pipeline, not read from the catalog: the product's facts as
+# JSON (factory.facts), extracted or else the catalog's selling points.
+FACTS = "facts"
 
 # --- Output rows ----------------------------------------------------------------
 # Stable id of one output row: a hash of run id, campaign, user, product,
@@ -34,6 +37,11 @@ TEMPLATE_VERSION = "template_version"
 MODEL = "model"
 NUM_INPUT_TOKENS = "num_input_tokens"
 NUM_OUTPUT_TOKENS = "num_output_tokens"
+# Prompt tokens the engine's prefix cache served (null when the engine did not say).
+NUM_CACHED_TOKENS = "num_cached_tokens"
+# Row id of the row whose generation this row reuses: its prompt was identical
+# (same template, product, profile fields, locale, variant). Null when generated.
+DEDUP_OF = "dedup_of"
 FINISH_REASON = "finish_reason"
 GENERATED_AT = "generated_at"
 
@@ -53,8 +61,8 @@ STATUSES = (ACCEPTED, REVIEW, REJECTED)
 OUTPUT_COLUMNS = (
     ROW_ID, RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
     STATUS, REASONS, REASON_DETAILS, ATTEMPT, FIRST_ATTEMPT_REASONS, NUMERIC_FIDELITY,
-    COPY_LENGTH, COPY_LENGTH_LIMIT,
-    TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, FINISH_REASON, GENERATED_AT,
+    COPY_LENGTH, COPY_LENGTH_LIMIT, DEDUP_OF,
+    TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, NUM_CACHED_TOKENS, FINISH_REASON, GENERATED_AT,
 )
 
 # --- Dead letters -----------------------------------------------------------------

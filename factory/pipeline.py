@@ -33,20 +33,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory import columns as C
-from factory import inputs, model, sample_data
+from factory import dedup, inputs, model, report, sample_data
 from factory.config import JobConfig
-from factory.prompts import PromptTemplate, load_templates
+from factory.facts.extract import NO_FACTS, attach_facts
+from factory.prompts import PromptTemplate, apply_brand_voice, load_templates
 from factory.quality.metrics import corpus_figures
 from factory.quality.summary import VERDICT_COLUMNS, quality_summary
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.check import CheckPairs, ReadPairs
-from factory.stages.join import fan_out
+from factory.stages.join import row_id
+from factory.stages.reuse import ReuseCopy
 from factory.stages.write import Sink, WriteParquetFiles
+from factory.progress import ProgressLog, counted
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
 from factory.storage import (Location, delete_dir_if_exists, list_files, put_bytes, read_bytes, read_parquet,
@@ -61,6 +65,7 @@ DEAD_LETTER_SCHEMA = pa.schema([
 ])
 # What pass 1 keeps of a servable pair for the generation passes.
 STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW)
+STAGED_PAIR_SCHEMA = pa.schema([(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())])
 
 
 class ConfigError(ValueError):
@@ -103,10 +108,19 @@ class RunResult:
     quality: dict[str, Any] = field(default_factory=dict)
     rows_generated: int = 0  # by this process; a resumed run skips what was written before
     rows_resumed: int = 0  # rows found written by an earlier process of the attempt
+    rows_reused: int = 0  # by this process: rows that took an identical prompt's copy
+    progress: list[dict[str, Any]] = field(default_factory=list)  # the per-minute samples
+    work: dict[str, Any] = field(default_factory=dict)  # engine work done and avoided (factory.dedup)
 
 
 def run_location(output: Location, config: JobConfig) -> Location:
     return output.join("runs", f"date={config.run_date.isoformat()}", f"campaign={config.campaign_label}")
+
+
+def storage_options(config: JobConfig) -> dict[str, Any]:
+    """How every local or s3:// path of the run is opened."""
+    return dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_sse=config.s3_sse,
+                s3_sse_kms_key_id=config.s3_sse_kms_key_id, s3_max_attempts=config.s3_max_attempts)
 
 
 def prepare(config: JobConfig) -> Plan:
@@ -114,6 +128,8 @@ def prepare(config: JobConfig) -> Plan:
     unknown = [c for c in config.channels if c not in templates]
     if unknown:
         raise ConfigError(f"--channels: no template for {', '.join(unknown)} (have: {', '.join(sorted(templates))})")
+    # The campaign's brand voice goes into every system prompt (and the template versions).
+    templates = apply_brand_voice(templates, config.brand_voice, config.channels)
 
     if config.uses_sample_data:
         folder = model.cache_root() / "sample_data"
@@ -123,8 +139,7 @@ def prepare(config: JobConfig) -> Plan:
     else:
         pairs_uri, users_uri, products_uri = config.pairs, config.users, config.products
 
-    where = dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_sse=config.s3_sse,
-                 s3_sse_kms_key_id=config.s3_sse_kms_key_id, s3_max_attempts=config.s3_max_attempts)
+    where = storage_options(config)
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
     products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
@@ -136,6 +151,9 @@ def prepare(config: JobConfig) -> Plan:
         if info.type.name != "Directory":
             raise ConfigError(f"--output {config.output}: bucket {bucket!r} does not exist or is not reachable")
 
+    # What the prompts and the faithfulness rule call the product's facts: the
+    # catalog's selling points until run() swaps in extracted ones (--facts).
+    products = attach_facts(products, NO_FACTS)
     return Plan(
         config=config, templates=templates, pairs=pairs,
         users=users, products=products, table_reports=[users_report, products_report],
@@ -145,8 +163,17 @@ def prepare(config: JobConfig) -> Plan:
 
 
 ROWS_PER_FILE = 50_000
-PAIRS_PER_BLOCK = 32
+# Rows per block of the generation pass. Ray Data's cost per block is what
+# the CPU side spends most on (measured with an instant engine: 50-row blocks
+# 291 rows per CPU-second, 512-row blocks 936), but a small run needs enough
+# blocks to keep every replica's batches in flight from the start.
+MIN_ROWS_PER_BLOCK, MAX_ROWS_PER_BLOCK = 32, 512
 MAX_BLOCKS = 2_000
+
+
+def rows_per_block(rows: int, replicas: int, max_concurrent_batches: int) -> int:
+    """About four blocks per batch slot in flight, within [32, 512] rows."""
+    return max(MIN_ROWS_PER_BLOCK, min(MAX_ROWS_PER_BLOCK, rows // (4 * replicas * max_concurrent_batches)))
 
 
 def _write(ds, sinks: dict[str, Sink], num_cpus: float, route: str | None = None,
@@ -172,8 +199,38 @@ def _keep_rows(batch: pa.Table, dead: bool) -> pa.Table:
     return batch.filter(mask)
 
 
-def _campaign_filter(batch: pa.Table, campaign: str) -> pa.Table:
-    return batch.filter(pc.equal(batch[C.CAMPAIGN_ID], campaign))
+def _scope_filter(batch: pa.Table, campaign: str | None, user_ids, product_ids, excluded_users) -> pa.Table:
+    """The pairs this run is about: its campaign, the users and products it
+    names, users whose locale it writes. Pairs outside are not this run's
+    business (not dead letters); unknown ids still reach the checks."""
+    mask = pc.equal(batch[C.CAMPAIGN_ID], campaign) if campaign and C.CAMPAIGN_ID in batch.column_names else None
+    for column, values, keep in ((C.USER_ID, user_ids, True), (C.PRODUCT_ID, product_ids, True),
+                                 (C.USER_ID, excluded_users, False)):
+        if values is None:
+            continue
+        hit = pc.is_in(batch[column], value_set=values)
+        hit = hit if keep else pc.invert(hit)
+        mask = hit if mask is None else pc.and_(mask, hit)
+    return batch if mask is None else batch.filter(pc.fill_null(mask, False))
+
+
+def _scope(plan: Plan) -> dict[str, Any]:
+    """Arguments of ``_scope_filter``; empty when the run takes every pair."""
+    from factory.config import locale_allowed
+
+    config = plan.config
+    ids = {"user_ids": config.user_ids, "product_ids": config.product_ids}
+    excluded = None
+    if config.locales is not None:
+        users = plan.users
+        excluded = [u for u, loc in zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist())
+                    if not locale_allowed(loc, config.locales)]
+        logger.info("Locales %s: %d of %d user(s) are out of scope", ", ".join(config.locales), len(excluded),
+                    users.num_rows)
+    scope = {"campaign": config.campaign,
+             **{k: pa.array(v, pa.string()) if v is not None else None for k, v in ids.items()},
+             "excluded_users": pa.array(excluded, pa.string()) if excluded else None}
+    return scope if any(v is not None for v in scope.values()) else {}
 
 
 def checked_pairs(plan: Plan, lookups: dict[str, Any]):
@@ -188,9 +245,9 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any]):
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy",
                         num_cpus=light)
-    if config.campaign and C.CAMPAIGN_ID in pairs.columns:
-        ds = ds.map_batches(_campaign_filter, fn_kwargs={"campaign": config.campaign},
-                            batch_format="pyarrow", num_cpus=light)
+    scope = _scope(plan)
+    if scope:
+        ds = ds.map_batches(_scope_filter, fn_kwargs=scope, batch_format="pyarrow", num_cpus=light)
     return ds.map_batches(
         CheckPairs,
         fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
@@ -239,7 +296,8 @@ def joined_dataset(plan: Plan, lookups: dict[str, Any], staged: list, folder: Lo
     # itself Ray made one block per file and a whole file one engine task (seen:
     # no progress for minutes). Split at the read, not with repartition(): its
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
-    blocks = max(1, min(MAX_BLOCKS, -(-pair_count // PAIRS_PER_BLOCK)))
+    per_block = rows_per_block(pair_count, config.engine.replicas, config.engine.max_concurrent_batches)
+    blocks = max(1, min(MAX_BLOCKS, -(-pair_count // per_block)))
     ds = ray.data.read_parquet([i.path for i in staged], filesystem=folder.fs,
                                columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT],
                                override_num_blocks=blocks, num_cpus=light)
@@ -279,6 +337,18 @@ def run(config: JobConfig) -> RunResult:
     process = record_process(attempt, state.action, {"config_hash": config_hash(config.model_dump_json())})
 
     light = config.cpu_stage_num_cpus
+    from factory.stages.generate import detect_device
+
+    device = detect_device(config.engine)
+    if config.facts:
+        # Facts for new or changed products first (one engine, then released),
+        # so the generation passes and the gate see them.
+        from factory.facts.extract import ensure_facts
+
+        facts = ensure_facts(plan.products, resolve(config.facts, **storage_options(config)), config.engine,
+                             plan.model_source, device, model_name=model.display_name(config.model),
+                             cpu_stage_num_cpus=light)
+        plan.products = attach_facts(plan.products, facts)
     lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
 
     # Pass 1 (CPU only): every pair checked, with the file and row it came
@@ -295,7 +365,7 @@ def run(config: JobConfig) -> RunResult:
                               "pairs": Sink(attempt.pairs, _staged_pair_shape)}, light, route=C.ROUTE)
     _write_lookup_rejects(plan, attempt)
     expected = _stage_rows(plan, attempt)
-    staged_files = list_files(attempt.pairs, ".parquet")
+    staged_files = list_files(attempt.pairs, ".parquet")  # the rows to generate (identical prompts once)
     dead_reasons = _read_column(attempt.dead_letters, _describe(attempt.dead_letters), C.REASON)
     if len(dead_reasons):
         logger.warning("%d pair(s) sent to the dead letters at %s", len(dead_reasons), attempt.dead_letters.uri)
@@ -303,64 +373,87 @@ def run(config: JobConfig) -> RunResult:
                 expected)
 
     # What an earlier process of this attempt already wrote is not generated again.
-    done = _row_ids(attempt.copies) + _row_ids(attempt.repair_queue)
-    if done:
+    written = _row_ids(attempt.copies)
+    done = pa.chunked_array(written.chunks + _row_ids(attempt.repair_queue).chunks, pa.string())
+    if len(done):
         logger.info("Resuming: %d of %d row(s) already written", len(done), expected)
+    to_generate = _count_missing(_row_ids(attempt.pairs), done)
 
-    # Pass 2: generate.
-    from factory.stages.generate import detect_device
-
-    device = detect_device(config.engine)
-    pair_count = expected
     keys = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
     finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
     copies = Sink(attempt.copies, finalize)
-    generated = first_drafts = 0
-    if len(done) < expected:
-        good = joined_dataset(plan, lookups, staged_files, attempt.pairs, pair_count,
-                              ray.put(pa.array(done, pa.string())) if done else None).map_batches(
-            _keep_rows, fn_kwargs={"dead": False}, batch_format="pyarrow", num_cpus=light)
-        rendered = good.map_batches(RenderPrompts(plan.templates, config.engine.max_tokens),
-                                    batch_format="pyarrow", num_cpus=light)
-        # The chat, its stops and the brand ride along for the repair pass's prompt.
-        generate = build_generate_stage(config.engine, plan.model_source, device,
-                                        keys + [C.MESSAGES, C.STOP, "brand"], light)
-        first = _gate(generate(rendered), plan, lookups, attempt=1)
-        written = _write(first, {C.ROUTE_COPIES: copies,
-                                 C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
-                         light, route=C.ROUTE, rows_per_file=config.rows_per_file)
-        generated = first_drafts = sum(w["rows"] for w in written)
+    generated = first_drafts = reused = 0
+    progress = ProgressLog(expected, config.progress_every_seconds, already_done=len(written))
+    with progress:
+        # Pass 2: generate the rows not written yet (one per distinct prompt).
+        if to_generate:
+            progress.phase("first drafts")
+            good = joined_dataset(plan, lookups, staged_files, attempt.pairs, to_generate + len(done),
+                                  ray.put(done.combine_chunks()) if len(done) else None).map_batches(
+                _keep_rows, fn_kwargs={"dead": False}, batch_format="pyarrow", num_cpus=light)
+            rendered = good.map_batches(RenderPrompts(plan.templates, config.engine.max_tokens),
+                                        batch_format="pyarrow", num_cpus=light)
+            # The chat, its stops and the brand ride along for the repair pass's prompt.
+            generate = build_generate_stage(config.engine, plan.model_source, device,
+                                            keys + [C.MESSAGES, C.STOP, "brand"], light)
+            first = counted(_gate(generate(rendered), plan, lookups, attempt=1), progress.counter)
+            written = _write(first, {C.ROUTE_COPIES: copies,
+                                     C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
+                             light, route=C.ROUTE, rows_per_file=config.rows_per_file)
+            generated = first_drafts = sum(w["rows"] for w in written)
 
-    # Pass 3: one more draw for each rejected row, told why the first failed.
-    # The queue may hold rows from an earlier process too; rows already
-    # repaired into the copies are skipped.
-    queued = [i.path for i in list_files(attempt.repair_queue, ".parquet")]
-    repaired = _row_ids(attempt.copies) if queued else []
-    if queued and set(_row_ids(attempt.repair_queue)) - set(repaired):
-        logger.info("Repairing rejected rows from %d queue file(s)", len(queued))
-        retry = ray.data.read_parquet(queued, filesystem=attempt.repair_queue.fs, num_cpus=light)
-        if repaired:
-            retry = retry.map_batches(_SkipRows, fn_constructor_kwargs={"ids": ray.put(pa.array(repaired, pa.string()))},
-                                      batch_format="pyarrow", num_cpus=light,
-                                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1))
-        retry = retry.map_batches(RenderRepair(), batch_format="pyarrow", num_cpus=light)
-        engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
-        regenerate = build_generate_stage(engine, plan.model_source, device,
-                                          keys + [C.FIRST_ATTEMPT_REASONS], light)
-        second = _gate(regenerate(retry), plan, lookups, attempt=2)
-        generated += sum(w["rows"] for w in _write(second, {C.ROUTE_COPIES: copies}, light,
-                                                   rows_per_file=config.rows_per_file))
+        # Pass 3: one more draw for each rejected row, told why the first failed.
+        # The queue may hold rows from an earlier process too; rows already
+        # repaired into the copies are skipped.
+        queued = [i.path for i in list_files(attempt.repair_queue, ".parquet")]
+        repaired = _row_ids(attempt.copies) if queued else pa.chunked_array([], pa.string())
+        if queued and _count_missing(_row_ids(attempt.repair_queue), repaired):
+            progress.phase("repair")
+            logger.info("Repairing rejected rows from %d queue file(s)", len(queued))
+            retry = ray.data.read_parquet(queued, filesystem=attempt.repair_queue.fs, num_cpus=light)
+            if len(repaired):
+                retry = _skip_rows(retry, repaired, light)
+            retry = retry.map_batches(RenderRepair(), batch_format="pyarrow", num_cpus=light)
+            engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
+            regenerate = build_generate_stage(engine, plan.model_source, device,
+                                              keys + [C.FIRST_ATTEMPT_REASONS], light)
+            second = counted(_gate(regenerate(retry), plan, lookups, attempt=2), progress.counter)
+            generated += sum(w["rows"] for w in _write(second, {C.ROUTE_COPIES: copies}, light,
+                                                       rows_per_file=config.rows_per_file))
+
+        # Pass 4: rows whose prompt equals a generated row's take its final
+        # copy (after repair) and go through the gate on their own.
+        followers = list_files(attempt.followers, ".parquet")
+        if followers:
+            written_ids = _row_ids(attempt.copies)
+            if _count_missing(_row_ids(attempt.followers), written_ids):
+                progress.phase("reuse")
+                reuse = ray.data.read_parquet([f.path for f in followers], filesystem=attempt.followers.fs,
+                                              num_cpus=light)
+                if len(written_ids):
+                    reuse = _skip_rows(reuse, written_ids, light)
+                leaders = _leader_rows(attempt, followers)
+                reuse = reuse.map_batches(ReuseCopy, fn_constructor_kwargs={"leaders": ray.put(leaders)},
+                                          batch_format="pyarrow", num_cpus=light,
+                                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
+                reused = sum(w["rows"] for w in _write(
+                    counted(_gate(reuse, plan, lookups, attempt=2), progress.counter),
+                    {C.ROUTE_COPIES: copies}, light, rows_per_file=config.rows_per_file))
 
     files = _check_exactly_once(attempt, expected)
     review = _write_review_queue(plan, attempt, files)
     result = _summarize(plan, attempt, state.action, files, dead_reasons, time.time() - started, review)
-    result.rows_generated, result.rows_resumed = generated, len(done)
+    result.rows_generated, result.rows_resumed, result.rows_reused = generated, len(done), reused
+    result.progress = progress.samples
     # Engine requests this process made: first drafts (rows not written
-    # before it started) plus repairs. The manifest's history keeps them.
+    # before it started) plus repairs; reused rows cost none. The manifest's
+    # history keeps them.
     update_process(process, finished_at=_now(), rows_expected=expected, rows_resumed=len(done),
-                   rows_generated=generated, first_drafts=first_drafts, repairs=generated - first_drafts)
+                   rows_generated=generated, first_drafts=first_drafts, repairs=generated - first_drafts,
+                   rows_reused=reused)
     summary = _write_summary(plan, attempt, result, device)
-    _publish(plan, attempt, result, summary, device)
+    report_file = _write_report(plan, attempt, files, summary)
+    _publish(plan, attempt, result, summary, device, report_file)
     delete_dir_if_exists(attempt.work)
     return result
 
@@ -397,12 +490,42 @@ class _SkipRows:
         return batch.filter(pc.invert(pc.is_in(batch[C.ROW_ID], value_set=self._ids)))
 
 
-def _row_ids(folder: Location) -> list[str]:
-    """Row ids in the Parquet files under ``folder``: what is already written."""
-    ids: list[str] = []
+def _skip_rows(ds, ids: pa.ChunkedArray, num_cpus: float):
+    """``ds`` without the rows whose id is in ``ids`` (sent once to one actor)."""
+    import ray
+
+    return ds.map_batches(_SkipRows, fn_constructor_kwargs={"ids": ray.put(ids.combine_chunks())},
+                          batch_format="pyarrow", num_cpus=num_cpus,
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1))
+
+
+def _leader_rows(attempt: Attempt, followers: list) -> pa.Table:
+    """The written rows that followers reuse (their final copies)."""
+    wanted = pa.concat_tables([read_parquet(attempt.followers.join(f.base_name), columns=[C.DEDUP_OF])
+                               for f in followers])[C.DEDUP_OF].unique()
+    parts = []
+    for info in list_files(attempt.copies, ".parquet"):
+        table = read_parquet(attempt.copies.join(info.base_name))
+        parts.append(table.filter(pc.is_in(table[C.ROW_ID], value_set=wanted)))
+    return pa.concat_tables(parts)
+
+
+def _row_ids(folder: Location) -> pa.ChunkedArray:
+    """Row ids in the Parquet files under ``folder``: what is already written.
+    Kept as Arrow: a Python list of a million ids costs the driver ~100 MB."""
+    chunks = []
     for info in list_files(folder, ".parquet"):
-        ids.extend(read_parquet(folder.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID].to_pylist())
-    return ids
+        chunks.extend(read_parquet(folder.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID].chunks)
+    return pa.chunked_array(chunks, pa.string())
+
+
+def _count_missing(ids: pa.ChunkedArray, present: pa.ChunkedArray) -> int:
+    """How many of ``ids`` are not in ``present``."""
+    if not len(ids):
+        return 0
+    if not len(present):
+        return len(ids)
+    return len(ids) - pc.sum(pc.is_in(ids, value_set=present.combine_chunks())).as_py()
 
 
 def _describe(folder: Location) -> list[dict[str, Any]]:
@@ -417,13 +540,13 @@ def _describe(folder: Location) -> list[dict[str, Any]]:
 def _check_exactly_once(attempt: Attempt, expected: int) -> list[dict[str, Any]]:
     """Refuse to publish unless every expected row is written exactly once;
     return the copy files (name, rows, bytes) from the same single read."""
-    ids: list[str] = []
-    files = []
+    chunks, files = [], []
     for info in list_files(attempt.copies, ".parquet"):
-        file_ids = read_parquet(attempt.copies.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID].to_pylist()
-        ids.extend(file_ids)
-        files.append({"file": info.base_name, "rows": len(file_ids), "bytes": info.size})
-    unique = len(set(ids))
+        column = read_parquet(attempt.copies.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID]
+        chunks.extend(column.chunks)
+        files.append({"file": info.base_name, "rows": len(column), "bytes": info.size})
+    ids = pa.chunked_array(chunks, pa.string())
+    unique = pc.count_distinct(ids).as_py() if len(ids) else 0
     if unique != len(ids) or len(ids) != expected:
         raise IncompleteRun(
             f"{attempt.copies.uri}: {len(ids)} row(s) written ({len(ids) - unique} duplicate), {expected} expected; "
@@ -464,45 +587,105 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
     The first pair in file order keeps each row; a pair left with nothing new
     goes to the dead letters as ``duplicate_pair``. Done on the driver from
     pass 1's output (keys only), so every process of an attempt stages the
-    same rows."""
+    same rows. Columnar throughout (Python objects only per chunk), so the
+    driver's memory grows with the Arrow data, not with Python lists."""
     config = plan.config
     files = list_files(attempt.pairs, ".parquet")
     pairs = (pa.concat_tables([read_parquet(attempt.pairs.join(f.base_name)) for f in files])
-             if files else pa.table({c: pa.array([], pa.string()) for c in STAGED_PAIR_COLUMNS}))
-    order = pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]) \
-        if pairs.num_rows else pa.array([], pa.int64())
-    cols = {c: pairs[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID)}
-    seen: set[tuple] = set()
-    out: dict[str, list] = {c: [] for c in STAGED_ROW_COLUMNS}
-    duplicates = []
-    for i in order.to_pylist():
-        campaign = config.campaign or cols[C.CAMPAIGN_ID][i] or "default"
-        fresh, owed = 0, fan_out(cols[C.CHANNEL][i], config.channels, config.variants)
-        for channel, variant in owed:
-            key = (campaign, cols[C.USER_ID][i], cols[C.PRODUCT_ID][i], channel, variant)
-            if key in seen:
-                continue
-            seen.add(key)
-            fresh += 1
-            for name, value in zip(STAGED_ROW_COLUMNS, (cols[C.USER_ID][i], cols[C.PRODUCT_ID][i], channel,
-                                                         cols[C.CAMPAIGN_ID][i], variant)):
-                out[name].append(value)
-        if owed and not fresh:  # (a pair for a channel this run does not write owes nothing)
-            duplicates.append(i)
+             if files else STAGED_PAIR_SCHEMA.empty_table())
+    if pairs.num_rows:
+        pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
+    owing = _fan_out_rows(pairs, config)
+    # First occurrence of each (campaign, user, product, channel, variant) in file order keeps the row.
+    first = owing.group_by([_CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT], use_threads=False) \
+        .aggregate([(_INDEX, "min")])[f"{_INDEX}_min"]
+    kept = owing.take(pc.take(first, pc.sort_indices(first)))  # in file order
+    owing_pairs = pc.unique(owing[_POS])
+    duplicates = owing_pairs.filter(pc.invert(pc.is_in(owing_pairs, value_set=pc.unique(kept[_POS]))))
+
     delete_dir_if_exists(attempt.pairs)
-    rows = pa.table({**{c: pa.array(out[c], pa.string()) for c in STAGED_ROW_COLUMNS if c != C.VARIANT},
-                     C.VARIANT: pa.array(out[C.VARIANT], pa.int32())}).select(list(STAGED_ROW_COLUMNS))
-    for start in range(0, rows.num_rows, ROWS_PER_FILE):
-        write_parquet(attempt.pairs.join(f"part-{start // ROWS_PER_FILE:05d}.parquet"),
-                      rows.slice(start, ROWS_PER_FILE))
-    if duplicates:
-        dup = pairs.take(pa.array(duplicates, pa.int64()))
-        n = dup.num_rows
+    delete_dir_if_exists(attempt.followers)
+    rows = kept.select(list(STAGED_ROW_COLUMNS) + [_CAMPAIGN])
+    rows = rows.take(dedup.prefix_cache_order(rows, plan.users))
+    owed = rows.num_rows
+    # The row ids (as JoinProfiles makes them) let a resumed process see
+    # which staged rows are still owed without running the join; the prompt
+    # keys say which rows would send the engine the same prompt.
+    ids, keys = [], []
+    for start in range(0, owed, _STAGE_CHUNK):
+        chunk = rows.slice(start, _STAGE_CHUNK)
+        ids.append(pa.array([row_id(config.run_id, *key) for key in zip(
+            *(chunk[c].to_pylist() for c in (_CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))],
+            pa.string()))
+        if config.dedup_prompts:
+            resolved = chunk.set_column(chunk.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, chunk[_CAMPAIGN])
+            keys.append(pa.array(dedup.key_digests(dedup.prompt_keys(resolved, plan.users, plan.templates)),
+                                 pa.binary(16)))
+    rows = rows.append_column(C.ROW_ID, pa.chunked_array(ids, pa.string()))
+    if config.dedup_prompts and owed:
+        lead = dedup.leader_ids(rows[C.ROW_ID], pa.chunked_array(keys, pa.binary(16)))
+        reuse = pc.is_valid(lead)
+        followers = (rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[_CAMPAIGN])
+                     .append_column(C.DEDUP_OF, lead).filter(reuse).drop_columns([_CAMPAIGN]))
+        rows = rows.filter(pc.invert(reuse))
+        _write_chunks(attempt.followers, followers)
+        if followers.num_rows:
+            logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
+                        "(--no-dedup turns this off)", followers.num_rows, owed)
+    _write_chunks(attempt.pairs, rows.drop_columns([_CAMPAIGN]))
+    if len(duplicates):
+        dup = pairs.take(duplicates)
         write_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet"), _dead_letters(
             config.run_id, config.run_date, dup.num_rows,
             **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
             **{C.REASON: pa.array([DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
-    return rows.num_rows
+    return owed
+
+
+# Internal columns of the staging: the pair's position in file order, the
+# row's position in fan-out order, and the campaign the row is keyed under.
+_POS, _INDEX, _CAMPAIGN = "__pair", "__index", "__campaign"
+_STAGE_CHUNK = 100_000
+
+
+def _fan_out_rows(pairs: pa.Table, config: JobConfig) -> pa.Table:
+    """Every (pair, channel, variant) row the pairs (in file order) owe, in
+    the order ``fan_out`` gives: a pair naming a channel of the run owes its
+    variants; a pair naming none owes every channel's."""
+    n, variants, channels = pairs.num_rows, config.variants, list(config.channels)
+    positions = np.arange(n, dtype=np.int64)
+    channel = pairs[C.CHANNEL]
+    named = pc.fill_null(pc.is_in(channel, value_set=pa.array(channels, pa.string())), False).to_numpy(
+        zero_copy_only=False)
+    unnamed = pc.is_null(channel).to_numpy(zero_copy_only=False)
+    parts = []
+    for mask, owed in ((named, None), (unnamed, [(c, v) for c in channels for v in range(variants)])):
+        pos = positions[mask]
+        k = variants if owed is None else len(owed)
+        take = np.repeat(pos, k)
+        if owed is None:
+            row_channel = channel.take(pa.array(take))
+            row_variant = np.tile(np.arange(variants, dtype=np.int32), len(pos))
+        else:
+            row_channel = pa.array(np.tile(np.array([c for c, _ in owed], dtype=object), len(pos)), pa.string())
+            row_variant = np.tile(np.array([v for _, v in owed], dtype=np.int32), len(pos))
+        order = np.tile(np.arange(k, dtype=np.int64), len(pos))
+        parts.append(pa.table({_POS: take, "__order": order, C.CHANNEL: row_channel,
+                               C.VARIANT: pa.array(row_variant, pa.int32())}))
+    rows = pa.concat_tables(parts)
+    rows = rows.take(pc.sort_indices(rows, sort_keys=[(_POS, "ascending"), ("__order", "ascending")]))
+    at = rows[_POS]
+    campaign = pairs[C.CAMPAIGN_ID].take(at)
+    resolved = (pa.array([config.campaign] * len(at), pa.string()) if config.campaign
+                else pc.coalesce(campaign, pa.scalar("default", pa.string())))
+    return pa.table({C.USER_ID: pairs[C.USER_ID].take(at), C.PRODUCT_ID: pairs[C.PRODUCT_ID].take(at),
+                     C.CHANNEL: rows[C.CHANNEL], C.CAMPAIGN_ID: campaign, C.VARIANT: rows[C.VARIANT],
+                     _CAMPAIGN: resolved, _POS: at, _INDEX: pa.array(np.arange(len(at), dtype=np.int64))})
+
+
+def _write_chunks(folder: Location, rows: pa.Table) -> None:
+    for start in range(0, rows.num_rows, ROWS_PER_FILE):
+        write_parquet(folder.join(f"part-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE))
 
 
 def _dead_letters(run_id: str, run_date, n: int, **columns) -> pa.Table:
@@ -555,7 +738,7 @@ def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int):
 
 # Beside each copy under review, what a reviewer checks it against.
 REVIEW_PRODUCT_COLUMNS = ("title", "brand", "category", "price", "currency", "description", "attributes",
-                          "selling_points")
+                          "selling_points", C.FACTS)
 REVIEW_DESCRIPTION_CHARS = 1_000
 
 
@@ -593,16 +776,12 @@ def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, 
     quality["review_queue"] = review
     # Corpus figures need the text: read whole files (named by a hash of
     # their rows, so effectively in random order) until a sample is big enough.
-    sample, rows = [], 0
-    for f in files:
-        if rows >= CORPUS_SAMPLE_ROWS:
-            break
-        sample.append(f)
-        rows += f["rows"]
+    sample = _corpus_sample(files)
     corpus_rows = _read_columns(attempt.copies, sample, CORPUS_COLUMNS)
     quality["corpus"] = corpus_figures(corpus_rows, plan.products, max_rows=CORPUS_SAMPLE_ROWS)
     quality["corpus"]["files_measured"] = f"{len(sample)} of {len(files)}"
 
+    work = dedup.work_figures(_read_columns(attempt.copies, files, dedup.WORK_COLUMNS))
     by_channel = dict(zip(*_value_counts(verdicts[C.CHANNEL])))
     by_reason = dict(zip(*_value_counts(dead_reasons)))
     # One accepted sample per channel from the head of the first file: cheap at any size.
@@ -619,11 +798,22 @@ def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, 
         dead_letters=len(dead_reasons), rows_by_channel=by_channel, dead_letters_by_reason=by_reason,
         samples=samples, seconds=round(seconds, 1),
         files=[{"path": f"copies/{f['file']}", "rows": f["rows"], "bytes": f["bytes"]} for f in files],
-        quality=quality,
+        quality=quality, work=work,
     )
 
 
 CORPUS_SAMPLE_ROWS = 200_000
+
+
+def _corpus_sample(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Whole copy files, in listing order, until CORPUS_SAMPLE_ROWS rows."""
+    sample, rows = [], 0
+    for f in files:
+        if rows >= CORPUS_SAMPLE_ROWS:
+            break
+        sample.append(f)
+        rows += f["rows"]
+    return sample
 CORPUS_COLUMNS = (C.CHANNEL, C.USER_ID, C.PRODUCT_ID, C.TEXT, C.STATUS, C.NUMERIC_FIDELITY, C.COPY_LENGTH,
                   C.COPY_LENGTH_LIMIT)
 
@@ -662,6 +852,9 @@ def _write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str)
         "rows_by_channel": result.rows_by_channel,
         "rows_generated": result.rows_generated,
         "rows_resumed": result.rows_resumed,
+        "rows_reused": result.rows_reused,
+        "engine_work": result.work,
+        "progress": result.progress,
         "quality": result.quality,
         "files": result.files,
         "dead_letters": result.dead_letters,
@@ -679,7 +872,22 @@ def _write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str)
     return summary
 
 
-def _publish(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str, Any], device: str) -> None:
+def _write_report(plan: Plan, attempt: Attempt, files: list[dict[str, Any]], summary: dict[str, Any]) -> str | None:
+    """report.html beside summary.json, from the same bounded sample of files as
+    the corpus figures. A report that cannot be written never fails a run: the
+    data is published regardless."""
+    try:
+        copies = _read_columns(attempt.copies, _corpus_sample(files), report.REPORT_COLUMNS)
+        written = report.write_report(attempt.base, summary, copies, plan.products, summary.get("progress"))
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("Run report not written: %s", exc)
+        return None
+    logger.info("Run report: %s", attempt.base.join(written["file"]).uri)
+    return written["file"]
+
+
+def _publish(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str, Any], device: str,
+             report_file: str | None = None) -> None:
     """The manifest (exclusively: one writer wins), then _SUCCESS, then the
     campaign's latest pointer. Until the manifest exists nothing of this
     attempt is visible to a reader that follows the contract."""
@@ -708,6 +916,7 @@ def _publish(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str,
                        if review["file"] else []),
         },
         "summary": SUMMARY,
+        "report": report_file,
         "history": read_history(attempt),
         "abandoned_attempts": abandoned_attempts(plan.run, attempt.number),
         "published_at": _now(),

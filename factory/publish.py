@@ -8,7 +8,8 @@ until the attempt's manifest exists:
         copies/part-<digest>.parquet        data, deterministic names
         dead_letters/part-<digest>.parquet
         review/review.parquet
-        _work/pairs/part-<digest>.parquet   the checked pairs (deleted at publish)
+        _work/pairs/part-<digest>.parquet   the rows to generate (deleted at publish)
+        _work/followers/part-NNNNN.parquet  rows that reuse another row's generation (ditto)
         _work/repair/part-<digest>.parquet  the repair queue (deleted at publish)
         _processes/<start>-<id>.json        one record per process that worked on it
         summary.json
@@ -82,6 +83,11 @@ class Attempt:
     def pairs(self) -> Location:
         """The checked, servable pairs the generation passes read."""
         return self.base.join("_work", "pairs")
+
+    @property
+    def followers(self) -> Location:
+        """Rows whose prompt equals an earlier row's: they reuse its copy."""
+        return self.base.join("_work", "followers")
 
     @property
     def work(self) -> Location:

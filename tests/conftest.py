@@ -76,3 +76,25 @@ def job_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# Every process a job test starts carries this variable (a fresh value per
+# run), so what a killed or failed job leaves behind (its local Ray, engine
+# workers) can be found and reaped without touching anything else.
+RUN_MARKER = "COPY_FACTORY_TEST_RUN"
+
+
+def reap(marker: str, settle_seconds: float = 1.0) -> None:
+    """Kill every process whose environment carries ``RUN_MARKER=marker``."""
+    import time
+
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(RUN_MARKER) == marker:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    time.sleep(settle_seconds)
+

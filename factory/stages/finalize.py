@@ -28,10 +28,12 @@ OUTPUT_SCHEMA = pa.schema([
     (C.NUMERIC_FIDELITY, pa.float64()),
     (C.COPY_LENGTH, pa.int32()),
     (C.COPY_LENGTH_LIMIT, pa.int32()),
+    (C.DEDUP_OF, pa.string()),
     (C.TEMPLATE_VERSION, pa.string()),
     (C.MODEL, pa.string()),
     (C.NUM_INPUT_TOKENS, pa.int32()),
     (C.NUM_OUTPUT_TOKENS, pa.int32()),
+    (C.NUM_CACHED_TOKENS, pa.int32()),
     (C.FINISH_REASON, pa.string()),
     (C.GENERATED_AT, pa.timestamp("us", tz="UTC")),
 ])
@@ -72,7 +74,10 @@ class FinalizeRows:
             C.MODEL: pa.array([self._model] * n, pa.string()),
             C.GENERATED_AT: pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
-        if C.FIRST_ATTEMPT_REASONS not in batch.column_names:
-            columns[C.FIRST_ATTEMPT_REASONS] = pa.nulls(n, pa.list_(pa.string()))
+        # Columns a stage may not have set: null (not a first-attempt repair,
+        # not a reused generation, no cache figure from the engine).
+        for name in (C.FIRST_ATTEMPT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS):
+            if name not in batch.column_names:
+                columns[name] = pa.nulls(n, OUTPUT_SCHEMA.field(name).type)
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]
         return pa.table(arrays, schema=OUTPUT_SCHEMA)

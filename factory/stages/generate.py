@@ -2,7 +2,8 @@
 
 Everything the rest of the pipeline knows about the engine is here: rows go
 in with chat messages and a token cap, and come out with ``text``,
-``num_input_tokens``, ``num_output_tokens`` and ``finish_reason``. The
+``num_input_tokens``, ``num_output_tokens``, ``num_cached_tokens`` and
+``finish_reason``. The
 processor overlaps batches on one async engine per replica (continuous
 batching) and handles replicas, placement and model download.
 """
@@ -20,7 +21,7 @@ from factory.config import EngineConfig
 logger = logging.getLogger(__name__)
 
 # Generation columns this seam adds to each row.
-GENERATED_COLUMNS = (C.TEXT, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.FINISH_REASON)
+GENERATED_COLUMNS = (C.TEXT, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.NUM_CACHED_TOKENS, C.FINISH_REASON)
 
 
 def detect_device(engine: EngineConfig) -> str:
@@ -48,6 +49,24 @@ def engine_kwargs(engine: EngineConfig, device: str) -> dict[str, Any]:
     return kwargs
 
 
+def concurrent_batches(engine: EngineConfig, kwargs: dict[str, Any]) -> int:
+    """Batches in flight per replica, so the engine never waits on the pipeline.
+
+    Continuous batching runs up to ``max_num_seqs`` requests at once; fewer
+    in flight leaves the engine idle between batches. Without an explicit
+    ``max_num_seqs`` the engine gets exactly what the pipeline keeps in flight
+    (``batch_size x max_concurrent_batches``, 128 by default, vLLM's own
+    default here); with one, enough batches are kept in flight to fill it."""
+    in_flight = engine.batch_size * engine.max_concurrent_batches
+    seqs = kwargs.setdefault("max_num_seqs", in_flight)
+    if seqs > in_flight:
+        needed = -(-int(seqs) // engine.batch_size)
+        logger.info("max_num_seqs=%s > batch_size %d x max_concurrent_batches %d: keeping %d batches in flight",
+                    seqs, engine.batch_size, engine.max_concurrent_batches, needed)
+        return needed
+    return engine.max_concurrent_batches
+
+
 def build_processor_config(engine: EngineConfig, model_source: str, device: str, cpu_stage_num_cpus: float):
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -71,7 +90,7 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
         model_source=model_source,
         engine_kwargs=kwargs,
         batch_size=engine.batch_size,
-        max_concurrent_batches=engine.max_concurrent_batches,
+        max_concurrent_batches=concurrent_batches(engine, kwargs),
         concurrency=engine.replicas,
         placement_group_config=placement,
         runtime_env=runtime_env,
@@ -99,6 +118,9 @@ def from_response(row: dict[str, Any], passthrough: Sequence[str]) -> dict[str, 
     out[C.TEXT] = row.get("generated_text") or ""
     out[C.NUM_INPUT_TOKENS] = int(row.get("num_input_tokens") or 0)
     out[C.NUM_OUTPUT_TOKENS] = n_out
+    metrics = row.get("metrics")
+    cached = metrics.get(CACHED_TOKENS_METRIC) if isinstance(metrics, dict) else None
+    out[C.NUM_CACHED_TOKENS] = int(cached) if cached is not None else None
     # Ray's processor drops vLLM's finish_reason; a reply that used its whole
     # token budget is what vLLM calls "length".
     out[C.FINISH_REASON] = "length" if n_out >= int(row[C.MAX_TOKENS]) else "stop"
@@ -121,3 +143,36 @@ def build_generate_stage(engine: EngineConfig, model_source: str, device: str,
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,
     )
+
+
+# --- Prefix-cache figures -------------------------------------------------------
+# vLLM reports per request how many prompt tokens its prefix cache served
+# (RequestOutput.num_cached_tokens), but Ray's engine stage keeps only a few
+# fields of each output. This vLLM plugin (registered in pyproject.toml under
+# vllm.general_plugins, so vLLM loads it in the engine's own process) adds
+# the figure to the output's ``metrics``, which the stage passes through.
+# Without the plugin (project not installed on a node) the column is null.
+CACHED_TOKENS_METRIC = "num_cached_tokens"
+_patched = False
+
+
+def expose_cached_tokens() -> None:
+    """vLLM general plugin: keep ``num_cached_tokens`` on Ray's output rows."""
+    global _patched
+    if _patched:
+        return
+    try:
+        from ray.llm._internal.batch.stages import vllm_engine_stage as stage
+    except Exception:  # no Ray Data LLM here: nothing to patch
+        return
+    original = stage.vLLMOutputData.from_vllm_engine_output
+
+    def from_vllm_engine_output(output: Any):
+        data = original(output)
+        cached = getattr(output, "num_cached_tokens", None)
+        if cached is not None:
+            data.metrics = {**(data.metrics or {}), CACHED_TOKENS_METRIC: int(cached)}
+        return data
+
+    stage.vLLMOutputData.from_vllm_engine_output = staticmethod(from_vllm_engine_output)
+    _patched = True

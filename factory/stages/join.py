@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 from factory import columns as C
 
 USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
-PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID)
+# Facts are attached by the pipeline (factory.facts), not read from the catalog.
+PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID) + (C.FACTS,)
 
 # Dead-letter reasons: stable codes a downstream reader can group by.
 NULL_USER_ID = "null_user_id"
@@ -98,7 +99,8 @@ class JoinProfiles:
         for col in USER_PROFILE_COLUMNS:
             out[col] = self._users[col].take(u)
         for col in PRODUCT_COLUMNS:
-            out[col] = self._products[col].take(p)
+            if col in self._products.column_names:
+                out[col] = self._products[col].take(p)
         table = pa.table(out)
         if self._done is not None:
             table = table.filter(pc.invert(pc.is_in(table[C.ROW_ID], value_set=self._done)))

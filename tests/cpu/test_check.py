@@ -81,10 +81,44 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
         C.SOURCE: ["f.parquet"] * 5, C.SOURCE_ROW: pa.array([0, 7, 3, 5, 9], pa.int64()),
     })
     write_parquet(attempt.pairs.join("part-x.parquet"), staged)
-    assert _stage_rows(SimpleNamespace(config=config), attempt) == 3  # U1xP1 push+sms, U2xP1 sms
+    from factory.prompts import load_templates
+
+    users = pa.table({C.USER_ID: ["U1", "U2"], C.LOCALE: ["en-US", "en-US"],
+                      "interests": [["tea"], ["hiking"]]})  # different profiles: no prompt is shared
+    plan = SimpleNamespace(config=config, users=users, templates=load_templates())
+    assert _stage_rows(plan, attempt) == 3  # U1xP1 push+sms, U2xP1 sms
     rows = read_parquet(attempt.pairs.join("part-00000.parquet")).to_pylist()
     assert sorted((r[C.USER_ID], r[C.CHANNEL], r[C.VARIANT]) for r in rows) == [
         ("U1", "push", 0), ("U1", "sms", 0), ("U2", "sms", 0)]
     dead = read_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet")).to_pylist()
     # The repeat (row 7) and the pair whose only channel was already owed (row 3) are dead letters.
     assert sorted((d[C.SOURCE_ROW], d[C.REASON]) for d in dead) == [(3, "duplicate_pair"), (7, "duplicate_pair")]
+
+
+def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_path):
+    from types import SimpleNamespace
+
+    from factory.config import JobConfig
+    from factory.pipeline import _stage_rows
+    from factory.prompts import load_templates
+    from factory.publish import Attempt
+    from factory.storage import read_parquet, write_parquet
+
+    staged = pa.table({C.USER_ID: ["U2", "U1", "U3"], C.PRODUCT_ID: ["P1"] * 3, C.CHANNEL: ["push"] * 3,
+                       C.CAMPAIGN_ID: ["c"] * 3, C.SOURCE: ["f.parquet"] * 3,
+                       C.SOURCE_ROW: pa.array([0, 1, 2], pa.int64())})
+    users = pa.table({C.USER_ID: ["U1", "U2", "U3"], C.LOCALE: ["en-US"] * 3,
+                      "interests": [["tea"], ["tea"], ["hiking"]]})  # U1 and U2: one segment
+    for dedup_on, generated, followers in ((True, ["U1", "U3"], [("U2", "U1")]), (False, ["U1", "U2", "U3"], [])):
+        attempt = Attempt(resolve(str(tmp_path / str(dedup_on))), 1)
+        write_parquet(attempt.pairs.join("part-x.parquet"), staged)
+        config = JobConfig(channels=["push"], run_date="2026-11-20", dedup_prompts=dedup_on)
+        assert _stage_rows(SimpleNamespace(config=config, users=users, templates=load_templates()), attempt) == 3
+        rows = read_parquet(attempt.pairs.join("part-00000.parquet"))
+        assert sorted(rows[C.USER_ID].to_pylist()) == generated
+        ids = dict(zip(rows[C.USER_ID].to_pylist(), rows[C.ROW_ID].to_pylist()))
+        got = (read_parquet(attempt.followers.join("part-00000.parquet")).to_pylist()
+               if followers else [])
+        # The leader is the first row in staged order (sorted: U1 before U2), whatever the input order.
+        assert [(f[C.USER_ID], f[C.DEDUP_OF]) for f in got] == [(u, ids[lead]) for u, lead in followers]
+

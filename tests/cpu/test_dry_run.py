@@ -153,6 +153,7 @@ def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(samp
                                                                          converted_model):
     from transformers import AutoTokenizer
 
+    from factory.facts.extract import catalog_facts
     from factory.prompts import format_price, load_templates
 
     users = pd.read_parquet(sample_dir / "users.parquet").set_index("user_id")
@@ -170,7 +171,8 @@ def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(samp
         user, product = users.loc[row.user_id], products.loc[row.product_id]
         values = {"language": user.locale, "interests": list(user.interests), "title": product.title,
                   "brand": product.brand, "price": format_price(product.price, product.currency),
-                  "selling_points": list(product.selling_points)}
+                  # no facts table: the prompt's {facts} are the catalog's selling points
+                  "facts": catalog_facts({"selling_points": list(product.selling_points)})}
         text = tok.apply_chat_template(sms.render(values), tokenize=False, add_generation_prompt=True)
         total += len(tok(text, add_special_tokens=False)["input_ids"])
     assert plan["total"]["prompt_tokens"] == total and total > 100

@@ -54,7 +54,9 @@ def test_engine_row_mapping_and_finish_reason():
     done = {**req, "generated_text": " Hello ", "num_input_tokens": 12, "num_generated_tokens": 3}
     out = from_response(done, passthrough=(C.USER_ID,))
     assert out == {C.USER_ID: "U1", C.TEXT: " Hello ", C.NUM_INPUT_TOKENS: 12, C.NUM_OUTPUT_TOKENS: 3,
-                   C.FINISH_REASON: "stop"}
+                   C.NUM_CACHED_TOKENS: None, C.FINISH_REASON: "stop"}
+    # With the vLLM plugin (expose_cached_tokens) the engine's cache figure rides in metrics.
+    assert from_response({**done, "metrics": {"num_cached_tokens": 8}}, ())[C.NUM_CACHED_TOKENS] == 8
     assert from_response({**done, "num_generated_tokens": 16}, passthrough=())[C.FINISH_REASON] == "length"
 
 
@@ -165,3 +167,57 @@ def test_hostile_product_text_stays_inside_the_product_block():
     assert user.count("<product>") == 1 and user.count("</product>") == 1 and user.rstrip().endswith("</product>")
     assert "\n\nSYSTEM" not in user and "Ignore previous instructions" in user  # kept as (flattened) data
     assert len(user) < 2_000  # the 30,000-character description was cut
+
+
+def test_vllm_plugin_keeps_the_prefix_cache_figure_on_rays_output_rows():
+    from importlib.metadata import entry_points
+
+    from ray.llm._internal.batch.stages import vllm_engine_stage as stage
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    from factory.stages.generate import expose_cached_tokens
+
+    # Registered, so vLLM loads it in the engine's process (pip install -e . registers it).
+    assert "factory.stages.generate:expose_cached_tokens" in {
+        e.value for e in entry_points(group="vllm.general_plugins")}
+    expose_cached_tokens()
+    expose_cached_tokens()  # vLLM may load plugins more than once: patch once
+    output = RequestOutput(
+        request_id="1", prompt="hi", prompt_token_ids=[1, 2, 3, 4], prompt_logprobs=None, finished=True,
+        outputs=[CompletionOutput(index=0, text="Hello", token_ids=[5, 6], cumulative_logprob=None, logprobs=None)],
+        num_cached_tokens=3)
+    row = stage.vLLMOutputData.from_vllm_engine_output(output).model_dump()
+    assert row["generated_text"] == "Hello" and row["num_input_tokens"] == 4
+    assert from_response({**row, C.MAX_TOKENS: 10}, ())[C.NUM_CACHED_TOKENS] == 3
+
+
+def test_enough_batches_stay_in_flight_to_fill_the_engine():
+    from factory.stages.generate import concurrent_batches
+
+    kwargs = {}
+    assert concurrent_batches(EngineConfig(batch_size=32, max_concurrent_batches=4), kwargs) == 4
+    assert kwargs["max_num_seqs"] == 128  # the engine runs what the pipeline keeps in flight
+    kwargs = {"max_num_seqs": 512}
+    assert concurrent_batches(EngineConfig(batch_size=64, max_concurrent_batches=2), kwargs) == 8
+    assert concurrent_batches(EngineConfig(batch_size=64, max_concurrent_batches=10), {"max_num_seqs": 256}) == 10
+
+
+def test_prompts_show_the_products_facts_extracted_or_else_from_the_catalog():
+    from factory.facts.extract import NO_FACTS, attach_facts
+    from factory.facts.schema import ProductFacts
+
+    templates = load_templates()
+    products = pa.Table.from_pylist([
+        {C.PRODUCT_ID: "P1", "selling_points": ["温和不刺激"]},
+        {C.PRODUCT_ID: "P2", "selling_points": ["Folds flat"]}])
+    extracted = pa.table({C.PRODUCT_ID: ["P2"], C.FACTS: [ProductFacts(
+        selling_points=["Machine washable"], attributes=[{"name": "color", "value": "white"}]).to_json()]})
+    catalog_only = attach_facts(products, NO_FACTS)[C.FACTS].to_pylist()
+    with_extracted = attach_facts(products, extracted)[C.FACTS].to_pylist()
+    assert catalog_only[0] == with_extracted[0]  # no extraction for P1: the catalog's points
+    rows = [_joined_row(**{C.FACTS: with_extracted[0]}),
+            _joined_row(**{C.PRODUCT_ID: "P2", C.LOCALE: "en-US", C.FACTS: with_extracted[1]})]
+    zh, en = [json.loads(m)[-1]["content"] for m in RenderPrompts(templates)(pa.Table.from_pylist(rows))[C.MESSAGES]
+              .to_pylist()]
+    assert "温和不刺激" in zh
+    assert "Machine washable; color: white" in en and "Folds flat" not in en

@@ -67,6 +67,12 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     # Two pairs the tables cannot serve: they must land in the dead letters, not stop the run.
     pairs += [{C.USER_ID: "U999999", C.PRODUCT_ID: "P00001", C.CHANNEL: None, C.CAMPAIGN_ID: "winter_sale"},
               {C.USER_ID: "U000001", C.PRODUCT_ID: "P99999", C.CHANNEL: "sms", C.CAMPAIGN_ID: "winter_sale"}]
+    # A user whose profile is another's, field for field (one segment): same
+    # product, same channels, so the same prompts; generated once, reused.
+    twin_of = pairs[0]
+    original = next(u for u in users.to_pylist() if u[C.USER_ID] == twin_of[C.USER_ID])
+    users = pa.concat_tables([users, pa.Table.from_pylist([{**original, C.USER_ID: "U800001"}], schema=users.schema)])
+    pairs.append({**twin_of, C.USER_ID: "U800001"})
     pairs_table = pa.Table.from_pylist(pairs, schema=pq.read_schema(sample_dir / "pairs.parquet"))
     _put(s3_client, s3_bucket, "in/pairs/part-0.parquet", pairs_table)
     _put(s3_client, s3_bucket, "in/users.parquet", users)
@@ -95,6 +101,7 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     assert len(expected) > 60
 
     rows = out.to_pylist()
+    by_id = {r[C.ROW_ID]: r for r in rows}
     versions = {c: t.version for c, t in load_templates().items()}
     locales = dict(zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist()))
     for r in rows:
@@ -103,10 +110,22 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         assert r[C.RUN_ID] == f"{RUN_DATE}_all" and r[C.RUN_DATE].isoformat() == RUN_DATE
         assert r[C.MODEL] == "SmolLM2-135M-Instruct"
         assert r[C.LOCALE] == locales[r[C.USER_ID]]
-        assert r[C.NUM_INPUT_TOKENS] > 20 and r[C.NUM_OUTPUT_TOKENS] > 0
+        if r[C.DEDUP_OF] is None:  # generated (a reusing row cost the engine nothing)
+            assert r[C.NUM_INPUT_TOKENS] > 20 and r[C.NUM_OUTPUT_TOKENS] > 0
+            assert 0 <= r[C.NUM_CACHED_TOKENS] < r[C.NUM_INPUT_TOKENS]  # the vLLM plugin reported it
+        else:
+            assert by_id[r[C.DEDUP_OF]][C.DEDUP_OF] is None and by_id[r[C.DEDUP_OF]][C.CHANNEL] == r[C.CHANNEL]
+            assert r[C.NUM_OUTPUT_TOKENS] == 0
         assert r[C.FINISH_REASON] in ("stop", "length")
         assert r[C.CAMPAIGN_ID] in ("winter_sale", "new_arrivals")
     assert any(r[C.LOCALE] == "zh-CN" for r in rows)
+    twins = [r for r in rows if r[C.USER_ID] == "U800001"]
+    assert twins and all(r[C.DEDUP_OF] for r in twins)
+    for r in twins:
+        lead = by_id[r[C.DEDUP_OF]]
+        assert (lead[C.USER_ID], lead[C.PRODUCT_ID], lead[C.CHANNEL]) == (twin_of[C.USER_ID], r[C.PRODUCT_ID],
+                                                                          r[C.CHANNEL])
+        assert r[C.TEXT] == lead[C.TEXT] and r[C.ATTEMPT] == lead[C.ATTEMPT]
     _check_verdicts(rows)
 
     # Hostile rows did not stop the run, and each got its verdict.
@@ -135,6 +154,16 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     summary = json.loads(summary_text)
     assert summary["rows_written"] == len(rows) and summary["dead_letters"] == 2
     _check_quality_summary(summary["quality"], rows)
+    # Engine work: rows generated vs reused, the prefix cache (every channel's
+    # system text and worked example are shared, so it must have served some),
+    # prompt tokens per channel, and the per-minute progress samples.
+    work = summary["engine_work"]
+    generated = [r for r in rows if r[C.DEDUP_OF] is None]
+    assert work["rows_generated"] == len(generated) and work["rows_reused"] == len(rows) - len(generated)
+    assert work["prompt_tokens"] == sum(r[C.NUM_INPUT_TOKENS] for r in generated)
+    assert 0 < work["prefix_cache_hit_rate"] < 1
+    assert set(work["by_channel"]) == set(RUN_CHANNELS)
+    assert summary["progress"] and summary["progress"][-1]["rows_done"] == len(rows)
 
     # The review queue: exactly the review rows, with the product facts beside the copy.
     review_rows = [r for r in rows if r[C.STATUS] == C.REVIEW]
@@ -164,7 +193,12 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     latest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="factory/latest/campaign=all.json")["Body"].read())
     assert latest["manifest"] == f"{partition}manifest.json" and latest["run_id"] == f"{RUN_DATE}_all"
     # No object-store markers or stray files beside the data, and every object encrypted as asked.
-    assert all(k.endswith((".parquet", ".json", "_SUCCESS")) for k in keys), keys
+    assert all(k.endswith((".parquet", ".json", "_SUCCESS")) or k == f"factory/{partition}report.html"
+               for k in keys), keys
+    # The run report is published with the run (its rendering is tested in tests/cpu/test_report.py).
+    assert manifest["report"] == "report.html"
+    report = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}report.html")["Body"].read().decode()
+    assert "<svg" in report and S3_SECRET_KEY not in report and "U800001" not in report
     assert not [k for k in keys if "/_work/" in k]  # the repair queue is gone once the run is done
     for key in keys:
         assert s3_client.head_object(Bucket=s3_bucket, Key=key).get("ServerSideEncryption") == "AES256", key

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import time
@@ -22,12 +21,11 @@ import pytest
 
 from factory import columns as C
 from factory.reader import read_published
-from tests.conftest import JOB, PYTHON, REPO, job_env
+from tests.conftest import JOB, PYTHON, REPO, job_env, RUN_MARKER, reap
 
 pytestmark = pytest.mark.engine
 
 CHANNELS = ["push", "sms"]
-MARKER = "COPY_FACTORY_TEST_RUN"
 
 
 def _pairs(sample_dir: Path, n: int) -> tuple[pa.Table, Counter]:
@@ -53,19 +51,10 @@ def _upload_inputs(client, bucket: str, prefix: str, pairs: pa.Table, sample_dir
 
 
 def _start(cmd: list[str], marker: str, log: Path) -> subprocess.Popen:
-    env = job_env(**{MARKER: marker})
+    env = job_env(**{RUN_MARKER: marker})
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def _reap(marker: str) -> None:
-    """Kill what a SIGKILLed driver leaves behind (its local Ray, engine workers)."""
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid != os.getpid() and proc.environ().get(MARKER) == marker:
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    time.sleep(3)
 
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -113,7 +102,7 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
         first.send_signal(signal.SIGKILL)  # the driver, mid-run, no chance to clean up
         first.wait(timeout=60)
     finally:
-        _reap(first_marker)
+        reap(first_marker)
 
     assert not keys(attempt + "manifest.json")  # nothing published by the killed run
     before = table(attempt + "copies/")
@@ -121,7 +110,7 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
     done_before = before.num_rows + (queued.num_rows if queued is not None else 0)
     assert 0 < done_before < sum(expected.values())
 
-    second = subprocess.run(cmd, cwd=REPO, env=job_env(**{MARKER: uuid.uuid4().hex}), capture_output=True,
+    second = subprocess.run(cmd, cwd=REPO, env=job_env(**{RUN_MARKER: uuid.uuid4().hex}), capture_output=True,
                             text=True, timeout=1500)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     assert "resumed:" in second.stdout
@@ -136,8 +125,12 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
     killed, resumed = manifest["history"]
     assert killed["action"] == "new" and "finished_at" not in killed
     assert resumed["action"] == "resume" and resumed["rows_resumed"] == done_before
-    # The engine was asked only for what was missing (plus repairs of rejected drafts).
-    assert resumed["first_drafts"] == sum(expected.values()) - done_before
+    # The engine was asked only for what was missing (plus repairs of rejected
+    # drafts); rows whose prompt equals a generated row's reuse its copy.
+    assert resumed["first_drafts"] + resumed["rows_reused"] == sum(expected.values()) - done_before
+    for r in final.values():
+        if r[C.DEDUP_OF] is not None:
+            assert final[r[C.DEDUP_OF]][C.DEDUP_OF] is None and r[C.NUM_OUTPUT_TOKENS] == 0
     assert not keys(attempt + "_work/")
 
 
@@ -159,7 +152,7 @@ def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 if "vLLMEngineStageUDF" in " ".join(proc.info["cmdline"] or []) \
-                        and proc.environ().get(MARKER) == marker:
+                        and proc.environ().get(RUN_MARKER) == marker:
                     proc.kill()
                     killed.append(proc.pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -169,7 +162,7 @@ def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
     finally:
         if job.poll() is None:
             job.kill()
-        _reap(marker)
+        reap(marker)
 
     rows = read_published(str(out), "2026-11-23")
     _check_exactly_once(rows, expected)
@@ -193,7 +186,7 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_se
 
     # One request in five answered 503 SlowDown, one in twenty dropped: the run completes.
     with FaultyS3Proxy(s3_server, error_rate=0.2, drop_rate=0.05) as proxy:
-        ok = subprocess.run(command(proxy.url, "2026-11-24"), cwd=REPO, env=job_env(**{MARKER: uuid.uuid4().hex}),
+        ok = subprocess.run(command(proxy.url, "2026-11-24"), cwd=REPO, env=job_env(**{RUN_MARKER: uuid.uuid4().hex}),
                             capture_output=True, text=True, timeout=1500)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-5000:]
     assert proxy.counts["errors"] > 3 and proxy.counts["drops"] > 0
@@ -212,7 +205,7 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_se
         finally:
             if job.poll() is None:
                 job.kill()
-            _reap(marker)
+            reap(marker)
     text = log.read_text()
     assert rc not in (0, None), text[-3000:]
     assert "SlowDown" in text or "503" in text

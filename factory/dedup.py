@@ -1,0 +1,137 @@
+"""Work avoided and work ordered, decided on the driver when rows are staged.
+
+Identical prompts. A prompt is a pure function of the row's template, the
+product, the profile fields that template names, the locale and the campaign
+(prompts.py renders only allow-listed placeholders). Users of one segment
+often share every one of those fields, so their rows would send the engine
+the same prompt. The first such row in staged order (deterministic, so every
+process of an attempt agrees) is the *leader* and is generated; the others
+are *followers*: they reuse the leader's final copy and are still judged by
+the quality gate on their own. The key hashes the formatted field values
+(``prompts.format_value``), the same text the renderer puts in the prompt.
+
+Prefix-cache order. Rows that share the long part of their prompt (the
+channel's system text and worked examples, then the product) are written next
+to each other, so they reach the same engine replica in the same batches and
+vLLM's prefix cache serves the shared part once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import columns as C
+from factory.prompts import USER_FIELDS, PromptTemplate, format_value, language_for
+from factory.stages.render import tokens_per_char_factor
+
+
+def profile_signatures(users: pa.Table, fields: frozenset[str]) -> dict[str, str]:
+    """user_id -> digest of what a template with ``fields`` shows of the user
+    (plus the locale, which sets the language and the token cap)."""
+    names = sorted(f for f in fields & USER_FIELDS if f in users.column_names)
+    columns = [users[n].to_pylist() for n in names]
+    locales = users[C.LOCALE].to_pylist()
+    out = {}
+    for i, user in enumerate(users[C.USER_ID].to_pylist()):
+        parts = [language_for(locales[i]), str(tokens_per_char_factor(locales[i]))]
+        parts.extend(format_value(n, col[i]) for n, col in zip(names, columns))
+        out[user] = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+    return out
+
+
+def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptTemplate]) -> list[str]:
+    """One key per staged row; equal keys mean equal prompts."""
+    signatures = {}
+    by_fields: dict[frozenset, dict[str, str]] = {}
+    for channel, template in templates.items():
+        if template.fields not in by_fields:
+            by_fields[template.fields] = profile_signatures(users, template.fields)
+        signatures[channel] = by_fields[template.fields]
+    keys = []
+    for campaign, user, product, channel, variant in zip(
+            *(rows[c].to_pylist() for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))):
+        template = templates[channel]
+        keys.append("\x1f".join((str(campaign), template.version, str(variant), str(product),
+                                 signatures[channel].get(user, "\x00" + str(user)))))
+    return keys
+
+
+def leaders(row_ids: list[str], keys: list[str]) -> list[Optional[str]]:
+    """For each row, the row id of the first row with the same key, or None
+    when the row is that first row itself (it is generated)."""
+    first: dict[str, str] = {}
+    out: list[Optional[str]] = []
+    for rid, key in zip(row_ids, keys):
+        lead = first.setdefault(key, rid)
+        out.append(None if lead == rid else lead)
+    return out
+
+
+def key_digests(keys: list[str]) -> list[bytes]:
+    """16-byte digests of prompt keys: what the driver keeps per row."""
+    return [hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys]
+
+
+def leader_ids(row_ids: pa.ChunkedArray, digests: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Columnar ``leaders``: per row, the id of the first row with the same
+    key digest, null for that first row itself."""
+    table = pa.table({"id": row_ids, "key": digests, "i": pa.array(range(len(row_ids)), pa.int64())})
+    first = table.group_by("key", use_threads=False).aggregate([("i", "min")])
+    lead_index = pc.take(first["i_min"], pc.index_in(table["key"], value_set=first["key"]))
+    lead = pc.take(table["id"], lead_index)
+    return pc.if_else(pc.equal(lead_index, table["i"]), pa.scalar(None, pa.string()), lead)
+
+
+def prefix_cache_order(rows: pa.Table, users: pa.Table) -> pa.Array:
+    """Indices that put rows sharing a long prompt prefix side by side:
+    channel (system text and examples), locale, product, then campaign,
+    user and variant so the order is total and deterministic."""
+    locale = pc.take(users[C.LOCALE], pc.index_in(rows[C.USER_ID], value_set=users[C.USER_ID]))
+    keyed = rows.append_column("__locale", locale)
+    return pc.sort_indices(keyed, sort_keys=[(C.CHANNEL, "ascending"), ("__locale", "ascending"),
+                                             (C.PRODUCT_ID, "ascending"), (C.CAMPAIGN_ID, "ascending"),
+                                             (C.USER_ID, "ascending"), (C.VARIANT, "ascending")])
+
+
+WORK_COLUMNS = (C.ROW_ID, C.CHANNEL, C.DEDUP_OF, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.NUM_CACHED_TOKENS)
+
+
+def work_figures(rows: pa.Table) -> dict:
+    """What the engine did and what it was spared, from the published rows
+    (``WORK_COLUMNS``). Token counts are those of each row's final
+    generation (a repaired row's first draft is not counted)."""
+    reused = pc.is_valid(rows[C.DEDUP_OF])
+    generated = rows.filter(pc.invert(reused))
+    followers = rows.filter(reused)
+    n_gen, n_reused = generated.num_rows, followers.num_rows
+    lead = pc.index_in(followers[C.DEDUP_OF], value_set=generated[C.ROW_ID])
+    saved_in = pc.sum(pc.take(generated[C.NUM_INPUT_TOKENS], lead)).as_py() or 0
+    saved_out = pc.sum(pc.take(generated[C.NUM_OUTPUT_TOKENS], lead)).as_py() or 0
+    prompt_tokens = pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
+    measured = generated.filter(pc.is_valid(generated[C.NUM_CACHED_TOKENS]))
+    cached = pc.sum(measured[C.NUM_CACHED_TOKENS]).as_py() or 0
+    measured_prompt = pc.sum(measured[C.NUM_INPUT_TOKENS]).as_py() or 0
+    per_channel = {}
+    if n_gen:
+        grouped = generated.group_by(C.CHANNEL).aggregate([(C.NUM_INPUT_TOKENS, "mean"),
+                                                           (C.NUM_OUTPUT_TOKENS, "mean")])
+        for row in sorted(grouped.to_pylist(), key=lambda r: r[C.CHANNEL]):
+            per_channel[row[C.CHANNEL]] = {"mean_prompt_tokens": round(row[f"{C.NUM_INPUT_TOKENS}_mean"], 1),
+                                           "mean_output_tokens": round(row[f"{C.NUM_OUTPUT_TOKENS}_mean"], 1)}
+    return {
+        "rows_generated": n_gen,
+        "rows_reused": n_reused,
+        "reused_share": round(n_reused / rows.num_rows, 4) if rows.num_rows else 0.0,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": pc.sum(generated[C.NUM_OUTPUT_TOKENS]).as_py() or 0,
+        "tokens_saved_by_reuse": {"prompt": saved_in, "output": saved_out},
+        # Share of prompt tokens vLLM's prefix cache served, over the rows
+        # whose engine reported it (null when none did).
+        "prefix_cache_hit_rate": round(cached / measured_prompt, 4) if measured_prompt else None,
+        "prefix_cache_rows_measured": measured.num_rows,
+        "by_channel": per_channel,
+    }
