@@ -1,0 +1,235 @@
+"""The factory against bare vLLM and against the tutorial per-row loop, side by side.
+
+    .venv/bin/python benchmarks/throughput.py                 # full: 250 and 1,250 rows (about 20 min here)
+    .venv/bin/python benchmarks/throughput.py --smoke         # tiny sizes: checks the script still runs
+
+Same input rows, same rendered prompts, same bundled model, same sampling
+settings and token caps for every contender. Each part runs in its own
+process (fresh engine, fresh Ray) one after another, and prints one JSON line;
+the driver prints a Markdown table and the ratios.
+
+- bare:     one ``vllm.LLM.generate`` call over all N2 rendered prompts (the
+            prompts the pipeline's own join and render stages make). Engine
+            start-up is timed separately; rows/s = N2 / generate time.
+- pipeline: ``factory.pipeline.run`` on the same pairs (dedup off, repair off:
+            the same N2 generations). Engine start-up, Ray start-up, pass 1 and
+            publishing are fixed costs, so the steady rate is the marginal one
+            between a run of N1 and a run of N2 rows: (N2 - N1) / (T2 - T1).
+            (The same method measured Ray Data LLM itself here: ../shared/PLATFORM.md.)
+- hf:       ``transformers`` ``model.generate`` one prompt at a time, the loop
+            tutorials teach (same model folder, dtype, sampling), on the first
+            ``--hf-rows`` prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+CHANNELS = ("push", "email_subject", "ad_headline", "sms", "product_blurb")
+
+
+def make_inputs(folder: Path, rows: int) -> dict[str, str]:
+    """``rows`` pairs that each name one channel (one pair = one row), over
+    the bundled sample users and products, without the hostile rows."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from factory import columns as C
+    from factory import sample_data
+
+    paths = sample_data.generate(folder, hostile=False)
+    users = pq.read_table(paths.users)[C.USER_ID].to_pylist()
+    products = pq.read_table(paths.products)[C.PRODUCT_ID].to_pylist()
+    rng = random.Random(11)
+    pairs = []
+    for i in range(rows):
+        pairs.append({C.USER_ID: users[i % len(users)], C.PRODUCT_ID: rng.choice(products),
+                      C.CHANNEL: CHANNELS[i % len(CHANNELS)],  # every prefix of the file has the same mix
+                      C.CAMPAIGN_ID: "bench"})
+    pairs_path = folder / f"pairs-{rows}.parquet"
+    pq.write_table(pa.Table.from_pylist(pairs), pairs_path)
+    return {"pairs": str(pairs_path), "users": paths.users, "products": paths.products}
+
+
+def rendered(inputs: dict[str, str], rows: int):
+    """The prompts the pipeline renders for these pairs, in input order."""
+    import pyarrow.parquet as pq
+
+    from factory.prompts import load_templates
+    from factory.stages.join import JoinProfiles
+    from factory.stages.render import RenderPrompts
+
+    templates = load_templates()
+    join = JoinProfiles(pq.read_table(inputs["users"]), pq.read_table(inputs["products"]), list(templates),
+                        list(templates), 1, None)
+    return RenderPrompts(templates)(join(pq.read_table(inputs["pairs"]).slice(0, rows)))
+
+
+def sampling():
+    from factory.config import EngineConfig
+
+    e = EngineConfig()
+    return e, {"temperature": e.temperature, "top_p": e.top_p}
+
+
+def part_bare(inputs: dict[str, str], rows: int) -> dict:
+    from vllm import LLM, SamplingParams
+
+    from factory import columns as C
+    from factory.model import ensure_bundled_model
+    from factory.stages.generate import engine_kwargs
+
+    table = rendered(inputs, rows)
+    engine, params = sampling()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gib))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # as the pipeline's engine actor
+    t0 = time.time()
+    llm = LLM(model=str(ensure_bundled_model()), **engine_kwargs(engine, "cpu"))
+    t1 = time.time()
+    messages = [json.loads(m) for m in table[C.MESSAGES].to_pylist()]
+    sp = [SamplingParams(max_tokens=int(m), stop=list(s) or None, **params)
+          for m, s in zip(table[C.MAX_TOKENS].to_pylist(), table[C.STOP].to_pylist())]
+    outs = llm.chat(messages, sp, use_tqdm=False)
+    t2 = time.time()
+    n_out = sum(len(o.outputs[0].token_ids) for o in outs)
+    n_in = sum(len(o.prompt_token_ids) for o in outs)
+    cached = sum(o.num_cached_tokens or 0 for o in outs)
+    return {"part": "bare", "rows": len(outs), "startup_s": round(t1 - t0, 1), "generate_s": round(t2 - t1, 1),
+            "rows_per_s": round(len(outs) / (t2 - t1), 3), "output_tokens": n_out,
+            "output_tokens_per_s": round(n_out / (t2 - t1), 1), "mean_prompt_tokens": round(n_in / len(outs), 1),
+            "prefix_cache_hit_rate": round(cached / n_in, 4)}
+
+
+def part_pipeline(inputs: dict[str, str], rows: int, dedup: bool = False) -> dict:
+    from factory.config import build_config
+    from factory.pipeline import run
+
+    out = tempfile.mkdtemp(prefix="bench-out-")
+    config = build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"], "products": inputs["products"],
+                               "output": out, "limit": rows, "dedup_prompts": dedup, "quality.repair": False,
+                               "progress_every_seconds": 30.0, "engine.device": "cpu"})
+    t0 = time.time()
+    result = run(config)
+    wall = time.time() - t0
+    summary = json.loads(Path(result.output_uri, "summary.json").read_text())
+    work = summary["engine_work"]
+    return {"part": "pipeline", "rows": result.rows_written, "dedup": dedup, "wall_s": round(wall, 1),
+            "output_tokens": work["output_tokens"], "rows_generated": work["rows_generated"],
+            "rows_reused": work["rows_reused"], "tokens_saved_by_reuse": work["tokens_saved_by_reuse"],
+            "prefix_cache_hit_rate": work["prefix_cache_hit_rate"], "by_channel": work["by_channel"],
+            "progress": summary.get("progress", [])}
+
+
+def part_hf(inputs: dict[str, str], rows: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory import columns as C
+    from factory.model import ensure_bundled_model
+
+    table = rendered(inputs, rows)
+    _, params = sampling()
+    folder = str(ensure_bundled_model())
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    model.eval()
+    t1 = time.time()
+    n_out = 0
+    torch.manual_seed(0)
+    for messages, cap in zip(table[C.MESSAGES].to_pylist(), table[C.MAX_TOKENS].to_pylist()):
+        inputs = tok.apply_chat_template(json.loads(messages), add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=int(cap), do_sample=True, pad_token_id=tok.eos_token_id,
+                                 **params)
+        n_out += out.shape[1] - inputs["input_ids"].shape[1]
+    t2 = time.time()
+    return {"part": "hf", "rows": rows, "startup_s": round(t1 - t0, 1), "generate_s": round(t2 - t1, 1),
+            "rows_per_s": round(rows / (t2 - t1), 3), "output_tokens_per_s": round(n_out / (t2 - t1), 1)}
+
+
+def _child(part: str, inputs_dir: Path, rows: int, total: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--part", part, "--inputs", str(inputs_dir), "--rows", str(rows),
+           "--total", str(total), *extra]
+    print(f"# running: {' '.join(cmd[1:])}", flush=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{"part"')]
+    if done.returncode or not lines:
+        raise SystemExit(f"{part} ({rows} rows) failed with exit code {done.returncode}")
+    result = json.loads(lines[-1])
+    print(json.dumps({k: v for k, v in result.items() if k != "progress"}), flush=True)
+    return result
+
+
+def report(bare: dict, small: dict, big: dict, hf: dict) -> str:
+    steady_s = big["wall_s"] - small["wall_s"]
+    rows = big["rows"] - small["rows"]
+    pipe_rows_s = rows / steady_s
+    pipe_tok_s = (big["output_tokens"] - small["output_tokens"]) / steady_s
+    lines = [
+        "| contender | rows | start-up s | steady rows/s | steady output tok/s | vs bare vLLM |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| bare vLLM `LLM.chat`, one call | {bare['rows']} | {bare['startup_s']} | {bare['rows_per_s']:.2f} | "
+        f"{bare['output_tokens_per_s']:.1f} | 1.00 |",
+        f"| factory pipeline (marginal {small['rows']}->{big['rows']} rows) | {big['rows']} | "
+        f"{big['wall_s'] - steady_s * big['rows'] / rows:.0f} (fixed costs) | {pipe_rows_s:.2f} | {pipe_tok_s:.1f} | "
+        f"{pipe_rows_s / bare['rows_per_s']:.2f} (tok/s {pipe_tok_s / bare['output_tokens_per_s']:.2f}) |",
+        f"| HF `model.generate`, one prompt at a time | {hf['rows']} | {hf['startup_s']} | {hf['rows_per_s']:.2f} | "
+        f"{hf['output_tokens_per_s']:.1f} | {hf['rows_per_s'] / bare['rows_per_s']:.2f} |",
+        "",
+        f"pipeline / bare vLLM: {pipe_rows_s / bare['rows_per_s']:.2f}x rows/s "
+        f"(target >= 0.90); pipeline / HF loop: {pipe_rows_s / hf['rows_per_s']:.1f}x rows/s (target >= 8)",
+        f"prefix-cache hit rate: bare {bare['prefix_cache_hit_rate']}, pipeline {big['prefix_cache_hit_rate']}; "
+        f"mean prompt tokens: bare {bare['mean_prompt_tokens']}",
+        "pipeline prompt/output tokens per channel: " + json.dumps(big["by_channel"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.part:
+        inputs = json.loads((Path(args.inputs) / "inputs.json").read_text())
+        result = {"bare": lambda: part_bare(inputs, args.rows),
+                  "pipeline": lambda: part_pipeline(inputs, args.rows),
+                  "hf": lambda: part_hf(inputs, args.rows)}[args.part]()
+        print(json.dumps(result), flush=True)
+        return
+    n1, n2, n_hf = (8, 16, 2) if args.smoke else (args.small, args.rows, args.hf_rows)
+    folder = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    inputs = make_inputs(folder, n2)
+    (folder / "inputs.json").write_text(json.dumps(inputs))
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} machine: {os.cpu_count()} cores; inputs in {folder}", flush=True)
+    bare = _child("bare", folder, n2, n2, [])
+    small = _child("pipeline", folder, n1, n2, [])
+    big = _child("pipeline", folder, n2, n2, [])
+    hf = _child("hf", folder, n_hf, n2, [])
+    text = report(bare, small, big, hf)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+if __name__ == "__main__":  # vLLM spawns an engine process: this guard is required
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1250, help="N2: rows of the large run (and of bare vLLM)")
+    parser.add_argument("--small", type=int, default=250, help="N1: rows of the small pipeline run")
+    parser.add_argument("--hf-rows", dest="hf_rows", type=int, default=40, help="prompts for the per-row loop")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does the script still run?")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--part", choices=["bare", "pipeline", "hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    main(parser.parse_args())

@@ -1,0 +1,56 @@
+"""The CPU-side benchmarks run end to end at a tiny size and report their figures.
+
+No timing is asserted (speed belongs in the benchmarks' own output); these
+catch a benchmark broken by a change to the pipeline or the stages.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{Path(script).stem}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--cache",
+                           str(tmp_path / "cache"), "--json", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == printed  # the file holds what was printed
+    return printed
+
+
+def test_cpu_side_pushes_every_pair_through_the_real_run(tmp_path):
+    figures = _run("cpu_side.py", tmp_path)
+    assert figures["pairs"] == 300
+    # One pair names one channel: one row each, every row written once.
+    assert figures["rows_written"] == 300 and figures["dead_letters"] == 0
+    # The gate did its work on the echo's copy: most accepted, the seeded flaws repaired.
+    assert figures["status"]["accepted"] >= 270 and figures["repairs"] >= 1
+    assert figures["rows_per_s"] > 0 and figures["rows_per_cpu_s"] > 0
+    assert {"pass1_s", "pass2_s", "publish_s"} <= set(figures["seconds"])
+    memory = figures["memory_mib"]
+    assert memory["driver_peak_rss"] > 0 and memory["workers_peak_rss_sum"] > 0 and memory["samples"] > 0
+    assert figures["command"].startswith(".venv/bin/python benchmarks/cpu_side.py")
+    assert figures["machine"]["cores"] >= 1 and figures["date"]
+
+
+def test_stage_micro_times_every_stage(tmp_path):
+    figures = _run("stage_micro.py", tmp_path)
+    stages = figures["stages"]
+    assert list(stages) == ["JoinProfiles", "RenderPrompts", "EchoEngine", "QualityGate", "FinalizeRows",
+                            "WriteParquetFiles"]
+    for name, row in stages.items():
+        assert row["rows_in"] == 300, name
+        assert row["rows_per_cpu_s"] > 0 and row["rows_per_s"] > 0 and len(row["digest"]) == 16, name
+    assert sum(stages["QualityGate"]["status"].values()) == 300
+
+
+def test_stage_micro_is_deterministic(tmp_path):
+    """Same input, same outputs: the digests are what shows a speed-up changed nothing."""
+    first = _run("stage_micro.py", tmp_path)["stages"]
+    second = _run("stage_micro.py", tmp_path)["stages"]
+    assert {k: v["digest"] for k, v in first.items()} == {k: v["digest"] for k, v in second.items()}
