@@ -84,6 +84,15 @@ def _error(exc: BaseException) -> str:
     return f"error: {exc}"
 
 
+def _report_error(exc: BaseException) -> int:
+    """Print an expected error and return its exit status; re-raise anything else."""
+    code = _exit_code(exc)
+    if code is None:
+        raise exc
+    print(_error(exc), file=sys.stderr)
+    return code
+
+
 def run_one(config: JobConfig, several: bool) -> tuple[int, str]:
     """One run: (exit status, one line for the campaign summary). With
     several runs an unexpected error fails this run only; alone it
@@ -112,12 +121,8 @@ def dry_run_all(request: JobRequest) -> int:
     for config in request.configs:
         try:
             plans.append(plan_run(config))
-        except Exception as exc:  # noqa: BLE001
-            code = _exit_code(exc)
-            if code is None:
-                raise
-            print(_error(exc), file=sys.stderr)
-            return code
+        except Exception as exc:  # noqa: BLE001 - mapped or re-raised
+            return _report_error(exc)
     if request.json:
         print(json.dumps(plans if len(plans) > 1 else plans[0], indent=2, ensure_ascii=False))
     else:
@@ -129,12 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         request = parse_job(argv)
-    except Exception as exc:  # noqa: BLE001
-        code = _exit_code(exc)
-        if code is None:
-            raise
-        print(_error(exc), file=sys.stderr)
-        return code
+    except Exception as exc:  # noqa: BLE001 - mapped or re-raised
+        return _report_error(exc)
     if not request.configs:
         print("No campaign is active on the run date: nothing to do.")
         return 0
