@@ -192,8 +192,7 @@ class Backfill:
             raise PlanError(f"{day}: the nightly job would make {len(configs)} runs ({names}); a backfill "
                             "regenerates one campaign: name it with --campaign")
         config = configs[0]
-        output = resolve(config.output, config.s3_endpoint, config.s3_region,
-                         s3_max_attempts=config.s3_max_attempts)
+        output = resolve(config.output, **config.storage_options())
         return Target(config.run_id, run_location(output, config.run_date, config.campaign_label))
 
 

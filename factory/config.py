@@ -301,6 +301,11 @@ class JobConfig(_Strict):
             raise ValueError(f"--pairs, --users and --products go together; missing: {', '.join(missing)}")
         return self
 
+    def storage_options(self) -> dict[str, Any]:
+        """How every local or s3:// path of the run is opened (``storage.resolve``)."""
+        return dict(s3_endpoint=self.s3_endpoint, s3_region=self.s3_region, s3_sse=self.s3_sse,
+                    s3_sse_kms_key_id=self.s3_sse_kms_key_id, s3_max_attempts=self.s3_max_attempts)
+
     @property
     def uses_sample_data(self) -> bool:
         return self.pairs is None

@@ -63,12 +63,8 @@ def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptT
 def leaders(row_ids: list[str], keys: list[str]) -> list[Optional[str]]:
     """For each row, the row id of the first row with the same key, or None
     when the row is that first row itself (it is generated)."""
-    first: dict[str, str] = {}
-    out: list[Optional[str]] = []
-    for rid, key in zip(row_ids, keys):
-        lead = first.setdefault(key, rid)
-        out.append(None if lead == rid else lead)
-    return out
+    digests = pa.chunked_array([pa.array(key_digests(keys), pa.binary(16))])
+    return leader_ids(pa.chunked_array([pa.array(row_ids, pa.string())]), digests).to_pylist()
 
 
 def key_digests(keys: list[str]) -> list[bytes]:

@@ -117,12 +117,6 @@ def run_location(output: Location, config: JobConfig) -> Location:
     return output.join("runs", f"date={config.run_date.isoformat()}", f"campaign={config.campaign_label}")
 
 
-def storage_options(config: JobConfig) -> dict[str, Any]:
-    """How every local or s3:// path of the run is opened."""
-    return dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_sse=config.s3_sse,
-                s3_sse_kms_key_id=config.s3_sse_kms_key_id, s3_max_attempts=config.s3_max_attempts)
-
-
 def prepare(config: JobConfig) -> Plan:
     templates = load_templates(config.templates)
     unknown = [c for c in config.channels if c not in templates]
@@ -139,7 +133,7 @@ def prepare(config: JobConfig) -> Plan:
     else:
         pairs_uri, users_uri, products_uri = config.pairs, config.users, config.products
 
-    where = storage_options(config)
+    where = config.storage_options()
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
     products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
@@ -345,7 +339,7 @@ def run(config: JobConfig) -> RunResult:
         # so the generation passes and the gate see them.
         from factory.facts.extract import ensure_facts
 
-        facts = ensure_facts(plan.products, resolve(config.facts, **storage_options(config)), config.engine,
+        facts = ensure_facts(plan.products, resolve(config.facts, **config.storage_options()), config.engine,
                              plan.model_source, device, model_name=model.display_name(config.model),
                              cpu_stage_num_cpus=light)
         plan.products = attach_facts(plan.products, facts)
