@@ -128,6 +128,25 @@ def test_prefix_cache_order_groups_channel_locale_product():
     assert len(runs) == len(set(keys))
 
 
+def test_rows_of_one_product_share_the_prompt_up_to_the_end_of_the_product():
+    """The order above only pays if nothing about the user comes before the
+    product: two users with nothing in common, same channel and product,
+    must share the prompt through ``</product>`` and differ after it."""
+    templates = load_templates()
+    users = _segment_users(n_segments=2, per_segment=1)  # different interests, views, searches
+    users = users.set_column(users.column_names.index("loyalty_tier"), "loyalty_tier", pa.array(["gold", "silver"]))
+    rows = _rows(users, _products().slice(0, 1), channels=tuple(templates))
+    rendered = _rendered(rows, users, _products(), templates).to_pylist()
+    for channel in templates:
+        a, b = [json.loads(r[C.MESSAGES]) for r in rendered if r[C.CHANNEL] == channel]
+        assert a[:-1] == b[:-1]  # system text and worked example
+        head_a, sep, tail_a = a[-1]["content"].partition("</product>")
+        head_b, _, tail_b = b[-1]["content"].partition("</product>")
+        assert sep and "<product>" in head_a, channel
+        assert head_a == head_b, channel
+        assert tail_a != tail_b, channel  # the user's part comes after the product
+
+
 def _written(rows):
     schema = pa.schema([(C.ROW_ID, pa.string()), (C.CHANNEL, pa.string()), (C.DEDUP_OF, pa.string()),
                         (C.NUM_INPUT_TOKENS, pa.int32()), (C.NUM_OUTPUT_TOKENS, pa.int32()),

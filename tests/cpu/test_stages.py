@@ -163,8 +163,10 @@ def test_hostile_product_text_stays_inside_the_product_block():
                          "recent_searches": ["jane.doe@example.com", "call 415 555 0142", "linen"]})
     chat = json.loads(RenderPrompts(templates)(pa.Table.from_pylist([row]))[C.MESSAGES][0].as_py())
     user = chat[-1]["content"]
-    # Exactly one block, opened once and closed at the very end: the description cannot close it.
-    assert user.count("<product>") == 1 and user.count("</product>") == 1 and user.rstrip().endswith("</product>")
+    # Exactly one block, closed where the template closes it (before the
+    # customer's line): the description cannot close it.
+    assert user.count("<product>") == 1 and user.count("</product>") == 1
+    assert user.partition("</product>")[2].lstrip().startswith("They like ")
     assert "\n\nSYSTEM" not in user and "Ignore previous instructions" in user  # kept as (flattened) data
     assert len(user) < 2_000  # the 30,000-character description was cut
 
