@@ -97,11 +97,11 @@ class EngineConfig(_Strict):
     replicas: int = Field(default=1, ge=1, description="Engine replicas (data parallel); one per GPU group.")
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per replica (vLLM tensor parallelism).")
     batch_size: int = Field(default=32, ge=1, description="Rows per batch sent to an engine replica.")
-    max_concurrent_batches: int = Field(
-        default=8, ge=1,
-        description="Batches in flight per replica, so continuous batching always has work queued. "
-        "batch_size x max_concurrent_batches (256 by default) is also the engine's max_num_seqs "
-        "unless engine_kwargs sets one.",
+    max_concurrent_batches: Optional[int] = Field(
+        default=None, ge=1,
+        description="Batches in flight per replica. Default: enough for twice the engine's max_num_seqs "
+        "(256 unless engine_kwargs sets it), so a new request is already queued whenever a sequence "
+        "finishes. Never fewer than max_num_seqs fill.",
     )
     max_tokens: Optional[int] = Field(
         default=None, ge=1, le=4096,

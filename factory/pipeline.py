@@ -47,10 +47,11 @@ from factory.quality.metrics import corpus_figures
 from factory.quality.summary import VERDICT_COLUMNS, quality_summary
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.check import CheckPairs, ReadPairs
+from factory.stages.generate import concurrent_batches
 from factory.stages.join import row_id
 from factory.stages.reuse import ReuseCopy
 from factory.stages.write import Sink, WriteParquetFiles
-from factory.progress import ProgressLog, counted
+from factory.progress import ProgressLog
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
 from factory.storage import (Location, delete_dir_if_exists, list_files, put_bytes, read_bytes, read_parquet,
@@ -290,7 +291,7 @@ def joined_dataset(plan: Plan, lookups: dict[str, Any], staged: list, folder: Lo
     # itself Ray made one block per file and a whole file one engine task (seen:
     # no progress for minutes). Split at the read, not with repartition(): its
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
-    per_block = rows_per_block(pair_count, config.engine.replicas, config.engine.max_concurrent_batches)
+    per_block = rows_per_block(pair_count, config.engine.replicas, concurrent_batches(config.engine))
     blocks = max(1, min(MAX_BLOCKS, -(-pair_count // per_block)))
     ds = ray.data.read_parquet([i.path for i in staged], filesystem=folder.fs,
                                columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT],
@@ -390,7 +391,7 @@ def run(config: JobConfig) -> RunResult:
             # The chat, its stops and the brand ride along for the repair pass's prompt.
             generate = build_generate_stage(config.engine, plan.model_source, device,
                                             keys + [C.MESSAGES, C.STOP, "brand"], light)
-            first = counted(_gate(generate(rendered), plan, lookups, attempt=1), progress.counter)
+            first = _gate(generate(rendered), plan, lookups, attempt=1, counter=progress.counter)
             written = _write(first, {C.ROUTE_COPIES: copies,
                                      C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
                              light, route=C.ROUTE, rows_per_file=config.rows_per_file)
@@ -411,7 +412,7 @@ def run(config: JobConfig) -> RunResult:
             engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
             regenerate = build_generate_stage(engine, plan.model_source, device,
                                               keys + [C.FIRST_ATTEMPT_REASONS], light)
-            second = counted(_gate(regenerate(retry), plan, lookups, attempt=2), progress.counter)
+            second = _gate(regenerate(retry), plan, lookups, attempt=2, counter=progress.counter)
             generated += sum(w["rows"] for w in _write(second, {C.ROUTE_COPIES: copies}, light,
                                                        rows_per_file=config.rows_per_file))
 
@@ -431,7 +432,7 @@ def run(config: JobConfig) -> RunResult:
                                           batch_format="pyarrow", num_cpus=light,
                                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
                 reused = sum(w["rows"] for w in _write(
-                    counted(_gate(reuse, plan, lookups, attempt=2), progress.counter),
+                    _gate(reuse, plan, lookups, attempt=2, counter=progress.counter),
                     {C.ROUTE_COPIES: copies}, light, rows_per_file=config.rows_per_file))
 
     files = _check_exactly_once(attempt, expected)
@@ -718,13 +719,14 @@ def _write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
     write_parquet(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
 
 
-def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int):
+def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int, counter=None):
     import ray
 
     return ds.map_batches(
         QualityGate,
         fn_constructor_kwargs=dict(products=lookups["products"], users=lookups["users"],
-                                   policy=plan.config.quality, templates=plan.templates, attempt=attempt),
+                                   policy=plan.config.quality, templates=plan.templates, attempt=attempt,
+                                   counter=counter),
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
         num_cpus=plan.config.cpu_stage_num_cpus,
     )

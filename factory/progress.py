@@ -39,7 +39,7 @@ class ProgressCounter:
 
 
 def count_finished(batch: pa.Table, counter) -> pa.Table:
-    """A pass-through stage after the gate: tells the counter how many rows
+    """Called by the gate on each judged block: tells the counter how many rows
     are finished (bound for the copies, not the repair queue) and how many
     output tokens the batch cost. Fire and forget: progress never blocks work."""
     tokens = 0
@@ -50,27 +50,6 @@ def count_finished(batch: pa.Table, counter) -> pa.Table:
         finished = int(pc.sum(pc.equal(batch[C.ROUTE], C.ROUTE_COPIES).cast(pa.int64())).as_py() or 0)
     counter.add.remote(finished, tokens)
     return batch
-
-
-class CountFinished:
-    """``count_finished`` as a one-actor stage. As a plain function Ray Data
-    fuses it into the writer, whose batches are whole output files: it would
-    count nothing until the end of the run. An actor stage is not fused, so
-    it sees each block as it leaves the gate."""
-
-    def __init__(self, counter):
-        self._counter = counter
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return count_finished(batch, self._counter)
-
-
-def counted(ds, counter):
-    """``ds`` with the finished rows of each block reported to ``counter``."""
-    import ray
-
-    return ds.map_batches(CountFinished, fn_constructor_kwargs={"counter": counter}, batch_format="pyarrow",
-                          num_cpus=0, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1))
 
 
 def _duration(seconds: float) -> str:

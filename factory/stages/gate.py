@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import regex
 
 from factory import columns as C
+from factory.progress import count_finished
 from factory.prompts import PromptTemplate
 from factory.quality.policy import QualityPolicy
 from factory.quality.rules import Copy, ProductFacts, RuleBook
@@ -58,16 +59,21 @@ class QualityGate:
     ``review`` if any is review, else ``accepted``. On the first attempt a
     rejected row is routed to the repair queue when the policy repairs.
     The lookup tables arrive once per actor, like the join's.
+
+    With a progress ``counter`` (an actor handle) each judged block is
+    reported as it leaves: the gate already holds the finished rows, and a
+    stage of its own would be one more process sharing the engine's cores.
     """
 
     def __init__(self, products: pa.Table, users: pa.Table, policy: QualityPolicy,
-                 templates: Mapping[str, PromptTemplate], attempt: int = 1):
+                 templates: Mapping[str, PromptTemplate], attempt: int = 1, counter: Any = None):
         import ray
 
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
         users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
         self._policy = policy
         self._attempt = attempt
+        self._counter = counter
         instructions, answers = prompt_texts(templates)
         self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist())
         self._products = products
@@ -153,6 +159,8 @@ class QualityGate:
                 batch = batch.append_column(name, array)
         if C.ATTEMPT not in batch.column_names:
             batch = batch.append_column(C.ATTEMPT, pa.array([self._attempt] * n, pa.int32()))
+        if self._counter is not None:
+            count_finished(batch, self._counter)
         return batch
 
 

@@ -194,14 +194,17 @@ def test_vllm_plugin_keeps_the_prefix_cache_figure_on_rays_output_rows():
 
 
 def test_enough_batches_stay_in_flight_to_fill_the_engine():
-    from factory.stages.generate import concurrent_batches
+    from factory.stages.generate import concurrent_batches, engine_kwargs
 
-    kwargs = {}
-    assert concurrent_batches(EngineConfig(batch_size=32, max_concurrent_batches=4), kwargs) == 4
-    assert kwargs["max_num_seqs"] == 128  # the engine runs what the pipeline keeps in flight
-    kwargs = {"max_num_seqs": 512}
-    assert concurrent_batches(EngineConfig(batch_size=64, max_concurrent_batches=2), kwargs) == 8
-    assert concurrent_batches(EngineConfig(batch_size=64, max_concurrent_batches=10), {"max_num_seqs": 256}) == 10
+    # By default a second wave is queued behind the engine's 256 sequences.
+    assert engine_kwargs(EngineConfig(), "cpu")["max_num_seqs"] == 256
+    assert concurrent_batches(EngineConfig(batch_size=32)) == 16
+    assert concurrent_batches(EngineConfig(batch_size=48, engine_kwargs={"max_num_seqs": 100})) == 6
+    # A setting that cannot fill max_num_seqs is raised to the least that can; more is kept.
+    assert concurrent_batches(EngineConfig(batch_size=64, max_concurrent_batches=2,
+                                           engine_kwargs={"max_num_seqs": 512})) == 8
+    assert concurrent_batches(EngineConfig(batch_size=64, max_concurrent_batches=10)) == 10
+    assert engine_kwargs(EngineConfig(engine_kwargs={"max_num_seqs": 64}), "cpu")["max_num_seqs"] == 64
 
 
 def test_prompts_show_the_products_facts_extracted_or_else_from_the_catalog():
