@@ -208,5 +208,6 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_se
             reap(marker)
     text = log.read_text()
     assert rc not in (0, None), text[-3000:]
-    assert "SlowDown" in text or "503" in text
+    # boto3 says SlowDown, pyarrow SLOW_DOWN: whichever client met the outage first.
+    assert "SlowDown" in text or "SLOW_DOWN" in text or "503" in text
     assert not s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=attempt + "manifest.json").get("KeyCount")
