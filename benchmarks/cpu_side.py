@@ -371,6 +371,7 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
 
     from factory import pipeline
     from factory.config import JobConfig
+    from factory.stages import generate
 
     host = machine()  # (the load average before the run)
     t0 = time.time()
@@ -410,10 +411,10 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         "command": " ".join([".venv/bin/python", "benchmarks/cpu_side.py", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git_commit(),
-        "machine": {**host, "note": "shared machine: other jobs ran on the same 2 cores"},
+        "machine": host,  # load_avg_at_start tells whether the machine was quiet
         "pairs": n_pairs,
         "pairs_per_block": pipeline.rows_per_block(n_pairs, config.engine.replicas,
-                                                   config.engine.max_concurrent_batches),
+                                                   generate.concurrent_batches(config.engine)),
         "rows_written": result.rows_written,
         "dead_letters": result.dead_letters,
         "rows_generated": result.rows_generated,

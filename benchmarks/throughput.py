@@ -112,14 +112,14 @@ def part_bare(inputs: dict[str, str], rows: int) -> dict:
             "prefix_cache_hit_rate": round(cached / n_in, 4)}
 
 
-def part_pipeline(inputs: dict[str, str], rows: int, dedup: bool = False) -> dict:
+def part_pipeline(inputs: dict[str, str], rows: int, dedup: bool = False, settings: dict | None = None) -> dict:
     from factory.config import build_config
     from factory.pipeline import run
 
     out = tempfile.mkdtemp(prefix="bench-out-")
     config = build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"], "products": inputs["products"],
                                "output": out, "limit": rows, "dedup_prompts": dedup, "quality.repair": False,
-                               "progress_every_seconds": 30.0, "engine.device": "cpu"})
+                               "progress_every_seconds": 30.0, "engine.device": "cpu", **(settings or {})})
     t0 = time.time()
     result = run(config)
     wall = time.time() - t0
@@ -129,6 +129,7 @@ def part_pipeline(inputs: dict[str, str], rows: int, dedup: bool = False) -> dic
             "output_tokens": work["output_tokens"], "rows_generated": work["rows_generated"],
             "rows_reused": work["rows_reused"], "tokens_saved_by_reuse": work["tokens_saved_by_reuse"],
             "prefix_cache_hit_rate": work["prefix_cache_hit_rate"], "by_channel": work["by_channel"],
+            "first_draft_status": summary["quality"]["status"],  # repair is off: the gate on first drafts
             "progress": summary.get("progress", [])}
 
 
@@ -199,11 +200,21 @@ def report(bare: dict, small: dict, big: dict, hf: dict) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, booleans, lists and objects
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(args: argparse.Namespace) -> None:
     if args.part:
         inputs = json.loads((Path(args.inputs) / "inputs.json").read_text())
         result = {"bare": lambda: part_bare(inputs, args.rows),
-                  "pipeline": lambda: part_pipeline(inputs, args.rows),
+                  "pipeline": lambda: part_pipeline(inputs, args.rows, settings=dict(args.set)),
                   "hf": lambda: part_hf(inputs, args.rows)}[args.part]()
         print(json.dumps(result), flush=True)
         return
@@ -213,8 +224,9 @@ def main(args: argparse.Namespace) -> None:
     (folder / "inputs.json").write_text(json.dumps(inputs))
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} machine: {os.cpu_count()} cores; inputs in {folder}", flush=True)
     bare = _child("bare", folder, n2, n2, [])
-    small = _child("pipeline", folder, n1, n2, [])
-    big = _child("pipeline", folder, n2, n2, [])
+    sets = [a for key, value in args.set for a in ("--set", f"{key}={json.dumps(value)}")]
+    small = _child("pipeline", folder, n1, n2, sets)
+    big = _child("pipeline", folder, n2, n2, sets)
     hf = _child("hf", folder, n_hf, n2, [])
     text = report(bare, small, big, hf)
     print(text)
@@ -229,6 +241,9 @@ if __name__ == "__main__":  # vLLM spawns an engine process: this guard is requi
     parser.add_argument("--hf-rows", dest="hf_rows", type=int, default=40, help="prompts for the per-row loop")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: does the script still run?")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                        help="a pipeline setting for both pipeline runs, as the job's config keys "
+                        "(e.g. engine.max_concurrent_batches=16); repeatable")
     parser.add_argument("--part", choices=["bare", "pipeline", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)

@@ -54,3 +54,19 @@ def test_stage_micro_is_deterministic(tmp_path):
     first = _run("stage_micro.py", tmp_path)["stages"]
     second = _run("stage_micro.py", tmp_path)["stages"]
     assert {k: v["digest"] for k, v in first.items()} == {k: v["digest"] for k, v in second.items()}
+
+
+def test_cpu_share_attributes_a_commands_cpu_to_it(tmp_path):
+    out = tmp_path / "share.json"
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_share.py"), "--json", str(out), "--",
+                           sys.executable, "-c", burn], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["exit_code"] == 0 and figures["wall_s"] >= 2.5
+    # A busy loop of 2.5 s, counted to its end (read before the exit is reaped)
+    # and as the command's own.
+    assert figures["groups"]["the command (driver)"]["cpu_s"] >= 1.0
+    failing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_share.py"), "--",
+                              sys.executable, "-c", "raise SystemExit(3)"], cwd=ROOT, capture_output=True)
+    assert failing.returncode == 3  # the command's exit status is passed on
