@@ -30,7 +30,7 @@ DEFAULT_MAX_NUM_SEQS = 256
 # batch back only when its slowest row is done, so with exactly max_num_seqs
 # in flight the engine runs fewer and fewer sequences while each batch waits
 # for its stragglers. A second wave queued behind keeps every slot busy
-# (measured on 2 cores, 994 rows: 335 s -> 298 s wall with 2x in flight).
+# (benchmarks/throughput.py on 2 cores: 4.26 -> 4.61 rows/s; RESULTS.md section 1).
 IN_FLIGHT_PER_SEQ = 2
 
 
