@@ -345,6 +345,30 @@ def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[st
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def driver_peak_by_phase(calls: list[dict[str, Any]], timeline: list[tuple[float, int, int]], started: float,
+                         ended: float) -> dict[str, int]:
+    """The driver's peak RSS (MiB) in each phase: where its memory goes as
+    the input grows. Phases as in ``phases``; the staging is inside pass 1."""
+    def first(name, after=0.0):
+        return next((c for c in calls if c["fn"] == name and c["start"] >= after), None)
+
+    staged = first("_stage_rows")
+    if staged is None:
+        return {}
+    check = first("_check_exactly_once", staged["end"])
+    spans = {"before_run": (0.0, started), "pass1_before_staging": (started, staged["start"]),
+             "staging": (staged["start"], staged["end"]),
+             "generation_passes": (staged["end"], check["start"] if check else ended),
+             "publish": (check["start"], ended) if check else None}
+    out = {}
+    for name, span in spans.items():
+        if span is None:
+            continue
+        peak = max((rss for t, rss, _ in timeline if span[0] <= t <= span[1]), default=0)
+        out[name] = round(peak / 2**20)
+    return out
+
+
 def machine() -> dict[str, Any]:
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -366,7 +390,7 @@ def _git_commit() -> str | None:
 
 def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: float,
                   num_cpus: int | None, partial: Path | None = None,
-                  pairs_per_block: int | None = None) -> dict[str, Any]:
+                  pairs_per_block: int | None = None, timeline: Path | None = None) -> dict[str, Any]:
     import ray
 
     from factory import pipeline
@@ -404,6 +428,12 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         sampler.stop()
         times.restore()
     wall = ended - started
+    if timeline is not None:  # where in the run the memory goes, second by second
+        timeline.write_text(json.dumps({
+            "rss_mib": [[round(t - started, 1), round(d / 2**20), round(w / 2**20)] for t, d, w in sampler.timeline],
+            "rss_columns": ["seconds", "driver", "workers"],
+            "calls": [[c["fn"], round(c["start"] - started, 1), round(c["end"] - started, 1)] for c in times.calls],
+        }))
     cpu = sampler.cpu_seconds()
     status = result.quality.get("status", {})
     return {
@@ -432,6 +462,7 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         "rows_per_cpu_s": round(result.rows_written / max(cpu["total"], 1e-9), 1),
         "load_avg_1m_mean_during_run": round(sum(sampler.load) / max(1, len(sampler.load)), 1),
         "memory_mib": sampler.peaks_mib(),
+        "driver_peak_mib_by_phase": driver_peak_by_phase(times.calls, sampler.timeline, started, ended),
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -449,6 +480,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pairs-per-block", type=int, default=None,
                         help="Fix the rows per block of the generation pass (default: factory.pipeline.rows_per_block).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this file.")
+    parser.add_argument("--timeline", type=Path, default=None,
+                        help="Write the driver's and workers' RSS every 0.5 s, and the pipeline calls timed, "
+                             "to this JSON file.")
     args = parser.parse_args(argv)
     n = 300 if args.smoke else args.pairs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -458,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         figures = run_benchmark(n, args.cache, output, args.reject_share, args.num_cpus,
                                 partial=args.json.with_suffix(".partial.json") if args.json else None,
-                                pairs_per_block=args.pairs_per_block)
+                                pairs_per_block=args.pairs_per_block, timeline=args.timeline)
     finally:
         if args.output is None:
             shutil.rmtree(output, ignore_errors=True)

@@ -24,7 +24,7 @@ def _run(script: str, tmp_path: Path, *args: str) -> dict:
 
 
 def test_cpu_side_pushes_every_pair_through_the_real_run(tmp_path):
-    figures = _run("cpu_side.py", tmp_path)
+    figures = _run("cpu_side.py", tmp_path, "--timeline", str(tmp_path / "timeline.json"))
     assert figures["pairs"] == 300
     # One pair names one channel: one row each, every row written once.
     assert figures["rows_written"] == 300 and figures["dead_letters"] == 0
@@ -34,6 +34,11 @@ def test_cpu_side_pushes_every_pair_through_the_real_run(tmp_path):
     assert {"pass1_s", "pass2_s", "publish_s"} <= set(figures["seconds"])
     memory = figures["memory_mib"]
     assert memory["driver_peak_rss"] > 0 and memory["workers_peak_rss_sum"] > 0 and memory["samples"] > 0
+    by_phase = figures["driver_peak_mib_by_phase"]
+    assert {"staging", "generation_passes", "publish"} <= set(by_phase)
+    assert max(by_phase.values()) <= memory["driver_peak_rss"]
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    assert len(timeline["rss_mib"]) == memory["samples"] and "_stage_rows" in {c[0] for c in timeline["calls"]}
     assert figures["command"].startswith(".venv/bin/python benchmarks/cpu_side.py")
     assert figures["machine"]["cores"] >= 1 and figures["date"]
 
