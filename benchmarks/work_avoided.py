@@ -74,6 +74,7 @@ def count(inputs: dict[str, str]) -> dict:
     rendered = RenderPrompts(templates)(joined)
     keys = dedup.prompt_keys(joined, users, templates)
     lead = dedup.leaders(joined[C.ROW_ID].to_pylist(), keys)
+    keys = keys.to_pylist()
     prompts = rendered[C.MESSAGES].to_pylist()
     # The key must never join rows whose prompts differ.
     first = {}

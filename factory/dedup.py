@@ -29,47 +29,75 @@ from factory.prompts import USER_FIELDS, PromptTemplate, format_value, language_
 from factory.stages.render import tokens_per_char_factor
 
 
-def profile_signatures(users: pa.Table, fields: frozenset[str]) -> dict[str, str]:
-    """user_id -> digest of what a template with ``fields`` shows of the user
-    (plus the locale, which sets the language and the token cap)."""
+def profile_signatures(users: pa.Table, fields: frozenset[str]) -> pa.Array:
+    """Per row of ``users``: a digest of what a template with ``fields``
+    shows of the user (plus the locale, which sets the language and the
+    token cap). Once per user, not per row: a user has many rows."""
     names = sorted(f for f in fields & USER_FIELDS if f in users.column_names)
     columns = [users[n].to_pylist() for n in names]
-    locales = users[C.LOCALE].to_pylist()
-    out = {}
-    for i, user in enumerate(users[C.USER_ID].to_pylist()):
-        parts = [language_for(locales[i]), str(tokens_per_char_factor(locales[i]))]
+    out = []
+    for i, locale in enumerate(users[C.LOCALE].to_pylist()):
+        parts = [language_for(locale), str(tokens_per_char_factor(locale))]
         parts.extend(format_value(n, col[i]) for n, col in zip(names, columns))
-        out[user] = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
-    return out
+        out.append(hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16])
+    return pa.array(out, pa.string())
 
 
-def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptTemplate]) -> list[str]:
-    """One key per staged row; equal keys mean equal prompts."""
-    signatures = {}
-    by_fields: dict[frozenset, dict[str, str]] = {}
-    for channel, template in templates.items():
-        if template.fields not in by_fields:
-            by_fields[template.fields] = profile_signatures(users, template.fields)
-        signatures[channel] = by_fields[template.fields]
-    keys = []
-    for campaign, user, product, channel, variant in zip(
-            *(rows[c].to_pylist() for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))):
-        template = templates[channel]
-        keys.append("\x1f".join((str(campaign), template.version, str(variant), str(product),
-                                 signatures[channel].get(user, "\x00" + str(user)))))
-    return keys
+class PromptKeys:
+    """Prompt keys for rows of one run: one string per row, equal keys mean
+    equal prompts. Columnar per row; the per-user signatures are computed
+    once per set of template fields and kept, so staging a run in buckets
+    pays for them once."""
+
+    def __init__(self, users: pa.Table, templates: Mapping[str, PromptTemplate]):
+        self._users, self._templates = users, templates
+        self._signatures: dict[frozenset, pa.Array] = {}
+
+    def _signature(self, fields: frozenset) -> pa.Array:
+        if fields not in self._signatures:
+            self._signatures[fields] = profile_signatures(self._users, fields)
+        return self._signatures[fields]
+
+    def __call__(self, rows: pa.Table) -> pa.Array:
+        n = rows.num_rows
+        user_index = pc.index_in(rows[C.USER_ID], value_set=self._users[C.USER_ID])
+        channel = rows[C.CHANNEL]
+        signature = pa.nulls(n, pa.string())
+        version = pa.nulls(n, pa.string())
+        for name in pc.unique(channel).drop_null().to_pylist():
+            template = self._templates[name]  # a staged row's channel always has one
+            here = pc.equal(channel, name)
+            signature = pc.if_else(here, pc.take(self._signature(template.fields), user_index), signature)
+            version = pc.if_else(here, template.version, version)
+        # A user missing from the table (not staged, but keep keys total) is its own key.
+        absent = pc.binary_join_element_wise("", pc.fill_null(rows[C.USER_ID], ""), "\x00")
+        null = pa.scalar("\x00", pa.string())
+        parts = [pc.fill_null(rows[C.CAMPAIGN_ID].cast(pa.string()), null), pc.fill_null(version, null),
+                 pc.fill_null(rows[C.VARIANT].cast(pa.string()), null),
+                 pc.fill_null(rows[C.PRODUCT_ID].cast(pa.string()), null), pc.coalesce(signature, absent)]
+        return _one_array(pc.binary_join_element_wise(*parts, "\x1f"))
 
 
-def leaders(row_ids: list[str], keys: list[str]) -> list[Optional[str]]:
+def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptTemplate]) -> pa.Array:
+    """One key per row; equal keys mean equal prompts."""
+    return PromptKeys(users, templates)(rows)
+
+
+def _one_array(values) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def leaders(row_ids: list[str], keys: pa.Array) -> list[Optional[str]]:
     """For each row, the row id of the first row with the same key, or None
     when the row is that first row itself (it is generated)."""
-    digests = pa.chunked_array([pa.array(key_digests(keys), pa.binary(16))])
-    return leader_ids(pa.chunked_array([pa.array(row_ids, pa.string())]), digests).to_pylist()
+    return leader_ids(pa.chunked_array([pa.array(row_ids, pa.string())]),
+                      pa.chunked_array([key_digests(keys)])).to_pylist()
 
 
-def key_digests(keys: list[str]) -> list[bytes]:
+def key_digests(keys: pa.Array) -> pa.Array:
     """16-byte digests of prompt keys: what the driver keeps per row."""
-    return [hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys]
+    return pa.array([hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys.to_pylist()],
+                    pa.binary(16))
 
 
 def leader_ids(row_ids: pa.ChunkedArray, digests: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -350,14 +351,14 @@ def run(config: JobConfig) -> RunResult:
     # from. Bad pairs become dead letters; servable ones are staged, then
     # turned into the unique rows the run owes. Cheap, so a resumed attempt
     # redoes it (same input, same result).
-    for loc in (attempt.dead_letters, attempt.pairs):
+    for loc in (attempt.dead_letters, attempt.checked):
         delete_dir_if_exists(loc)
     checked = checked_pairs(plan, lookups).map_batches(
         _route_checked, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
                                    "campaign": config.campaign},
         batch_format="pyarrow", num_cpus=light)
     staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape),
-                              "pairs": Sink(attempt.pairs, _staged_pair_shape)}, light, route=C.ROUTE)
+                              "pairs": Sink(attempt.checked, _staged_pair_shape)}, light, route=C.ROUTE)
     _write_lookup_rejects(plan, attempt)
     expected = _stage_rows(plan, attempt)
     staged_files = list_files(attempt.pairs, ".parquet")  # the rows to generate (identical prompts once)
@@ -582,12 +583,83 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
     The first pair in file order keeps each row; a pair left with nothing new
     goes to the dead letters as ``duplicate_pair``. Done on the driver from
     pass 1's output (keys only), so every process of an attempt stages the
-    same rows. Columnar throughout (Python objects only per chunk), so the
-    driver's memory grows with the Arrow data, not with Python lists."""
+    same rows.
+
+    The driver holds one bucket of pairs at a time, whatever the run's size:
+    pairs are split by a hash of the product, and everything staging decides
+    (repeated pairs, identical prompts, rows sharing a prompt prefix) is
+    about rows of one product, so no decision needs two buckets."""
     config = plan.config
-    files = list_files(attempt.pairs, ".parquet")
-    pairs = (pa.concat_tables([read_parquet(attempt.pairs.join(f.base_name)) for f in files])
-             if files else STAGED_PAIR_SCHEMA.empty_table())
+    checked = list_files(attempt.checked, ".parquet")
+    n_pairs = sum(read_parquet(attempt.checked.join(f.base_name), columns=[]).num_rows for f in checked)
+    n_buckets = max(1, -(-n_pairs // STAGE_BUCKET_PAIRS))
+    for loc in (attempt.pairs, attempt.followers, attempt.buckets):
+        delete_dir_if_exists(loc)
+    if n_buckets > 1:
+        _split_by_product(attempt, checked, n_buckets)
+        bucket_files = [(attempt.buckets.join(f"bucket={b:05d}"), None) for b in range(n_buckets)]
+    else:
+        bucket_files = [(attempt.checked, checked)]
+    keys = dedup.PromptKeys(plan.users, plan.templates) if config.dedup_prompts else None
+    owed = reused = 0
+    for bucket, (folder, files) in enumerate(bucket_files):
+        files = list_files(folder, ".parquet") if files is None else files
+        pairs = (pa.concat_tables([read_parquet(folder.join(f.base_name)) for f in files])
+                 if files else STAGED_PAIR_SCHEMA.empty_table())
+        rows, followers = _stage_bucket(pairs, bucket, plan, attempt, keys)
+        owed += rows
+        reused += followers
+        if n_buckets > 1:
+            logger.info("Staged bucket %d of %d: %d pair(s), %d row(s)", bucket + 1, n_buckets, pairs.num_rows, rows)
+    delete_dir_if_exists(attempt.buckets)
+    delete_dir_if_exists(attempt.checked)
+    # Arrow's allocator keeps freed pages for reuse; the generation passes
+    # that follow do not need them, so give them back to the machine.
+    pa.default_memory_pool().release_unused()
+    if reused:
+        logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
+                    "(--no-dedup turns this off)", reused, owed)
+    return owed
+
+
+# Pairs per staging bucket: what bounds the driver's memory while staging
+# (about 1 KB per pair at peak, so ~100 MB per bucket).
+STAGE_BUCKET_PAIRS = 100_000
+
+
+def _split_by_product(attempt: Attempt, checked: list, n_buckets: int) -> None:
+    """Rewrite pass 1's files as one folder per bucket (a stable hash of the
+    product id), reading one file at a time."""
+    for f in checked:
+        table = read_parquet(attempt.checked.join(f.base_name))
+        bucket = _product_buckets(table[C.PRODUCT_ID], n_buckets)
+        order = pc.sort_indices(bucket)
+        table, bucket = table.take(order), bucket.take(order)
+        counts = pc.value_counts(bucket)
+        start = 0
+        for b, n in sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())):
+            write_parquet(attempt.buckets.join(f"bucket={b:05d}", f.base_name), table.slice(start, n))
+            start += n
+
+
+def _product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
+    """crc32(product id) mod n per row: the same in every process (unlike
+    Python's hash), hashed once per distinct product."""
+    if not len(products):
+        return pa.array([], pa.int32())
+    encoded = products.combine_chunks().dictionary_encode()
+    per_value = np.array([zlib.crc32(v.encode()) % n_buckets if v is not None else 0
+                          for v in encoded.dictionary.to_pylist()] + [0], dtype=np.int32)
+    # A null product (never staged: pass 1 dead-letters it) goes to bucket 0.
+    index = encoded.indices.fill_null(len(per_value) - 1).to_numpy(zero_copy_only=False)
+    return pa.array(per_value[index])
+
+
+def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
+                  keys: dedup.PromptKeys | None) -> tuple[int, int]:
+    """Stage one bucket's pairs (see ``_stage_rows``): write its rows to
+    generate, its followers and its duplicate pairs; return (rows, followers)."""
+    config = plan.config
     if pairs.num_rows:
         pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
     owing = _fan_out_rows(pairs, config)
@@ -597,50 +669,38 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
     kept = owing.take(pc.take(first, pc.sort_indices(first)))  # in file order
     owing_pairs = pc.unique(owing[_POS])
     duplicates = owing_pairs.filter(pc.invert(pc.is_in(owing_pairs, value_set=pc.unique(kept[_POS]))))
+    del owing
 
-    delete_dir_if_exists(attempt.pairs)
-    delete_dir_if_exists(attempt.followers)
     rows = kept.select(list(STAGED_ROW_COLUMNS) + [_CAMPAIGN])
     rows = rows.take(dedup.prefix_cache_order(rows, plan.users))
     owed = rows.num_rows
     # The row ids (as JoinProfiles makes them) let a resumed process see
     # which staged rows are still owed without running the join; the prompt
     # keys say which rows would send the engine the same prompt.
-    ids, keys = [], []
-    for start in range(0, owed, _STAGE_CHUNK):
-        chunk = rows.slice(start, _STAGE_CHUNK)
-        ids.append(pa.array([row_id(config.run_id, *key) for key in zip(
-            *(chunk[c].to_pylist() for c in (_CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))],
-            pa.string()))
-        if config.dedup_prompts:
-            resolved = chunk.set_column(chunk.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, chunk[_CAMPAIGN])
-            keys.append(pa.array(dedup.key_digests(dedup.prompt_keys(resolved, plan.users, plan.templates)),
-                                 pa.binary(16)))
-    rows = rows.append_column(C.ROW_ID, pa.chunked_array(ids, pa.string()))
-    if config.dedup_prompts and owed:
-        lead = dedup.leader_ids(rows[C.ROW_ID], pa.chunked_array(keys, pa.binary(16)))
+    rows = rows.append_column(C.ROW_ID, pa.array([row_id(config.run_id, *key) for key in zip(
+        *(rows[c].to_pylist() for c in (_CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))], pa.string()))
+    reused = 0
+    if keys is not None and owed:
+        resolved = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[_CAMPAIGN])
+        lead = dedup.leader_ids(rows[C.ROW_ID], pa.chunked_array([dedup.key_digests(keys(resolved))]))
         reuse = pc.is_valid(lead)
-        followers = (rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[_CAMPAIGN])
-                     .append_column(C.DEDUP_OF, lead).filter(reuse).drop_columns([_CAMPAIGN]))
+        followers = resolved.append_column(C.DEDUP_OF, lead).filter(reuse).drop_columns([_CAMPAIGN])
         rows = rows.filter(pc.invert(reuse))
-        _write_chunks(attempt.followers, followers)
-        if followers.num_rows:
-            logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
-                        "(--no-dedup turns this off)", followers.num_rows, owed)
-    _write_chunks(attempt.pairs, rows.drop_columns([_CAMPAIGN]))
+        reused = followers.num_rows
+        _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
+    _write_chunks(attempt.pairs, rows.drop_columns([_CAMPAIGN]), f"part-{bucket:05d}")
     if len(duplicates):
         dup = pairs.take(duplicates)
-        write_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet"), _dead_letters(
+        write_parquet(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), _dead_letters(
             config.run_id, config.run_date, dup.num_rows,
             **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
             **{C.REASON: pa.array([DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
-    return owed
+    return owed, reused
 
 
 # Internal columns of the staging: the pair's position in file order, the
 # row's position in fan-out order, and the campaign the row is keyed under.
 _POS, _INDEX, _CAMPAIGN = "__pair", "__index", "__campaign"
-_STAGE_CHUNK = 100_000
 
 
 def _fan_out_rows(pairs: pa.Table, config: JobConfig) -> pa.Table:
@@ -678,9 +738,9 @@ def _fan_out_rows(pairs: pa.Table, config: JobConfig) -> pa.Table:
                      _CAMPAIGN: resolved, _POS: at, _INDEX: pa.array(np.arange(len(at), dtype=np.int64))})
 
 
-def _write_chunks(folder: Location, rows: pa.Table) -> None:
+def _write_chunks(folder: Location, rows: pa.Table, prefix: str = "part") -> None:
     for start in range(0, rows.num_rows, ROWS_PER_FILE):
-        write_parquet(folder.join(f"part-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE))
+        write_parquet(folder.join(f"{prefix}-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE))
 
 
 def _dead_letters(run_id: str, run_date, n: int, **columns) -> pa.Table:

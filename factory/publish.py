@@ -8,8 +8,10 @@ until the attempt's manifest exists:
         copies/part-<digest>.parquet        data, deterministic names
         dead_letters/part-<digest>.parquet
         review/review.parquet
-        _work/pairs/part-<digest>.parquet   the rows to generate (deleted at publish)
-        _work/followers/part-NNNNN.parquet  rows that reuse another row's generation (ditto)
+        _work/checked/part-<digest>.parquet pass 1's servable pairs (deleted once staged)
+        _work/buckets/bucket=B/...          the same, split by product (ditto)
+        _work/pairs/part-B-NNNNN.parquet    the rows to generate (deleted at publish)
+        _work/followers/part-B-NNNNN.parquet rows that reuse another row's generation (ditto)
         _work/repair/part-<digest>.parquet  the repair queue (deleted at publish)
         _processes/<start>-<id>.json        one record per process that worked on it
         summary.json
@@ -80,8 +82,18 @@ class Attempt:
         return self.base.join("_work", "repair")
 
     @property
+    def checked(self) -> Location:
+        """Pass 1's servable pairs, with their file and row: what staging reads."""
+        return self.base.join("_work", "checked")
+
+    @property
+    def buckets(self) -> Location:
+        """The checked pairs split by product, so staging holds one bucket at a time."""
+        return self.base.join("_work", "buckets")
+
+    @property
     def pairs(self) -> Location:
-        """The checked, servable pairs the generation passes read."""
+        """The staged rows the generation passes read (one per distinct prompt)."""
         return self.base.join("_work", "pairs")
 
     @property

@@ -80,17 +80,17 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
         C.CAMPAIGN_ID: ["c", "c", "c", "c", "d"],
         C.SOURCE: ["f.parquet"] * 5, C.SOURCE_ROW: pa.array([0, 7, 3, 5, 9], pa.int64()),
     })
-    write_parquet(attempt.pairs.join("part-x.parquet"), staged)
+    write_parquet(attempt.checked.join("part-x.parquet"), staged)
     from factory.prompts import load_templates
 
     users = pa.table({C.USER_ID: ["U1", "U2"], C.LOCALE: ["en-US", "en-US"],
                       "interests": [["tea"], ["hiking"]]})  # different profiles: no prompt is shared
     plan = SimpleNamespace(config=config, users=users, templates=load_templates())
     assert _stage_rows(plan, attempt) == 3  # U1xP1 push+sms, U2xP1 sms
-    rows = read_parquet(attempt.pairs.join("part-00000.parquet")).to_pylist()
+    rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet")).to_pylist()
     assert sorted((r[C.USER_ID], r[C.CHANNEL], r[C.VARIANT]) for r in rows) == [
         ("U1", "push", 0), ("U1", "sms", 0), ("U2", "sms", 0)]
-    dead = read_parquet(attempt.dead_letters.join("part-duplicate-pairs.parquet")).to_pylist()
+    dead = read_parquet(attempt.dead_letters.join("part-duplicate-pairs-00000.parquet")).to_pylist()
     # The repeat (row 7) and the pair whose only channel was already owed (row 3) are dead letters.
     assert sorted((d[C.SOURCE_ROW], d[C.REASON]) for d in dead) == [(3, "duplicate_pair"), (7, "duplicate_pair")]
 
@@ -111,14 +111,61 @@ def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_
                       "interests": [["tea"], ["tea"], ["hiking"]]})  # U1 and U2: one segment
     for dedup_on, generated, followers in ((True, ["U1", "U3"], [("U2", "U1")]), (False, ["U1", "U2", "U3"], [])):
         attempt = Attempt(resolve(str(tmp_path / str(dedup_on))), 1)
-        write_parquet(attempt.pairs.join("part-x.parquet"), staged)
+        write_parquet(attempt.checked.join("part-x.parquet"), staged)
         config = JobConfig(channels=["push"], run_date="2026-11-20", dedup_prompts=dedup_on)
         assert _stage_rows(SimpleNamespace(config=config, users=users, templates=load_templates()), attempt) == 3
-        rows = read_parquet(attempt.pairs.join("part-00000.parquet"))
+        rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet"))
         assert sorted(rows[C.USER_ID].to_pylist()) == generated
         ids = dict(zip(rows[C.USER_ID].to_pylist(), rows[C.ROW_ID].to_pylist()))
-        got = (read_parquet(attempt.followers.join("part-00000.parquet")).to_pylist()
+        got = (read_parquet(attempt.followers.join("part-00000-00000.parquet")).to_pylist()
                if followers else [])
         # The leader is the first row in staged order (sorted: U1 before U2), whatever the input order.
         assert [(f[C.USER_ID], f[C.DEDUP_OF]) for f in got] == [(u, ids[lead]) for u, lead in followers]
 
+
+
+def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, monkeypatch):
+    """The driver stages a big run one product bucket at a time; the rows,
+    their leaders and the duplicate pairs must not depend on the bucketing."""
+    import random
+    from types import SimpleNamespace
+
+    from factory import pipeline
+    from factory.config import JobConfig
+    from factory.prompts import load_templates
+    from factory.publish import Attempt
+    from factory.storage import list_files, read_parquet, write_parquet
+
+    rng = random.Random(5)
+    n = 400
+    staged = pa.table({
+        C.USER_ID: [f"U{rng.randrange(30)}" for _ in range(n)],
+        C.PRODUCT_ID: [f"P{rng.randrange(12)}" for _ in range(n)],
+        C.CHANNEL: [rng.choice([None, "push", "sms"]) for _ in range(n)],
+        C.CAMPAIGN_ID: [rng.choice(["c", "d"]) for _ in range(n)],
+        C.SOURCE: ["f.parquet"] * n, C.SOURCE_ROW: pa.array(range(n), pa.int64()),
+    })
+    # Three segments of ten users: many identical prompts, so leaders matter.
+    users = pa.table({C.USER_ID: [f"U{i}" for i in range(30)], C.LOCALE: ["en-US"] * 30,
+                      "interests": [[f"interest {i % 3}"] for i in range(30)]})
+    plan = SimpleNamespace(config=JobConfig(channels=["push", "sms"], run_date="2026-11-20"), users=users,
+                           templates=load_templates())
+
+    def stage(folder, bucket_pairs):
+        monkeypatch.setattr(pipeline, "STAGE_BUCKET_PAIRS", bucket_pairs)
+        attempt = Attempt(resolve(str(tmp_path / folder)), 1)
+        # Pass 1 writes several files; split them as it would.
+        for k in range(4):
+            write_parquet(attempt.checked.join(f"part-{k}.parquet"), staged.slice(k * 100, 100))
+        owed = pipeline._stage_rows(plan, attempt)
+        read = lambda loc, cols: sorted(tuple(r.values()) for f in list_files(loc, ".parquet")
+                                        for r in read_parquet(loc.join(f.base_name), columns=cols).to_pylist())
+        assert not list_files(attempt.checked) and not list_files(attempt.buckets)  # work files cleared
+        return (owed, read(attempt.pairs, [C.ROW_ID]), read(attempt.followers, [C.ROW_ID, C.DEDUP_OF]),
+                read(attempt.dead_letters, [C.SOURCE_ROW, C.REASON]), len(list_files(attempt.pairs)))
+
+    at_once, in_buckets = stage("one", 1_000), stage("many", 60)
+    assert at_once[4] == 1 and in_buckets[4] > 1  # one bucket, then several
+    assert in_buckets[:4] == at_once[:4]
+    owed, generated, followers, dead, _ = at_once
+    assert owed == len(generated) + len(followers) and followers and dead

@@ -56,7 +56,7 @@ def _rendered(rows, users, products, templates):
 def _assert_keys_match_prompts(rows, users, products, templates):
     """Equal keys must mean equal prompts (else a user would get copy written
     for someone else); return the number of distinct keys."""
-    keys = dedup.prompt_keys(rows, users, templates)
+    keys = dedup.prompt_keys(rows, users, templates).to_pylist()
     rendered = _rendered(rows, users, products, templates)
     by_row = {(r[C.USER_ID], r[C.PRODUCT_ID], r[C.CHANNEL], r[C.VARIANT]): (r[C.MESSAGES], r[C.MAX_TOKENS])
               for r in rendered.to_pylist()}
@@ -88,7 +88,7 @@ def test_a_field_the_template_shows_splits_the_key_and_one_it_does_not_show_does
                              pa.array([["a"], ["a"], ["b"]], pa.list_(pa.string())))
     users = users.set_column(users.column_names.index("age_band"), "age_band", pa.array(["1", "2", "3"]))
     rows = _rows(users, _products().slice(0, 1), channels=("push",))
-    keys = dedup.prompt_keys(rows, users, templates)
+    keys = dedup.prompt_keys(rows, users, templates).to_pylist()
     assert keys[0] == keys[1] != keys[2]
     _assert_keys_match_prompts(rows, users, _products(), templates)
 
@@ -97,10 +97,10 @@ def test_variants_and_campaigns_never_share():
     templates = load_templates()
     users = _segment_users(n_segments=1, per_segment=2)
     rows = _rows(users, _products().slice(0, 1), channels=("push",), variants=2)
-    keys = dedup.prompt_keys(rows, users, templates)
+    keys = dedup.prompt_keys(rows, users, templates).to_pylist()
     assert len(set(keys)) == 2  # two variants, each shared by both users
     other = _rows(users, _products().slice(0, 1), channels=("push",), campaign="d")
-    assert not set(dedup.prompt_keys(other, users, templates)) & set(keys)
+    assert not set(dedup.prompt_keys(other, users, templates).to_pylist()) & set(keys)
 
 
 def test_keys_match_prompts_on_the_sample_data(sample_dir):
