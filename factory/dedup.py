@@ -19,7 +19,7 @@ vLLM's prefix cache serves the shared part once.
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -134,37 +134,67 @@ WORK_COLUMNS = (C.ROW_ID, C.CHANNEL, C.DEDUP_OF, C.NUM_INPUT_TOKENS, C.NUM_OUTPU
 
 
 def work_figures(rows: pa.Table) -> dict:
+    """``work_figures_of`` for one table of published rows."""
+    return work_figures_of(lambda: [rows])
+
+
+def work_figures_of(parts: Callable[[], Iterable[pa.Table]]) -> dict:
     """What the engine did and what it was spared, from the published rows
-    (``WORK_COLUMNS``). Token counts are those of each row's final
-    generation (a repaired row's first draft is not counted)."""
-    reused = pc.is_valid(rows[C.DEDUP_OF])
-    generated = rows.filter(pc.invert(reused))
-    followers = rows.filter(reused)
-    n_gen, n_reused = generated.num_rows, followers.num_rows
-    lead = pc.index_in(followers[C.DEDUP_OF], value_set=generated[C.ROW_ID])
-    saved_in = pc.sum(pc.take(generated[C.NUM_INPUT_TOKENS], lead)).as_py() or 0
-    saved_out = pc.sum(pc.take(generated[C.NUM_OUTPUT_TOKENS], lead)).as_py() or 0
-    prompt_tokens = pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
-    measured = generated.filter(pc.is_valid(generated[C.NUM_CACHED_TOKENS]))
-    cached = pc.sum(measured[C.NUM_CACHED_TOKENS]).as_py() or 0
-    measured_prompt = pc.sum(measured[C.NUM_INPUT_TOKENS]).as_py() or 0
-    per_channel = {}
-    if n_gen:
-        grouped = generated.group_by(C.CHANNEL).aggregate([(C.NUM_INPUT_TOKENS, "mean"),
-                                                           (C.NUM_OUTPUT_TOKENS, "mean")])
-        for row in sorted(grouped.to_pylist(), key=lambda r: r[C.CHANNEL]):
-            per_channel[row[C.CHANNEL]] = {"mean_prompt_tokens": round(row[f"{C.NUM_INPUT_TOKENS}_mean"], 1),
-                                           "mean_output_tokens": round(row[f"{C.NUM_OUTPUT_TOKENS}_mean"], 1)}
+    (``WORK_COLUMNS``), one part (file) at a time: ``parts()`` is read once
+    to add up and, when rows were reused, once more for their leaders'
+    tokens. Token counts are those of each row's final generation (a
+    repaired row's first draft is not counted)."""
+    n_gen = n_reused = prompt_tokens = output_tokens = cached = measured_prompt = measured_rows = 0
+    channel_sums: dict[str, list[int]] = {}  # channel -> [prompt sum, prompt n, output sum, output n]
+    wanted = []
+    for rows in parts():
+        reused = pc.is_valid(rows[C.DEDUP_OF])
+        generated = rows.filter(pc.invert(reused))
+        n_gen += generated.num_rows
+        n_reused += rows.num_rows - generated.num_rows
+        wanted.append(rows[C.DEDUP_OF].filter(reused))
+        prompt_tokens += pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
+        output_tokens += pc.sum(generated[C.NUM_OUTPUT_TOKENS]).as_py() or 0
+        measured = generated.filter(pc.is_valid(generated[C.NUM_CACHED_TOKENS]))
+        measured_rows += measured.num_rows
+        cached += pc.sum(measured[C.NUM_CACHED_TOKENS]).as_py() or 0
+        measured_prompt += pc.sum(measured[C.NUM_INPUT_TOKENS]).as_py() or 0
+        if generated.num_rows:
+            grouped = generated.group_by(C.CHANNEL, use_threads=False).aggregate(
+                [(C.NUM_INPUT_TOKENS, "sum"), (C.NUM_INPUT_TOKENS, "count"),
+                 (C.NUM_OUTPUT_TOKENS, "sum"), (C.NUM_OUTPUT_TOKENS, "count")])
+            for row in grouped.to_pylist():
+                sums = channel_sums.setdefault(row[C.CHANNEL], [0, 0, 0, 0])
+                for k, name in enumerate((f"{C.NUM_INPUT_TOKENS}_sum", f"{C.NUM_INPUT_TOKENS}_count",
+                                          f"{C.NUM_OUTPUT_TOKENS}_sum", f"{C.NUM_OUTPUT_TOKENS}_count")):
+                    sums[k] += row[name] or 0
+    saved_in = saved_out = 0
+    if n_reused:
+        # Each leader's tokens, once per row that reused it.
+        times = pc.value_counts(pa.chunked_array(wanted, pa.string()))
+        leader_ids, uses = times.field("values"), times.field("counts")
+        for rows in parts():
+            at = pc.index_in(rows[C.ROW_ID], value_set=leader_ids)
+            hit = pc.is_valid(at)
+            if not pc.any(hit).as_py():
+                continue
+            n = pc.take(uses, at.filter(hit))
+            saved_in += pc.sum(pc.multiply(rows[C.NUM_INPUT_TOKENS].filter(hit), n)).as_py() or 0
+            saved_out += pc.sum(pc.multiply(rows[C.NUM_OUTPUT_TOKENS].filter(hit), n)).as_py() or 0
+    total = n_gen + n_reused
+    per_channel = {ch: {"mean_prompt_tokens": round(s[0] / s[1], 1) if s[1] else None,
+                        "mean_output_tokens": round(s[2] / s[3], 1) if s[3] else None}
+                   for ch, s in sorted(channel_sums.items(), key=lambda kv: str(kv[0]))}
     return {
         "rows_generated": n_gen,
         "rows_reused": n_reused,
-        "reused_share": round(n_reused / rows.num_rows, 4) if rows.num_rows else 0.0,
+        "reused_share": round(n_reused / total, 4) if total else 0.0,
         "prompt_tokens": prompt_tokens,
-        "output_tokens": pc.sum(generated[C.NUM_OUTPUT_TOKENS]).as_py() or 0,
+        "output_tokens": output_tokens,
         "tokens_saved_by_reuse": {"prompt": saved_in, "output": saved_out},
         # Share of prompt tokens vLLM's prefix cache served, over the rows
         # whose engine reported it (null when none did).
         "prefix_cache_hit_rate": round(cached / measured_prompt, 4) if measured_prompt else None,
-        "prefix_cache_rows_measured": measured.num_rows,
+        "prefix_cache_rows_measured": measured_rows,
         "by_channel": per_channel,
     }

@@ -174,6 +174,8 @@ def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
     assert w["prefix_cache_hit_rate"] == round(96 / 220, 4) and w["prefix_cache_rows_measured"] == 2
     assert w["by_channel"] == {"push": {"mean_prompt_tokens": 110.0, "mean_output_tokens": 15.0},
                                "sms": {"mean_prompt_tokens": 80.0, "mean_output_tokens": 30.0}}
+    # File by file (leaders and followers in different files) gives the same figures.
+    assert dedup.work_figures_of(lambda: [table.slice(3), table.slice(0, 1), table.slice(1, 2)]) == w
     none = dedup.work_figures(_written([{C.ROW_ID: "a", C.CHANNEL: "push", C.DEDUP_OF: None,
                                          C.NUM_INPUT_TOKENS: 5, C.NUM_OUTPUT_TOKENS: 1, C.NUM_CACHED_TOKENS: None}]))
     assert none["prefix_cache_hit_rate"] is None and none["rows_reused"] == 0
