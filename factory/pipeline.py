@@ -375,7 +375,8 @@ def run(config: JobConfig) -> RunResult:
     done = pa.chunked_array(written.chunks + _row_ids(attempt.repair_queue).chunks, pa.string())
     if len(done):
         logger.info("Resuming: %d of %d row(s) already written", len(done), expected)
-    to_generate = _count_missing(_row_ids(attempt.pairs), done)
+    to_generate = (_count_missing(_row_ids(attempt.pairs), done) if len(done)
+                   else sum(f["rows"] for f in _describe(attempt.pairs)))
 
     keys = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
     finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
@@ -404,8 +405,8 @@ def run(config: JobConfig) -> RunResult:
         # The queue may hold rows from an earlier process too; rows already
         # repaired into the copies are skipped.
         queued = [i.path for i in list_files(attempt.repair_queue, ".parquet")]
-        repaired = _row_ids(attempt.copies) if queued else pa.chunked_array([], pa.string())
-        if queued and _count_missing(_row_ids(attempt.repair_queue), repaired):
+        missing, repaired = _written_among(_row_ids(attempt.repair_queue), attempt.copies)
+        if queued and missing:
             progress.phase("repair")
             logger.info("Repairing rejected rows from %d queue file(s)", len(queued))
             retry = ray.data.read_parquet(queued, filesystem=attempt.repair_queue.fs, num_cpus=light)
@@ -423,8 +424,8 @@ def run(config: JobConfig) -> RunResult:
         # copy (after repair) and go through the gate on their own.
         followers = list_files(attempt.followers, ".parquet")
         if followers:
-            written_ids = _row_ids(attempt.copies)
-            if _count_missing(_row_ids(attempt.followers), written_ids):
+            missing, written_ids = _written_among(_row_ids(attempt.followers), attempt.copies)
+            if missing:
                 progress.phase("reuse")
                 reuse = ray.data.read_parquet([f.path for f in followers], filesystem=attempt.followers.fs,
                                               num_cpus=light)
@@ -490,11 +491,11 @@ class _SkipRows:
         return batch.filter(pc.invert(pc.is_in(batch[C.ROW_ID], value_set=self._ids)))
 
 
-def _skip_rows(ds, ids: pa.ChunkedArray, num_cpus: float):
+def _skip_rows(ds, ids: pa.Array, num_cpus: float):
     """``ds`` without the rows whose id is in ``ids`` (sent once to one actor)."""
     import ray
 
-    return ds.map_batches(_SkipRows, fn_constructor_kwargs={"ids": ray.put(ids.combine_chunks())},
+    return ds.map_batches(_SkipRows, fn_constructor_kwargs={"ids": ray.put(ids)},
                           batch_format="pyarrow", num_cpus=num_cpus,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1))
 
@@ -517,6 +518,19 @@ def _row_ids(folder: Location) -> pa.ChunkedArray:
     for info in list_files(folder, ".parquet"):
         chunks.extend(read_parquet(folder.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID].chunks)
     return pa.chunked_array(chunks, pa.string())
+
+
+def _written_among(ids: pa.ChunkedArray, folder: Location) -> tuple[int, pa.Array]:
+    """How many of ``ids`` the Parquet files under ``folder`` lack, and the
+    ones they hold. One file's row ids at a time, so the driver's memory
+    follows ``ids`` (a repair queue, the followers), not a whole run's copies."""
+    ids = ids.combine_chunks()
+    found = np.zeros(len(ids), dtype=bool)
+    if len(ids):
+        for info in list_files(folder, ".parquet"):
+            column = read_parquet(folder.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID]
+            found |= pc.is_in(ids, value_set=column).to_numpy(zero_copy_only=False)
+    return int((~found).sum()), pc.unique(ids.filter(pa.array(found)))
 
 
 def _count_missing(ids: pa.ChunkedArray, present: pa.ChunkedArray) -> int:

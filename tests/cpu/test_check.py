@@ -169,3 +169,16 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, monk
     assert in_buckets[:4] == at_once[:4]
     owed, generated, followers, dead, _ = at_once
     assert owed == len(generated) + len(followers) and followers and dead
+
+
+def test_written_among_counts_what_a_folder_lacks_file_by_file(tmp_path):
+    from factory.pipeline import _written_among
+    from factory.storage import write_parquet
+
+    folder = resolve(str(tmp_path / "copies"))
+    write_parquet(folder.join("part-a.parquet"), pa.table({C.ROW_ID: ["r1", "r2"]}))
+    write_parquet(folder.join("part-b.parquet"), pa.table({C.ROW_ID: ["r5"]}))
+    missing, held = _written_among(pa.chunked_array([["r1", "r3"], ["r5", "r4", "r1"]]), folder)
+    assert missing == 2 and sorted(held.to_pylist()) == ["r1", "r5"]
+    assert _written_among(pa.chunked_array([["r9"]]), resolve(str(tmp_path / "none")))[0] == 1
+    assert _written_among(pa.chunked_array([], pa.string()), folder)[0] == 0
