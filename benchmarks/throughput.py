@@ -1,6 +1,6 @@
 """The factory against bare vLLM and against the tutorial per-row loop, side by side.
 
-    .venv/bin/python benchmarks/throughput.py                 # full: 250 and 1,250 rows (about 20 min here)
+    .venv/bin/python benchmarks/throughput.py                 # full: 250 and 1,250 rows (about 25 min here)
     .venv/bin/python benchmarks/throughput.py --smoke         # tiny sizes: checks the script still runs
 
 Same input rows, same rendered prompts, same bundled model, same sampling
@@ -10,7 +10,11 @@ the driver prints a Markdown table and the ratios.
 
 - bare:     one ``vllm.LLM.generate`` call over all N2 rendered prompts (the
             prompts the pipeline's own join and render stages make). Engine
-            start-up is timed separately; rows/s = N2 / generate time.
+            start-up is timed separately; rows/s = N2 / generate time. Run
+            before and again after the pipeline parts: on a shared host the
+            machine's speed drifts by more than the gap being measured, so the
+            ratio is taken against the mean of the two and the drift is printed
+            (``--bare-once`` skips the second run).
 - pipeline: ``factory.pipeline.run`` on the same pairs (dedup off, repair off:
             the same N2 generations). Engine start-up, Ray start-up, pass 1 and
             publishing are fixed costs, so the steady rate is the marginal one
@@ -175,22 +179,35 @@ def _child(part: str, inputs_dir: Path, rows: int, total: int, extra: list[str])
     return result
 
 
-def report(bare: dict, small: dict, big: dict, hf: dict) -> str:
+def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
     steady_s = big["wall_s"] - small["wall_s"]
     rows = big["rows"] - small["rows"]
     pipe_rows_s = rows / steady_s
     pipe_tok_s = (big["output_tokens"] - small["output_tokens"]) / steady_s
+    # The bare figure the pipeline is compared with: the mean of the runs before and after it.
+    bare = {**bare_runs[0],
+            "rows_per_s": sum(b["rows_per_s"] for b in bare_runs) / len(bare_runs),
+            "output_tokens_per_s": sum(b["output_tokens_per_s"] for b in bare_runs) / len(bare_runs)}
     lines = [
         "| contender | rows | start-up s | steady rows/s | steady output tok/s | vs bare vLLM |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| bare vLLM `LLM.chat`, one call | {bare['rows']} | {bare['startup_s']} | {bare['rows_per_s']:.2f} | "
-        f"{bare['output_tokens_per_s']:.1f} | 1.00 |",
+    ]
+    for label, run in zip(("before", "after"), bare_runs):
+        lines.append(f"| bare vLLM `LLM.chat`, one call ({label} the pipeline) | {run['rows']} | {run['startup_s']} | "
+                     f"{run['rows_per_s']:.2f} | {run['output_tokens_per_s']:.1f} | "
+                     f"{run['rows_per_s'] / bare['rows_per_s']:.2f} |")
+    lines += [
+        f"| bare vLLM, mean | {bare['rows']} | | {bare['rows_per_s']:.2f} | {bare['output_tokens_per_s']:.1f} | 1.00 |",
         f"| factory pipeline (marginal {small['rows']}->{big['rows']} rows) | {big['rows']} | "
         f"{big['wall_s'] - steady_s * big['rows'] / rows:.0f} (fixed costs) | {pipe_rows_s:.2f} | {pipe_tok_s:.1f} | "
         f"{pipe_rows_s / bare['rows_per_s']:.2f} (tok/s {pipe_tok_s / bare['output_tokens_per_s']:.2f}) |",
         f"| HF `model.generate`, one prompt at a time | {hf['rows']} | {hf['startup_s']} | {hf['rows_per_s']:.2f} | "
         f"{hf['output_tokens_per_s']:.1f} | {hf['rows_per_s'] / bare['rows_per_s']:.2f} |",
         "",
+        (f"bare vLLM before / after the pipeline: {bare_runs[0]['rows_per_s']:.2f} / {bare_runs[-1]['rows_per_s']:.2f} "
+         f"rows/s (drift {100 * (bare_runs[-1]['rows_per_s'] / bare_runs[0]['rows_per_s'] - 1):+.1f} %; more than "
+         "a few % means the machine's speed moved during the run)") if len(bare_runs) > 1
+        else "bare vLLM ran once (--bare-once): machine drift is not measured",
         f"pipeline / bare vLLM: {pipe_rows_s / bare['rows_per_s']:.2f}x rows/s "
         f"(target >= 0.90); pipeline / HF loop: {pipe_rows_s / hf['rows_per_s']:.1f}x rows/s (target >= 8)",
         f"prefix-cache hit rate: bare {bare['prefix_cache_hit_rate']}, pipeline {big['prefix_cache_hit_rate']}; "
@@ -227,8 +244,9 @@ def main(args: argparse.Namespace) -> None:
     sets = [a for key, value in args.set for a in ("--set", f"{key}={json.dumps(value)}")]
     small = _child("pipeline", folder, n1, n2, sets)
     big = _child("pipeline", folder, n2, n2, sets)
+    bare_runs = [bare] if args.bare_once else [bare, _child("bare", folder, n2, n2, [])]
     hf = _child("hf", folder, n_hf, n2, [])
-    text = report(bare, small, big, hf)
+    text = report(bare_runs, small, big, hf)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
@@ -241,6 +259,8 @@ if __name__ == "__main__":  # vLLM spawns an engine process: this guard is requi
     parser.add_argument("--hf-rows", dest="hf_rows", type=int, default=40, help="prompts for the per-row loop")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: does the script still run?")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--bare-once", action="store_true",
+                        help="run bare vLLM only before the pipeline, not again after it (faster, blind to drift)")
     parser.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                         help="a pipeline setting for both pipeline runs, as the job's config keys "
                         "(e.g. engine.max_concurrent_batches=16); repeatable")

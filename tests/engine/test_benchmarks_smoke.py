@@ -23,9 +23,11 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
                           env=job_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     parts = _json_lines(done.stdout)
-    assert [p["part"] for p in parts] == ["bare", "pipeline", "pipeline", "hf"]
-    bare, small, big, hf = parts
+    # Bare vLLM before and after the pipeline parts: the drift between them is printed.
+    assert [p["part"] for p in parts] == ["bare", "pipeline", "pipeline", "bare", "hf"]
+    bare, small, big, bare_after, hf = parts
     assert bare["rows"] == 16 and small["rows"] == 8 and big["rows"] == 16 and hf["rows"] == 2
+    assert bare_after["rows"] == 16 and bare_after["output_tokens"] > 0
     assert bare["output_tokens"] > 0 and big["output_tokens"] > small["output_tokens"] > 0
     # The vLLM plugin brought the prefix-cache figure through Ray Data: the
     # channels' shared system text and examples are served from the cache.
@@ -33,6 +35,7 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
     assert set(big["by_channel"]) == {"push", "email_subject", "ad_headline", "sms", "product_blurb"}
     text = table.read_text()
     assert "pipeline / bare vLLM" in text and "HF `model.generate`" in text
+    assert "bare vLLM before / after the pipeline" in text and "drift" in text
 
 
 def test_work_avoided_benchmark_counts_identical_prompts():
