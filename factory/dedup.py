@@ -139,62 +139,81 @@ def work_figures(rows: pa.Table) -> dict:
 
 
 def work_figures_of(parts: Callable[[], Iterable[pa.Table]]) -> dict:
-    """What the engine did and what it was spared, from the published rows
-    (``WORK_COLUMNS``), one part (file) at a time: ``parts()`` is read once
-    to add up and, when rows were reused, once more for their leaders'
-    tokens. Token counts are those of each row's final generation (a
-    repaired row's first draft is not counted)."""
-    n_gen = n_reused = prompt_tokens = output_tokens = cached = measured_prompt = measured_rows = 0
-    channel_sums: dict[str, list[int]] = {}  # channel -> [prompt sum, prompt n, output sum, output n]
-    wanted = []
+    """``WorkTally`` over ``parts()`` (read twice when rows were reused)."""
+    tally = WorkTally()
     for rows in parts():
+        tally.add(rows)
+    return tally.figures(parts)
+
+
+# What the second read needs: a leader's id and its tokens.
+LEADER_COLUMNS = (C.ROW_ID, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS)
+
+
+class WorkTally:
+    """What the engine did and what it was spared, from the published rows
+    (``WORK_COLUMNS``), added up one part (file) at a time. Token counts are
+    those of each row's final generation (a repaired row's first draft is
+    not counted)."""
+
+    def __init__(self) -> None:
+        self.n_gen = self.n_reused = self.prompt_tokens = self.output_tokens = 0
+        self.cached = self.measured_prompt = self.measured_rows = 0
+        self.channel_sums: dict[str, list[int]] = {}  # channel -> [prompt sum, prompt n, output sum, output n]
+        self._wanted: list[pa.Array] = []  # the leader ids reused rows name
+
+    def add(self, rows: pa.Table) -> None:
         reused = pc.is_valid(rows[C.DEDUP_OF])
         generated = rows.filter(pc.invert(reused))
-        n_gen += generated.num_rows
-        n_reused += rows.num_rows - generated.num_rows
-        wanted.append(rows[C.DEDUP_OF].filter(reused))
-        prompt_tokens += pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
-        output_tokens += pc.sum(generated[C.NUM_OUTPUT_TOKENS]).as_py() or 0
+        self.n_gen += generated.num_rows
+        self.n_reused += rows.num_rows - generated.num_rows
+        self._wanted.append(rows[C.DEDUP_OF].filter(reused))
+        self.prompt_tokens += pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
+        self.output_tokens += pc.sum(generated[C.NUM_OUTPUT_TOKENS]).as_py() or 0
         measured = generated.filter(pc.is_valid(generated[C.NUM_CACHED_TOKENS]))
-        measured_rows += measured.num_rows
-        cached += pc.sum(measured[C.NUM_CACHED_TOKENS]).as_py() or 0
-        measured_prompt += pc.sum(measured[C.NUM_INPUT_TOKENS]).as_py() or 0
+        self.measured_rows += measured.num_rows
+        self.cached += pc.sum(measured[C.NUM_CACHED_TOKENS]).as_py() or 0
+        self.measured_prompt += pc.sum(measured[C.NUM_INPUT_TOKENS]).as_py() or 0
         if generated.num_rows:
             grouped = generated.group_by(C.CHANNEL, use_threads=False).aggregate(
                 [(C.NUM_INPUT_TOKENS, "sum"), (C.NUM_INPUT_TOKENS, "count"),
                  (C.NUM_OUTPUT_TOKENS, "sum"), (C.NUM_OUTPUT_TOKENS, "count")])
             for row in grouped.to_pylist():
-                sums = channel_sums.setdefault(row[C.CHANNEL], [0, 0, 0, 0])
+                sums = self.channel_sums.setdefault(row[C.CHANNEL], [0, 0, 0, 0])
                 for k, name in enumerate((f"{C.NUM_INPUT_TOKENS}_sum", f"{C.NUM_INPUT_TOKENS}_count",
                                           f"{C.NUM_OUTPUT_TOKENS}_sum", f"{C.NUM_OUTPUT_TOKENS}_count")):
                     sums[k] += row[name] or 0
-    saved_in = saved_out = 0
-    if n_reused:
-        # Each leader's tokens, once per row that reused it.
-        times = pc.value_counts(pa.chunked_array(wanted, pa.string()))
-        leader_ids, uses = times.field("values"), times.field("counts")
-        for rows in parts():
-            at = pc.index_in(rows[C.ROW_ID], value_set=leader_ids)
-            hit = pc.is_valid(at)
-            if not pc.any(hit).as_py():
-                continue
-            n = pc.take(uses, at.filter(hit))
-            saved_in += pc.sum(pc.multiply(rows[C.NUM_INPUT_TOKENS].filter(hit), n)).as_py() or 0
-            saved_out += pc.sum(pc.multiply(rows[C.NUM_OUTPUT_TOKENS].filter(hit), n)).as_py() or 0
-    total = n_gen + n_reused
-    per_channel = {ch: {"mean_prompt_tokens": round(s[0] / s[1], 1) if s[1] else None,
-                        "mean_output_tokens": round(s[2] / s[3], 1) if s[3] else None}
-                   for ch, s in sorted(channel_sums.items(), key=lambda kv: str(kv[0]))}
-    return {
-        "rows_generated": n_gen,
-        "rows_reused": n_reused,
-        "reused_share": round(n_reused / total, 4) if total else 0.0,
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "tokens_saved_by_reuse": {"prompt": saved_in, "output": saved_out},
-        # Share of prompt tokens vLLM's prefix cache served, over the rows
-        # whose engine reported it (null when none did).
-        "prefix_cache_hit_rate": round(cached / measured_prompt, 4) if measured_prompt else None,
-        "prefix_cache_rows_measured": measured_rows,
-        "by_channel": per_channel,
-    }
+
+    def figures(self, leaders: Callable[[], Iterable[pa.Table]]) -> dict:
+        """The figures; ``leaders()`` (the same parts, ``LEADER_COLUMNS``
+        suffice) is read only when rows were reused, for their leaders' tokens."""
+        saved_in = saved_out = 0
+        if self.n_reused:
+            # Each leader's tokens, once per row that reused it.
+            times = pc.value_counts(pa.chunked_array(self._wanted, pa.string()))
+            leader_ids, uses = times.field("values"), times.field("counts")
+            for rows in leaders():
+                at = pc.index_in(rows[C.ROW_ID], value_set=leader_ids)
+                hit = pc.is_valid(at)
+                if not pc.any(hit).as_py():
+                    continue
+                n = pc.take(uses, at.filter(hit))
+                saved_in += pc.sum(pc.multiply(rows[C.NUM_INPUT_TOKENS].filter(hit), n)).as_py() or 0
+                saved_out += pc.sum(pc.multiply(rows[C.NUM_OUTPUT_TOKENS].filter(hit), n)).as_py() or 0
+        total = self.n_gen + self.n_reused
+        per_channel = {ch: {"mean_prompt_tokens": round(s[0] / s[1], 1) if s[1] else None,
+                            "mean_output_tokens": round(s[2] / s[3], 1) if s[3] else None}
+                       for ch, s in sorted(self.channel_sums.items(), key=lambda kv: str(kv[0]))}
+        return {
+            "rows_generated": self.n_gen,
+            "rows_reused": self.n_reused,
+            "reused_share": round(self.n_reused / total, 4) if total else 0.0,
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens_saved_by_reuse": {"prompt": saved_in, "output": saved_out},
+            # Share of prompt tokens vLLM's prefix cache served, over the rows
+            # whose engine reported it (null when none did).
+            "prefix_cache_hit_rate": round(self.cached / self.measured_prompt, 4) if self.measured_prompt else None,
+            "prefix_cache_rows_measured": self.measured_rows,
+            "by_channel": per_channel,
+        }

@@ -608,9 +608,9 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
     (repeated pairs, identical prompts, rows sharing a prompt prefix) is
     about rows of one product, so no decision needs two buckets."""
     config = plan.config
-    checked = list_files(attempt.checked, ".parquet")
-    n_pairs = sum(read_parquet(attempt.checked.join(f.base_name), columns=[]).num_rows for f in checked)
-    n_buckets = max(1, -(-n_pairs // STAGE_BUCKET_PAIRS))
+    described = _describe(attempt.checked)
+    checked = [f["file"] for f in described]
+    n_buckets = max(1, -(-sum(f["rows"] for f in described) // STAGE_BUCKET_PAIRS))
     for loc in (attempt.pairs, attempt.followers, attempt.buckets):
         delete_dir_if_exists(loc)
     if n_buckets > 1:
@@ -620,10 +620,10 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
         bucket_files = [(attempt.checked, checked)]
     keys = dedup.PromptKeys(plan.users, plan.templates) if config.dedup_prompts else None
     owed = reused = 0
-    for bucket, (folder, files) in enumerate(bucket_files):
-        files = list_files(folder, ".parquet") if files is None else files
-        pairs = (pa.concat_tables([read_parquet(folder.join(f.base_name)) for f in files])
-                 if files else STAGED_PAIR_SCHEMA.empty_table())
+    for bucket, (folder, names) in enumerate(bucket_files):
+        names = [i.base_name for i in list_files(folder, ".parquet")] if names is None else names
+        pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
+                 if names else STAGED_PAIR_SCHEMA.empty_table())
         rows, followers = _stage_bucket(pairs, bucket, plan, attempt, keys)
         owed += rows
         reused += followers
@@ -645,18 +645,18 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
 STAGE_BUCKET_PAIRS = 100_000
 
 
-def _split_by_product(attempt: Attempt, checked: list, n_buckets: int) -> None:
-    """Rewrite pass 1's files as one folder per bucket (a stable hash of the
-    product id), reading one file at a time."""
-    for f in checked:
-        table = read_parquet(attempt.checked.join(f.base_name))
+def _split_by_product(attempt: Attempt, checked: list[str], n_buckets: int) -> None:
+    """Rewrite pass 1's files (``checked``: their names) as one folder per
+    bucket (a stable hash of the product id), reading one file at a time."""
+    for name in checked:
+        table = read_parquet(attempt.checked.join(name))
         bucket = _product_buckets(table[C.PRODUCT_ID], n_buckets)
         order = pc.sort_indices(bucket)
         table, bucket = table.take(order), bucket.take(order)
         counts = pc.value_counts(bucket)
         start = 0
         for b, n in sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())):
-            write_parquet(attempt.buckets.join(f"bucket={b:05d}", f.base_name), table.slice(start, n))
+            write_parquet(attempt.buckets.join(f"bucket={b:05d}", name), table.slice(start, n))
             start += n
 
 
@@ -845,11 +845,14 @@ def _write_review_queue(plan: Plan, attempt: Attempt, files: list[dict[str, Any]
 
 def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, Any]],
                dead_reasons: pa.ChunkedArray, seconds: float, review: dict[str, Any]) -> RunResult:
-    # Verdicts and engine work are added up one file at a time: the driver's
-    # memory does not grow with the run.
-    tally = QualityTally()
+    # Verdicts and engine work are added up one file at a time, from one read
+    # of each file: the driver's memory does not grow with the run.
+    tally, work = QualityTally(), dedup.WorkTally()
     for f in files:
-        tally.add(read_parquet(attempt.copies.join(f["file"]), columns=list(VERDICT_COLUMNS)))
+        rows = read_parquet(attempt.copies.join(f["file"]), columns=list(dict.fromkeys(VERDICT_COLUMNS
+                                                                                     + dedup.WORK_COLUMNS)))
+        tally.add(rows.select(list(VERDICT_COLUMNS)))
+        work.add(rows)
     quality = tally.summary()
     quality["review_queue"] = review
     # Corpus figures need the text: read whole files (named by a hash of
@@ -860,8 +863,8 @@ def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, 
     quality["corpus"]["files_measured"] = f"{len(sample)} of {len(files)}"
     del corpus_rows
 
-    work = dedup.work_figures_of(lambda: (read_parquet(attempt.copies.join(f["file"]), columns=list(dedup.WORK_COLUMNS))
-                                          for f in files))
+    work_figures = work.figures(lambda: (read_parquet(attempt.copies.join(f["file"]),
+                                                      columns=list(dedup.LEADER_COLUMNS)) for f in files))
     by_reason = dict(zip(*_value_counts(dead_reasons)))
     # One accepted sample per channel from the head of the first file: cheap at any size.
     samples, seen = [], set()
@@ -877,7 +880,7 @@ def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, 
         dead_letters=len(dead_reasons), rows_by_channel=tally.rows_by_channel(), dead_letters_by_reason=by_reason,
         samples=samples, seconds=round(seconds, 1),
         files=[{"path": f"copies/{f['file']}", "rows": f["rows"], "bytes": f["bytes"]} for f in files],
-        quality=quality, work=work,
+        quality=quality, work=work_figures,
     )
 
 
