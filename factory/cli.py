@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                      default=None)
     eng.add_argument("--engine-kwargs", dest="engine.engine_kwargs", type=_json_object,
                      help="JSON object passed straight to vLLM, e.g. '{\"max_num_seqs\": 128}'.")
+    eng.add_argument("--ray-dashboard", dest="ray_dashboard", action=argparse.BooleanOptionalAction, default=None,
+                     help="Start Ray's dashboard with a local Ray (off by default; a cluster keeps its own).")
     return p
 
 

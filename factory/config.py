@@ -201,6 +201,11 @@ class JobConfig(_Strict):
         description="CPUs reserved per light CPU task (join, render, finalize). Small so they fit "
         "beside the engine on a small node.",
     )
+    ray_dashboard: bool = Field(
+        default=False,
+        description="Start Ray's dashboard with the local Ray the job starts when it finds no cluster. Off by "
+        "default: on a small node its processes take CPU from the engine. A cluster the job joins (ray job "
+        "submit, ray start) keeps its own dashboard either way.")
     dry_run: bool = Field(
         default=False,
         description="Validate config and inputs, count the rows each campaign and channel owes, estimate "

@@ -46,6 +46,7 @@ from factory.facts.extract import NO_FACTS, attach_facts
 from factory.prompts import PromptTemplate, apply_brand_voice, load_templates
 from factory.quality.metrics import corpus_figures
 from factory.quality.summary import VERDICT_COLUMNS, QualityTally
+from factory.ray_session import start_or_join
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.generate import concurrent_batches
@@ -322,9 +323,7 @@ def run(config: JobConfig) -> RunResult:
     logger.info("%s attempt %d of run %s at %s", "Resuming" if state.action == "resume" else "Starting",
                 attempt.number, config.run_id, attempt.base.uri)
 
-    if not ray.is_initialized():
-        # Under `ray job submit` this joins the cluster; otherwise it starts a local Ray.
-        ray.init(log_to_driver=True)
+    start_or_join(dashboard=config.ray_dashboard)  # joins the cluster under `ray job submit`
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # The V2 Parquet reader lists files in a task that always asks for a whole

@@ -365,12 +365,10 @@ def _resolve_device(engine: EngineConfig, device: str) -> str:
     once there is something to extract, so a run that reuses everything needs no Ray."""
     if device != "auto":
         return device
-    import ray
-
+    from factory.ray_session import start_or_join
     from factory.stages.generate import detect_device
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    start_or_join()
     return detect_device(engine.model_copy(update={"device": "auto"}))
 
 

@@ -40,6 +40,7 @@ from factory import inputs
 from factory.profiles import events as E
 from factory.profiles.aggregate import (LOYALTY_TIER, ProfileSettings, UserFacts, build_profile, catalog_facts,
                                         profiles_table)
+from factory.ray_session import start_or_join
 from factory.storage import DEFAULT_MAX_ATTEMPTS, Location, list_files, put_bytes, resolve, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -197,8 +198,7 @@ def run(config: ProfileJobConfig) -> BuildResult:
 
     started = time.time()
     plan = prepare(config)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    start_or_join()
     ctx = ray.data.DataContext.get_current()
     # See factory.pipeline: the V1 Parquet path honours num_cpus on small nodes.
     ctx.use_datasource_v2 = False
