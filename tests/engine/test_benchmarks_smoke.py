@@ -28,6 +28,10 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
     bare, small, big, bare_after, hf = parts
     assert bare["rows"] == 16 and small["rows"] == 8 and big["rows"] == 16 and hf["rows"] == 2
     assert bare_after["rows"] == 16 and bare_after["output_tokens"] > 0
+    # Bare is also timed over the first N1 prompts: the pipeline's marginal, on the same rows.
+    # (At 8 and 16 rows one long reply can decide both timings: then there is no marginal.)
+    assert bare["small_rows"] == 8 and bare["small_generate_s"] > 0
+    assert bare["marginal_rows_per_s"] is None or bare["marginal_rows_per_s"] > 0
     assert bare["output_tokens"] > 0 and big["output_tokens"] > small["output_tokens"] > 0
     # The vLLM plugin brought the prefix-cache figure through Ray Data: the
     # channels' shared system text and examples are served from the cache.
@@ -36,6 +40,9 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
     text = table.read_text()
     assert "pipeline / bare vLLM" in text and "HF `model.generate`" in text
     assert "bare vLLM before / after the pipeline" in text and "drift" in text
+    ratios = json.loads(text.split("RATIOS ", 1)[1].splitlines()[0])
+    assert set(ratios) == {"one_call_rows", "one_call_tokens", "marginal_rows", "marginal_tokens", "hf"}
+    assert ratios["one_call_rows"] > 0 and ratios["one_call_tokens"] > 0 and ratios["hf"] > 0
 
 
 def test_work_avoided_benchmark_counts_identical_prompts():
