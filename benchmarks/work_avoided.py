@@ -63,16 +63,21 @@ def count(inputs: dict[str, str]) -> dict:
 
     from factory import columns as C
     from factory import dedup
+    from factory.config import build_config
     from factory.model import ensure_bundled_model
-    from factory.prompts import load_templates
+    from factory.pipeline import prepare
     from factory.stages.join import JoinProfiles
     from factory.stages.render import RenderPrompts
 
-    templates = load_templates()
-    users, products = pq.read_table(inputs["users"]), pq.read_table(inputs["products"])
-    joined = JoinProfiles(users, products, list(templates), list(templates), 1, None)(pq.read_table(inputs["pairs"]))
-    rendered = RenderPrompts(templates)(joined)
-    keys = dedup.prompt_keys(joined, users, templates)
+    # The job's own prepare: its templates and lookup tables, with the
+    # catalog's facts on each product, as the prompts the engine would get.
+    config = build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"], "products": inputs["products"],
+                               "output": tempfile.mkdtemp(prefix="bench-dedup-plan-")})
+    plan = prepare(config)
+    joined = JoinProfiles(plan.users, plan.products, config.channels, list(plan.templates), config.variants,
+                          config.campaign, config.run_id)(pq.read_table(inputs["pairs"]))
+    rendered = RenderPrompts(plan.templates)(joined)
+    keys = dedup.prompt_keys(joined, plan.users, plan.templates)
     lead = dedup.leaders(joined[C.ROW_ID].to_pylist(), keys)
     keys = keys.to_pylist()
     prompts = rendered[C.MESSAGES].to_pylist()
