@@ -88,15 +88,10 @@ def rendered(inputs: dict[str, str], rows: int):
     join and render stages."""
     import pyarrow.parquet as pq
 
-    from factory.pipeline import prepare
-    from factory.stages.join import JoinProfiles
-    from factory.stages.render import RenderPrompts
+    from factory.pipeline import prepare, prompt_stages
 
-    config = job_config(inputs, rows, tempfile.mkdtemp(prefix="bench-rendered-"))
-    plan = prepare(config)
-    join = JoinProfiles(plan.users, plan.products, config.channels, list(plan.templates), config.variants,
-                        config.campaign, config.run_id)
-    return RenderPrompts(plan.templates, config.engine.max_tokens)(join(pq.read_table(inputs["pairs"]).slice(0, rows)))
+    join, render = prompt_stages(prepare(job_config(inputs, rows, tempfile.mkdtemp(prefix="bench-rendered-"))))
+    return render(join(pq.read_table(inputs["pairs"]).slice(0, rows)))
 
 
 def sampling():

@@ -65,18 +65,16 @@ def count(inputs: dict[str, str]) -> dict:
     from factory import dedup
     from factory.config import build_config
     from factory.model import ensure_bundled_model
-    from factory.pipeline import prepare
-    from factory.stages.join import JoinProfiles
-    from factory.stages.render import RenderPrompts
+    from factory.pipeline import prepare, prompt_stages
 
-    # The job's own prepare: its templates and lookup tables, with the
-    # catalog's facts on each product, as the prompts the engine would get.
-    config = build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"], "products": inputs["products"],
-                               "output": tempfile.mkdtemp(prefix="bench-dedup-plan-")})
-    plan = prepare(config)
-    joined = JoinProfiles(plan.users, plan.products, config.channels, list(plan.templates), config.variants,
-                          config.campaign, config.run_id)(pq.read_table(inputs["pairs"]))
-    rendered = RenderPrompts(plan.templates)(joined)
+    # The job's own prepare and stages: its templates and lookup tables, with
+    # the catalog's facts on each product, as the prompts the engine would get.
+    plan = prepare(build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"],
+                                     "products": inputs["products"],
+                                     "output": tempfile.mkdtemp(prefix="bench-dedup-plan-")}))
+    join, render = prompt_stages(plan)
+    joined = join(pq.read_table(inputs["pairs"]))
+    rendered = render(joined)
     keys = dedup.prompt_keys(joined, plan.users, plan.templates)
     lead = dedup.leaders(joined[C.ROW_ID].to_pylist(), keys)
     keys = keys.to_pylist()

@@ -311,6 +311,16 @@ def joined_dataset(plan: Plan, lookups: dict[str, Any], staged: list, folder: Lo
     )
 
 
+def prompt_stages(plan: Plan) -> tuple[JoinProfiles, RenderPrompts]:
+    """The run's join and render stages, built as ``run`` builds them, to call
+    on the driver without Ray: ``render(join(pairs))`` are the prompts the
+    engine would get (the benchmarks compare contenders on exactly these)."""
+    config = plan.config
+    return (JoinProfiles(plan.users, plan.products, config.channels, list(plan.templates), config.variants,
+                         config.campaign, config.run_id),
+            RenderPrompts(plan.templates, config.engine.max_tokens))
+
+
 def run(config: JobConfig) -> RunResult:
     import ray
 
