@@ -46,7 +46,7 @@ from factory.facts.extract import NO_FACTS, attach_facts
 from factory.prompts import PromptTemplate, apply_brand_voice, load_templates
 from factory.quality.metrics import corpus_figures
 from factory.quality.summary import VERDICT_COLUMNS, QualityTally
-from factory.ray_session import start_or_join
+from factory.ray_session import engine_paced_scheduling, start_or_join
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.generate import concurrent_batches
@@ -405,9 +405,11 @@ def run(config: JobConfig) -> RunResult:
             generate = build_generate_stage(config.engine, plan.model_source, device,
                                             keys + [C.MESSAGES, C.STOP, "brand"], light)
             first = _gate(generate(rendered), plan, lookups, attempt=1, counter=progress.counter)
-            written = _write(first, {C.ROUTE_COPIES: copies,
-                                     C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
-                             light, route=C.ROUTE, rows_per_file=config.rows_per_file)
+            # A CPU engine sets the pace (factory/ray_session.py); a stand-in engine may not say.
+            with engine_paced_scheduling(getattr(generate, "shares_cores_with_ray", False)):
+                written = _write(first, {C.ROUTE_COPIES: copies,
+                                         C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
+                                 light, route=C.ROUTE, rows_per_file=config.rows_per_file)
             generated = first_drafts = sum(w["rows"] for w in written)
 
         # Pass 3: one more draw for each rejected row, told why the first failed.
@@ -426,8 +428,9 @@ def run(config: JobConfig) -> RunResult:
             regenerate = build_generate_stage(engine, plan.model_source, device,
                                               keys + [C.FIRST_ATTEMPT_REASONS], light)
             second = _gate(regenerate(retry), plan, lookups, attempt=2, counter=progress.counter)
-            generated += sum(w["rows"] for w in _write(second, {C.ROUTE_COPIES: copies}, light,
-                                                       rows_per_file=config.rows_per_file))
+            with engine_paced_scheduling(getattr(regenerate, "shares_cores_with_ray", False)):
+                generated += sum(w["rows"] for w in _write(second, {C.ROUTE_COPIES: copies}, light,
+                                                           rows_per_file=config.rows_per_file))
 
         # Pass 4: rows whose prompt equals a generated row's take its final
         # copy (after repair) and go through the gate on their own.

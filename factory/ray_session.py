@@ -1,4 +1,5 @@
-"""Joining or starting Ray, the same way for every job.
+"""Joining or starting Ray, the same way for every job, and keeping Ray's own
+upkeep small while the engine works.
 
 Under ``ray job submit`` (or with ``RAY_ADDRESS`` set, or after ``ray start``
 on this machine) ``ray.init`` joins that cluster and its own settings apply,
@@ -7,23 +8,114 @@ one starts without Ray's dashboard unless asked: the dashboard is ten Python
 processes, and on a 2-core node the engine got about 2 % less CPU beside them
 (benchmarks/RESULTS.md, section 1). The job's own progress log and run report
 say what a person on call needs.
+
+On a node where the engine shares the CPU cores with Ray (the CPU engine;
+vLLM's scheduler and detokenizer on a GPU node), every CPU-second Ray spends
+on upkeep is one the engine waits for. Two such costs are ours to trim
+(measured on 2 cores, CPU-seconds per 120 s of steady generation; the model
+worker had about 215 of 240):
+
+- Ray Data's executor on the driver checks its tasks every 100 ms. While a
+  CPU engine sets the pace (a batch of rows takes seconds, and twice the
+  engine's sequence slots are queued) twice a second is enough: the driver
+  then spent 2.6 instead of 5.5 (``engine_paced_scheduling``). Not for a GPU
+  engine: there the CPU side must feed the engine as fast as it can, and with
+  an instant stand-in engine (``benchmarks/cpu_side.py``, 200k pairs) the
+  slower checks cost 10 % of the rows/s.
+- Ray LLM starts a usage-telemetry actor when it builds a processor, records
+  the processor's settings in it once, and leaves it idle: an idle Ray actor
+  still wakes 100 times a second, about 1.0. On a local Ray this job started,
+  nobody else can use it, so it is stopped once the processor is built
+  (``release_llm_telemetry_actor``). On a shared cluster it is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from typing import Iterator
 
 logger = logging.getLogger(__name__)
+
+# How often Ray Data's executor checks on its tasks while an engine pass runs.
+ENGINE_PASS_POLL_SECONDS = 0.5
+
+_started_here = False
 
 
 def start_or_join(dashboard: bool = False) -> None:
     """``ray.init`` once per process. ``dashboard`` only matters for a local Ray
     this call starts: Ray ignores ``include_dashboard`` when joining a cluster."""
+    global _started_here
     import ray
 
     if ray.is_initialized():
         return
     context = ray.init(log_to_driver=True, include_dashboard=dashboard)
+    # ray.init makes a head node object only when it starts the cluster itself
+    # (a private detail: should it move, the job counts as having joined).
+    node = getattr(sys.modules.get("ray._private.worker"), "_global_node", None)
+    _started_here = bool(getattr(node, "head", False))
     if not context.dashboard_url:
         logger.info("Ray's dashboard is off. A local Ray the job starts has none unless asked (--ray-dashboard); "
                     "or start Ray first with `ray start --head` and the job joins it.")
+
+
+def started_here() -> bool:
+    """Whether this process started the Ray it is connected to (a local Ray
+    only this job uses), as opposed to joining a cluster."""
+    return _started_here
+
+
+def release_llm_telemetry_actor() -> bool:
+    """Stop Ray LLM's idle usage-telemetry actor on a Ray this job started.
+
+    Ray LLM records a processor's settings when it builds it (as usage tags
+    kept by Ray, which outlive the actor) and does not call the actor again
+    during the run. Returns whether an actor was stopped."""
+    if not _started_here:
+        return False
+    import ray
+
+    try:
+        from ray.llm._internal.batch.observability.usage_telemetry import usage
+
+        actor = ray.get_actor(usage.LLM_BATCH_TELEMETRY_ACTOR_NAME, namespace=usage.LLM_BATCH_TELEMETRY_NAMESPACE)
+    except Exception:  # another Ray version, or no such actor: nothing to do
+        return False
+    ray.kill(actor)
+    logger.debug("Stopped Ray LLM's idle telemetry actor on this job's local Ray")
+    return True
+
+
+@contextlib.contextmanager
+def engine_paced_scheduling(enabled: bool = True, poll_seconds: float = ENGINE_PASS_POLL_SECONDS) -> Iterator[None]:
+    """Within the block, Ray Data's executor checks on its tasks every
+    ``poll_seconds`` instead of every 100 ms (when ``enabled``: for an engine
+    that shares the CPU cores with Ray).
+
+    Ray Data waits on its running tasks with a fixed timeout (a module
+    constant, ``WAIT_FOR_TASK_COMPLETION_TIMEOUT_S``). An engine batch runs
+    for seconds, so the executor almost always waits the whole timeout and
+    wakes only to find little changed. A Ray without the constant is left as
+    it is (``tests/cpu/test_ray_session.py`` fails on such an upgrade, so it
+    is seen)."""
+    if not enabled:
+        yield
+        return
+    name = "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"
+    try:
+        from ray.data._internal.execution import streaming_executor_state as executor_state
+    except ImportError:
+        executor_state = None
+    previous = getattr(executor_state, name, None)
+    if not isinstance(previous, (int, float)):
+        logger.debug("Ray Data has no %s: its executor keeps its own pace", name)
+        yield
+        return
+    setattr(executor_state, name, max(previous, poll_seconds))
+    try:
+        yield
+    finally:
+        setattr(executor_state, name, previous)

@@ -299,6 +299,7 @@ def run_engine(todo: pa.Table, engine: EngineConfig, model_source: str, device: 
     import ray
     from ray.data.llm import build_processor
 
+    from factory.ray_session import engine_paced_scheduling, release_llm_telemetry_actor
     from factory.stages.generate import build_processor_config
 
     requests = _request_rows(todo)
@@ -312,10 +313,12 @@ def run_engine(todo: pa.Table, engine: EngineConfig, model_source: str, device: 
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,
     )
+    release_llm_telemetry_actor()
     ds = processor(ray.data.from_arrow(blocks))
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        if batch.num_rows:
-            yield batch
+    with engine_paced_scheduling(device == "cpu"):
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            if batch.num_rows:
+                yield batch
 
 
 # --- The whole step ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from factory import columns as C
 from factory.config import EngineConfig
+from factory.ray_session import release_llm_telemetry_actor
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +146,18 @@ def build_generate_stage(engine: EngineConfig, model_source: str, device: str,
     logger.info("Engine: %s on %s, %d replica(s), engine_kwargs=%s", model_source, device,
                 engine.replicas, config.engine_kwargs)
     light = {"num_cpus": cpu_stage_num_cpus}
-    return build_processor(
+    processor = build_processor(
         config,
         preprocess=functools.partial(to_request, temperature=engine.temperature, top_p=engine.top_p),
         postprocess=functools.partial(from_response, passthrough=tuple(passthrough) + (C.MAX_TOKENS,)),
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,
     )
+    release_llm_telemetry_actor()  # idle from here on; see factory/ray_session.py
+    # A CPU engine shares the node's cores with Ray: while it runs, the
+    # pipeline lets Ray Data's executor check on tasks less often (ray_session.py).
+    processor.shares_cores_with_ray = device == "cpu"
+    return processor
 
 
 # --- Prefix-cache figures -------------------------------------------------------
