@@ -119,3 +119,5 @@ def test_engine_paced_scheduling_slows_the_executor_poll_and_restores_it():
                 raise RuntimeError("a failing pass")
         assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == ENGINE_PASS_POLL_SECONDS
     assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == before
+    with engine_paced_scheduling(enabled=False):  # a GPU engine keeps Ray Data's own pace
+        assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == before
