@@ -90,7 +90,7 @@ def release_llm_telemetry_actor() -> bool:
 
 
 @contextlib.contextmanager
-def engine_paced_scheduling(enabled: bool = True, poll_seconds: float = ENGINE_PASS_POLL_SECONDS) -> Iterator[None]:
+def engine_paced_scheduling(enabled: bool = True, *, poll_seconds: float = ENGINE_PASS_POLL_SECONDS) -> Iterator[None]:
     """Within the block, Ray Data's executor checks on its tasks every
     ``poll_seconds`` instead of every 100 ms (when ``enabled``: for an engine
     that shares the CPU cores with Ray).

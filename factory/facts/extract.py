@@ -297,25 +297,21 @@ def run_engine(todo: pa.Table, engine: EngineConfig, model_source: str, device: 
                cpu_stage_num_cpus: float = 0.25, max_tokens: int = MAX_TOKENS) -> Iterator[pa.Table]:
     """Checked rows (product_id, content_hash, status, facts, reason, dropped), batch by batch."""
     import ray
-    from ray.data.llm import build_processor
 
-    from factory.ray_session import engine_paced_scheduling, release_llm_telemetry_actor
-    from factory.stages.generate import build_processor_config
+    from factory.ray_session import engine_paced_scheduling
+    from factory.stages.generate import build_engine_processor, build_processor_config
 
     requests = _request_rows(todo)
     blocks = [requests.slice(i, ROWS_PER_BLOCK) for i in range(0, requests.num_rows, ROWS_PER_BLOCK)]
     config = build_processor_config(facts_engine(engine), model_source, device, cpu_stage_num_cpus)
-    light = {"num_cpus": cpu_stage_num_cpus}
-    processor = build_processor(
-        config,
+    processor = build_engine_processor(
+        config, device,
         preprocess=functools.partial(_to_request, schema_text=engine_json_schema_text(), max_tokens=max_tokens),
         postprocess=functools.partial(_from_response, max_tokens=max_tokens),
-        preprocess_map_kwargs=light,
-        postprocess_map_kwargs=light,
+        cpu_stage_num_cpus=cpu_stage_num_cpus,
     )
-    release_llm_telemetry_actor()
     ds = processor(ray.data.from_arrow(blocks))
-    with engine_paced_scheduling(device == "cpu"):
+    with engine_paced_scheduling(processor.shares_cores_with_ray):
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             if batch.num_rows:
                 yield batch

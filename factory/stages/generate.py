@@ -140,22 +140,29 @@ def from_response(row: dict[str, Any], passthrough: Sequence[str]) -> dict[str, 
 def build_generate_stage(engine: EngineConfig, model_source: str, device: str,
                          passthrough: Sequence[str], cpu_stage_num_cpus: float):
     """A callable ``Dataset -> Dataset`` that generates one copy per row."""
-    from ray.data.llm import build_processor
-
     config = build_processor_config(engine, model_source, device, cpu_stage_num_cpus)
     logger.info("Engine: %s on %s, %d replica(s), engine_kwargs=%s", model_source, device,
                 engine.replicas, config.engine_kwargs)
-    light = {"num_cpus": cpu_stage_num_cpus}
-    processor = build_processor(
-        config,
+    return build_engine_processor(
+        config, device,
         preprocess=functools.partial(to_request, temperature=engine.temperature, top_p=engine.top_p),
         postprocess=functools.partial(from_response, passthrough=tuple(passthrough) + (C.MAX_TOKENS,)),
-        preprocess_map_kwargs=light,
-        postprocess_map_kwargs=light,
+        cpu_stage_num_cpus=cpu_stage_num_cpus,
     )
-    release_llm_telemetry_actor()  # idle from here on; see factory/ray_session.py
-    # A CPU engine shares the node's cores with Ray: while it runs, the
-    # pipeline lets Ray Data's executor check on tasks less often (ray_session.py).
+
+
+def build_engine_processor(config, device: str, preprocess, postprocess, cpu_stage_num_cpus: float):
+    """Ray's LLM processor for ``config``, as every engine pass of the job
+    builds it: light CPU stages around the engine, Ray LLM's idle telemetry
+    actor stopped (factory/ray_session.py), and ``shares_cores_with_ray`` set
+    for a CPU engine, whose passes let Ray Data's executor check on tasks
+    less often (``engine_paced_scheduling``)."""
+    from ray.data.llm import build_processor
+
+    light = {"num_cpus": cpu_stage_num_cpus}
+    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
+                                preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+    release_llm_telemetry_actor()  # idle from here on
     processor.shares_cores_with_ray = device == "cpu"
     return processor
 

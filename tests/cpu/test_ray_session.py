@@ -114,10 +114,12 @@ def test_engine_paced_scheduling_slows_the_executor_poll_and_restores_it():
     with engine_paced_scheduling():
         assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == ENGINE_PASS_POLL_SECONDS
         with pytest.raises(RuntimeError):
-            with engine_paced_scheduling(0.05):  # never faster than Ray's own pace
+            with engine_paced_scheduling():  # nested, and left by an error
                 assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == ENGINE_PASS_POLL_SECONDS
                 raise RuntimeError("a failing pass")
         assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == ENGINE_PASS_POLL_SECONDS
     assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == before
+    with engine_paced_scheduling(poll_seconds=before / 2):  # never faster than Ray's own pace
+        assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == before
     with engine_paced_scheduling(enabled=False):  # a GPU engine keeps Ray Data's own pace
         assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == before
