@@ -26,6 +26,12 @@ from tests.conftest import JOB, PYTHON, REPO, job_env, RUN_MARKER, reap
 pytestmark = pytest.mark.engine
 
 CHANNELS = ["push", "sms"]
+# One batch of four rows in the engine at a time, for the tests that act once
+# the first file is written: that file then lands long before the last row is
+# generated, so the kill falls mid-run. With every row in flight at once the
+# rows finish together and the kill can come too late (CI, 2026-11-30: the
+# killed driver had written 65 of 65 rows).
+ONE_BATCH_AT_A_TIME = ["--max-concurrent-batches", "1", "--engine-kwargs", '{"max_num_seqs": 4}']
 
 
 def _pairs(sample_dir: Path, n: int) -> tuple[pa.Table, Counter]:
@@ -83,7 +89,7 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
            "--users", f"s3://{s3_bucket}/crash/in/users.parquet",
            "--products", f"s3://{s3_bucket}/crash/in/products.parquet", "--output", out,
            "--s3-endpoint", s3_server, "--run-date", "2026-11-22", "--channels", ",".join(CHANNELS),
-           "--batch-size", "4", "--rows-per-file", "3"]
+           "--batch-size", "4", "--rows-per-file", "3", *ONE_BATCH_AT_A_TIME]
     attempt = "crash/out/runs/date=2026-11-22/campaign=all/attempt=0001/"
 
     def keys(prefix: str) -> list[str]:
@@ -142,7 +148,8 @@ def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [PYTHON, str(JOB), "--pairs", str(folder / "pairs.parquet"), "--users", str(sample_dir / "users.parquet"),
            "--products", str(sample_dir / "products.parquet"), "--output", str(out), "--run-date", "2026-11-23",
-           "--channels", ",".join(CHANNELS), "--batch-size", "4", "--rows-per-file", "3", "--no-repair"]
+           "--channels", ",".join(CHANNELS), "--batch-size", "4", "--rows-per-file", "3", "--no-repair",
+           *ONE_BATCH_AT_A_TIME]
     copies = out / "runs" / "date=2026-11-23" / "campaign=all" / "attempt=0001" / "copies"
     marker, log = uuid.uuid4().hex, tmp_path / "job.log"
     job = _start(cmd, marker, log)
