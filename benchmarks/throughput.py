@@ -218,6 +218,8 @@ def _mean(runs: list[dict], key: str) -> float:
 
 def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
     steady_s = big["wall_s"] - small["wall_s"]
+    if steady_s <= 0:  # only at smoke sizes, where fixed costs swamp the extra rows: no steady rate
+        steady_s = float("nan")
     rows = big["rows"] - small["rows"]
     pipe_rows_s = rows / steady_s
     pipe_tok_s = (big["output_tokens"] - small["output_tokens"]) / steady_s
@@ -258,11 +260,11 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
         f"prefix-cache hit rate: bare {first['prefix_cache_hit_rate']}, pipeline {big['prefix_cache_hit_rate']}; "
         f"mean prompt tokens: bare {first['mean_prompt_tokens']}",
         "pipeline prompt/output tokens per channel: " + json.dumps(big["by_channel"]),
-        "RATIOS " + json.dumps({"one_call_rows": round(pipe_rows_s / one_rows, 3),
-                                "one_call_tokens": round(pipe_tok_s / one_tok, 3),
+        "RATIOS " + json.dumps({"one_call_rows": _finite(round(pipe_rows_s / one_rows, 3)),
+                                "one_call_tokens": _finite(round(pipe_tok_s / one_tok, 3)),
                                 "marginal_rows": _finite(round(pipe_rows_s / marg_rows, 3)),
                                 "marginal_tokens": _finite(round(pipe_tok_s / marg_tok, 3)),
-                                "hf": round(pipe_rows_s / hf["rows_per_s"], 2)}),
+                                "hf": _finite(round(pipe_rows_s / hf["rows_per_s"], 2))}),
     ]
     return "\n".join(lines)
 
