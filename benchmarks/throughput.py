@@ -105,6 +105,13 @@ def _finite(x: float):
     return None if math.isnan(x) else x
 
 
+def _marginal_seconds(big_s: float, small_s: float) -> float:
+    """The time the extra rows of the bigger run took, or NaN when the bigger run
+    was not slower: that happens only at smoke sizes, where one long reply or the
+    fixed costs decide both timings, and there is then no steady rate to report."""
+    return big_s - small_s if big_s > small_s else float("nan")
+
+
 def part_bare(inputs: dict[str, str], rows: int, small: int) -> dict:
     """One ``LLM.chat`` call over all ``rows`` prompts (the headline figure),
     then one over the first ``small`` of them: the difference is the same
@@ -140,9 +147,7 @@ def part_bare(inputs: dict[str, str], rows: int, small: int) -> dict:
     n_out_small = sum(len(o.outputs[0].token_ids) for o in small_outs)
     n_in = sum(len(o.prompt_token_ids) for o in outs)
     cached = sum(o.num_cached_tokens or 0 for o in outs)
-    marginal_s = all_s - small_s
-    if marginal_s <= 0:  # only at smoke sizes, where one long reply decides both timings
-        marginal_s = float("nan")
+    marginal_s = _marginal_seconds(all_s, small_s)
     return {"part": "bare", "rows": len(outs), "startup_s": round(t1 - t0, 1), "generate_s": round(all_s, 1),
             "rows_per_s": round(len(outs) / all_s, 3), "output_tokens": n_out,
             "output_tokens_per_s": round(n_out / all_s, 1),
@@ -217,9 +222,7 @@ def _mean(runs: list[dict], key: str) -> float:
 
 
 def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
-    steady_s = big["wall_s"] - small["wall_s"]
-    if steady_s <= 0:  # only at smoke sizes, where fixed costs swamp the extra rows: no steady rate
-        steady_s = float("nan")
+    steady_s = _marginal_seconds(big["wall_s"], small["wall_s"])
     rows = big["rows"] - small["rows"]
     pipe_rows_s = rows / steady_s
     pipe_tok_s = (big["output_tokens"] - small["output_tokens"]) / steady_s
