@@ -27,6 +27,15 @@ GENERATED_COLUMNS = (C.TEXT, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.NUM_CACH
 # Sequences one engine replica runs at once (vLLM's max_num_seqs) unless
 # engine_kwargs says otherwise: vLLM's own CPU default, and a sane GPU start.
 DEFAULT_MAX_NUM_SEQS = 256
+# Tokens one engine step may take (vLLM's max_num_batched_tokens) unless
+# engine_kwargs says otherwise: what vLLM picks for offline batch use
+# (`vllm.LLM`), per device. Ray's engine stage builds its engine through
+# AsyncLLMEngine, which is in neither of vLLM's tables (offline, server) and
+# gets the generic 2,048 tokens a step on every device. `vllm.LLM` takes 4,096
+# per CPU rank, and 8,192 on a GPU it cannot see from the driver (16,384 on an
+# H100 or larger that it can).
+# tests/cpu/test_stages.py checks these against vLLM's own table.
+OFFLINE_MAX_NUM_BATCHED_TOKENS = {"cpu": 4096, "gpu": 8192}
 # Requests kept in flight per engine sequence slot. Ray's engine stage hands a
 # batch back only when its slowest row is done, so with exactly max_num_seqs
 # in flight the engine runs fewer and fewer sequences while each batch waits
@@ -58,6 +67,14 @@ def engine_kwargs(engine: EngineConfig, device: str) -> dict[str, Any]:
     if device == "cpu":
         kwargs["dtype"] = "bfloat16"
     kwargs.update(engine.engine_kwargs)
+    if "max_num_batched_tokens" not in engine.engine_kwargs:
+        ranks = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+        per_step = OFFLINE_MAX_NUM_BATCHED_TOKENS[device] * (ranks if device == "cpu" else 1)
+        # vLLM refuses a step smaller than the sequences it runs at once, or,
+        # without chunked prefill, smaller than the longest prompt.
+        floor = max(int(kwargs["max_num_seqs"]),
+                    int(kwargs["max_model_len"] or 0) if kwargs.get("enable_chunked_prefill") is False else 0)
+        kwargs["max_num_batched_tokens"] = max(per_step, floor)
     return kwargs
 
 

@@ -67,6 +67,48 @@ def test_engine_kwargs_pass_through_and_device_defaults():
     assert engine_kwargs(EngineConfig(), "gpu")["enforce_eager"] is False
 
 
+def test_engine_steps_are_sized_for_offline_use_not_as_a_server():
+    # vLLM's offline default (what vllm.LLM takes) unless the user says otherwise.
+    assert engine_kwargs(EngineConfig(), "cpu")["max_num_batched_tokens"] == 4096
+    assert engine_kwargs(EngineConfig(tensor_parallel_size=2), "cpu")["max_num_batched_tokens"] == 8192
+    assert engine_kwargs(EngineConfig(tensor_parallel_size=2), "gpu")["max_num_batched_tokens"] == 8192
+    assert engine_kwargs(EngineConfig(engine_kwargs={"max_num_batched_tokens": 1024}), "cpu")[
+        "max_num_batched_tokens"] == 1024
+    # Never below what vLLM accepts: one token per sequence, the whole prompt without chunked prefill.
+    assert engine_kwargs(EngineConfig(engine_kwargs={"max_num_seqs": 10000}), "gpu")["max_num_batched_tokens"] == 10000
+    assert engine_kwargs(EngineConfig(max_model_len=16384, engine_kwargs={"enable_chunked_prefill": False}),
+                         "cpu")["max_num_batched_tokens"] == 16384
+
+
+def test_offline_step_sizes_are_vllms_own(monkeypatch):
+    import vllm.engine.arg_utils as arg_utils
+    from vllm.usage.usage_lib import UsageContext
+
+    from factory.stages.generate import OFFLINE_MAX_NUM_BATCHED_TOKENS
+
+    def table():
+        return arg_utils.EngineArgs.get_batch_defaults(world_size=1)[0]
+
+    # The engine Ray's stage builds (AsyncLLMEngine) is in neither of vLLM's tables,
+    # so without our setting it gets the generic 2,048: the reason the setting exists.
+    assert UsageContext.ENGINE_CONTEXT not in table()
+    assert table()[UsageContext.LLM_CLASS] == OFFLINE_MAX_NUM_BATCHED_TOKENS["cpu"]  # this machine is a CPU
+
+    class GpuTheDriverCannotSee:  # a driver on a CPU head node, the engine on GPU workers
+        def get_device_total_memory(self):
+            raise RuntimeError("no GPU here")
+
+        get_device_name = get_device_total_memory
+
+        def is_cpu(self):
+            return False
+
+        is_tpu = is_cpu
+
+    monkeypatch.setattr(arg_utils, "current_platform", GpuTheDriverCannotSee())
+    assert table()[UsageContext.LLM_CLASS] == OFFLINE_MAX_NUM_BATCHED_TOKENS["gpu"]
+
+
 def test_clean_text():
     assert clean_text('  "Pack light, go far."  ') == "Pack light, go far."
     assert clean_text("「轻盈出发」") == "轻盈出发"
