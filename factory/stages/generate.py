@@ -53,6 +53,11 @@ def detect_device(engine: EngineConfig) -> str:
     return "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def engine_ranks(kwargs: dict[str, Any]) -> int:
+    """Devices (or CPU ranks) one engine replica spans: tensor x pipeline parallel."""
+    return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+
+
 def engine_kwargs(engine: EngineConfig, device: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "enable_prefix_caching": True,
@@ -68,8 +73,7 @@ def engine_kwargs(engine: EngineConfig, device: str) -> dict[str, Any]:
         kwargs["dtype"] = "bfloat16"
     kwargs.update(engine.engine_kwargs)
     if "max_num_batched_tokens" not in engine.engine_kwargs:
-        ranks = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
-        per_step = OFFLINE_MAX_NUM_BATCHED_TOKENS[device] * (ranks if device == "cpu" else 1)
+        per_step = OFFLINE_MAX_NUM_BATCHED_TOKENS[device] * (engine_ranks(kwargs) if device == "cpu" else 1)
         # vLLM refuses a step smaller than the sequences it runs at once, or,
         # without chunked prefill, smaller than the longest prompt.
         floor = max(int(kwargs["max_num_seqs"]),
@@ -98,7 +102,7 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
     from ray.data.llm import vLLMEngineProcessorConfig
 
     kwargs = engine_kwargs(engine, device)
-    tp = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+    tp = engine_ranks(kwargs)
     if device == "cpu":
         # One CPU bundle per replica; without it the engine stage waits for a GPU for ever.
         placement = {"bundles": [{"CPU": 1}]}
