@@ -420,8 +420,11 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
     t0 = time.time()
     paths = synthetic_inputs(n_pairs, cache)
     inputs_s = time.time() - t0
-    model_dir = output / "no-model"  # the echo engine loads nothing; the config wants a folder
+    # The echo engine loads nothing; the job's model check wants a model folder's shape.
+    model_dir = output / "no-model"
     model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").touch()
     config = JobConfig(pairs=paths["pairs"], users=paths["users"], products=paths["products"],
                        output=str(output / "out"), run_date=RUN_DATE, model=str(model_dir), force=True,
                        engine={"device": "cpu"})

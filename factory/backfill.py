@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
+from factory.errors import UsageError
 from factory.storage import Location
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ _SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY$|_KEY_ID
 _SECRET_MIN_LEN = 8  # shorter values would redact ordinary words
 
 
-class PlanError(ValueError):
+class PlanError(UsageError):
     """A backfill that cannot run as asked; raised before any date starts (exit 2)."""
 
 
@@ -494,9 +495,9 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def build_parser():
-    import argparse
+    from factory.errors import JobParser
 
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="backfill_campaign", allow_abbrev=False,
         description="Regenerate a campaign for past dates: one nightly_copy.py run per date (its own process, "
         "its own run id), skipping dates already published. Idempotent: rerun the same command and failed dates "
@@ -541,12 +542,23 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _refuse_unknown_flags(parser, unknown: Sequence[str]) -> None:
+    """Flags before ``--`` that neither the backfill nor the nightly job knows: a typo, said now."""
+    from factory.cli import build_parser as nightly_parser
+
+    nightly = {s for a in nightly_parser()._actions for s in a.option_strings}
+    typos = [w for w in parser.unknown_flags([w for w in unknown if w.split("=")[0] not in nightly])]
+    if typos:
+        raise PlanError(f"unknown argument(s): {', '.join(typos)} (neither the backfill nor the nightly job has it)")
+
+
 def main(argv: Optional[Sequence[str]] = None, *, job_command: Optional[Sequence[str]] = None,
          today: Optional[dt.date] = None, out: TextIO = sys.stdout) -> int:
     own, after = split_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(own)
     try:
+        _refuse_unknown_flags(parser, unknown)
         dates = plan_dates(args.start, args.end, args.dates, today=today or dt.date.today(),
                            max_dates=args.max_dates, allow_future=args.allow_future)
         backfill = build_backfill(dates, campaign=args.campaign, run_label=args.run_label,
@@ -557,8 +569,9 @@ def main(argv: Optional[Sequence[str]] = None, *, job_command: Optional[Sequence
         executor = Executor(backfill, job_command, concurrency=args.concurrency, out=out,
                             grace_seconds=args.grace_seconds, targets=targets)
     except PlanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        from factory.errors import report
+
+        return report(exc)
     first = targets[dates[0]]
     executor.say(f"[backfill] {len(dates)} date(s) {dates[0]}..{dates[-1]} of run label {backfill.label} "
                  f"under {first.run.uri.rsplit('/runs/', 1)[0]}, concurrency {args.concurrency}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional, Sequence
 
@@ -25,6 +25,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from factory.errors import UsageError, load_yaml_lines, settings_lines
 from factory.config import BRAND_VOICE_MAX_CHARS, EngineConfig, JobConfig, Locale, build_config, check_name
 from factory.prompts import BRAND_VOICE, PromptTemplate, load_templates
 from factory.quality.policy import QualityPolicy
@@ -37,7 +38,7 @@ _HINTS = {"tone": "brand_voice", "voice": "brand_voice", "id": "campaign_id", "n
           "banned_terms": "quality.banned_terms", "limits": "quality.limits"}
 
 
-class CampaignError(ValueError):
+class CampaignError(UsageError):
     """Campaign configs that cannot run; ``problems`` holds one line per mistake."""
 
     def __init__(self, problems: Sequence[str]):
@@ -196,62 +197,31 @@ class CampaignConfig(BaseModel):
 class Campaign:
     path: Path
     config: CampaignConfig
+    lines: dict = field(default_factory=dict)  # key path -> line in the file, for errors
 
     @property
     def id(self) -> str:
         return self.config.campaign_id
 
 
-def _format_errors(path: Path, exc: ValidationError) -> list[str]:
-    """One line per pydantic error: file, setting path, what is wrong."""
-    out = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(file)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
-            hint = _HINTS.get(key) or next(iter(difflib.get_close_matches(key, _known_keys(err["loc"]), 1)), None)
-            msg = "unknown setting" + (f" (did you mean {hint}?)" if hint else "")
-        elif err["type"] == "missing":
-            msg = "required, missing"
-        elif err["type"] not in ("value_error",):
-            shown = repr(err.get("input"))
-            msg += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
-            if isinstance(err.get("input"), bool) and "severity" in err["loc"]:
-                msg += "; YAML reads unquoted off/on/no/yes as true/false: write \"off\""
-        out.append(f"{path}: {where}: {msg}")
-    return out
-
-
-def _known_keys(loc: tuple) -> list[str]:
-    if len(loc) == 1:
-        return list(CampaignConfig.model_fields)
-    nested = {"sampling": SamplingConfig, "quality": QualityPolicy}.get(str(loc[0]))
-    return list(nested.model_fields) if nested and len(loc) == 2 else []
+def _format_errors(path: Path, exc: ValidationError, lines: Optional[dict] = None,
+                   flags: Optional[dict[str, str]] = None, files: Sequence = ()) -> list[str]:
+    """One line per pydantic error: the flag or file (and line), the setting, what is wrong."""
+    return settings_lines(exc, CampaignConfig, flags, [(path, lines or {}), *files], hints=_HINTS)
 
 
 def load_campaign(path: str | Path, templates: dict[str, PromptTemplate]) -> tuple[Optional[Campaign], list[str]]:
     """One campaign file: the campaign, or None and every problem found in it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [f"{path}: cannot read: {exc}"]
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [f"{path}: not valid YAML: {where}{problem}"]
-    if not isinstance(raw, dict):
-        return None, [f"{path}: a campaign file is a mapping of settings (campaign_id, channels, ...), "
-                      f"not {type(raw).__name__}"]
+        raw, lines = load_yaml_lines(path, "a campaign file")
+    except UsageError as exc:
+        return None, exc.lines
     try:
         config = CampaignConfig.model_validate(raw, context={"file_stem": path.stem, "templates": templates})
     except ValidationError as exc:
-        return None, _format_errors(path, exc)
-    return Campaign(path, config), []
+        return None, _format_errors(path, exc, lines)
+    return Campaign(path, config, lines), []
 
 
 def load_campaigns(folder: str | Path, templates: dict[str, PromptTemplate]) -> dict[str, Campaign]:
@@ -324,7 +294,8 @@ def merge_values(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def campaign_configs(file_values: dict[str, Any], flag_values: dict[str, Any], campaigns_dir: str | Path,
-                     names: Sequence[str]) -> list[tuple[Campaign, JobConfig]]:
+                     names: Sequence[str], flags: Optional[dict[str, str]] = None,
+                     files: Sequence = ()) -> list[tuple[Campaign, JobConfig]]:
     """One JobConfig per selected campaign: defaults < ``--config`` file <
     campaign file < flags. Everything is validated here, before any run."""
     templates_dir = flag_values.get("templates") or file_values.get("templates")
@@ -341,7 +312,7 @@ def campaign_configs(file_values: dict[str, Any], flag_values: dict[str, Any], c
             config = build_config(merge_values(file_values, campaign.config.job_values()),
                                   {k: v for k, v in flag_values.items() if k != "campaign"})
         except ValidationError as exc:
-            problems.extend(_format_errors(campaign.path, exc))
+            problems.extend(_format_errors(campaign.path, exc, campaign.lines, flags, files))
             continue
         out.append((campaign, config))
     if problems:

@@ -8,7 +8,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from factory.config import DEFAULT_CHANNELS, JobConfig, build_config, load_yaml
+from pydantic import ValidationError
+
+from factory.config import DEFAULT_CHANNELS, JobConfig, build_config
+from factory.errors import JobParser, UsageError, flag_names, load_yaml_lines, settings_lines
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -21,8 +24,15 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (expected YYYY-MM-DD)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="nightly_copy",
         description="Write personalized marketing copy for user-product pairs with vLLM on Ray Data. "
         "With no flags: bundled sample data, bundled model, output in ./out.",
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--s3-max-attempts", dest="s3_max_attempts", type=int,
                     help="Tries per S3 request before the run fails (default 10, with backoff).")
     run = p.add_argument_group("what to write")
-    run.add_argument("--run-date", dest="run_date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today).")
+    run.add_argument("--run-date", dest="run_date", type=_date, help="YYYY-MM-DD (default today).")
     run.add_argument("--campaign", action="append",
                      help="Only this campaign's pairs; labels the run. Repeat it or give a comma list to run "
                      "several campaigns one after another (with --campaigns-dir: pick these from the folder).")
@@ -119,26 +129,34 @@ def _names(args: dict[str, Any], file_values: dict[str, Any]) -> list[str]:
 
 def parse_job(argv: Optional[Sequence[str]] = None) -> JobRequest:
     """Flags (and the files they name) to validated configs: every campaign
-    file and every config is checked here, before the first run starts."""
+    file and every config is checked here, before the first run starts. A
+    mistake raises UsageError naming the flag, or the file, key and line."""
     from factory.campaigns import campaign_configs
 
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     config_file, campaigns_dir, as_json = args.pop("config"), args.pop("campaigns_dir"), args.pop("json")
-    file_values = load_yaml(config_file) if config_file else {}
+    file_values, file_lines = load_yaml_lines(config_file, "--config file") if config_file else ({}, {})
+    names = {dest: flag for dest, flag in flag_names(parser).items() if args.get(dest) is not None}
+    files = [(config_file, file_lines)] if config_file else []
     campaigns_dir = campaigns_dir or file_values.pop("campaigns_dir", None)
-    names = _names(args, file_values)
-    if campaigns_dir:
-        pairs = campaign_configs(file_values, args, campaigns_dir, names)
-        configs, files = [c for _, c in pairs], [str(k.path) for k, _ in pairs]
-    else:
-        configs = [build_config(file_values, {**args, "campaign": n}) for n in names] or [build_config(file_values, args)]
-        files = [None] * len(configs)
-        if len(configs) > 1 and configs[0].run_label:
-            from factory.campaigns import CampaignError
+    names_run = _names(args, file_values)
+    try:
+        if campaigns_dir:
+            pairs = campaign_configs(file_values, args, campaigns_dir, names_run, flags=names, files=files)
+            configs, paths = [c for _, c in pairs], [str(k.path) for k, _ in pairs]
+        else:
+            configs = ([build_config(file_values, {**args, "campaign": n}) for n in names_run]
+                       or [build_config(file_values, args)])
+            paths = [None] * len(configs)
+    except ValidationError as exc:
+        raise UsageError(*settings_lines(exc, JobConfig, names, files)) from None
+    if not campaigns_dir and len(configs) > 1 and configs[0].run_label:
+        from factory.campaigns import CampaignError
 
-            raise CampaignError([f"--run-label {configs[0].run_label}: one label cannot name {len(configs)} runs"])
+        raise CampaignError([f"--run-label {configs[0].run_label}: one label cannot name {len(configs)} runs"])
     dry_run = any(c.dry_run for c in configs)
-    return JobRequest(configs=configs, campaign_files=files, dry_run=dry_run, json=bool(as_json))
+    return JobRequest(configs=configs, campaign_files=paths, dry_run=dry_run, json=bool(as_json))
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> JobConfig:

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from factory.errors import load_yaml_lines
 from factory.model import BUNDLED_MODEL
 from factory.quality.policy import QualityPolicy
 
@@ -325,10 +325,8 @@ class JobConfig(_Strict):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file is a mapping of settings")
-    return data
+    """A config file's settings (UsageError naming the file and line if it is not a YAML mapping)."""
+    return load_yaml_lines(path)[0]
 
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> JobConfig:

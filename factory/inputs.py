@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from factory.errors import UsageError
 from factory import columns as C
 from factory.storage import Location, retry_io
 
 logger = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """An input that breaks the contract; the message says where."""
 
 

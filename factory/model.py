@@ -12,6 +12,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Optional
+
+from factory.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -34,19 +37,54 @@ def display_name(model: str) -> str:
     return model.split(":", 1)[1] if model == BUNDLED_MODEL else model
 
 
-def resolve_model(model: str) -> str:
+def resolve_model(model: str, storage: Optional[dict[str, Any]] = None) -> str:
     """Turn the ``--model`` value into something vLLM can load.
 
     A local folder and an ``s3://`` folder pass through (Ray's LLM processor
     downloads ``s3://`` models to every node); so does a hub id, for users with
-    network. Only the bundled model needs preparing here.
+    network. Only the bundled model needs preparing here. A folder that is not
+    a model folder is a UsageError; with ``storage`` (``storage.resolve``'s
+    options) an ``s3://`` folder is checked too.
     """
-    if model != BUNDLED_MODEL:
-        # "org/name" is a hub id; only something path-like must exist here.
-        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
-            raise FileNotFoundError(f"--model {model!r}: no such model folder")
-        return str(Path(model).expanduser()) if model.startswith("~") else model
-    return str(ensure_bundled_model())
+    if model == BUNDLED_MODEL:
+        return str(ensure_bundled_model())
+    if model.startswith("s3://"):
+        if storage is not None:
+            _check_s3_model(model, storage)
+        return model
+    path = Path(model).expanduser()
+    # "org/name" is a hub id; something path-like, or a folder that is there, is a local model.
+    if model.startswith(("/", "./", "../", "~")) or path.exists():
+        if not path.exists():
+            raise UsageError(f"--model {model}: no such model folder",
+                             "give a Hugging Face model folder (config.json, tokenizer, weights), or leave "
+                             "--model out for the bundled model")
+        if not path.is_dir():
+            raise UsageError(f"--model {model}: this is a file, not a model folder",
+                             "give the folder that holds config.json, the tokenizer and the weights")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model {model}: not a model folder (no config.json in it)",
+                             "give the folder that holds config.json, the tokenizer and the weights")
+        if not any(next(path.glob(pattern), None) for pattern in MODEL_WEIGHTS):
+            raise UsageError(f"--model {model}: no weights in the folder (no {', '.join(MODEL_WEIGHTS)})",
+                             "copy the model's weights into it, or give the folder that holds them")
+        return str(path)
+    return model
+
+
+# What a Hugging Face folder holds its weights in (vLLM loads any of these).
+MODEL_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+
+
+def _check_s3_model(model: str, storage: dict[str, Any]) -> None:
+    from factory.preflight import check_place
+    from factory.storage import resolve
+
+    check_place(model, "--model", storage)
+    loc = resolve(model, **storage)
+    if loc.fs.get_file_info(loc.join("config.json").path).type.name != "File":
+        raise UsageError(f"--model {model}: not a model folder (no config.json under it)",
+                         "give the s3:// prefix that holds config.json, the tokenizer and the weights")
 
 
 def ensure_bundled_model(target: Path | None = None) -> Path:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from factory.errors import Incomplete, UsageError
 from factory import columns as C
 from factory import dedup, inputs, model, report, sample_data
 from factory.config import JobConfig
@@ -53,6 +54,7 @@ from factory.stages.generate import concurrent_batches
 from factory.stages.join import row_id
 from factory.stages.reuse import ReuseCopy
 from factory.stages.write import Sink, WriteParquetFiles
+from factory.preflight import check_place
 from factory.progress import ProgressLog
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
@@ -71,7 +73,7 @@ STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOUR
 STAGED_PAIR_SCHEMA = pa.schema([(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())])
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A setting that cannot work; raised on the driver before the engine starts."""
 
 
@@ -90,7 +92,7 @@ class Plan:
     model_source: str
 
 
-class IncompleteRun(RuntimeError):
+class IncompleteRun(Incomplete):
     """The written rows are not exactly the expected ones; nothing was published."""
 
 
@@ -137,16 +139,18 @@ def prepare(config: JobConfig) -> Plan:
         pairs_uri, users_uri, products_uri = config.pairs, config.users, config.products
 
     where = config.storage_options()
+    # Every store the run touches, before the first read: a wrong endpoint,
+    # bucket or credential is one line here, not a traceback later. A dry run
+    # writes nothing, so it checks that the output can be read, not written.
+    for flag, uri in (("--pairs", pairs_uri), ("--users", users_uri), ("--products", products_uri)):
+        check_place(uri, flag, where)
+    check_place(config.output, "--output", where, write=not config.dry_run)
+    check_place(config.facts, "--facts", where, write=not config.dry_run)
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
     products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
 
     out = resolve(config.output, **where)
-    if out.is_s3:
-        bucket = out.path.split("/")[0]
-        info = out.fs.get_file_info(bucket)
-        if info.type.name != "Directory":
-            raise ConfigError(f"--output {config.output}: bucket {bucket!r} does not exist or is not reachable")
 
     # What the prompts and the faithfulness rule call the product's facts: the
     # catalog's selling points until run() swaps in extracted ones (--facts).
@@ -155,7 +159,7 @@ def prepare(config: JobConfig) -> Plan:
         config=config, templates=templates, pairs=pairs,
         users=users, products=products, table_reports=[users_report, products_report],
         output=out, run=run_location(out, config),
-        model_source=model.resolve_model(config.model),
+        model_source=model.resolve_model(config.model, where),
     )
 
 

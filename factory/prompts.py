@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from factory.errors import UsageError
 from factory.quality import pii
 
 BUILTIN_TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -52,7 +53,7 @@ _ANGLE_BRACKETS = str.maketrans({"<": "‹", ">": "›"})
 _REQUIRED_KEYS = ("channel", "max_chars", "max_tokens", "system", "user")
 
 
-class TemplateError(ValueError):
+class TemplateError(UsageError):
     """A template file that cannot be used; the message names the file."""
 
 

@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 import pyarrow.fs as pafs
 
+from factory.errors import Conflict
 from factory.storage import AlreadyExists, Location, put_bytes, read_bytes
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ MANIFEST_FORMAT = "copy-factory/manifest@1"
 _ATTEMPT_PREFIX = "attempt="
 
 
-class PublishConflict(RuntimeError):
+class PublishConflict(Conflict):
     """Another writer published this attempt first; nothing of ours was published."""
 
 

@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from factory.errors import StorageError, UsageError
+
 DEFAULT_MAX_ATTEMPTS = 10
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def resolve(uri: str, s3_endpoint: Optional[str] = None, s3_region: str = "us-ea
         options = S3Options(s3_endpoint, s3_region, s3_sse, s3_sse_kms_key_id, s3_max_attempts)
         return Location(s3_filesystem(options), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"), options)
     if "://" in uri:
-        raise ValueError(f"{uri!r}: only local paths and s3:// URIs are supported")
+        raise UsageError(f"{uri}: only local paths and s3:// URIs are supported")
     path = os.path.abspath(os.path.expanduser(uri))
     return Location(pafs.LocalFileSystem(), path, path)
 
@@ -127,12 +129,21 @@ def _bucket_key(loc: Location) -> tuple[str, str]:
     return bucket, key
 
 
+def encryption(loc: Location) -> dict[str, str]:
+    """The server-side encryption arguments of every object written to ``loc``."""
+    options = loc.s3 or S3Options()
+    if not options.sse:
+        return {}
+    return {"ServerSideEncryption": options.sse,
+            **({"SSEKMSKeyId": options.sse_kms_key_id} if options.sse_kms_key_id else {})}
+
+
 def put_bytes(loc: Location, data: bytes, *, exclusive: bool = False, content_type: Optional[str] = None) -> int:
     """Write ``data`` whole to ``loc`` (never a partial object or file).
 
     ``exclusive`` fails with AlreadyExists if something is there already."""
     if loc.is_s3:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = _bucket_key(loc)
         kwargs = {"Bucket": bucket, "Key": key, "Body": data}
@@ -140,18 +151,17 @@ def put_bytes(loc: Location, data: bytes, *, exclusive: bool = False, content_ty
             kwargs["ContentType"] = content_type
         if exclusive:
             kwargs["IfNoneMatch"] = "*"
-        options = loc.s3 or S3Options()
-        if options.sse:
-            kwargs["ServerSideEncryption"] = options.sse
-            if options.sse_kms_key_id:
-                kwargs["SSEKMSKeyId"] = options.sse_kms_key_id
+        kwargs.update(encryption(loc))
         try:
             s3_client(loc).put_object(**kwargs)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "")
             if exclusive and code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                 raise AlreadyExists(loc.uri) from None
-            raise
+            raise StorageError(loc.uri, f"{code}: {error.get('Message') or exc}") from exc
+        except BotoCoreError as exc:  # the connection itself, after the client's retries
+            raise StorageError(loc.uri, str(exc)) from exc
         return len(data)
     folder = os.path.dirname(loc.path)
     os.makedirs(folder, exist_ok=True)
@@ -201,12 +211,25 @@ def _attempts(loc: Location) -> int:
 
 
 def read_bytes(loc: Location) -> bytes:
-    """The whole object or file; FileNotFoundError if it is not there."""
+    """The whole object or file; FileNotFoundError if it is not there,
+    StorageError (naming it) if the store keeps failing."""
     def read() -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
             return f.read()
 
-    return retry_io(read, attempts=_attempts(loc))
+    return _naming(loc, retry_io, read, attempts=_attempts(loc))
+
+
+def _naming(loc: Location, fn, *args, **kwargs):
+    """``fn(...)``, with a store's failure on ``loc`` raised as a StorageError that names it."""
+    try:
+        return fn(*args, **kwargs)
+    except (FileNotFoundError, StorageError):
+        raise
+    except OSError as exc:
+        if not loc.is_s3:
+            raise
+        raise StorageError(loc.uri, " ".join(str(exc).split())[:400]) from exc
 
 
 def read_parquet(loc: Location, columns=None, filters=None) -> pa.Table:
@@ -223,8 +246,8 @@ def write_parquet(loc: Location, table: pa.Table) -> int:
 
 def list_files(loc: Location, suffix: str = "") -> list[pafs.FileInfo]:
     """Files under ``loc`` (recursively), sorted by path; none if it does not exist."""
-    infos = retry_io(loc.fs.get_file_info, pafs.FileSelector(loc.path, recursive=True, allow_not_found=True),
-                     attempts=_attempts(loc))
+    infos = _naming(loc, retry_io, loc.fs.get_file_info,
+                    pafs.FileSelector(loc.path, recursive=True, allow_not_found=True), attempts=_attempts(loc))
     return sorted((i for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
                    and not i.base_name.startswith(".")), key=lambda i: i.path)
 

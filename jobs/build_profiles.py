@@ -11,20 +11,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
 from pydantic import ValidationError
 
-from factory.inputs import InputError
+from factory import errors
 from factory.profiles.aggregate import ProfileSettings
-from factory.profiles.build import BuildResult, IncompleteBuild, ProfileJobConfig, run
+from factory.profiles.build import BuildResult, ProfileJobConfig, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="build_profiles",
+    p = errors.JobParser(prog="build_profiles",
                                 description="Build user profiles (the nightly job's --users) from events on Ray Data.")
     p.add_argument("--events", required=True, help="Events Parquet file or folder (local or s3://).")
     p.add_argument("--products", required=True, help="Product catalog Parquet (local or s3://).")
@@ -50,11 +49,17 @@ _JOB = ("events", "products", "users", "output", "partitions", "s3_endpoint", "s
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> ProfileJobConfig:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     as_of = args["as_of"] or dt.datetime.now(dt.timezone.utc).date().isoformat()
     settings = {k: args[k] for k in _SETTINGS if args[k] is not None}
     job = {k: args[k] for k in _JOB if args[k] is not None}
-    return ProfileJobConfig(**job, settings=ProfileSettings(as_of=as_of, **settings))
+    flags = errors.flag_names(parser)
+    try:
+        return ProfileJobConfig(**job, settings=ProfileSettings(as_of=as_of, **settings))
+    except ValidationError as exc:
+        given = {k: flags[k] for k, v in args.items() if v is not None and k in flags}
+        raise errors.UsageError(*errors.settings_lines(exc, ProfileJobConfig, given)) from None
 
 
 def report(result: BuildResult) -> str:
@@ -70,23 +75,15 @@ def report(result: BuildResult) -> str:
     ])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = parse_config(argv)
-        result = run(config)
-    except ValidationError as exc:
-        print(f"error: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
-    except (InputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except IncompleteBuild as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def execute(argv: Optional[Sequence[str]]) -> int:
+    result = run(parse_config(argv))
     print(json.dumps(asdict(result), indent=2))
     print(report(result))
-    return 0
+    return errors.EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return errors.job_main("build_profiles", lambda _log_file: execute(argv))
 
 
 if __name__ == "__main__":

@@ -10,25 +10,23 @@ Exit status: 0 done (failures of single products are counted, not fatal),
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pyarrow as pa
-from pydantic import ValidationError
-
 from factory import columns as C
-from factory import inputs, model, sample_data
+from factory import errors, inputs, model, sample_data
 from factory.config import EngineConfig
 from factory.facts.extract import extract_facts
 from factory.facts.store import FactsStore
+from factory.preflight import check_place
 from factory.storage import resolve
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = errors.JobParser(prog="extract_facts", description=__doc__.split("\n\n")[0])
     p.add_argument("--products", help="Catalog: Parquet file or folder, local or s3:// (default: bundled sample)")
     p.add_argument("--facts", required=True, help="Facts table: local folder or s3://bucket/prefix")
     p.add_argument("--model", default=model.BUNDLED_MODEL, help="Model folder, s3:// folder or hub id")
@@ -53,8 +51,12 @@ class Prepared:
 def prepare(args: argparse.Namespace) -> Prepared:
     """Every check that can fail before the engine: settings, the catalog, the model, the facts table."""
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit {args.limit}: must be at least 1")
+        raise errors.UsageError(f"--limit: {args.limit} is out of range: must be at least 1")
+    if args.batch_size < 1:
+        raise errors.UsageError(f"--batch-size: {args.batch_size} is out of range: must be at least 1")
     where = dict(s3_endpoint=args.s3_endpoint, s3_region=args.s3_region)
+    check_place(args.products, "--products", where)
+    check_place(args.facts, "--facts", where, write=True)
     products_uri = args.products or str(sample_data.generate(model.cache_root() / "sample_data").products)
     products, _ = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
     if args.limit is not None:
@@ -62,7 +64,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     store = FactsStore(resolve(args.facts, **where))
     store.read([C.PRODUCT_ID])  # an unreadable facts table fails here, not after the engine
     return Prepared(products, store, EngineConfig(device=args.device, batch_size=args.batch_size),
-                    model.resolve_model(args.model))
+                    model.resolve_model(args.model, where))
 
 
 def execute(args: argparse.Namespace, prepared: Prepared) -> str:
@@ -79,14 +81,9 @@ def execute(args: argparse.Namespace, prepared: Prepared) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
-    try:
-        prepared = prepare(args)
-    except (inputs.InputError, FileNotFoundError, ValidationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    prepared = prepare(args)  # every mistake exits 2 here, before Ray or the engine
     try:
         print(execute(args, prepared))
     finally:
@@ -94,7 +91,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
-    return 0
+    return errors.EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return errors.job_main("extract_facts", lambda _log_file: run(argv))
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process: this guard is required

@@ -5,11 +5,11 @@
     python jobs/nightly_copy.py --campaigns-dir configs --dry-run   # the plan and its cost, no engine
     ray job submit --working-dir . -- python jobs/nightly_copy.py --pairs s3://... --output s3://...
 
-Exit status: 0 every run published (or already was); 2 a configuration,
-template or input mistake, found before any engine time (every campaign file
-is validated before the first run starts); with several runs, the status of
-the first run that failed (1 failed, 2 input error, 3 publish conflict, 4
-incomplete), after all runs were tried.
+Exit status (factory/errors.py): 0 every run published (or already was); 2 a
+flag, file, path, store or model mistake, found before Ray or an engine
+starts (every campaign file is validated before the first run starts); with
+several runs, the status of the first run that failed (1 failed, 2 input
+error, 3 publish conflict, 4 incomplete), after all runs were tried.
 
 See README.md for the input contract, the output layout and every flag.
 """
@@ -19,17 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from pydantic import ValidationError
-
-from factory.campaigns import CampaignError
+from factory import errors
 from factory.cli import JobRequest, parse_job
 from factory.config import JobConfig
-from factory.inputs import InputError
-from factory.pipeline import ConfigError, IncompleteRun, RunResult, run
-from factory.publish import PublishConflict
-from factory.prompts import TemplateError
+from factory.pipeline import RunResult, run
 
 
 def report(result: RunResult) -> str:
@@ -69,45 +65,21 @@ def report(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-# Mistakes found on the driver before any engine time, and what each exits with.
-_EXIT_CODES = ((ValidationError, 2), (CampaignError, 2), (ConfigError, 2), (InputError, 2), (TemplateError, 2),
-               (FileNotFoundError, 2), (PublishConflict, 3), (IncompleteRun, 4))
-
-
-def _exit_code(exc: BaseException) -> Optional[int]:
-    return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), None)
-
-
-def _error(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        return f"error: invalid configuration:\n{exc}"
-    return f"error: {exc}"
-
-
-def _report_error(exc: BaseException) -> int:
-    """Print an expected error and return its exit status; re-raise anything else."""
-    code = _exit_code(exc)
-    if code is None:
-        raise exc
-    print(_error(exc), file=sys.stderr)
-    return code
-
-
-def run_one(config: JobConfig, several: bool) -> tuple[int, str]:
+def run_one(config: JobConfig, several: bool, log_file: Optional[Path]) -> tuple[int, str]:
     """One run: (exit status, one line for the campaign summary). With
     several runs an unexpected error fails this run only; alone it
-    propagates as before (traceback, status 1)."""
+    propagates (a bug keeps its traceback, status 1)."""
     try:
         result = run(config)
-    except Exception as exc:  # noqa: BLE001 - mapped or re-raised below
-        code = _exit_code(exc)
-        if code is None:
+    except Exception as exc:  # noqa: BLE001 - told by factory.errors, or re-raised
+        said = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        if errors.exit_code(exc) is None:
             if not several:
                 raise
             logging.getLogger("nightly_copy").exception("Run %s failed", config.run_id)
-            code = 1
-        print(_error(exc), file=sys.stderr)
-        return code, f"{config.campaign_label:<20} FAILED (exit {code}): {str(exc).splitlines()[0][:160]}"
+            exc = errors.Failed(f"run {config.run_id} failed: {said}")
+        code = errors.report(exc, log_file)
+        return code, f"{config.campaign_label:<20} FAILED (exit {code}): {said}"
     print(report(result))
     state = "already published" if result.action == "published" else "published"
     return 0, (f"{config.campaign_label:<20} {state}: attempt {result.attempt}, {result.rows_written} rows, "
@@ -117,12 +89,7 @@ def run_one(config: JobConfig, several: bool) -> tuple[int, str]:
 def dry_run_all(request: JobRequest) -> int:
     from factory.dry_run import format_plan, plan_run
 
-    plans = []
-    for config in request.configs:
-        try:
-            plans.append(plan_run(config))
-        except Exception as exc:  # noqa: BLE001 - mapped or re-raised
-            return _report_error(exc)
+    plans = [plan_run(config) for config in request.configs]
     if request.json:
         print(json.dumps(plans if len(plans) > 1 else plans[0], indent=2, ensure_ascii=False))
     else:
@@ -130,24 +97,24 @@ def dry_run_all(request: JobRequest) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        request = parse_job(argv)
-    except Exception as exc:  # noqa: BLE001 - mapped or re-raised
-        return _report_error(exc)
+def execute(argv: Optional[Sequence[str]], log_file: Optional[Path]) -> int:
+    request = parse_job(argv)
     if not request.configs:
         print("No campaign is active on the run date: nothing to do.")
         return 0
     if request.dry_run:
         return dry_run_all(request)
     several = len(request.configs) > 1
-    outcomes = [run_one(config, several) for config in request.configs]
+    outcomes = [run_one(config, several, log_file) for config in request.configs]
     if several:
         print("\nCampaigns:")
         for _, line in outcomes:
             print(f"  {line}")
     return next((code for code, _ in outcomes if code), 0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return errors.job_main("nightly_copy", lambda log_file: execute(argv, log_file))
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process: this guard is required

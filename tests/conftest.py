@@ -11,6 +11,10 @@ import logging
 import pytest
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
+# No test may ask a cloud's instance-metadata address for credentials (boto3
+# and pyarrow's SDK both would when none are set): the tests talk to
+# 127.0.0.1 only. Job subprocesses inherit this.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "jobs" / "nightly_copy.py"

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.errors import Failed
 from factory import columns as C
 from factory import inputs
 from factory.profiles import events as E
@@ -84,7 +85,7 @@ class ProfileJobConfig(BaseModel):
             raise inputs.InputError(str(exc)) from exc
 
 
-class IncompleteBuild(RuntimeError):
+class IncompleteBuild(Failed):
     """Events went missing between the read and the output; no summary was written."""
 
 
@@ -116,7 +117,13 @@ class BuildResult:
 
 
 def prepare(config: ProfileJobConfig) -> Plan:
-    """Every check that can fail on the input's shape, before Ray starts."""
+    """Every check that can fail on the stores or the input's shape, before Ray starts."""
+    from factory.preflight import check_place
+
+    storage = dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_max_attempts=config.s3_max_attempts)
+    for flag, uri in (("--events", config.events), ("--products", config.products), ("--users", config.users)):
+        check_place(uri, flag, storage)
+    check_place(config.output, "--output", storage, write=True)
     events = E.check_events_schema(config.resolve(config.events))
     products, report = inputs.read_lookup_table(config.resolve(config.products), inputs.PRODUCTS, C.PRODUCT_ID)
     problems = {"products": report.problems} if report.problems else {}

@@ -169,7 +169,7 @@ def test_bad_arguments_exit_2_before_any_date_runs(fake_job, tmp_path, capsys):
     assert _run(["--dates", D1, "--", "--output", out, "--variants", "99"], job)[0] == 2
     assert "variants" in capsys.readouterr().err
     assert _run(["--dates", D1, "--", "--output", out, "--no-such-flag"], job)[0] == 2
-    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    assert "unknown argument(s): --no-such-flag" in capsys.readouterr().err
     assert _run(["--dates", D1, "--concurrency", "0", "--", "--output", out], job)[0] == 2
     assert not _calls(state)
 

@@ -2,6 +2,7 @@
 with its file and setting, all of a file's mistakes at once, before any run."""
 
 import datetime as dt
+import re
 import shutil
 from pathlib import Path
 
@@ -66,30 +67,32 @@ def test_runs_campaigns_active_on_the_run_date(day, active):
     ("campaign_id: other\nchannels: [push]\n", "campaign_id", "must equal the file's name 'spring'"),
     ("campaign_id: spring\nchannels: [push, fax]\n", "channels", "no template for 'fax'"),
     ("campaign_id: spring\nchannels: []\n", "channels", "at least one channel"),
-    ("campaign_id: spring\n", "channels", "required, missing"),
-    ("campaign_id: spring\nchannels: [push]\ntone: playful\n", "tone", "unknown setting (did you mean brand_voice?)"),
+    ("campaign_id: spring\n", "channels", "required, but missing"),
+    ("campaign_id: spring\nchannels: [push]\ntone: playful\n", "tone", "unknown setting 'tone' (did you mean 'brand_voice'?)"),
     ("campaign_id: spring\nchannels: [push]\nbrand_voice: '" + "x" * 201 + "'\n", "brand_voice", "at most 200"),
     ("campaign_id: spring\nchannels: [push]\nlocales: [en-US, xx-YY]\n", "locales.1", "cannot write language 'xx'"),
     ("campaign_id: spring\nchannels: [push]\nlocales: [english]\n", "locales.0", "is not a locale"),
     ("campaign_id: spring\nchannels: [push]\nstart: 2026-03-01\nend: 2026-02-01\n", "end", "before start"),
-    ("campaign_id: spring\nchannels: [push]\nstart: tomorrow\n", "start", "got 'tomorrow'"),
-    ("campaign_id: spring\nchannels: [push]\nactive: maybe\n", "active", "got 'maybe'"),
-    ("campaign_id: spring\nchannels: [push]\nvariants: 11\n", "variants", "less than or equal to 10"),
-    ("campaign_id: spring\nchannels: [push]\nsampling: {temperature: 3}\n", "sampling.temperature", "less than or equal to 2"),
-    ("campaign_id: spring\nchannels: [push]\nsampling: {top_p: 0}\n", "sampling.top_p", "greater than 0"),
-    ("campaign_id: spring\nchannels: [push]\nsampling: {max_tokens: 0}\n", "sampling.max_tokens", "greater than or equal to 1"),
-    ("campaign_id: spring\nchannels: [push]\nsampling: {temprature: 1}\n", "sampling.temprature", "did you mean temperature?"),
+    ("campaign_id: spring\nchannels: [push]\nstart: tomorrow\n", "start", "'tomorrow' is not a date (YYYY-MM-DD)"),
+    ("campaign_id: spring\nchannels: [push]\nactive: maybe\n", "active", "'maybe' is not true or false"),
+    ("campaign_id: spring\nchannels: [push]\nvariants: 11\n", "variants", "11 is out of range: must be at most 10"),
+    ("campaign_id: spring\nchannels: [push]\nsampling: {temperature: 3}\n", "sampling.temperature", "must be at most 2"),
+    ("campaign_id: spring\nchannels: [push]\nsampling: {top_p: 0}\n", "sampling.top_p", "must be more than 0"),
+    ("campaign_id: spring\nchannels: [push]\nsampling: {max_tokens: 0}\n", "sampling.max_tokens", "must be at least 1"),
+    ("campaign_id: spring\nchannels: [push]\nsampling: {temprature: 1}\n", "sampling.temprature", "did you mean 'temperature'?"),
     ("campaign_id: spring\nchannels: [push]\nquality: {limits: {fax: {max: 5}}}\n", "quality", "no template: 'fax'"),
-    ("campaign_id: spring\nchannels: [push]\nquality: {limits: {push: {max: 0}}}\n", "quality.limits.push.max", "greater than 0"),
+    ("campaign_id: spring\nchannels: [push]\nquality: {limits: {push: {max: 0}}}\n", "quality.limits.push.max", "must be more than 0"),
     ("campaign_id: spring\nchannels: [push]\nquality: {severity: {shouting: 'off'}}\n", "quality.severity", "unknown reason code"),
     ("campaign_id: spring\nchannels: [push]\nquality: {severity: {foreign_brand: off}}\n", "quality.severity.foreign_brand", 'write "off"'),
-    ("campaign_id: spring\nchannels: [push]\nquality: {banned_terms: cheap}\n", "quality.banned_terms", "valid list"),
+    ("campaign_id: spring\nchannels: [push]\nquality: {banned_terms: cheap}\n", "quality.banned_terms", "'cheap' is not a list"),
 ])
 def test_each_kind_of_mistake_names_file_setting_and_problem(tmp_path, body, where, message):
     folder = _folder(tmp_path, **{"spring.yaml": body})
     problems = _problems(folder)
     assert len(problems) == 1, problems
-    assert problems[0].startswith(f"{folder / 'spring.yaml'}: {where}: ") and message in problems[0], problems[0]
+    # The file, the line of the setting (or of its nearest parent) when the file writes it, the setting.
+    assert re.match(rf"{re.escape(str(folder / 'spring.yaml'))}( line \d+)?: {re.escape(where)}: ", problems[0]), problems
+    assert message in problems[0], problems[0]
 
 
 def test_brand_voice_needs_the_placeholder_in_the_campaigns_templates(tmp_path):
@@ -97,7 +100,7 @@ def test_brand_voice_needs_the_placeholder_in_the_campaigns_templates(tmp_path):
     shutil.copytree(Path(load_templates()["push"].source).parent, templates)
     (templates / "sms.yaml").write_text((templates / "sms.yaml").read_text().replace("  {brand_voice}\n", ""))
     folder = _folder(tmp_path, **{"spring.yaml": GOOD.format(id="spring") + "brand_voice: calm\n"})
-    with pytest.raises(CampaignError, match=r"spring.yaml: brand_voice: the template\(s\) of sms have no "):
+    with pytest.raises(CampaignError, match=r"spring.yaml line 3: brand_voice: the template\(s\) of sms have no "):
         load_campaigns(folder, load_templates(templates))
 
 
@@ -123,9 +126,9 @@ def test_folder_mistakes(tmp_path):
     assert len(problems) == 4, problems
     text = "\n".join(problems)
     assert f"{folder / 'a.yml'}: campaign_id 'a' is also defined in {folder / 'a.yaml'}" in text
-    assert f"{folder / 'b.yaml'}: not valid YAML: line 3, column" in text
+    assert f"{folder / 'b.yaml'} line 3, column" in text and "not valid YAML" in text
     assert f"{folder / 'c.yaml'}: a campaign file is a mapping" in text
-    assert f"{folder / 'd.yaml'}: variants:" in text
+    assert f"{folder / 'd.yaml'} line 3: variants:" in text
 
 
 def test_named_campaigns_must_exist_and_be_active(tmp_path):
@@ -199,8 +202,8 @@ def test_a_bad_campaign_file_stops_the_job_before_any_run(tmp_path, capsys, no_r
     monkeypatch.setattr(job, "run", lambda config: pytest.fail("no run may start"))
     assert job.main(["--campaigns-dir", str(folder), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "2 problem(s)" in err and "summer.yaml: channels: no template for 'fax'" in err
-    assert "summer.yaml: variants:" in err
+    assert "2 problem(s)" in err and "summer.yaml line 2: channels: no template for 'fax'" in err
+    assert "summer.yaml line 3: variants: 0 is out of range: must be at least 1" in err
     assert not (tmp_path / "out").exists()
 
 

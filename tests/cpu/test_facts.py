@@ -309,7 +309,7 @@ def test_job_rejects_bad_settings_before_the_engine(tmp_path, capsys):
     from jobs.extract_facts import main
 
     assert main(["--facts", str(tmp_path / "f"), "--limit", "0"]) == 2
-    assert "--limit 0" in capsys.readouterr().err
+    assert "--limit: 0 is out of range: must be at least 1" in capsys.readouterr().err
     assert main(["--facts", str(tmp_path / "f"), "--products", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -223,7 +223,7 @@ def test_sample_events_to_s3_and_back(local_ray, tmp_path, s3_server, s3_bucket,
 @pytest.mark.parametrize("break_it, message", [
     ("missing_ts", "missing required column(s) ts"),
     ("string_ts", "column 'ts' must be a timestamp"),
-    ("bad_as_of", "as_of"),
+    ("bad_as_of", "--as-of: '23/11/2026' is not a date (YYYY-MM-DD)"),
     ("bad_scheme", "only local paths and s3:// URIs"),
     ("no_events", "does not exist"),
 ])

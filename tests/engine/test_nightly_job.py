@@ -51,7 +51,7 @@ def _expected_rows(pairs: list[dict], known_users: set, known_products: set) -> 
     return expected
 
 
-def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample_dir):
+def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample_dir, tmp_path):
     users = pq.read_table(sample_dir / "users.parquet")
     products = pq.read_table(sample_dir / "products.parquet")
     all_pairs = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
@@ -82,7 +82,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", f"s3://{s3_bucket}/factory",
            "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(RUN_CHANNELS),
            "--batch-size", "16", "--s3-sse", "AES256"]
-    proc = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=1200)
+    logs = tmp_path / "logs"
+    proc = subprocess.run(cmd, cwd=REPO, env=job_env(COPY_FACTORY_LOG_DIR=str(logs)), capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "rows written" in proc.stdout and "sample copies" in proc.stdout
 
@@ -204,12 +206,17 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         assert s3_client.head_object(Bucket=s3_bucket, Key=key).get("ServerSideEncryption") == "AES256", key
 
     # The same command again: the run is published, so it exits 0 at once and writes nothing.
-    again = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=REPO, env=job_env(COPY_FACTORY_LOG_DIR=str(logs)), capture_output=True, text=True,
+                           timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already published" in again.stdout and "Starting attempt" not in again.stderr
     assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]] == keys
 
-    for text in (proc.stdout, proc.stderr, summary_text, manifest_text.decode(), again.stdout, again.stderr):
+    # Each invocation kept its log file, with every line the console had; none holds the secret either.
+    log_files = sorted(logs.glob("nightly_copy-*.log"))
+    assert len(log_files) == 2 and "Published" in log_files[0].read_text() + log_files[1].read_text()
+    for text in (proc.stdout, proc.stderr, summary_text, manifest_text.decode(), again.stdout, again.stderr,
+                 *(f.read_text() for f in log_files)):
         assert S3_SECRET_KEY not in text
 
 
