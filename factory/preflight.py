@@ -130,3 +130,22 @@ def _reason(exc: Exception) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return "cannot connect"
+
+
+def check_engine_kwargs(kwargs: dict[str, Any], flag: str = "--engine-kwargs") -> None:
+    """Every key is one of vLLM's engine arguments: a typo found here, not when the engine starts."""
+    if not kwargs:
+        return  # importing vLLM on the driver takes seconds: only when there is something to check
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from factory.errors import nearest
+
+    known = [f.name for f in dataclasses.fields(AsyncEngineArgs)]
+    for key in kwargs:
+        if key not in known:
+            hint = nearest(key, known)
+            raise UsageError(f"{flag}: vLLM has no engine argument {key!r}"
+                             + (f" (did you mean {hint!r}?)" if hint else ""),
+                             "see vLLM's engine arguments for the release in use")

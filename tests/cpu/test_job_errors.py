@@ -73,6 +73,8 @@ CASES = [
     ("nightly_copy", "--device tpu", 2, "argument --device: invalid choice: 'tpu'"),
     ("nightly_copy", "--run-date 2026-13-01", 2, "'2026-13-01' is not a date (expected YYYY-MM-DD)"),
     ("nightly_copy", "--engine-kwargs [1]", 2, "expected a JSON object"),
+    ("nightly_copy", """--output {tmp}/o --engine-kwargs '{{"max_num_seq": 64}}'""", 2,
+     "--engine-kwargs: vLLM has no engine argument 'max_num_seq' (did you mean 'max_num_seqs'?)"),
     ("nightly_copy", _inputs("--channels push,fax --output {tmp}/out"), 2, "--channels: no template for fax"),
     ("nightly_copy", "--pairs {pairs}", 2, "--pairs, --users and --products go together; missing: products, users"),
     ("nightly_copy", "--campaign 'bad name!'", 2, "--campaign: 'bad name!': use letters, digits"),
