@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.errors import Incomplete, UsageError
+from factory.fingerprint import FOOTER_KEY, Fingerprint
 from factory import columns as C
 from factory import dedup, inputs, model, report, sample_data
 from factory.cluster import check_shared_storage, place_model, stage_actors
@@ -412,7 +413,8 @@ def run(config: JobConfig) -> RunResult:
         raise ConfigError(f"--campaign {config.campaign}: no pair in {plan.pairs.loc.uri} has this campaign_id",
                           _campaigns_in(plan.pairs, light))
     _write_lookup_rejects(plan, attempt)
-    expected = _stage_rows(plan, attempt)
+    owed = _stage_rows(plan, attempt)
+    expected = owed.rows
     staged_files = list_files(attempt.pairs, ".parquet")  # the rows to generate (identical prompts once)
     dead_reasons = _read_column(attempt.dead_letters, _describe(attempt.dead_letters), C.REASON)
     if len(dead_reasons):
@@ -494,7 +496,7 @@ def run(config: JobConfig) -> RunResult:
                     _gate(reuse, plan, lookups, attempt=2, counter=progress.counter),
                     {C.ROUTE_COPIES: copies}, light, rows_per_file=config.rows_per_file))
 
-    files = _check_exactly_once(attempt, expected)
+    files = _check_exactly_once(attempt, owed)
     review = _write_review_queue(plan, attempt, files)
     result = _summarize(plan, attempt, state.action, files, dead_reasons, time.time() - started, review)
     result.rows_generated, result.rows_resumed, result.rows_reused = generated, len(done), reused
@@ -604,20 +606,27 @@ def _describe(folder: Location) -> list[dict[str, Any]]:
     return out
 
 
-def _check_exactly_once(attempt: Attempt, expected: int) -> list[dict[str, Any]]:
-    """Refuse to publish unless every expected row is written exactly once;
-    return the copy files (name, rows, bytes) from the same single read."""
-    chunks, files = [], []
+def _check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[dict[str, Any]]:
+    """Refuse to publish unless the copies hold every owed row exactly once;
+    return the copy files (name, rows, bytes).
+
+    The driver adds up each file's row-id fingerprint from its footer (a
+    ranged read of a few KB), so its work grows with files, not rows. A file
+    without one (written before fingerprints) has its row ids read instead."""
+    written, files = Fingerprint(), []
     for info in list_files(attempt.copies, ".parquet"):
-        column = read_parquet(attempt.copies.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID]
-        chunks.extend(column.chunks)
-        files.append({"file": info.base_name, "rows": len(column), "bytes": info.size})
-    ids = pa.chunked_array(chunks, pa.string())
-    unique = pc.count_distinct(ids).as_py() if len(ids) else 0
-    if unique != len(ids) or len(ids) != expected:
+        loc = attempt.copies.join(info.base_name)
+        metadata = retry_io(pq.read_metadata, loc.path, filesystem=loc.fs, attempts=3)
+        found = Fingerprint.parse((metadata.metadata or {}).get(FOOTER_KEY))
+        if found is None:
+            found = Fingerprint.of(read_parquet(loc, columns=[C.ROW_ID])[C.ROW_ID])
+        written += found
+        files.append({"file": info.base_name, "rows": found.rows, "bytes": info.size})
+    if written != owed:
         raise IncompleteRun(
-            f"{attempt.copies.uri}: {len(ids)} row(s) written ({len(ids) - unique} duplicate), {expected} expected; "
-            "not publishing. Rerun the same command to resume the attempt.")
+            f"{attempt.copies.uri}: {written.rows} row(s) written, {owed.rows} expected"
+            + ("" if written.rows != owed.rows else ", but not the owed ones (some missing and as many duplicated)")
+            + "; not publishing. Rerun the same command to resume the attempt.")
     return files
 
 
@@ -646,8 +655,9 @@ DUPLICATE_PAIR = "duplicate_pair"
 STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
 
 
-def _stage_rows(plan: Plan, attempt: Attempt) -> int:
-    """Turn the checked pairs into the unique rows the run owes; return how many.
+def _stage_rows(plan: Plan, attempt: Attempt) -> Fingerprint:
+    """Turn the checked pairs into the unique rows the run owes; return their
+    fingerprint (``rows`` is how many).
 
     The same pair twice in the input, or a pair naming a channel that another
     pair for the same user and product already gets, would owe a row twice.
@@ -673,13 +683,15 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
         bucket_files = [(attempt.checked, checked)]
     keys = dedup.PromptKeys(plan.users, plan.templates) if config.dedup_prompts else None
     owed = reused = 0
+    fingerprint = Fingerprint()
     for bucket, (folder, names) in enumerate(bucket_files):
         names = [i.base_name for i in list_files(folder, ".parquet")] if names is None else names
         pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
                  if names else STAGED_PAIR_SCHEMA.empty_table())
-        rows, followers = _stage_bucket(pairs, bucket, plan, attempt, keys)
+        rows, followers, owes = _stage_bucket(pairs, bucket, plan, attempt, keys)
         owed += rows
         reused += followers
+        fingerprint += owes
         if n_buckets > 1:
             logger.info("Staged bucket %d of %d: %d pair(s), %d row(s)", bucket + 1, n_buckets, pairs.num_rows, rows)
     delete_dir_if_exists(attempt.buckets)
@@ -690,7 +702,7 @@ def _stage_rows(plan: Plan, attempt: Attempt) -> int:
     if reused:
         logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
                     "(--no-dedup turns this off)", reused, owed)
-    return owed
+    return fingerprint
 
 
 # Pairs per staging bucket: what bounds the driver's memory while staging
@@ -727,9 +739,10 @@ def _product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
 
 
 def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
-                  keys: dedup.PromptKeys | None) -> tuple[int, int]:
+                  keys: dedup.PromptKeys | None) -> tuple[int, int, Fingerprint]:
     """Stage one bucket's pairs (see ``_stage_rows``): write its rows to
-    generate, its followers and its duplicate pairs; return (rows, followers)."""
+    generate, its followers and its duplicate pairs; return (rows, followers,
+    the fingerprint of every row it owes)."""
     config = plan.config
     if pairs.num_rows:
         pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
@@ -748,8 +761,10 @@ def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
     # The row ids (as JoinProfiles makes them) let a resumed process see
     # which staged rows are still owed without running the join; the prompt
     # keys say which rows would send the engine the same prompt.
-    rows = rows.append_column(C.ROW_ID, pa.array([row_id(config.run_id, *key) for key in zip(
-        *(rows[c].to_pylist() for c in (_CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))], pa.string()))
+    ids = [row_id(config.run_id, *key) for key in zip(
+        *(rows[c].to_pylist() for c in (_CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))]
+    rows = rows.append_column(C.ROW_ID, pa.array(ids, pa.string()))
+    owed_fingerprint = Fingerprint.of(ids)  # what the copies must add up to (_check_exactly_once)
     reused = 0
     if keys is not None and owed:
         resolved = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[_CAMPAIGN])
@@ -766,7 +781,7 @@ def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
             config.run_id, config.run_date, dup.num_rows,
             **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
             **{C.REASON: pa.array([DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
-    return owed, reused
+    return owed, reused, owed_fingerprint
 
 
 # Internal columns of the staging: the pair's position in file order, the

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
+from factory.fingerprint import with_fingerprint
 from factory.storage import Location, write_parquet
 
 WRITTEN_SCHEMA = pa.schema([("sink", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
@@ -68,6 +69,8 @@ class WriteParquetFiles:
             for row in zip(*keys):
                 digest.update(repr(row).encode())
         table = sink.shape(rows) if sink.shape else rows
+        if C.ROW_ID in table.column_names:  # the footer says which rows the file holds (factory/fingerprint.py)
+            table = with_fingerprint(table, table[C.ROW_ID])
         file_name = f"part-{digest.hexdigest()[:20]}.parquet"
         size = write_parquet(sink.folder.join(file_name), table)
         return {"sink": sink_name, "file": file_name, "rows": table.num_rows, "bytes": size}

@@ -86,7 +86,7 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
     users = pa.table({C.USER_ID: ["U1", "U2"], C.LOCALE: ["en-US", "en-US"],
                       "interests": [["tea"], ["hiking"]]})  # different profiles: no prompt is shared
     plan = SimpleNamespace(config=config, users=users, templates=load_templates())
-    assert _stage_rows(plan, attempt) == 3  # U1xP1 push+sms, U2xP1 sms
+    assert _stage_rows(plan, attempt).rows == 3  # U1xP1 push+sms, U2xP1 sms
     rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet")).to_pylist()
     assert sorted((r[C.USER_ID], r[C.CHANNEL], r[C.VARIANT]) for r in rows) == [
         ("U1", "push", 0), ("U1", "sms", 0), ("U2", "sms", 0)]
@@ -113,7 +113,7 @@ def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_
         attempt = Attempt(resolve(str(tmp_path / str(dedup_on))), 1)
         write_parquet(attempt.checked.join("part-x.parquet"), staged)
         config = JobConfig(channels=["push"], run_date="2026-11-20", dedup_prompts=dedup_on)
-        assert _stage_rows(SimpleNamespace(config=config, users=users, templates=load_templates()), attempt) == 3
+        assert _stage_rows(SimpleNamespace(config=config, users=users, templates=load_templates()), attempt).rows == 3
         rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet"))
         assert sorted(rows[C.USER_ID].to_pylist()) == generated
         ids = dict(zip(rows[C.USER_ID].to_pylist(), rows[C.ROW_ID].to_pylist()))
@@ -168,7 +168,11 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, monk
     assert at_once[4] == 1 and in_buckets[4] > 1  # one bucket, then several
     assert in_buckets[:4] == at_once[:4]
     owed, generated, followers, dead, _ = at_once
-    assert owed == len(generated) + len(followers) and followers and dead
+    assert owed.rows == len(generated) + len(followers) and followers and dead
+    # The fingerprint the copies must add up to covers exactly the staged rows, leaders and followers.
+    from factory.fingerprint import Fingerprint
+
+    assert owed == Fingerprint.of([r[0] for r in generated] + [f[0] for f in followers])
 
 
 def test_written_among_counts_what_a_folder_lacks_file_by_file(tmp_path):
