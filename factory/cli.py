@@ -142,20 +142,20 @@ def parse_job(argv: Optional[Sequence[str]] = None) -> JobRequest:
     args = vars(parser.parse_args(argv))
     config_file, campaigns_dir, as_json = args.pop("config"), args.pop("campaigns_dir"), args.pop("json")
     file_values, file_lines = load_yaml_lines(config_file, "--config file") if config_file else ({}, {})
-    names = {dest: flag for dest, flag in flag_names(parser).items() if args.get(dest) is not None}
+    given = {dest: flag for dest, flag in flag_names(parser).items() if args.get(dest) is not None}
     files = [(config_file, file_lines)] if config_file else []
     campaigns_dir = campaigns_dir or file_values.pop("campaigns_dir", None)
-    names_run = _names(args, file_values)
+    names = _names(args, file_values)
     try:
         if campaigns_dir:
-            pairs = campaign_configs(file_values, args, campaigns_dir, names_run, flags=names, files=files)
+            pairs = campaign_configs(file_values, args, campaigns_dir, names, flags=given, files=files)
             configs, paths = [c for _, c in pairs], [str(k.path) for k, _ in pairs]
         else:
-            configs = ([build_config(file_values, {**args, "campaign": n}) for n in names_run]
+            configs = ([build_config(file_values, {**args, "campaign": n}) for n in names]
                        or [build_config(file_values, args)])
             paths = [None] * len(configs)
     except ValidationError as exc:
-        raise UsageError(*settings_lines(exc, JobConfig, names, files)) from None
+        raise UsageError(*settings_lines(exc, JobConfig, given, files)) from None
     if not campaigns_dir and len(configs) > 1 and configs[0].run_label:
         from factory.campaigns import CampaignError
 

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
