@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from factory import columns as C  # noqa: E402
-from factory.fingerprint import Fingerprint, with_fingerprint  # noqa: E402
+from factory.fingerprint import Fingerprint  # noqa: E402
+from factory.footer import stamp  # noqa: E402
 from factory.pipeline import _check_exactly_once  # noqa: E402
 from factory.publish import Attempt  # noqa: E402
 from factory.storage import list_files, read_parquet, resolve, write_parquet  # noqa: E402
@@ -38,7 +39,7 @@ def write_copies(folder: Path, rows: int, per_file: int) -> tuple[Attempt, Finge
     for start in range(0, rows, per_file):
         ids = [hashlib.sha256(str(i).encode()).hexdigest()[:20] for i in range(start, min(rows, start + per_file))]
         table = pa.table({C.ROW_ID: pa.array(ids), C.TEXT: pa.array(["x" * 60] * len(ids))})
-        write_parquet(attempt.copies.join(f"part-{start // per_file:05d}.parquet"), with_fingerprint(table, ids))
+        write_parquet(attempt.copies.join(f"part-{start // per_file:05d}.parquet"), stamp(table, {}))
         owed += Fingerprint.of(ids)
     return attempt, owed
 

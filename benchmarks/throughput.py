@@ -254,7 +254,7 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
          f"rows/s (drift {100 * (bare_runs[-1]['rows_per_s'] / bare_runs[0]['rows_per_s'] - 1):+.1f} %; more than "
          "a few % means the machine's speed moved during the run)") if len(bare_runs) > 1
         else "bare vLLM ran once (--bare-once): machine drift is not measured",
-        f"pipeline / bare vLLM (mean of before and after), target >= 0.90:",
+        "pipeline / bare vLLM (mean of before and after), target >= 0.90:",
         f"  against one call over all prompts: {pipe_rows_s / one_rows:.2f}x rows/s, {pipe_tok_s / one_tok:.2f}x "
         "output tokens/s",
         f"  like for like, both marginal over the same rows: {pipe_rows_s / marg_rows:.2f}x rows/s, "

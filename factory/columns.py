@@ -80,3 +80,7 @@ STOP = "__stop"
 # Where the writer sends a row: the published copies, or the repair queue.
 ROUTE = "__route"
 ROUTE_COPIES, ROUTE_REPAIR = "copies", "repair"
+# On a reused row: its leader's tokens, the engine work the reuse saved
+# (ReuseCopy sets them; the copies' footer adds them up, factory/footer.py).
+SAVED_PROMPT_TOKENS = "__saved_prompt_tokens"
+SAVED_OUTPUT_TOKENS = "__saved_output_tokens"

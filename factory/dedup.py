@@ -19,7 +19,7 @@ vLLM's prefix cache serves the shared part once.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -134,40 +134,39 @@ WORK_COLUMNS = (C.ROW_ID, C.CHANNEL, C.DEDUP_OF, C.NUM_INPUT_TOKENS, C.NUM_OUTPU
 
 
 def work_figures(rows: pa.Table) -> dict:
-    """``work_figures_of`` for one table of published rows."""
-    return work_figures_of(lambda: [rows])
-
-
-def work_figures_of(parts: Callable[[], Iterable[pa.Table]]) -> dict:
-    """``WorkTally`` over ``parts()`` (read twice when rows were reused)."""
+    """``WorkTally`` figures of one table of rows."""
     tally = WorkTally()
-    for rows in parts():
-        tally.add(rows)
-    return tally.figures(parts)
-
-
-# What the second read needs: a leader's id and its tokens.
-LEADER_COLUMNS = (C.ROW_ID, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS)
+    tally.add(rows)
+    return tally.figures()
 
 
 class WorkTally:
     """What the engine did and what it was spared, from the published rows
     (``WORK_COLUMNS``), added up one part (file) at a time. Token counts are
     those of each row's final generation (a repaired row's first draft is
-    not counted)."""
+    not counted). What a reuse saved is its leader's tokens, which the reusing
+    row carries until it is written (``C.SAVED_PROMPT_TOKENS``): the tally
+    never needs the leaders' files."""
+
+    _FIELDS = ("n_gen", "n_reused", "prompt_tokens", "output_tokens", "cached", "measured_prompt",
+               "measured_rows", "saved_prompt", "saved_output")
 
     def __init__(self) -> None:
-        self.n_gen = self.n_reused = self.prompt_tokens = self.output_tokens = 0
-        self.cached = self.measured_prompt = self.measured_rows = 0
+        for name in self._FIELDS:
+            setattr(self, name, 0)
         self.channel_sums: dict[str, list[int]] = {}  # channel -> [prompt sum, prompt n, output sum, output n]
-        self._wanted: list[pa.Array] = []  # the leader ids reused rows name
 
-    def add(self, rows: pa.Table) -> None:
+    def add(self, rows: pa.Table, carried: Optional[pa.Table] = None) -> None:
+        """Count ``rows`` (as written); ``carried`` (the same rows before the
+        writer shaped them, default ``rows``) may hold the saved tokens."""
         reused = pc.is_valid(rows[C.DEDUP_OF])
         generated = rows.filter(pc.invert(reused))
         self.n_gen += generated.num_rows
         self.n_reused += rows.num_rows - generated.num_rows
-        self._wanted.append(rows[C.DEDUP_OF].filter(reused))
+        carried = rows if carried is None else carried
+        for name, column in (("saved_prompt", C.SAVED_PROMPT_TOKENS), ("saved_output", C.SAVED_OUTPUT_TOKENS)):
+            if column in carried.column_names:
+                setattr(self, name, getattr(self, name) + (pc.sum(carried[column]).as_py() or 0))
         self.prompt_tokens += pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
         self.output_tokens += pc.sum(generated[C.NUM_OUTPUT_TOKENS]).as_py() or 0
         measured = generated.filter(pc.is_valid(generated[C.NUM_CACHED_TOKENS]))
@@ -184,22 +183,28 @@ class WorkTally:
                                           f"{C.NUM_OUTPUT_TOKENS}_sum", f"{C.NUM_OUTPUT_TOKENS}_count")):
                     sums[k] += row[name] or 0
 
-    def figures(self, leaders: Callable[[], Iterable[pa.Table]]) -> dict:
-        """The figures; ``leaders()`` (the same parts, ``LEADER_COLUMNS``
-        suffice) is read only when rows were reused, for their leaders' tokens."""
-        saved_in = saved_out = 0
-        if self.n_reused:
-            # Each leader's tokens, once per row that reused it.
-            times = pc.value_counts(pa.chunked_array(self._wanted, pa.string()))
-            leader_ids, uses = times.field("values"), times.field("counts")
-            for rows in leaders():
-                at = pc.index_in(rows[C.ROW_ID], value_set=leader_ids)
-                hit = pc.is_valid(at)
-                if not pc.any(hit).as_py():
-                    continue
-                n = pc.take(uses, at.filter(hit))
-                saved_in += pc.sum(pc.multiply(rows[C.NUM_INPUT_TOKENS].filter(hit), n)).as_py() or 0
-                saved_out += pc.sum(pc.multiply(rows[C.NUM_OUTPUT_TOKENS].filter(hit), n)).as_py() or 0
+    def __iadd__(self, other: "WorkTally") -> "WorkTally":
+        for name in self._FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for channel, sums in other.channel_sums.items():
+            mine = self.channel_sums.setdefault(channel, [0, 0, 0, 0])
+            for k, v in enumerate(sums):
+                mine[k] += v
+        return self
+
+    def state(self) -> dict:
+        """The sums as plain JSON values (a file footer keeps them, ``factory/footer.py``)."""
+        return {**{name: getattr(self, name) for name in self._FIELDS}, "channel_sums": self.channel_sums}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "WorkTally":
+        tally = cls()
+        for name in cls._FIELDS:
+            setattr(tally, name, state[name])
+        tally.channel_sums = {k: list(v) for k, v in state["channel_sums"].items()}
+        return tally
+
+    def figures(self) -> dict:
         total = self.n_gen + self.n_reused
         per_channel = {ch: {"mean_prompt_tokens": round(s[0] / s[1], 1) if s[1] else None,
                             "mean_output_tokens": round(s[2] / s[3], 1) if s[3] else None}
@@ -210,7 +215,7 @@ class WorkTally:
             "reused_share": round(self.n_reused / total, 4) if total else 0.0,
             "prompt_tokens": self.prompt_tokens,
             "output_tokens": self.output_tokens,
-            "tokens_saved_by_reuse": {"prompt": saved_in, "output": saved_out},
+            "tokens_saved_by_reuse": {"prompt": self.saved_prompt, "output": self.saved_output},
             # Share of prompt tokens vLLM's prefix cache served, over the rows
             # whose engine reported it (null when none did).
             "prefix_cache_hit_rate": round(self.cached / self.measured_prompt, 4) if self.measured_prompt else None,

@@ -8,8 +8,8 @@ which file a row is in, so per-file fingerprints add up to the run's. A
 missing, duplicated or foreign row changes the count or a sum; two errors that
 cancel in both sums at once are about as likely as a 128-bit collision.
 
-Each copy file carries its own in its Parquet footer (``FOOTER_KEY``), so a
-resumed process adds up what earlier ones wrote by reading footers only.
+Each written file carries its own in its Parquet footer (``factory/footer.py``),
+so a resumed process adds up what earlier ones wrote by reading footers only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-FOOTER_KEY = b"copy_factory.row_id_fingerprint"
 _MASK = (1 << 64) - 1
 
 
@@ -62,10 +61,3 @@ class Fingerprint:
             return None
         rows, head, mixed = (text.decode() if isinstance(text, bytes) else text).split(":")
         return cls(int(rows), int(head, 16), int(mixed, 16))
-
-
-def with_fingerprint(table: pa.Table, ids) -> pa.Table:
-    """``table`` whose schema metadata (the file footer, once written) holds the fingerprint of ``ids``."""
-    metadata = dict(table.schema.metadata or {})
-    metadata[FOOTER_KEY] = Fingerprint.of(ids).text().encode()
-    return table.replace_schema_metadata(metadata)

@@ -40,15 +40,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.errors import Incomplete, UsageError
-from factory.fingerprint import FOOTER_KEY, Fingerprint
+from factory.fingerprint import Fingerprint
 from factory import columns as C
-from factory import dedup, inputs, model, report, sample_data
+from factory import dedup, footer, inputs, model, report, sample_data
 from factory.cluster import check_shared_storage, place_model, stage_actors
 from factory.config import JobConfig
 from factory.facts.extract import NO_FACTS, attach_facts
 from factory.prompts import PromptTemplate, apply_brand_voice, load_templates
 from factory.quality.metrics import corpus_figures
-from factory.quality.summary import VERDICT_COLUMNS, QualityTally
 from factory.ray_session import engine_paced_scheduling, start_or_join
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.check import CheckPairs, ReadPairs
@@ -60,6 +59,7 @@ from factory.preflight import check_engine_kwargs, check_place
 from factory.progress import ProgressLog
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
+from factory.footer import Footer, read_footers
 from factory.storage import (Location, delete_dir_if_exists, list_files, put_bytes, read_bytes, read_parquet,
                              resolve, retry_io, write_parquet)
 
@@ -405,7 +405,8 @@ def run(config: JobConfig) -> RunResult:
         _route_checked, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
                                    "campaign": config.campaign},
         batch_format="pyarrow", num_cpus=light)
-    staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape),
+    staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape,
+                                                   footer.dead_letter_entries),
                               "pairs": Sink(attempt.checked, _staged_pair_shape)}, light, route=C.ROUTE)
     if config.campaign and not sum(w["rows"] for w in staged):
         if state.action == "new":
@@ -416,9 +417,10 @@ def run(config: JobConfig) -> RunResult:
     owed = _stage_rows(plan, attempt)
     expected = owed.rows
     staged_files = list_files(attempt.pairs, ".parquet")  # the rows to generate (identical prompts once)
-    dead_reasons = _read_column(attempt.dead_letters, _describe(attempt.dead_letters), C.REASON)
-    if len(dead_reasons):
-        logger.warning("%d pair(s) sent to the dead letters at %s", len(dead_reasons), attempt.dead_letters.uri)
+    dead = read_footers(attempt.dead_letters)  # final once staged: what the summary and manifest list
+    if sum(f.rows for f in dead):
+        logger.warning("%d pair(s) sent to the dead letters at %s", sum(f.rows for f in dead),
+                       attempt.dead_letters.uri)
     logger.info("%d servable pair(s) owe %d row(s)", sum(w["rows"] for w in staged if w["sink"] == "pairs"),
                 expected)
 
@@ -432,7 +434,7 @@ def run(config: JobConfig) -> RunResult:
 
     keys = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
     finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
-    copies = Sink(attempt.copies, finalize)
+    copies = Sink(attempt.copies, finalize, footer.copies_entries)
     generated = first_drafts = reused = 0
     progress = ProgressLog(expected, config.progress_every_seconds, already_done=len(written))
     with progress:
@@ -498,7 +500,7 @@ def run(config: JobConfig) -> RunResult:
 
     files = _check_exactly_once(attempt, owed)
     review = _write_review_queue(plan, attempt, files)
-    result = _summarize(plan, attempt, state.action, files, dead_reasons, time.time() - started, review)
+    result = _summarize(plan, attempt, state.action, files, dead, time.time() - started, review)
     result.rows_generated, result.rows_resumed, result.rows_reused = generated, len(done), reused
     result.progress = progress.samples
     # Engine requests this process made: first drafts (rows not written
@@ -509,7 +511,7 @@ def run(config: JobConfig) -> RunResult:
                    rows_reused=reused)
     summary = _write_summary(plan, attempt, result, device)
     report_file = _write_report(plan, attempt, files, summary)
-    _publish(plan, attempt, result, summary, device, report_file)
+    _publish(plan, attempt, result, summary, device, dead, report_file)
     delete_dir_if_exists(attempt.work)
     return result
 
@@ -598,30 +600,19 @@ def _count_missing(ids: pa.ChunkedArray, present: pa.ChunkedArray) -> int:
 
 
 def _describe(folder: Location) -> list[dict[str, Any]]:
-    """Every Parquet file under ``folder``: name, rows (from its footer), bytes."""
-    out = []
-    for info in list_files(folder, ".parquet"):
-        rows = read_parquet(folder.join(info.base_name), columns=[]).num_rows
-        out.append({"file": info.base_name, "rows": rows, "bytes": info.size})
-    return out
+    """Every Parquet file under ``folder``: name, rows, bytes (from footers)."""
+    return [f.listing() for f in read_footers(folder)]
 
 
-def _check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[dict[str, Any]]:
+def _check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[Footer]:
     """Refuse to publish unless the copies hold every owed row exactly once;
-    return the copy files (name, rows, bytes).
+    return the copy files' footers.
 
     The driver adds up each file's row-id fingerprint from its footer (a
     ranged read of a few KB), so its work grows with files, not rows. A file
     without one (written before fingerprints) has its row ids read instead."""
-    written, files = Fingerprint(), []
-    for info in list_files(attempt.copies, ".parquet"):
-        loc = attempt.copies.join(info.base_name)
-        metadata = retry_io(pq.read_metadata, loc.path, filesystem=loc.fs, attempts=3)
-        found = Fingerprint.parse((metadata.metadata or {}).get(FOOTER_KEY))
-        if found is None:
-            found = Fingerprint.of(read_parquet(loc, columns=[C.ROW_ID])[C.ROW_ID])
-        written += found
-        files.append({"file": info.base_name, "rows": found.rows, "bytes": info.size})
+    files = read_footers(attempt.copies)
+    written = sum((footer.fingerprint(f) for f in files), Fingerprint())
     if written != owed:
         raise IncompleteRun(
             f"{attempt.copies.uri}: {written.rows} row(s) written, {owed.rows} expected"
@@ -777,7 +768,7 @@ def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
     _write_chunks(attempt.pairs, rows.drop_columns([_CAMPAIGN]), f"part-{bucket:05d}")
     if len(duplicates):
         dup = pairs.take(duplicates)
-        write_parquet(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), _dead_letters(
+        _write_dead_letters(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), _dead_letters(
             config.run_id, config.run_date, dup.num_rows,
             **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
             **{C.REASON: pa.array([DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
@@ -838,6 +829,11 @@ def _dead_letters(run_id: str, run_date, n: int, **columns) -> pa.Table:
                     schema=DEAD_LETTER_SCHEMA)
 
 
+def _write_dead_letters(loc: Location, table: pa.Table) -> None:
+    """Dead letters the driver writes itself, footed like the writer's."""
+    write_parquet(loc, footer.stamp(table, footer.dead_letter_entries(table, table)))
+
+
 def _dead_letter_shape(rows: pa.Table) -> pa.Table:
     return rows.select(DEAD_LETTER_SCHEMA.names).cast(DEAD_LETTER_SCHEMA)
 
@@ -862,11 +858,10 @@ def _write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
         C.SOURCE: pa.array([r["source"] for r in rejects], pa.string()),
         C.SOURCE_ROW: pa.array([r["source_row"] for r in rejects], pa.int64()),
     })
-    write_parquet(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
+    _write_dead_letters(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
 
 
 def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int, counter=None):
-    import ray
 
     return ds.map_batches(
         QualityGate,
@@ -884,10 +879,10 @@ REVIEW_PRODUCT_COLUMNS = ("title", "brand", "category", "price", "currency", "de
 REVIEW_DESCRIPTION_CHARS = 1_000
 
 
-def _write_review_queue(plan: Plan, attempt: Attempt, files: list[dict[str, Any]]) -> dict[str, Any]:
+def _write_review_queue(plan: Plan, attempt: Attempt, files: list[Footer]) -> dict[str, Any]:
     """Rows with status ``review``, with the product facts beside the copy, in
     one small Parquet file a reviewer can open in any tool."""
-    tables = [read_parquet(attempt.copies.join(f["file"]), filters=[(C.STATUS, "=", C.REVIEW)]) for f in files]
+    tables = [read_parquet(f.loc, filters=[(C.STATUS, "=", C.REVIEW)]) for f in files]
     rows = pa.concat_tables(tables) if tables else None
     if rows is None or rows.num_rows == 0:
         return {"rows": 0, "file": None}
@@ -911,44 +906,36 @@ def _write_review_queue(plan: Plan, attempt: Attempt, files: list[dict[str, Any]
     return {"rows": review.num_rows, "file": "review/review.parquet", "bytes": size}
 
 
-def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, Any]],
-               dead_reasons: pa.ChunkedArray, seconds: float, review: dict[str, Any]) -> RunResult:
-    # Verdicts and engine work are added up one file at a time, from one read
-    # of each file: the driver's memory does not grow with the run.
-    tally, work = QualityTally(), dedup.WorkTally()
-    for f in files:
-        rows = read_parquet(attempt.copies.join(f["file"]), columns=list(dict.fromkeys(VERDICT_COLUMNS
-                                                                                     + dedup.WORK_COLUMNS)))
-        tally.add(rows.select(list(VERDICT_COLUMNS)))
-        work.add(rows)
-    quality = tally.summary()
+def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[Footer], dead: list[Footer],
+               seconds: float, review: dict[str, Any]) -> RunResult:
+    # Verdicts and engine work come from the files' footers (factory/footer.py):
+    # the driver reads no row for them, whatever the run's size.
+    stats = footer.copy_stats(files)
+    quality = stats.quality.summary()
     quality["review_queue"] = review
     # Corpus figures need the text: read whole files (named by a hash of
     # their rows, so effectively in random order) until a sample is big enough.
     sample = _corpus_sample(files)
-    corpus_rows = _read_columns(attempt.copies, sample, CORPUS_COLUMNS)
+    corpus_rows = _read_columns(sample, CORPUS_COLUMNS)
     quality["corpus"] = corpus_figures(corpus_rows, plan.products, max_rows=CORPUS_SAMPLE_ROWS)
     quality["corpus"]["files_measured"] = f"{len(sample)} of {len(files)}"
     del corpus_rows
-
-    work_figures = work.figures(lambda: (read_parquet(attempt.copies.join(f["file"]),
-                                                      columns=list(dedup.LEADER_COLUMNS)) for f in files))
-    by_reason = dict(zip(*_value_counts(dead_reasons)))
+    by_reason = dict(footer.reason_counts(dead).most_common())
     # One accepted sample per channel from the head of the first file: cheap at any size.
     samples, seen = [], set()
     if files:
-        head = read_parquet(attempt.copies.join(files[0]["file"])).slice(0, 2_000)
+        head = read_parquet(files[0].loc).slice(0, 2_000)
         for row in head.to_pylist():
             if row[C.CHANNEL] not in seen and row[C.TEXT] and row[C.STATUS] == C.ACCEPTED:
                 seen.add(row[C.CHANNEL])
                 samples.append({k: row[k] for k in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.TEXT)})
     return RunResult(
         run_id=plan.config.run_id, attempt=attempt.number, action=action, output_uri=attempt.base.uri,
-        manifest_uri=attempt.manifest.uri, rows_written=tally.rows,
-        dead_letters=len(dead_reasons), rows_by_channel=tally.rows_by_channel(), dead_letters_by_reason=by_reason,
-        samples=samples, seconds=round(seconds, 1),
-        files=[{"path": f"copies/{f['file']}", "rows": f["rows"], "bytes": f["bytes"]} for f in files],
-        quality=quality, work=work_figures,
+        manifest_uri=attempt.manifest.uri, rows_written=stats.quality.rows,
+        dead_letters=sum(f.rows for f in dead), rows_by_channel=stats.quality.rows_by_channel(),
+        dead_letters_by_reason=by_reason, samples=samples, seconds=round(seconds, 1),
+        files=[{"path": f"copies/{f.file}", "rows": f.rows, "bytes": f.size} for f in files],
+        quality=quality, work=stats.work.figures(),
     )
 
 
@@ -958,39 +945,26 @@ def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[dict[str, 
 CORPUS_SAMPLE_ROWS = 100_000
 
 
-def _corpus_sample(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _corpus_sample(files: list[Footer]) -> list[Footer]:
     """Whole copy files, in listing order, until CORPUS_SAMPLE_ROWS rows."""
     sample, rows = [], 0
     for f in files:
         if rows >= CORPUS_SAMPLE_ROWS:
             break
         sample.append(f)
-        rows += f["rows"]
+        rows += f.rows
     return sample
 CORPUS_COLUMNS = (C.CHANNEL, C.USER_ID, C.PRODUCT_ID, C.TEXT, C.STATUS, C.NUMERIC_FIDELITY, C.COPY_LENGTH,
                   C.COPY_LENGTH_LIMIT)
 
 
-def _read_columns(loc: Location, written: list[dict[str, Any]], columns) -> pa.Table:
-    """Some columns of the files a write produced: what a downstream reader will see."""
+def _read_columns(files: list[Footer], columns) -> pa.Table:
+    """Some columns of written copy files: what a downstream reader will see."""
     from factory.stages.finalize import OUTPUT_SCHEMA
 
     schema = pa.schema([OUTPUT_SCHEMA.field(c) for c in columns])
-    tables = [read_parquet(loc.join(w["file"]), columns=list(columns)) for w in written]
+    tables = [read_parquet(f.loc, columns=list(columns)) for f in files]
     return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def _read_column(loc: Location, written: list[dict[str, Any]], column: str) -> pa.ChunkedArray:
-    """One column of the files a write produced: what a downstream reader will see."""
-    return pa.chunked_array([read_parquet(loc.join(w["file"]), columns=[column])[column] for w in written],
-                            pa.string())
-
-
-def _value_counts(column) -> tuple[list, list]:
-    if len(column) == 0:
-        return [], []
-    counts = pc.value_counts(column)
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
 def _write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str) -> dict[str, Any]:
@@ -1025,12 +999,12 @@ def _write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str)
     return summary
 
 
-def _write_report(plan: Plan, attempt: Attempt, files: list[dict[str, Any]], summary: dict[str, Any]) -> str | None:
+def _write_report(plan: Plan, attempt: Attempt, files: list[Footer], summary: dict[str, Any]) -> str | None:
     """report.html beside summary.json, from the same bounded sample of files as
     the corpus figures. A report that cannot be written never fails a run: the
     data is published regardless."""
     try:
-        copies = _read_columns(attempt.copies, _corpus_sample(files), report.REPORT_COLUMNS)
+        copies = _read_columns(_corpus_sample(files), report.REPORT_COLUMNS)
         written = report.write_report(attempt.base, summary, copies, plan.products, summary.get("progress"))
     except Exception as exc:  # noqa: BLE001
         logger.warning("Run report not written: %s", exc)
@@ -1040,12 +1014,11 @@ def _write_report(plan: Plan, attempt: Attempt, files: list[dict[str, Any]], sum
 
 
 def _publish(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str, Any], device: str,
-             report_file: str | None = None) -> None:
+             dead: list[Footer], report_file: str | None = None) -> None:
     """The manifest (exclusively: one writer wins), then _SUCCESS, then the
     campaign's latest pointer. Until the manifest exists nothing of this
     attempt is visible to a reader that follows the contract."""
     config = plan.config
-    dead_files = _describe(attempt.dead_letters)
     review = result.quality["review_queue"]
     manifest = {
         "run_id": config.run_id,
@@ -1063,8 +1036,7 @@ def _publish(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str,
         "dead_letters_by_reason": result.dead_letters_by_reason,
         "files": {
             "copies": result.files,
-            "dead_letters": [{"path": f"dead_letters/{f['file']}", "rows": f["rows"], "bytes": f["bytes"]}
-                             for f in dead_files],
+            "dead_letters": [{"path": f"dead_letters/{f.file}", "rows": f.rows, "bytes": f.size} for f in dead],
             "review": ([{"path": review["file"], "rows": review["rows"], "bytes": review["bytes"]}]
                        if review["file"] else []),
         },

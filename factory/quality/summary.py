@@ -61,6 +61,43 @@ class QualityTally:
         for (reason,), n in _list_counts(kept, C.REASONS):
             self.before_reason[reason] += n
 
+    def __iadd__(self, other: "QualityTally") -> "QualityTally":
+        """Add another tally (another file's) to this one."""
+        self.rows += other.rows
+        for mine, theirs in ((self.status, other.status), (self.by_reason, other.by_reason),
+                             (self.before_status, other.before_status), (self.before_reason, other.before_reason),
+                             (self.repaired, other.repaired)):
+            mine.update(theirs)
+        for mine, theirs, zero in ((self.by_channel, other.by_channel, {s: 0 for s in C.STATUSES}),
+                                   (self.reasons_by_channel, other.reasons_by_channel, {})):
+            for channel, counts in theirs.items():
+                mine.setdefault(channel, Counter(zero)).update(counts)
+        return self
+
+    _FIELDS = ("status", "by_channel", "by_reason", "reasons_by_channel", "before_status", "before_reason",
+               "repaired")
+
+    def state(self) -> dict[str, Any]:
+        """The counts as plain JSON values (a file footer keeps them, ``factory/footer.py``)."""
+        out: dict[str, Any] = {"rows": self.rows}
+        for name in self._FIELDS:
+            value = getattr(self, name)
+            out[name] = ({k: dict(v) for k, v in value.items()} if name in ("by_channel", "reasons_by_channel")
+                         else dict(value))
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "QualityTally":
+        tally = cls()
+        tally.rows = state["rows"]
+        for name in cls._FIELDS:
+            value = state[name]
+            if name in ("by_channel", "reasons_by_channel"):
+                setattr(tally, name, {k: Counter(v) for k, v in value.items()})
+            else:
+                getattr(tally, name).update(value)
+        return tally
+
     def rows_by_channel(self) -> dict[str, int]:
         return {ch: sum(c.values()) for ch, c in self.by_channel.items()}
 

@@ -15,8 +15,8 @@ class ReuseCopy:
     """Followers in (their keys and ``dedup_of``), gate-ready rows out: the
     leader's final copy, locale, template version, attempt and finish reason
     under the follower's own identity. No engine work was spent on the row,
-    so its token counts are 0. The quality gate then judges the row on its
-    own (it knows the row's user)."""
+    so its token counts are 0 (its leader's ride along, as what was saved).
+    The quality gate then judges the row on its own (it knows the row's user)."""
 
     def __init__(self, leaders):
         import ray
@@ -32,6 +32,10 @@ class ReuseCopy:
         n = batch.num_rows
         columns = {name: lead[name] for name in lead.column_names if name not in OWN_COLUMNS}
         columns.update({name: batch[name] for name in OWN_COLUMNS})
+        # The leader's tokens are what reusing spared the engine; the copies'
+        # footer adds them up (the written row says 0: it cost nothing).
+        columns[C.SAVED_PROMPT_TOKENS] = lead[C.NUM_INPUT_TOKENS]
+        columns[C.SAVED_OUTPUT_TOKENS] = lead[C.NUM_OUTPUT_TOKENS]
         columns[C.NUM_INPUT_TOKENS] = pa.array([0] * n, pa.int32())
         columns[C.NUM_OUTPUT_TOKENS] = pa.array([0] * n, pa.int32())
         columns[C.NUM_CACHED_TOKENS] = pa.nulls(n, pa.int32())

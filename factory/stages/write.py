@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
-from factory.fingerprint import with_fingerprint
 from factory.storage import Location, write_parquet
 
 WRITTEN_SCHEMA = pa.schema([("sink", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
@@ -25,6 +24,9 @@ class Sink:
 
     folder: Optional[Location]
     shape: Optional[Callable[[pa.Table], pa.Table]] = None
+    # What the file's footer says of it beyond its row ids' fingerprint:
+    # footer(rows as given, rows as written) -> entries (factory/footer.py).
+    footer: Optional[Callable[[pa.Table, pa.Table], dict[bytes, bytes]]] = None
 
 
 class WriteParquetFiles:
@@ -69,8 +71,11 @@ class WriteParquetFiles:
             for row in zip(*keys):
                 digest.update(repr(row).encode())
         table = sink.shape(rows) if sink.shape else rows
-        if C.ROW_ID in table.column_names:  # the footer says which rows the file holds (factory/fingerprint.py)
-            table = with_fingerprint(table, table[C.ROW_ID])
+        # The footer says what the file holds, so the driver need not read it
+        # again. Imported here: factory.footer's tallies import the stages.
+        from factory import footer
+
+        table = footer.stamp(table, sink.footer(rows, table) if sink.footer else {})
         file_name = f"part-{digest.hexdigest()[:20]}.parquet"
         size = write_parquet(sink.folder.join(file_name), table)
         return {"sink": sink_name, "file": file_name, "rows": table.num_rows, "bytes": size}

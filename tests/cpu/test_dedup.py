@@ -167,15 +167,26 @@ def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
         {C.ROW_ID: "e", C.CHANNEL: "push", C.DEDUP_OF: "b", C.NUM_INPUT_TOKENS: 0, C.NUM_OUTPUT_TOKENS: 0,
          C.NUM_CACHED_TOKENS: None},
     ])
-    w = dedup.work_figures(table)
+    # The reusing rows as ReuseCopy made them, before the writer shaped them:
+    # they carry their leader's tokens, what the reuse spared the engine.
+    carried = table.append_column(C.SAVED_PROMPT_TOKENS, pa.array([None, None, None, 120, 120], pa.int32())) \
+        .append_column(C.SAVED_OUTPUT_TOKENS, pa.array([None, None, None, 20, 20], pa.int32()))
+    tally = dedup.WorkTally()
+    tally.add(table, carried)
+    w = tally.figures()
     assert (w["rows_generated"], w["rows_reused"], w["reused_share"]) == (3, 2, 0.4)
     assert w["tokens_saved_by_reuse"] == {"prompt": 240, "output": 40}
     assert (w["prompt_tokens"], w["output_tokens"]) == (300, 60)
     assert w["prefix_cache_hit_rate"] == round(96 / 220, 4) and w["prefix_cache_rows_measured"] == 2
     assert w["by_channel"] == {"push": {"mean_prompt_tokens": 110.0, "mean_output_tokens": 15.0},
                                "sms": {"mean_prompt_tokens": 80.0, "mean_output_tokens": 30.0}}
-    # File by file (leaders and followers in different files) gives the same figures.
-    assert dedup.work_figures_of(lambda: [table.slice(3), table.slice(0, 1), table.slice(1, 2)]) == w
+    # File by file (leaders and followers in different files), and through a footer's JSON, the same figures.
+    merged = dedup.WorkTally()
+    for part in (slice(3, 5), slice(0, 1), slice(1, 3)):
+        one = dedup.WorkTally()
+        one.add(table[part], carried[part])
+        merged += dedup.WorkTally.from_state(json.loads(json.dumps(one.state())))
+    assert merged.figures() == w
     none = dedup.work_figures(_written([{C.ROW_ID: "a", C.CHANNEL: "push", C.DEDUP_OF: None,
                                          C.NUM_INPUT_TOKENS: 5, C.NUM_OUTPUT_TOKENS: 1, C.NUM_CACHED_TOKENS: None}]))
     assert none["prefix_cache_hit_rate"] is None and none["rows_reused"] == 0
@@ -192,6 +203,7 @@ def test_reuse_copy_takes_the_leaders_copy_under_its_own_identity():
     assert (out[C.ROW_ID], out[C.USER_ID], out[C.DEDUP_OF]) == ("F1", "U2", "L1")
     assert (out[C.TEXT], out[C.ATTEMPT], out[C.FIRST_ATTEMPT_REASONS]) == ("Warm light for you.", 2, ["truncated"])
     assert (out[C.NUM_INPUT_TOKENS], out[C.NUM_OUTPUT_TOKENS], out[C.NUM_CACHED_TOKENS]) == (0, 0, None)
+    assert (out[C.SAVED_PROMPT_TOKENS], out[C.SAVED_OUTPUT_TOKENS]) == (90, 9)  # what the reuse spared
     orphan = followers.set_column(followers.column_names.index(C.DEDUP_OF), C.DEDUP_OF, pa.array(["nope"]))
     with pytest.raises(RuntimeError, match="not written"):
         ReuseCopy(leaders)(orphan)

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from factory import columns as C
-from factory.fingerprint import FOOTER_KEY, Fingerprint, with_fingerprint
+from factory.fingerprint import Fingerprint
+from factory.footer import FINGERPRINT, stamp
 from factory.pipeline import IncompleteRun, _check_exactly_once
 from factory.publish import Attempt
 from factory.storage import read_parquet, resolve, write_parquet
@@ -31,19 +32,19 @@ def _copies(tmp_path, files: list[list[str]], footer: bool = True) -> Attempt:
     attempt = Attempt(resolve(str(tmp_path / "run")), 1)
     for i, ids in enumerate(files):
         table = pa.table({C.ROW_ID: pa.array(ids, pa.string()), C.TEXT: pa.array(["x"] * len(ids))})
-        write_parquet(attempt.copies.join(f"part-{i}.parquet"), with_fingerprint(table, ids) if footer else table)
+        write_parquet(attempt.copies.join(f"part-{i}.parquet"), stamp(table, {}) if footer else table)
     return attempt
 
 
 def test_every_owed_row_once_passes_from_footers_alone(tmp_path, monkeypatch):
     ids = _ids(90)
     attempt = _copies(tmp_path, [ids[:40], ids[40:]])
-    assert read_parquet(attempt.copies.join("part-0.parquet")).schema.metadata[FOOTER_KEY].startswith(b"40:")
-    import factory.pipeline as pipeline
+    assert read_parquet(attempt.copies.join("part-0.parquet")).schema.metadata[FINGERPRINT].startswith(b"40:")
+    import factory.footer as footer
 
-    monkeypatch.setattr(pipeline, "read_parquet", lambda *a, **k: pytest.fail("no row id is read"))
+    monkeypatch.setattr(footer, "read_parquet", lambda *a, **k: pytest.fail("no row id is read"))
     files = _check_exactly_once(attempt, Fingerprint.of(ids))
-    assert [f["rows"] for f in files] == [40, 50] and all(f["bytes"] > 0 for f in files)
+    assert [f.rows for f in files] == [40, 50] and all(f.size > 0 for f in files)
 
 
 @pytest.mark.parametrize("written, says", [
@@ -60,6 +61,6 @@ def test_a_missing_or_twice_written_row_stops_the_publish(tmp_path, written, say
 def test_files_written_before_fingerprints_are_read_instead(tmp_path):
     ids = _ids(30)
     attempt = _copies(tmp_path, [ids[:10], ids[10:]], footer=False)
-    assert [f["rows"] for f in _check_exactly_once(attempt, Fingerprint.of(ids))] == [10, 20]
+    assert [f.rows for f in _check_exactly_once(attempt, Fingerprint.of(ids))] == [10, 20]
     with pytest.raises(IncompleteRun):
         _check_exactly_once(attempt, Fingerprint.of(ids[1:]))

@@ -75,3 +75,17 @@ def test_no_rows_gives_zero_counts():
     summary = quality_summary(_verdicts(0, 1))
     assert summary["rows"] == 0 and summary["status"] == {s: 0 for s in C.STATUSES}
     assert summary["repair"] == {"attempted": 0, "outcome": {s: 0 for s in C.STATUSES}, "fixed_share": None}
+
+
+def test_tallies_kept_as_json_add_up_to_the_one_pass_summary():
+    import json
+
+    parts = [_verdicts(n, seed) for seed, n in enumerate((120, 0, 33, 75), start=10)]
+    merged = QualityTally()
+    for part in parts:
+        one = QualityTally()
+        one.add(part)
+        merged += QualityTally.from_state(json.loads(json.dumps(one.state())))  # as a file footer keeps it
+    whole = quality_summary(pa.concat_tables(parts))
+    assert merged.summary() == whole and merged.rows == 228
+    assert merged.rows_by_channel() == {ch: sum(c.values()) for ch, c in whole["status_by_channel"].items()}
