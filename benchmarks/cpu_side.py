@@ -357,7 +357,7 @@ def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[st
             out["reuse_s"] = writes[-1]["end"] - (repair[0]["end"] if repair else writes[0]["end"])
     if check is not None:
         out["publish_s"] = ended - check["start"]
-    for name in ("_stage_rows", "_row_ids", "_check_exactly_once", "_summarize", "_write_review_queue"):
+    for name in ("_stage_rows", "_row_ids", "_check_exactly_once", "_summarize", "_settle_review_queue"):
         spent = sum(c["end"] - c["start"] for c in calls if c["fn"] == name)
         if spent:
             out[f"in_{name.strip('_')}_s"] = spent
@@ -432,7 +432,7 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
     if pairs_per_block:  # an experiment: the pipeline's block size for the join onwards
         pipeline.MIN_ROWS_PER_BLOCK = pipeline.MAX_ROWS_PER_BLOCK = pairs_per_block
     times = CallTimes(pipeline, ("_stage_rows", "_write", "_row_ids", "_check_exactly_once", "_summarize",
-                                 "_write_review_queue", "joined_dataset", "_leader_rows"))
+                                 "_settle_review_queue", "joined_dataset", "_leader_rows"))
     sampler = MemorySampler(partial=partial)
     sampler.start()
     # A local Ray of our own ("local"): without it ray.init joins any cluster

@@ -135,12 +135,17 @@ def fingerprint(footer: Footer) -> Fingerprint:
     return found if found is not None else Fingerprint.of(read_parquet(footer.loc, columns=[C.ROW_ID])[C.ROW_ID])
 
 
+def file_stats(f: Footer) -> CopyStats:
+    """One copies file's stats."""
+    text = f.entries.get(COPY_STATS)
+    return CopyStats.parse(text) if text else CopyStats.of(
+        read_parquet(f.loc, columns=list(dict.fromkeys(VERDICT_COLUMNS + WORK_COLUMNS))))
+
+
 def copy_stats(footers: list[Footer]) -> CopyStats:
     total = CopyStats()
     for f in footers:
-        text = f.entries.get(COPY_STATS)
-        total += CopyStats.parse(text) if text else CopyStats.of(
-            read_parquet(f.loc, columns=list(dict.fromkeys(VERDICT_COLUMNS + WORK_COLUMNS))))
+        total += file_stats(f)
     return total
 
 

@@ -7,11 +7,13 @@
                pass 1 (CPU only): pairs the tables cannot serve -> dead letters;
                        the good rows are counted (what the run must deliver)
                pass 2: join -> skip rows already written -> render -> generate
-                       -> quality gate -> copies (rejected rows -> repair queue)
+                       -> quality gate -> copies (rejected rows -> repair queue,
+                       review rows also -> review queue)
                pass 3: repair queue -> render with the reasons -> generate
                        -> quality gate -> copies        (only if any were rejected)
-               then:   review queue, checks (every row exactly once), summary,
-                       and last the manifest, _SUCCESS and the latest pointer
+               then:   from the files' footers: every row exactly once, the
+                       review queue settled, the summary; last the manifest,
+                       _SUCCESS and the latest pointer
 
 Output layout under ``--output`` (see ``factory.publish``):
 
@@ -54,13 +56,14 @@ from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.generate import concurrent_batches
 from factory.stages.join import row_id
 from factory.stages.reuse import ReuseCopy
+from factory.stages.review import ReviewRows
 from factory.stages.write import Sink, WriteParquetFiles
 from factory.preflight import check_engine_kwargs, check_place
 from factory.progress import ProgressLog
 from factory.publish import (SUMMARY, Attempt, abandoned_attempts, choose_attempt, config_hash, publish, read_history,
                              record_process, update_latest, update_process)
 from factory.footer import Footer, read_footers
-from factory.storage import (Location, delete_dir_if_exists, list_files, put_bytes, read_bytes, read_parquet,
+from factory.storage import (Location, delete_dir_if_exists, delete_file, list_files, put_bytes, read_bytes, read_parquet,
                              resolve, retry_io, write_parquet)
 
 logger = logging.getLogger(__name__)
@@ -434,7 +437,9 @@ def run(config: JobConfig) -> RunResult:
 
     keys = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
     finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
-    copies = Sink(attempt.copies, finalize, footer.copies_entries)
+    # The review rows also go to the review queue, with the product facts beside them.
+    copies = Sink(attempt.copies, finalize, footer.copies_entries,
+                  beside=Sink(attempt.review, ReviewRows(lookups["products"])))
     generated = first_drafts = reused = 0
     progress = ProgressLog(expected, config.progress_every_seconds, already_done=len(written))
     with progress:
@@ -499,7 +504,7 @@ def run(config: JobConfig) -> RunResult:
                     {C.ROUTE_COPIES: copies}, light, rows_per_file=config.rows_per_file))
 
     files = _check_exactly_once(attempt, owed)
-    review = _write_review_queue(plan, attempt, files)
+    review = _settle_review_queue(plan, attempt, files)
     result = _summarize(plan, attempt, state.action, files, dead, time.time() - started, review)
     result.rows_generated, result.rows_resumed, result.rows_reused = generated, len(done), reused
     result.progress = progress.samples
@@ -873,37 +878,27 @@ def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int, counter=None):
     )
 
 
-# Beside each copy under review, what a reviewer checks it against.
-REVIEW_PRODUCT_COLUMNS = ("title", "brand", "category", "price", "currency", "description", "attributes",
-                          "selling_points", C.FACTS)
-REVIEW_DESCRIPTION_CHARS = 1_000
-
-
-def _write_review_queue(plan: Plan, attempt: Attempt, files: list[Footer]) -> dict[str, Any]:
-    """Rows with status ``review``, with the product facts beside the copy, in
-    one small Parquet file a reviewer can open in any tool."""
-    tables = [read_parquet(f.loc, filters=[(C.STATUS, "=", C.REVIEW)]) for f in files]
-    rows = pa.concat_tables(tables) if tables else None
-    if rows is None or rows.num_rows == 0:
-        return {"rows": 0, "file": None}
-    keep = [c for c in (C.ROW_ID, C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.VARIANT, C.TEXT,
-                        C.REASONS, C.REASON_DETAILS, C.ATTEMPT, C.FIRST_ATTEMPT_REASONS, C.NUMERIC_FIDELITY,
-                        C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.TEMPLATE_VERSION, C.RUN_ID)]
-    products = plan.products.select([C.PRODUCT_ID] + [c for c in REVIEW_PRODUCT_COLUMNS
-                                                      if c in plan.products.column_names])
-    if "description" in products.column_names:
-        cut = pc.utf8_slice_codeunits(products["description"], 0, REVIEW_DESCRIPTION_CHARS)
-        products = products.set_column(products.column_names.index("description"), "description", cut)
-    # index_in + take, not Table.join: Acero cannot carry the list columns.
-    facts = products.take(pc.index_in(rows[C.PRODUCT_ID], value_set=products[C.PRODUCT_ID]))
-    review = rows.select(keep)
-    for name in facts.column_names[1:]:
-        review = review.append_column(name, facts[name])
-    review = review.sort_by([(C.CHANNEL, "ascending"), (C.PRODUCT_ID, "ascending"), (C.USER_ID, "ascending")])
-    target = attempt.review.join("review.parquet")
-    size = write_parquet(target, review)
-    logger.info("%d row(s) for review at %s", review.num_rows, target.uri)
-    return {"rows": review.num_rows, "file": "review/review.parquet", "bytes": size}
+def _settle_review_queue(plan: Plan, attempt: Attempt, files: list[Footer]) -> dict[str, Any]:
+    """Make the review queue hold exactly the copies' review rows: one file
+    beside each copies file that has any, of the same name (the writer's
+    ``Sink.beside``). A review file whose copies file was never written (a
+    process killed in between) or was rewritten without review rows is
+    deleted; a copies file whose review file is missing (written by an older
+    release) has it rebuilt. Footers say how many rows each should hold."""
+    owed = {f.file: (f, footer.file_stats(f).quality.status[C.REVIEW]) for f in files}
+    for f in read_footers(attempt.review):
+        if owed.get(f.file, (None, 0))[1] != f.rows:
+            delete_file(f.loc)
+    have = {f.file for f in read_footers(attempt.review)}
+    rows_for_review = ReviewRows(plan.products)
+    for name, (copies_file, n) in owed.items():
+        if n and name not in have:
+            write_parquet(attempt.review.join(name), rows_for_review(read_parquet(copies_file.loc)))
+    queue = read_footers(attempt.review)
+    rows = sum(f.rows for f in queue)
+    if rows:
+        logger.info("%d row(s) for review at %s", rows, attempt.review.uri)
+    return {"rows": rows, "files": [{"path": f"review/{f.file}", "rows": f.rows, "bytes": f.size} for f in queue]}
 
 
 def _summarize(plan: Plan, attempt: Attempt, action: str, files: list[Footer], dead: list[Footer],
@@ -1037,8 +1032,7 @@ def _publish(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str,
         "files": {
             "copies": result.files,
             "dead_letters": [{"path": f"dead_letters/{f.file}", "rows": f.rows, "bytes": f.size} for f in dead],
-            "review": ([{"path": review["file"], "rows": review["rows"], "bytes": review["bytes"]}]
-                       if review["file"] else []),
+            "review": review["files"],
         },
         "summary": SUMMARY,
         "report": report_file,

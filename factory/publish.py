@@ -7,7 +7,7 @@ until the attempt's manifest exists:
     runs/date=D/campaign=C/attempt=0001/
         copies/part-<digest>.parquet        data, deterministic names
         dead_letters/part-<digest>.parquet
-        review/review.parquet
+        review/part-<digest>.parquet        beside the copies file of the same name
         _work/checked/part-<digest>.parquet pass 1's servable pairs (deleted once staged)
         _work/buckets/bucket=B/...          the same, split by product (ditto)
         _work/pairs/part-B-NNNNN.parquet    the rows to generate (deleted at publish)

@@ -269,3 +269,23 @@ def delete_dir_if_exists(loc: Location) -> None:
         loc.fs.delete_dir(loc.path)
     elif info.type == pafs.FileType.File:
         loc.fs.delete_file(loc.path)
+
+
+def delete_file(loc: Location) -> None:
+    """Delete one object or file; nothing happens if it is not there."""
+    if loc.is_s3:
+        # boto3, not pyarrow: pyarrow's delete_file leaves a marker object
+        # for the emptied "directory" (as delete_dir does, above).
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _bucket_key(loc)
+        try:
+            s3_client(loc).delete_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise StorageError(loc.uri, f"{error.get('Code', '')}: {error.get('Message') or exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(loc.uri, str(exc)) from exc
+        return
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
+        loc.fs.delete_file(loc.path)

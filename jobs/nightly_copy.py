@@ -56,9 +56,10 @@ def report(result: RunResult) -> str:
         top = list(q["reasons"].items())[:5]
         if top:
             lines.append("  top reasons:  " + "  ".join(f"{r}={n}" for r, n in top))
-        if q["review_queue"]["file"]:
-            lines.append(f"  review queue: {result.output_uri}/{q['review_queue']['file']}  "
-                         f"({q['review_queue']['rows']} rows)")
+        if q["review_queue"]["rows"]:
+            queue = q["review_queue"]
+            lines.append(f"  review queue: {result.output_uri.rstrip('/')}/review/  ({queue['rows']} rows in "
+                         f"{len(queue['files'])} file(s))")
     lines.append("  sample copies (accepted):")
     for s in result.samples[:3]:
         lines.append(f"    [{s['channel']}, {s['locale']}, {s['user_id']} x {s['product_id']}] {s['text']}")

@@ -27,6 +27,11 @@ class Sink:
     # What the file's footer says of it beyond its row ids' fingerprint:
     # footer(rows as given, rows as written) -> entries (factory/footer.py).
     footer: Optional[Callable[[pa.Table, pa.Table], dict[bytes, bytes]]] = None
+    # Some of the written rows kept in another folder too (the review queue):
+    # its shape picks them from the rows as written. That file is written
+    # first, under the same name, so a written file always has its companion
+    # (the driver drops companions whose file was never written).
+    beside: Optional["Sink"] = None
 
 
 class WriteParquetFiles:
@@ -77,5 +82,9 @@ class WriteParquetFiles:
 
         table = footer.stamp(table, sink.footer(rows, table) if sink.footer else {})
         file_name = f"part-{digest.hexdigest()[:20]}.parquet"
+        if sink.beside is not None:
+            companion = sink.beside.shape(table)
+            if companion.num_rows:
+                write_parquet(sink.beside.folder.join(file_name), footer.stamp(companion, {}))
         size = write_parquet(sink.folder.join(file_name), table)
         return {"sink": sink_name, "file": file_name, "rows": table.num_rows, "bytes": size}

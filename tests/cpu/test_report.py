@@ -78,7 +78,7 @@ def make_summary(progress: Optional[list] = None) -> dict[str, Any]:
             "before_repair": {"status_share": {"accepted": 0.4, "review": 0.1, "rejected": 0.5},
                               "reasons": {"length_exceeded": 3, "truncated": 1, "<wrong_language>": 2}},
             "repair": {"attempted": 3, "outcome": {"accepted": 1, "review": 0, "rejected": 2}, "fixed_share": 0.3333},
-            "review_queue": {"rows": 1, "file": "review/review.parquet"},
+            "review_queue": {"rows": 1, "files": [{"path": "review/part-0.parquet", "rows": 1, "bytes": 900}]},
             "corpus": {"distinct_2": 0.74, "attribute_coverage": 0.4, "length_compliance": 0.89,
                        "numeric_fidelity": {"mean": 0.79}},
         },
