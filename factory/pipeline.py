@@ -404,28 +404,31 @@ def run(config: JobConfig) -> RunResult:
     # redoes it (same input, same result).
     for loc in (attempt.dead_letters, attempt.checked):
         delete_dir_if_exists(loc)
+    n_buckets = stage_buckets(plan)
     checked = checked_pairs(plan, lookups).map_batches(
         _route_checked, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
-                                   "campaign": config.campaign},
+                                   "campaign": config.campaign, "n_buckets": n_buckets},
         batch_format="pyarrow", num_cpus=light)
+    buckets = {_bucket_name(b): Sink(attempt.checked.join(_bucket_name(b)), _staged_pair_shape)
+               for b in range(n_buckets)}
     staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape,
-                                                   footer.dead_letter_entries),
-                              "pairs": Sink(attempt.checked, _staged_pair_shape)}, light, route=C.ROUTE)
+                                                   footer.dead_letter_entries), **buckets}, light, route=C.ROUTE,
+                    rows_per_file=pass1_batch_pairs(plan))
+    servable = sum(w["rows"] for w in staged if w["sink"] != "dead_letters")
     if config.campaign and not sum(w["rows"] for w in staged):
         if state.action == "new":
             delete_dir_if_exists(attempt.base)  # nothing of a mistyped campaign is worth keeping
         raise ConfigError(f"--campaign {config.campaign}: no pair in {plan.pairs.loc.uri} has this campaign_id",
                           _campaigns_in(plan.pairs, light))
     _write_lookup_rejects(plan, attempt)
-    owed = _stage_rows(plan, attempt)
+    owed = _stage_rows(plan, attempt, n_buckets, lookups["users"])
     expected = owed.rows
     staged_files = list_files(attempt.pairs, ".parquet")  # the rows to generate (identical prompts once)
     dead = read_footers(attempt.dead_letters)  # final once staged: what the summary and manifest list
     if sum(f.rows for f in dead):
         logger.warning("%d pair(s) sent to the dead letters at %s", sum(f.rows for f in dead),
                        attempt.dead_letters.uri)
-    logger.info("%d servable pair(s) owe %d row(s)", sum(w["rows"] for w in staged if w["sink"] == "pairs"),
-                expected)
+    logger.info("%d servable pair(s) owe %d row(s)", servable, expected)
 
     # What an earlier process of this attempt already wrote is not generated again.
     written = _row_ids(attempt.copies)
@@ -626,9 +629,9 @@ def _check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[Footer]:
     return files
 
 
-def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None) -> pa.Table:
+def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None, n_buckets: int) -> pa.Table:
     """Pass 1's rows for the writer: dead letters in their schema, servable
-    pairs in the staged shape."""
+    pairs in the staged shape, routed to their product's staging bucket."""
     dead = batch.filter(pc.is_valid(batch[C.REASON]))
     good = batch.filter(pc.is_null(batch[C.REASON]))
     n = dead.num_rows
@@ -643,7 +646,8 @@ def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None)
             good = good.append_column(name, pa.nulls(good.num_rows, pa.string()))
     staged = good.select(list(STAGED_PAIR_COLUMNS))
     dead_rows = dead_rows.append_column(C.ROUTE, pa.array(["dead_letters"] * n, pa.string()))
-    staged = staged.append_column(C.ROUTE, pa.array(["pairs"] * staged.num_rows, pa.string()))
+    bucket_names = pa.array([_bucket_name(b) for b in range(n_buckets)], pa.string())
+    staged = staged.append_column(C.ROUTE, bucket_names.take(_product_buckets(staged[C.PRODUCT_ID], n_buckets)))
     return pa.concat_tables([dead_rows, staged], promote_options="default")
 
 
@@ -651,74 +655,86 @@ DUPLICATE_PAIR = "duplicate_pair"
 STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
 
 
-def _stage_rows(plan: Plan, attempt: Attempt) -> Fingerprint:
+def _stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None) -> Fingerprint:
     """Turn the checked pairs into the unique rows the run owes; return their
     fingerprint (``rows`` is how many).
 
     The same pair twice in the input, or a pair naming a channel that another
     pair for the same user and product already gets, would owe a row twice.
     The first pair in file order keeps each row; a pair left with nothing new
-    goes to the dead letters as ``duplicate_pair``. Done on the driver from
-    pass 1's output (keys only), so every process of an attempt stages the
-    same rows.
+    goes to the dead letters as ``duplicate_pair``. Done from pass 1's output
+    (keys only), so every process of an attempt stages the same rows.
 
-    The driver holds one bucket of pairs at a time, whatever the run's size:
-    pairs are split by a hash of the product, and everything staging decides
-    (repeated pairs, identical prompts, rows sharing a prompt prefix) is
-    about rows of one product, so no decision needs two buckets."""
+    Pass 1 wrote the pairs split by a hash of the product, and everything
+    staging decides (repeated pairs, identical prompts, rows sharing a prompt
+    prefix) is about rows of one product, so each bucket is staged by its
+    own Ray task, anywhere in the cluster; the driver adds up what they
+    return. ``users`` is the users table or an object ref to it."""
+    import ray
+
     config = plan.config
-    described = _describe(attempt.checked)
-    checked = [f["file"] for f in described]
-    n_buckets = max(1, -(-sum(f["rows"] for f in described) // STAGE_BUCKET_PAIRS))
-    for loc in (attempt.pairs, attempt.followers, attempt.buckets):
+    for loc in (attempt.pairs, attempt.followers):
         delete_dir_if_exists(loc)
-    if n_buckets > 1:
-        _split_by_product(attempt, checked, n_buckets)
-        bucket_files = [(attempt.buckets.join(f"bucket={b:05d}"), None) for b in range(n_buckets)]
-    else:
-        bucket_files = [(attempt.checked, checked)]
-    keys = dedup.PromptKeys(plan.users, plan.templates) if config.dedup_prompts else None
-    owed = reused = 0
+    users = ray.put(plan.users) if users is None else users
+    stage = ray.remote(_stage_bucket_task).options(num_cpus=config.cpu_stage_num_cpus)
+    pending = [stage.remote(attempt, b, config, plan.templates, users) for b in range(n_buckets)]
+    owed = reused = done = 0
     fingerprint = Fingerprint()
-    for bucket, (folder, names) in enumerate(bucket_files):
-        names = [i.base_name for i in list_files(folder, ".parquet")] if names is None else names
-        pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
-                 if names else STAGED_PAIR_SCHEMA.empty_table())
-        rows, followers, owes = _stage_bucket(pairs, bucket, plan, attempt, keys)
-        owed += rows
-        reused += followers
-        fingerprint += owes
-        if n_buckets > 1:
-            logger.info("Staged bucket %d of %d: %d pair(s), %d row(s)", bucket + 1, n_buckets, pairs.num_rows, rows)
-    delete_dir_if_exists(attempt.buckets)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        rows, followers, owes = ray.get(ready[0])
+        owed, reused, done = owed + rows, reused + followers, done + 1
+        fingerprint += Fingerprint.parse(owes)
+        if n_buckets > 1 and (done % max(1, n_buckets // 10) == 0 or not pending):
+            logger.info("Staged %d of %d product bucket(s): %d row(s) so far", done, n_buckets, owed)
     delete_dir_if_exists(attempt.checked)
-    # Arrow's allocator keeps freed pages for reuse; the generation passes
-    # that follow do not need them, so give them back to the machine.
-    pa.default_memory_pool().release_unused()
     if reused:
         logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
                     "(--no-dedup turns this off)", reused, owed)
     return fingerprint
 
 
-# Pairs per staging bucket: what bounds the driver's memory while staging
-# (measured at 1M pairs: +150 MiB over pass 1 for buckets of ~100k pairs).
+# Pairs per staging bucket: what bounds one staging task's memory (measured
+# at 1M pairs: +150 MiB for buckets of ~100k pairs).
 STAGE_BUCKET_PAIRS = 100_000
 
 
-def _split_by_product(attempt: Attempt, checked: list[str], n_buckets: int) -> None:
-    """Rewrite pass 1's files (``checked``: their names) as one folder per
-    bucket (a stable hash of the product id), reading one file at a time."""
-    for name in checked:
-        table = read_parquet(attempt.checked.join(name))
-        bucket = _product_buckets(table[C.PRODUCT_ID], n_buckets)
-        order = pc.sort_indices(bucket)
-        table, bucket = table.take(order), bucket.take(order)
-        counts = pc.value_counts(bucket)
-        start = 0
-        for b, n in sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())):
-            write_parquet(attempt.buckets.join(f"bucket={b:05d}", name), table.slice(start, n))
-            start += n
+# Pass 1 writes a file per writer batch and bucket, so the batch grows with
+# the input: at most PASS1_BATCHES batches, so at most that many files per
+# bucket (16k files in all at 50M pairs, not one per 50k pairs per bucket).
+PASS1_BATCHES = 32
+PASS1_MAX_BATCH_PAIRS = 2_000_000
+
+
+def _input_pairs(plan: Plan) -> int:
+    """The pairs the input holds (from its footers), or the --limit."""
+    pairs = sum(n for path in plan.pairs.files for n in plan.pairs.row_groups.get(path, []))
+    return pairs if plan.config.limit is None else min(pairs, plan.config.limit)
+
+
+def stage_buckets(plan: Plan) -> int:
+    """How many product buckets pass 1 splits the pairs into: about
+    STAGE_BUCKET_PAIRS each, known before anything is read."""
+    return max(1, -(-_input_pairs(plan) // STAGE_BUCKET_PAIRS))
+
+
+def pass1_batch_pairs(plan: Plan) -> int:
+    return min(PASS1_MAX_BATCH_PAIRS, max(ROWS_PER_FILE, -(-_input_pairs(plan) // PASS1_BATCHES)))
+
+
+def _bucket_name(bucket: int) -> str:
+    return f"bucket={bucket:05d}"
+
+
+def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templates, users) -> tuple[int, int, str]:
+    """A Ray task: stage one bucket's pairs; (rows, followers, owed fingerprint as text)."""
+    folder = attempt.checked.join(_bucket_name(bucket))
+    names = [i.base_name for i in list_files(folder, ".parquet")]
+    pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
+             if names else STAGED_PAIR_SCHEMA.empty_table())
+    keys = dedup.PromptKeys(users, templates) if config.dedup_prompts and pairs.num_rows else None
+    rows, followers, owes = _stage_bucket(pairs, bucket, config, users, attempt, keys)
+    return rows, followers, owes.text()
 
 
 def _product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
@@ -734,12 +750,11 @@ def _product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
     return pa.array(per_value[index])
 
 
-def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
+def _stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Table, attempt: Attempt,
                   keys: dedup.PromptKeys | None) -> tuple[int, int, Fingerprint]:
     """Stage one bucket's pairs (see ``_stage_rows``): write its rows to
     generate, its followers and its duplicate pairs; return (rows, followers,
     the fingerprint of every row it owes)."""
-    config = plan.config
     if pairs.num_rows:
         pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
     owing = _fan_out_rows(pairs, config)
@@ -752,7 +767,7 @@ def _stage_bucket(pairs: pa.Table, bucket: int, plan: Plan, attempt: Attempt,
     del owing
 
     rows = kept.select(list(STAGED_ROW_COLUMNS) + [_CAMPAIGN])
-    rows = rows.take(dedup.prefix_cache_order(rows, plan.users))
+    rows = rows.take(dedup.prefix_cache_order(rows, users))
     owed = rows.num_rows
     # The row ids (as JoinProfiles makes them) let a resumed process see
     # which staged rows are still owed without running the join; the prompt

@@ -8,8 +8,8 @@ until the attempt's manifest exists:
         copies/part-<digest>.parquet        data, deterministic names
         dead_letters/part-<digest>.parquet
         review/part-<digest>.parquet        beside the copies file of the same name
-        _work/checked/part-<digest>.parquet pass 1's servable pairs (deleted once staged)
-        _work/buckets/bucket=B/...          the same, split by product (ditto)
+        _work/checked/bucket=B/part-<digest>.parquet  pass 1's servable pairs, split by
+                                            product (deleted once staged)
         _work/pairs/part-B-NNNNN.parquet    the rows to generate (deleted at publish)
         _work/followers/part-B-NNNNN.parquet rows that reuse another row's generation (ditto)
         _work/repair/part-<digest>.parquet  the repair queue (deleted at publish)
@@ -86,11 +86,6 @@ class Attempt:
     def checked(self) -> Location:
         """Pass 1's servable pairs, with their file and row: what staging reads."""
         return self.base.join("_work", "checked")
-
-    @property
-    def buckets(self) -> Location:
-        """The checked pairs split by product, so staging holds one bucket at a time."""
-        return self.base.join("_work", "buckets")
 
     @property
     def pairs(self) -> Location:

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -57,11 +58,26 @@ class WriteParquetFiles:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         written = []
-        for name, sink in self._sinks.items():
-            rows = batch if self._route is None else batch.filter(pc.equal(batch[self._route], name))
-            if rows.num_rows:
-                written.append(self._write(name, sink, rows))
+        for name, rows in self._by_route(batch):
+            if name not in self._sinks:
+                raise ValueError(f"{rows.num_rows} row(s) routed to {name!r}, which is not a sink here "
+                                 f"({', '.join(self._sinks)})")
+            written.append(self._write(name, self._sinks[name], rows))
         return pa.Table.from_pylist(written, schema=WRITTEN_SCHEMA)
+
+    def _by_route(self, batch: pa.Table):
+        """(sink name, its rows) for each sink the batch has rows for: one
+        sort, not a filter per sink (pass 1 has one sink per product bucket)."""
+        if not batch.num_rows:
+            return
+        if self._route is None:
+            yield next(iter(self._sinks)), batch
+            return
+        batch = batch.take(pc.sort_indices(batch[self._route]))
+        routes = batch[self._route].to_numpy(zero_copy_only=False)
+        starts = [0, *(np.flatnonzero(routes[1:] != routes[:-1]) + 1).tolist(), len(routes)]
+        for start, end in zip(starts, starts[1:]):
+            yield routes[start], batch.slice(start, end - start)
 
     @staticmethod
     def _write(sink_name: str, sink: Sink, rows: pa.Table) -> dict:

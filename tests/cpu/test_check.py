@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from factory import columns as C
 from factory.inputs import USERS, malformed_reasons, read_lookup_table
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.storage import resolve
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Staging runs as Ray tasks, one per product bucket."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def _text(values) -> pa.Array:
@@ -63,7 +74,7 @@ def test_lookup_rows_with_bad_keys_are_rejected_with_file_and_row(tmp_path):
     assert report.repaired_text == {"age_band": 1}
 
 
-def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
+def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path, local_ray):
     from types import SimpleNamespace
 
     from factory.config import JobConfig
@@ -80,13 +91,13 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
         C.CAMPAIGN_ID: ["c", "c", "c", "c", "d"],
         C.SOURCE: ["f.parquet"] * 5, C.SOURCE_ROW: pa.array([0, 7, 3, 5, 9], pa.int64()),
     })
-    write_parquet(attempt.checked.join("part-x.parquet"), staged)
+    write_parquet(attempt.checked.join("bucket=00000", "part-x.parquet"), staged)
     from factory.prompts import load_templates
 
     users = pa.table({C.USER_ID: ["U1", "U2"], C.LOCALE: ["en-US", "en-US"],
                       "interests": [["tea"], ["hiking"]]})  # different profiles: no prompt is shared
     plan = SimpleNamespace(config=config, users=users, templates=load_templates())
-    assert _stage_rows(plan, attempt).rows == 3  # U1xP1 push+sms, U2xP1 sms
+    assert _stage_rows(plan, attempt, 1).rows == 3  # U1xP1 push+sms, U2xP1 sms
     rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet")).to_pylist()
     assert sorted((r[C.USER_ID], r[C.CHANNEL], r[C.VARIANT]) for r in rows) == [
         ("U1", "push", 0), ("U1", "sms", 0), ("U2", "sms", 0)]
@@ -95,7 +106,7 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path):
     assert sorted((d[C.SOURCE_ROW], d[C.REASON]) for d in dead) == [(3, "duplicate_pair"), (7, "duplicate_pair")]
 
 
-def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_path):
+def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_path, local_ray):
     from types import SimpleNamespace
 
     from factory.config import JobConfig
@@ -111,9 +122,10 @@ def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_
                       "interests": [["tea"], ["tea"], ["hiking"]]})  # U1 and U2: one segment
     for dedup_on, generated, followers in ((True, ["U1", "U3"], [("U2", "U1")]), (False, ["U1", "U2", "U3"], [])):
         attempt = Attempt(resolve(str(tmp_path / str(dedup_on))), 1)
-        write_parquet(attempt.checked.join("part-x.parquet"), staged)
+        write_parquet(attempt.checked.join("bucket=00000", "part-x.parquet"), staged)
         config = JobConfig(channels=["push"], run_date="2026-11-20", dedup_prompts=dedup_on)
-        assert _stage_rows(SimpleNamespace(config=config, users=users, templates=load_templates()), attempt).rows == 3
+        plan = SimpleNamespace(config=config, users=users, templates=load_templates())
+        assert _stage_rows(plan, attempt, 1).rows == 3
         rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet"))
         assert sorted(rows[C.USER_ID].to_pylist()) == generated
         ids = dict(zip(rows[C.USER_ID].to_pylist(), rows[C.ROW_ID].to_pylist()))
@@ -124,9 +136,9 @@ def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_
 
 
 
-def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, monkeypatch):
-    """The driver stages a big run one product bucket at a time; the rows,
-    their leaders and the duplicate pairs must not depend on the bucketing."""
+def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, local_ray):
+    """A big run is staged one product bucket per Ray task; the rows, their
+    leaders and the duplicate pairs must not depend on the bucketing."""
     import random
     from types import SimpleNamespace
 
@@ -134,7 +146,8 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, monk
     from factory.config import JobConfig
     from factory.prompts import load_templates
     from factory.publish import Attempt
-    from factory.storage import list_files, read_parquet, write_parquet
+    from factory.stages.write import Sink, WriteParquetFiles
+    from factory.storage import list_files, read_parquet
 
     rng = random.Random(5)
     n = 400
@@ -151,20 +164,24 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, monk
     plan = SimpleNamespace(config=JobConfig(channels=["push", "sms"], run_date="2026-11-20"), users=users,
                            templates=load_templates())
 
-    def stage(folder, bucket_pairs):
-        monkeypatch.setattr(pipeline, "STAGE_BUCKET_PAIRS", bucket_pairs)
+    def stage(folder, n_buckets):
         attempt = Attempt(resolve(str(tmp_path / folder)), 1)
-        # Pass 1 writes several files; split them as it would.
+        # Pass 1 writes several batches, each split by product bucket, as its writer routes them.
         for k in range(4):
-            write_parquet(attempt.checked.join(f"part-{k}.parquet"), staged.slice(k * 100, 100))
-        owed = pipeline._stage_rows(plan, attempt)
+            checked = staged.slice(k * 100, 100)
+            checked = checked.append_column(C.REASON, pa.nulls(checked.num_rows, pa.string()))  # all servable
+            batch = pipeline._route_checked(checked, "r", None, None, n_buckets)
+            WriteParquetFiles({pipeline._bucket_name(b): Sink(attempt.checked.join(pipeline._bucket_name(b)),
+                                                              pipeline._staged_pair_shape)
+                               for b in range(n_buckets)}, C.ROUTE)(batch)
+        owed = pipeline._stage_rows(plan, attempt, n_buckets)
         read = lambda loc, cols: sorted(tuple(r.values()) for f in list_files(loc, ".parquet")
                                         for r in read_parquet(loc.join(f.base_name), columns=cols).to_pylist())
-        assert not list_files(attempt.checked) and not list_files(attempt.buckets)  # work files cleared
+        assert not list_files(attempt.checked)  # work files cleared
         return (owed, read(attempt.pairs, [C.ROW_ID]), read(attempt.followers, [C.ROW_ID, C.DEDUP_OF]),
                 read(attempt.dead_letters, [C.SOURCE_ROW, C.REASON]), len(list_files(attempt.pairs)))
 
-    at_once, in_buckets = stage("one", 1_000), stage("many", 60)
+    at_once, in_buckets = stage("one", 1), stage("many", 7)
     assert at_once[4] == 1 and in_buckets[4] > 1  # one bucket, then several
     assert in_buckets[:4] == at_once[:4]
     owed, generated, followers, dead, _ = at_once

@@ -12,6 +12,7 @@ import tomllib
 import pytest
 
 import jobs.nightly_copy as nightly_job
+from factory import columns as C
 from factory import pipeline
 from factory.errors import UsageError
 from factory.reader import read_published
@@ -82,10 +83,27 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
                              "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS),
                              "--model", stand_in_model, "--rows-per-file", "7"])
     assert code == 0
-    check_exactly_once(read_published(out, RUN_DATE, s3_endpoint=s3_server), expected)
+    rows = read_published(out, RUN_DATE, s3_endpoint=s3_server)
+    check_exactly_once(rows, expected)
     # The attempt's work files were the workers' and are gone; nothing local was needed.
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])]
     assert not [k for k in keys if "/_work/" in k or "_write_check-" in k], keys
+    # The workers' files say what they hold, and the summary is those footers added up.
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    from factory import footer
+
+    [summary_key] = [k for k in keys if k.endswith("/summary.json")]
+    summary = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=summary_key)["Body"].read())
+    copies = [k for k in keys if "/copies/" in k]
+    for key in copies:
+        body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert {footer.FINGERPRINT, footer.COPY_STATS} <= set(pq.read_metadata(io.BytesIO(body)).metadata), key
+    statuses = rows[C.STATUS].to_pylist()
+    assert summary["quality"]["status"] == {s: statuses.count(s) for s in C.STATUSES}
 
 
 def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
