@@ -433,6 +433,7 @@ def run(config: JobConfig) -> RunResult:
     # What an earlier process of this attempt already wrote is not generated again.
     written = _row_ids(attempt.copies)
     done = pa.chunked_array(written.chunks + _row_ids(attempt.repair_queue).chunks, pa.string())
+    resumed = state.action == "resume"
     if len(done):
         logger.info("Resuming: %d of %d row(s) already written", len(done), expected)
     to_generate = (_count_missing(_row_ids(attempt.pairs), done) if len(done)
@@ -469,7 +470,7 @@ def run(config: JobConfig) -> RunResult:
         # The queue may hold rows from an earlier process too; rows already
         # repaired into the copies are skipped.
         queued = [i.path for i in list_files(attempt.repair_queue, ".parquet")]
-        missing, repaired = _written_among(_row_ids(attempt.repair_queue), attempt.copies)
+        missing, repaired = _still_owed(attempt.repair_queue, attempt.copies, resumed)
         if queued and missing:
             progress.phase("repair")
             logger.info("Repairing rejected rows from %d queue file(s)", len(queued))
@@ -489,7 +490,7 @@ def run(config: JobConfig) -> RunResult:
         # copy (after repair) and go through the gate on their own.
         followers = list_files(attempt.followers, ".parquet")
         if followers:
-            missing, written_ids = _written_among(_row_ids(attempt.followers), attempt.copies)
+            missing, written_ids = _still_owed(attempt.followers, attempt.copies, resumed)
             if missing:
                 progress.phase("reuse")
                 reuse = ray.data.read_parquet([f.path for f in followers], filesystem=attempt.followers.fs,
@@ -596,6 +597,17 @@ def _written_among(ids: pa.ChunkedArray, folder: Location) -> tuple[int, pa.Arra
             column = read_parquet(folder.join(info.base_name), columns=[C.ROW_ID])[C.ROW_ID]
             found |= pc.is_in(ids, value_set=column).to_numpy(zero_copy_only=False)
     return int((~found).sum()), pc.unique(ids.filter(pa.array(found)))
+
+
+def _still_owed(folder: Location, copies: Location, resumed: bool) -> tuple[int, pa.Array]:
+    """``_written_among`` for the rows of the files under ``folder`` (the
+    repair queue, the followers). In a process that began the attempt no
+    such row can be in the copies yet (the writer sends a row to one sink,
+    and followers are written last), so it counts them from footers and
+    reads no id; only a resumed process looks."""
+    if not resumed:
+        return sum(f.rows for f in read_footers(folder)), pa.array([], pa.string())
+    return _written_among(_row_ids(folder), copies)
 
 
 def _count_missing(ids: pa.ChunkedArray, present: pa.ChunkedArray) -> int:
