@@ -78,3 +78,12 @@ def test_cpu_share_attributes_a_commands_cpu_to_it(tmp_path):
     failing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_share.py"), "--",
                               sys.executable, "-c", "raise SystemExit(3)"], cwd=ROOT, capture_output=True)
     assert failing.returncode == 3  # the command's exit status is passed on
+
+
+def test_driver_per_file_runs_the_jobs_finish_and_projects_it():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "driver_per_file.py"), "--files", "4", "12",
+                           "--runs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    sizes = [line.split()[0] for line in lines if line.strip() and line.split()[0].isdigit()]
+    assert sizes == ["4", "12"] and "500M rows: 10,000 files" in proc.stdout
