@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
+from factory.dead_letters import DUPLICATE_PAIR
 from factory.config import JobConfig
 from factory.prompts import PromptTemplate, apply_brand_voice
 from factory.stages.check import CheckPairs, ReadPairs
@@ -43,7 +44,6 @@ BYTES_PER_TOKEN = 4.0
 # Pairs the pipeline does not generate because of the run's locales (what the
 # lead's filter should call them; a dead letter or a count, see README).
 LOCALE_EXCLUDED = "locale_not_in_campaign"
-DUPLICATE_PAIR = "duplicate_pair"
 NOTHING_OWED = "channel_not_in_run"
 
 

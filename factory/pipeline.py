@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from factory.errors import Incomplete, UsageError
 from factory.fingerprint import Fingerprint
 from factory import columns as C
-from factory import dedup, footer, inputs, model, report, sample_data
+from factory import dead_letters, dedup, footer, inputs, model, report, sample_data
 from factory.cluster import check_shared_storage, place_model, stage_actors
 from factory.config import JobConfig
 from factory.facts.extract import NO_FACTS, attach_facts
@@ -68,11 +68,6 @@ from factory.storage import (Location, delete_dir_if_exists, delete_file, list_f
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_SCHEMA = pa.schema([
-    (C.RUN_ID, pa.string()), (C.RUN_DATE, pa.date32()), (C.CAMPAIGN_ID, pa.string()),
-    (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()), (C.CHANNEL, pa.string()),
-    (C.REASON, pa.string()), (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()),
-])
 # What pass 1 keeps of a servable pair for the generation passes.
 STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW)
 STAGED_PAIR_SCHEMA = pa.schema([(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())])
@@ -411,7 +406,7 @@ def run(config: JobConfig) -> RunResult:
         batch_format="pyarrow", num_cpus=light)
     buckets = {_bucket_name(b): Sink(attempt.checked.join(_bucket_name(b)), _staged_pair_shape)
                for b in range(n_buckets)}
-    staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, _dead_letter_shape,
+    staged = _write(checked, {"dead_letters": Sink(attempt.dead_letters, dead_letters.shape,
                                                    footer.dead_letter_entries), **buckets}, light, route=C.ROUTE,
                     rows_per_file=pass1_batch_pairs(plan))
     servable = sum(w["rows"] for w in staged if w["sink"] != "dead_letters")
@@ -647,7 +642,7 @@ def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None,
     dead = batch.filter(pc.is_valid(batch[C.REASON]))
     good = batch.filter(pc.is_null(batch[C.REASON]))
     n = dead.num_rows
-    dead_rows = _dead_letters(
+    dead_rows = dead_letters.rows(
         run_id, run_date, n,
         **{C.CAMPAIGN_ID: (dead[C.CAMPAIGN_ID] if C.CAMPAIGN_ID in dead.column_names
                            else pa.array([campaign] * n, pa.string()))},
@@ -663,7 +658,6 @@ def _route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None,
     return pa.concat_tables([dead_rows, staged], promote_options="default")
 
 
-DUPLICATE_PAIR = "duplicate_pair"
 STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
 
 
@@ -800,10 +794,10 @@ def _stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Tab
     _write_chunks(attempt.pairs, rows.drop_columns([_CAMPAIGN]), f"part-{bucket:05d}")
     if len(duplicates):
         dup = pairs.take(duplicates)
-        _write_dead_letters(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), _dead_letters(
+        dead_letters.write(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), dead_letters.rows(
             config.run_id, config.run_date, dup.num_rows,
             **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
-            **{C.REASON: pa.array([DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
+            **{C.REASON: pa.array([dead_letters.DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
     return owed, reused, owed_fingerprint
 
 
@@ -852,24 +846,6 @@ def _write_chunks(folder: Location, rows: pa.Table, prefix: str = "part") -> Non
         write_parquet(folder.join(f"{prefix}-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE))
 
 
-def _dead_letters(run_id: str, run_date, n: int, **columns) -> pa.Table:
-    """``n`` dead-letter rows in DEAD_LETTER_SCHEMA: run provenance added,
-    absent columns null."""
-    values = {C.RUN_ID: pa.array([run_id] * n, pa.string()), C.RUN_DATE: pa.array([run_date] * n, pa.date32()),
-              **columns}
-    return pa.table([values[f.name] if f.name in values else pa.nulls(n, f.type) for f in DEAD_LETTER_SCHEMA],
-                    schema=DEAD_LETTER_SCHEMA)
-
-
-def _write_dead_letters(loc: Location, table: pa.Table) -> None:
-    """Dead letters the driver writes itself, footed like the writer's."""
-    write_parquet(loc, footer.stamp(table, footer.dead_letter_entries(table, table)))
-
-
-def _dead_letter_shape(rows: pa.Table) -> pa.Table:
-    return rows.select(DEAD_LETTER_SCHEMA.names).cast(DEAD_LETTER_SCHEMA)
-
-
 def _staged_pair_shape(rows: pa.Table) -> pa.Table:
     return rows.select(list(STAGED_PAIR_COLUMNS))
 
@@ -882,7 +858,7 @@ def _write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
     if not rejects:
         return
     n = len(rejects)
-    table = _dead_letters(config.run_id, config.run_date, n, **{
+    table = dead_letters.rows(config.run_id, config.run_date, n, **{
         C.CAMPAIGN_ID: pa.array([config.campaign] * n, pa.string()),
         C.USER_ID: pa.array([r.get(C.USER_ID) for r in rejects], pa.string()),
         C.PRODUCT_ID: pa.array([r.get(C.PRODUCT_ID) for r in rejects], pa.string()),
@@ -890,7 +866,7 @@ def _write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
         C.SOURCE: pa.array([r["source"] for r in rejects], pa.string()),
         C.SOURCE_ROW: pa.array([r["source_row"] for r in rejects], pa.int64()),
     })
-    _write_dead_letters(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
+    dead_letters.write(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
 
 
 def _gate(ds, plan: Plan, lookups: dict[str, Any], attempt: int, counter=None):

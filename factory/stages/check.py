@@ -19,14 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory import columns as C
+from factory.dead_letters import UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
 from factory.inputs import MAX_KEY_BYTES, malformed_reasons
 
-# Dead-letter reasons: stable codes a downstream reader can group by.
-NULL_USER_ID = "null_user_id"
-NULL_PRODUCT_ID = "null_product_id"
-UNKNOWN_USER = "unknown_user_id"
-UNKNOWN_PRODUCT = "unknown_product_id"
-UNKNOWN_CHANNEL = "unknown_channel"
 
 class ReadPairs:
     """One task per (file, row group): the pairs' contract columns, plus

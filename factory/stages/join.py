@@ -10,17 +10,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
+from factory.dead_letters import NULL_PRODUCT_ID, NULL_USER_ID, UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
 
 USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
 # Facts are attached by the pipeline (factory.facts), not read from the catalog.
 PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID) + (C.FACTS,)
 
-# Dead-letter reasons: stable codes a downstream reader can group by.
-NULL_USER_ID = "null_user_id"
-NULL_PRODUCT_ID = "null_product_id"
-UNKNOWN_USER = "unknown_user_id"
-UNKNOWN_PRODUCT = "unknown_product_id"
-UNKNOWN_CHANNEL = "unknown_channel"
 
 
 class JoinProfiles:

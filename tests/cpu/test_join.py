@@ -1,7 +1,8 @@
 import pyarrow as pa
 
 from factory import columns as C
-from factory.stages.join import UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER, NULL_USER_ID, JoinProfiles
+from factory.dead_letters import NULL_USER_ID, UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
+from factory.stages.join import JoinProfiles
 
 USERS = pa.table({
     C.USER_ID: ["u1", "u2"], C.LOCALE: ["en-US", "zh-CN"],
