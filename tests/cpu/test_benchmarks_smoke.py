@@ -87,3 +87,24 @@ def test_driver_per_file_runs_the_jobs_finish_and_projects_it():
     lines = proc.stdout.splitlines()
     sizes = [line.split()[0] for line in lines if line.strip() and line.split()[0].isdigit()]
     assert sizes == ["4", "12"] and "500M rows: 10,000 files" in proc.stdout
+
+
+def test_throughput_report_says_the_machines_drift_between_the_bare_runs():
+    """The engine smoke runs bare vLLM once (one engine start-up less); the
+    drift line of a full run, from two bare runs, is checked here."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from throughput import report
+
+    def bare(rows_per_s):
+        return {"rows": 16, "startup_s": 30.0, "rows_per_s": rows_per_s, "output_tokens_per_s": rows_per_s * 20,
+                "marginal_rows_per_s": rows_per_s * 1.1, "marginal_output_tokens_per_s": rows_per_s * 22,
+                "small_rows": 8, "prefix_cache_hit_rate": 0.5, "mean_prompt_tokens": 90.0}
+
+    small = {"rows": 8, "wall_s": 40.0, "output_tokens": 160, "prefix_cache_hit_rate": 0.4, "by_channel": {}}
+    big = {"rows": 16, "wall_s": 44.0, "output_tokens": 320, "prefix_cache_hit_rate": 0.5, "by_channel": {}}
+    hf = {"rows": 2, "startup_s": 5.0, "rows_per_s": 0.2, "output_tokens_per_s": 4.0}
+    text = report([bare(2.0), bare(1.8)], small, big, hf)
+    assert "bare vLLM before / after the pipeline: 2.00 / 1.80 rows/s (drift -10.0 %" in text
+    assert "(before the pipeline)" in text and "(after the pipeline)" in text
+    once = report([bare(2.0)], small, big, hf)
+    assert "machine drift is not measured" in once and "(after the pipeline)" not in once

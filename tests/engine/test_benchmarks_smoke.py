@@ -19,16 +19,15 @@ def _json_lines(stdout: str) -> list[dict]:
 
 def test_throughput_benchmark_runs_every_contender(tmp_path):
     table = tmp_path / "table.md"
-    # Five engine start-ups in a row: on a slow shared day that passed 15 minutes (2026-12-03). Not a timing test.
-    done = subprocess.run([PYTHON, "benchmarks/throughput.py", "--smoke", "--markdown", str(table)], cwd=REPO,
-                          env=job_env(), capture_output=True, text=True, timeout=1800)
+    # Four engine start-ups in a row: on a slow shared day five passed 15 minutes (2026-12-03). Bare vLLM
+    # runs once here; the drift line two bare runs give is checked in tests/cpu. Not a timing test.
+    done = subprocess.run([PYTHON, "benchmarks/throughput.py", "--smoke", "--bare-once", "--markdown", str(table)],
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     parts = _json_lines(done.stdout)
-    # Bare vLLM before and after the pipeline parts: the drift between them is printed.
-    assert [p["part"] for p in parts] == ["bare", "pipeline", "pipeline", "bare", "hf"]
-    bare, small, big, bare_after, hf = parts
+    assert [p["part"] for p in parts] == ["bare", "pipeline", "pipeline", "hf"]
+    bare, small, big, hf = parts
     assert bare["rows"] == 16 and small["rows"] == 8 and big["rows"] == 16 and hf["rows"] == 2
-    assert bare_after["rows"] == 16 and bare_after["output_tokens"] > 0
     # Bare is also timed over the first N1 prompts: the pipeline's marginal, on the same rows.
     # (At 8 and 16 rows one long reply can decide both timings: then there is no marginal.)
     assert bare["small_rows"] == 8 and bare["small_generate_s"] > 0
@@ -40,7 +39,7 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
     assert set(big["by_channel"]) == {"push", "email_subject", "ad_headline", "sms", "product_blurb"}
     text = table.read_text()
     assert "pipeline / bare vLLM" in text and "HF `model.generate`" in text
-    assert "bare vLLM before / after the pipeline" in text and "drift" in text
+    assert "bare vLLM ran once (--bare-once)" in text
     ratios = json.loads(text.split("RATIOS ", 1)[1].splitlines()[0])
     assert set(ratios) == {"one_call_rows", "one_call_tokens", "marginal_rows", "marginal_tokens", "hf"}
     if big["wall_s"] > small["wall_s"]:
