@@ -119,7 +119,13 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     """Dequantize the GGUF into a bf16 safetensors folder with tokenizer and chat template."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # transformers' own stderr handler holds the stream it first saw (a test
+    # runner's closed capture, a detached console): let its lines go through
+    # the job's handlers, console and log file, like every other line.
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
     src_dir, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.bfloat16)
