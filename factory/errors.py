@@ -137,9 +137,12 @@ def _first_line(text: str) -> str:
 # --------------------------------------------------------------------------- settings in the user's words
 
 def nearest(word: str, known: Iterable[str]) -> Optional[str]:
-    """The known name closest to ``word``, if any is close."""
-    found = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return found[0] if found else None
+    """The known name closest to ``word``, if any is close. Compared without
+    leading dashes: every flag shares "--", which made "--candidates" look
+    like "--run-date"."""
+    bare = {k.lstrip("-"): k for k in known}
+    found = difflib.get_close_matches(word.lstrip("-"), list(bare), n=1, cutoff=0.6)
+    return bare[found[0]] if found else None
 
 
 _BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),

@@ -310,6 +310,16 @@ def test_the_console_of_a_real_process(world, tmp_path):
     assert proc.stdout == ""
 
 
+def test_a_hint_is_only_given_for_a_near_name():
+    """Every flag starts with "--": that alone must not make a far name a hint."""
+    from factory.errors import nearest
+
+    flags = ["--run-date", "--variants", "--channels"]
+    assert nearest("--varients", flags) == "--variants"
+    assert nearest("--candidatez", flags) is None  # "--run-date" only shares the dashes and "date"
+    assert nearest("--shards", flags) is None
+
+
 def test_hub_ids_pass_through_and_model_folders_are_checked(tmp_path):
     from factory.errors import UsageError
     from factory.model import resolve_model
