@@ -175,7 +175,7 @@ class EchoEngine:
 
 
 def echo_generate_stage(reject_share: float) -> Callable:
-    """A stand-in for ``factory.pipeline.build_generate_stage``."""
+    """A stand-in for ``factory.pipeline.passes.build_generate_stage``."""
 
     def build(engine, model_source, device, passthrough, cpu_stage_num_cpus, *args, **kwargs):
         def generate(ds):
@@ -308,15 +308,16 @@ class MemorySampler(threading.Thread):
 
 
 class CallTimes:
-    """Wraps named functions of a module and records each call's start and end."""
+    """Wraps functions (module, attribute, label) and records each call's
+    start and end under its label."""
 
-    def __init__(self, module, names):
+    def __init__(self, targets):
         self.calls: list[dict[str, Any]] = []
-        self._module, self._saved = module, {}
-        for name in names:
-            if hasattr(module, name):
-                self._saved[name] = getattr(module, name)
-                setattr(module, name, self._wrap(name, self._saved[name]))
+        self._saved = []
+        for module, name, label in targets:
+            fn = getattr(module, name)
+            self._saved.append((module, name, fn))
+            setattr(module, name, self._wrap(label, fn))
 
     def _wrap(self, name: str, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -329,8 +330,8 @@ class CallTimes:
         return timed
 
     def restore(self) -> None:
-        for name, fn in self._saved.items():
-            setattr(self._module, name, fn)
+        for module, name, fn in self._saved:
+            setattr(module, name, fn)
 
 
 def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[str, float]:
@@ -414,6 +415,7 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
 
     from factory import pipeline
     from factory.config import JobConfig
+    from factory.pipeline import finish, passes, plan, resume, staging
     from factory.stages import generate
 
     host = machine()  # (the load average before the run)
@@ -428,11 +430,15 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
     config = JobConfig(pairs=paths["pairs"], users=paths["users"], products=paths["products"],
                        output=str(output / "out"), run_date=RUN_DATE, model=str(model_dir), force=True,
                        engine={"device": "cpu"})
-    pipeline.build_generate_stage = echo_generate_stage(reject_share)
+    passes.build_generate_stage = echo_generate_stage(reject_share)
     if pairs_per_block:  # an experiment: the pipeline's block size for the join onwards
-        pipeline.MIN_ROWS_PER_BLOCK = pipeline.MAX_ROWS_PER_BLOCK = pairs_per_block
-    times = CallTimes(pipeline, ("_stage_rows", "_write", "_row_ids", "_check_exactly_once", "_summarize",
-                                 "_settle_review_queue", "joined_dataset", "_leader_rows"))
+        plan.MIN_ROWS_PER_BLOCK = plan.MAX_ROWS_PER_BLOCK = pairs_per_block
+    # The labels are the phases' names (``phases``): pass 1's writes and the passes' share "_write".
+    times = CallTimes([(staging, "stage_rows", "_stage_rows"), (staging, "write", "_write"),
+                       (passes, "write", "_write"), (resume, "row_ids", "_row_ids"),
+                       (finish, "check_exactly_once", "_check_exactly_once"), (finish, "summarize", "_summarize"),
+                       (finish, "settle_review_queue", "_settle_review_queue"),
+                       (passes, "_first_drafts", "joined_dataset"), (resume, "leader_rows", "_leader_rows")])
     sampler = MemorySampler(partial=partial)
     sampler.start()
     # A local Ray of our own ("local"): without it ray.init joins any cluster
@@ -467,7 +473,7 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         "commit": _git_commit(),
         "machine": host,  # load_avg_at_start tells whether the machine was quiet
         "pairs": n_pairs,
-        "pairs_per_block": pipeline.rows_per_block(n_pairs, config.engine.replicas,
+        "pairs_per_block": plan.rows_per_block(n_pairs, config.engine.replicas,
                                                    generate.concurrent_batches(config.engine)),
         "rows_written": result.rows_written,
         "dead_letters": result.dead_letters,
@@ -510,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                   "deleted afterwards).")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
     parser.add_argument("--pairs-per-block", type=int, default=None,
-                        help="Fix the rows per block of the generation pass (default: factory.pipeline.rows_per_block).")
+                        help="Fix the rows per block of the generation pass (default: factory.pipeline.plan.rows_per_block).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this file.")
     parser.add_argument("--timeline", type=Path, default=None,
                         help="Write the driver's and workers' RSS every 0.5 s, and the pipeline calls timed, "

@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from factory import columns as C  # noqa: E402
 from factory import footer  # noqa: E402
 from factory.fingerprint import Fingerprint  # noqa: E402
-from factory.pipeline import ROWS_PER_FILE, _check_exactly_once, _settle_review_queue  # noqa: E402
+from factory.pipeline.finish import check_exactly_once, settle_review_queue  # noqa: E402
+from factory.pipeline.plan import ROWS_PER_FILE  # noqa: E402
 from factory.publish import Attempt  # noqa: E402
 from factory.stages.finalize import OUTPUT_SCHEMA  # noqa: E402
 from factory.stages.review import ReviewRows  # noqa: E402
@@ -81,8 +82,8 @@ def write_attempt(folder: Path, files: int, rows: int) -> tuple[Attempt, Fingerp
 
 def finish(attempt: Attempt, owed: Fingerprint) -> int:
     """The driver's end of a run, as ``pipeline.run`` does it; returns the manifest's file-list bytes."""
-    files = _check_exactly_once(attempt, owed)
-    review = _settle_review_queue(SimpleNamespace(products=PRODUCTS), attempt, files)
+    files = check_exactly_once(attempt, owed)
+    review = settle_review_queue(SimpleNamespace(products=PRODUCTS), attempt, files)
     stats = footer.copy_stats(files)
     summary = {"quality": stats.quality.summary(), "work": stats.work.figures()}
     listing = {"copies": [{"path": f"copies/{f.file}", "rows": f.rows, "bytes": f.size} for f in files],

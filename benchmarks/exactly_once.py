@@ -5,7 +5,7 @@
 Writes ``--rows`` copy rows (a row id and a 60-character text, as the copies
 carry) into files of ``--rows-per-file`` with their fingerprint footers, then
 times, alternating, the check as it was (every file's row ids read, then a
-distinct count) and as it is (``factory.pipeline._check_exactly_once``: one
+distinct count) and as it is (``factory.pipeline.finish.check_exactly_once``: one
 footer per file). Prints the medians, their ratio, the driver's cost per file
 and how many bytes of row ids the old check held.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from factory import columns as C  # noqa: E402
 from factory.fingerprint import Fingerprint  # noqa: E402
 from factory.footer import stamp  # noqa: E402
-from factory.pipeline import _check_exactly_once  # noqa: E402
+from factory.pipeline.finish import check_exactly_once  # noqa: E402
 from factory.publish import Attempt  # noqa: E402
 from factory.storage import list_files, read_parquet, resolve, write_parquet  # noqa: E402
 
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> None:
         old, new = [], []
         for _ in range(args.runs):
             old.append(timed(lambda: read_every_id(attempt, owed.rows)))
-            new.append(timed(lambda: _check_exactly_once(attempt, owed)))
+            new.append(timed(lambda: check_exactly_once(attempt, owed)))
         o, n = statistics.median(old), statistics.median(new)
         print(f"{args.rows:,} rows in {files} files, {args.runs} alternating runs (median)")
         print(f"  every row id read:  {o * 1000:8.1f} ms  ({o / files * 1000:.2f} ms per file)")

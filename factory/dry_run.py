@@ -32,7 +32,8 @@ from factory.dead_letters import DUPLICATE_PAIR
 from factory.config import JobConfig
 from factory.prompts import PromptTemplate, apply_brand_voice
 from factory.stages.check import CheckPairs, ReadPairs
-from factory.stages.join import JoinProfiles, fan_out
+from factory.pipeline import owed
+from factory.stages.join import JoinProfiles
 from factory.stages.render import RenderPrompts, tokens_per_char_factor
 
 logger = logging.getLogger(__name__)
@@ -49,16 +50,16 @@ NOTHING_OWED = "channel_not_in_run"
 
 def plan_run(config: JobConfig) -> dict[str, Any]:
     """The dry-run plan of one run as a dict (see ``format_plan``)."""
-    from factory.pipeline import prepare
+    from factory.pipeline.plan import prepare
 
     plan = prepare(config)
     templates = apply_brand_voice(plan.templates, config.brand_voice, config.channels)
     checked, by_locale = _checked_pairs(plan, config, templates)
     scope = _Scope(config)
     counts = scope.count(checked, by_locale)
-    owed = _engine_rows(scope.owed_rows(checked), plan, config, templates)
+    owed_rows = _engine_rows(scope.owed_rows(checked), plan, config, templates)
     counter = TokenCounter(plan.model_source)
-    per_channel = _token_estimates(owed, plan, config, templates, counter)
+    per_channel = _token_estimates(owed_rows, plan, config, templates, counter)
     return _assemble(config, plan, templates, counts, per_channel, counter)
 
 
@@ -67,27 +68,27 @@ def _checked_pairs(plan, config: JobConfig, templates: dict[str, PromptTemplate]
     own scope filter), read row group by row group with their provenance,
     each with its dead-letter reason (null when servable); and per campaign
     the pairs left out because of the run's locales."""
-    from factory.pipeline import _row_group_items, _scope, _scope_filter
+    from factory.pipeline.plan import row_group_items, scope as run_scope, scope_filter
 
     pairs = plan.pairs
     display = {f: (f"s3://{f}" if pairs.loc.is_s3 else f) for f in pairs.files}
     read = ReadPairs(pairs.loc.fs, pairs.columns, display)
     check = CheckPairs(plan.users, plan.products, known_channels=list(templates))
-    scope = _scope(plan)
+    scope = run_scope(plan)
     excluded_users = scope.get("excluded_users")
     by_locale: Counter = Counter()
     tables = []
-    for item in _row_group_items(pairs, config.limit, config.campaign):
+    for item in row_group_items(pairs, config.limit, config.campaign):
         batch = read({k: [v] for k, v in item.items()})
         for name in (C.CHANNEL, C.CAMPAIGN_ID):
             if name not in batch.column_names:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
         if scope:
-            batch = _scope_filter(batch, **{**scope, "excluded_users": None})
+            batch = scope_filter(batch, **{**scope, "excluded_users": None})
             if excluded_users is not None:
                 out = batch.filter(pc.fill_null(pc.is_in(batch[C.USER_ID], value_set=excluded_users), False))
                 by_locale.update(config.campaign or c or "default" for c in out[C.CAMPAIGN_ID].to_pylist())
-                batch = _scope_filter(batch, None, None, None, excluded_users)
+                batch = scope_filter(batch, None, None, None, excluded_users)
         tables.append(check(batch).select([C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE,
                                            C.SOURCE_ROW, C.REASON]))
     if not tables:
@@ -99,17 +100,18 @@ def _checked_pairs(plan, config: JobConfig, templates: dict[str, PromptTemplate]
 
 
 class _Scope:
-    """The run's rules for which rows a checked pair owes."""
+    """Counts of what the run's checked pairs owe, by the rule staging uses
+    (``factory.pipeline.owed``)."""
 
     def __init__(self, config: JobConfig):
         self._config = config
 
-    def campaign_of(self, pair_campaign: Optional[str]) -> str:
-        return self._config.campaign or pair_campaign or "default"
-
-    def _in_file_order(self, checked: pa.Table) -> list[dict]:
-        order = pc.sort_indices(checked, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")])
-        return checked.take(order).to_pylist()
+    def _owed(self, checked: pa.Table) -> tuple[pa.Table, owed.Owed]:
+        """The servable pairs in file order, and what they owe."""
+        good = checked.filter(pc.is_null(checked[C.REASON]))
+        good = good.take(pc.sort_indices(good, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
+        config = self._config
+        return good, owed.owed_rows(good, config.channels, config.variants, config.campaign)
 
     def count(self, checked: pa.Table, by_locale: Counter) -> dict[str, dict[str, Any]]:
         """Per campaign: pairs in scope, servable, dead letters by reason,
@@ -119,45 +121,31 @@ class _Scope:
                                                               "not_generated": Counter()})
         for campaign, n in by_locale.items():
             out[campaign]["not_generated"][LOCALE_EXCLUDED] += n
-        seen: set = set()
-        for pair in self._in_file_order(checked):
-            c = out[self.campaign_of(pair[C.CAMPAIGN_ID])]
-            c["pairs"] += 1
-            if pair[C.REASON] is not None:
-                c["dead_letters"][pair[C.REASON]] += 1
-                continue
-            owed = self._owed(pair)
-            fresh = [k for k in owed if k not in seen]
-            seen.update(fresh)
-            if not owed:
+        campaign_of = owed.row_campaigns(checked[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
+        for campaign, reason in zip(campaign_of, checked[C.REASON].to_pylist()):
+            out[campaign]["pairs"] += 1
+            if reason is not None:
+                out[campaign]["dead_letters"][reason] += 1
+        good, found = self._owed(checked)
+        owing = set(found.owing_pairs.to_pylist())
+        duplicate = set(found.duplicate_pairs.to_pylist())
+        good_campaigns = owed.row_campaigns(good[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
+        for i, campaign in enumerate(good_campaigns):
+            c = out[campaign]
+            if i not in owing:
                 c["not_generated"][NOTHING_OWED] += 1
-            elif not fresh:
+            elif i in duplicate:
                 c["dead_letters"][DUPLICATE_PAIR] += 1
             else:
                 c["servable"] += 1
         return out
 
-    def _owed(self, pair: dict) -> list[tuple]:
-        campaign = self.campaign_of(pair[C.CAMPAIGN_ID])
-        return [(campaign, pair[C.USER_ID], pair[C.PRODUCT_ID], channel, variant)
-                for channel, variant in fan_out(pair[C.CHANNEL], self._config.channels, self._config.variants)]
-
     def owed_rows(self, checked: pa.Table) -> pa.Table:
-        """The unique (pair, channel, variant) rows the run owes, as the
-        pipeline stages them (first pair in file order keeps a row)."""
-        seen: set = set()
-        rows: dict[str, list] = {c: [] for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)}
-        for pair in self._in_file_order(checked):
-            if pair[C.REASON] is not None:
-                continue
-            for key in self._owed(pair):
-                if key in seen:
-                    continue
-                seen.add(key)
-                for name, value in zip((C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT), key):
-                    rows[name].append(value)
-        return pa.table({**{c: pa.array(v, pa.string()) for c, v in rows.items() if c != C.VARIANT},
-                         C.VARIANT: pa.array(rows[C.VARIANT], pa.int32())})
+        """The unique (pair, channel, variant) rows the run owes, as staging
+        keeps them, keyed under their campaign."""
+        rows = self._owed(checked)[1].rows
+        return rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[owed.CAMPAIGN]).select(
+            [C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT])
 
 
 def _engine_rows(owed: pa.Table, plan, config: JobConfig, templates: dict[str, PromptTemplate]) -> pa.Table:

@@ -6,7 +6,7 @@ where to look. ``CheckPairs`` gives every pair a reason it cannot be served,
 or none: malformed keys (null, not valid UTF-8, absurdly long, control
 characters), ids the lookup tables do not know, a channel no template
 serves. (Which rows a good pair owes is settled on the driver afterwards,
-where repeated pairs can be seen: ``pipeline._stage_rows``.)
+where repeated pairs can be seen: ``factory.pipeline.staging``.)
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ class JoinProfiles:
         self._done = done if done is not None and len(done) else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        # Imported here: the pipeline package imports the stages.
+        from factory.pipeline.owed import fan_out, row_campaigns
+
         n = batch.num_rows
         user_ids, product_ids = batch[C.USER_ID], batch[C.PRODUCT_ID]
         user_idx = pc.index_in(user_ids, value_set=self._users[C.USER_ID])
@@ -57,30 +60,26 @@ class JoinProfiles:
         # Rows staged by pass 1 already name their channel and variant: no fan-out.
         given_variants = batch[C.VARIANT].to_pylist() if C.VARIANT in batch.column_names else None
 
-        # Fan out: a pair that names its channel gets that one (if this run
-        # writes it); the others get every channel of the run. Dead pairs
-        # come out once, so a bad pair is one dead letter, not five.
+        # Fan out (factory/pipeline/owed.py): dead pairs come out once, so a
+        # bad pair is one dead letter, not five.
         rows, out_channels, out_variants, out_reasons = [], [], [], []
         for i in range(n):
             if reasons[i] is not None:
-                rows.append(i), out_channels.append(pair_channels[i]), out_variants.append(0)
-                out_reasons.append(reasons[i])
-                continue
-            if given_variants is not None:
-                rows.append(i), out_channels.append(pair_channels[i]), out_variants.append(given_variants[i])
-                out_reasons.append(None)
-                continue
-            for channel, variant in fan_out(pair_channels[i], self._channels, self._variants):
+                owed = [(pair_channels[i], 0)]
+            elif given_variants is not None:
+                owed = [(pair_channels[i], given_variants[i])]
+            else:
+                owed = fan_out(pair_channels[i], self._channels, self._variants)
+            for channel, variant in owed:
                 rows.append(i), out_channels.append(channel), out_variants.append(variant)
-                out_reasons.append(None)
+                out_reasons.append(reasons[i])
 
         take = pa.array(rows, pa.int64())
-        campaign_col = [self._campaign or c or "default" for c in campaigns]
         out = {
             C.USER_ID: user_ids.take(take),
             C.PRODUCT_ID: product_ids.take(take),
             C.CHANNEL: pa.array(out_channels, pa.string()),
-            C.CAMPAIGN_ID: pa.array(campaign_col, pa.string()).take(take),
+            C.CAMPAIGN_ID: row_campaigns(pa.array(campaigns, pa.string()), self._campaign).take(take),
             C.VARIANT: pa.array(out_variants, pa.int32()),
             C.REASON: pa.array(out_reasons, pa.string()),
         }
@@ -100,13 +99,6 @@ class JoinProfiles:
         if self._done is not None:
             table = table.filter(pc.invert(pc.is_in(table[C.ROW_ID], value_set=self._done)))
         return table
-
-
-def fan_out(channel: Optional[str], run_channels: Sequence[str], variants: int) -> list[tuple[str, int]]:
-    """The (channel, variant) rows a pair owes: the channel it names (if this
-    run writes it), or every channel of the run."""
-    wanted = [channel] if channel else list(run_channels)
-    return [(ch, v) for ch in wanted if ch in run_channels for v in range(variants)]
 
 
 def row_id(run_id: str, campaign: Optional[str], user: Optional[str], product: Optional[str],

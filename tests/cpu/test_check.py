@@ -78,7 +78,7 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path, local_ray):
     from types import SimpleNamespace
 
     from factory.config import JobConfig
-    from factory.pipeline import _stage_rows
+    from factory.pipeline.staging import stage_rows as _stage_rows
     from factory.publish import Attempt
     from factory.storage import read_parquet, write_parquet
 
@@ -110,7 +110,7 @@ def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_
     from types import SimpleNamespace
 
     from factory.config import JobConfig
-    from factory.pipeline import _stage_rows
+    from factory.pipeline.staging import stage_rows as _stage_rows
     from factory.prompts import load_templates
     from factory.publish import Attempt
     from factory.storage import read_parquet, write_parquet
@@ -142,7 +142,7 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
     import random
     from types import SimpleNamespace
 
-    from factory import pipeline
+    from factory.pipeline import staging
     from factory.config import JobConfig
     from factory.prompts import load_templates
     from factory.publish import Attempt
@@ -170,11 +170,11 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
         for k in range(4):
             checked = staged.slice(k * 100, 100)
             checked = checked.append_column(C.REASON, pa.nulls(checked.num_rows, pa.string()))  # all servable
-            batch = pipeline._route_checked(checked, "r", None, None, n_buckets)
-            WriteParquetFiles({pipeline._bucket_name(b): Sink(attempt.checked.join(pipeline._bucket_name(b)),
-                                                              pipeline._staged_pair_shape)
+            batch = staging.route_checked(checked, "r", None, None, n_buckets)
+            WriteParquetFiles({staging.bucket_name(b): Sink(attempt.checked.join(staging.bucket_name(b)),
+                                                              staging.staged_pair_shape)
                                for b in range(n_buckets)}, C.ROUTE)(batch)
-        owed = pipeline._stage_rows(plan, attempt, n_buckets)
+        owed = staging.stage_rows(plan, attempt, n_buckets)
         read = lambda loc, cols: sorted(tuple(r.values()) for f in list_files(loc, ".parquet")
                                         for r in read_parquet(loc.join(f.base_name), columns=cols).to_pylist())
         assert not list_files(attempt.checked)  # work files cleared
@@ -193,7 +193,7 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
 
 
 def test_written_among_counts_what_a_folder_lacks_file_by_file(tmp_path):
-    from factory.pipeline import _written_among
+    from factory.pipeline.resume import written_among as _written_among
     from factory.storage import write_parquet
 
     folder = resolve(str(tmp_path / "copies"))

@@ -13,7 +13,7 @@ import pytest
 
 import jobs.nightly_copy as nightly_job
 from factory import columns as C
-from factory import pipeline
+from factory.pipeline import passes
 from factory.errors import UsageError
 from factory.reader import read_published
 from tests.conftest import REPO
@@ -75,7 +75,7 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
     assert ray.cluster_resources().get("CPU") == 2 and len([n for n in ray.nodes() if n["Alive"]]) == 2
     pairs, expected = owed_pairs(sample_dir, 30)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
-    monkeypatch.setattr(pipeline, "build_generate_stage", echo_generate_stage(reject_share=0.2))
+    monkeypatch.setattr(passes, "build_generate_stage", echo_generate_stage(reject_share=0.2))
     out = f"s3://{s3_bucket}/out"
     code = nightly_job.main(["--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
                              "--users", f"s3://{s3_bucket}/in/users.parquet",

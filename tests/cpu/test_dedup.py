@@ -235,7 +235,7 @@ def test_progress_line_has_rows_rate_tokens_and_eta():
 
 
 def test_scope_filter_keeps_the_runs_pairs_and_lets_unknown_ids_reach_the_checks():
-    from factory.pipeline import _scope_filter
+    from factory.pipeline.plan import scope_filter as _scope_filter
 
     batch = pa.table({C.USER_ID: ["U1", "U2", "U3", None, "U9"], C.PRODUCT_ID: ["P1", "P2", "P1", "P1", "P1"],
                       C.CAMPAIGN_ID: ["a", "a", "b", "a", "a"]})

@@ -9,7 +9,7 @@ import pytest
 from factory import columns as C
 from factory.fingerprint import Fingerprint
 from factory.footer import FINGERPRINT, stamp
-from factory.pipeline import IncompleteRun, _check_exactly_once
+from factory.pipeline.finish import IncompleteRun, check_exactly_once as _check_exactly_once
 from factory.publish import Attempt
 from factory.storage import read_parquet, resolve, write_parquet
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from factory import columns as C
 from factory import footer
-from factory.pipeline import _settle_review_queue
+from factory.pipeline.finish import settle_review_queue as _settle_review_queue
 from factory.publish import Attempt
 from factory.stages.finalize import OUTPUT_SCHEMA
 from factory.stages.review import REVIEW_DESCRIPTION_CHARS, ReviewRows

@@ -1,0 +1,101 @@
+"""``run()``: the nightly run as the driver sees it, one step a line."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from factory import model
+from factory.cluster import check_shared_storage, place_model
+from factory.config import JobConfig
+from factory.facts.extract import attach_facts
+from factory.footer import read_footers
+from factory.pipeline import finish, publishing, resume, staging
+from factory.pipeline.finish import RunResult
+from factory.pipeline.passes import RunContext, generation_passes, run_passes
+from factory.pipeline.plan import prepare
+from factory.progress import ProgressLog
+from factory.publish import choose_attempt, config_hash, record_process, update_process
+from factory.ray_session import start_or_join
+from factory.storage import delete_dir_if_exists, resolve
+
+logger = logging.getLogger(__name__)
+
+
+def run(config: JobConfig) -> RunResult:
+    import ray
+
+    started = time.time()
+    plan = prepare(config)  # every check that can fail does so before Ray or the engine starts
+    state = choose_attempt(plan.run, force=config.force)
+    if state.action == "published":
+        return publishing.already_published(plan, state.attempt, started)
+    attempt, resumed = state.attempt, state.action == "resume"
+    logger.info("%s attempt %d of run %s at %s", "Resuming" if resumed else "Starting", attempt.number,
+                config.run_id, attempt.base.uri)
+
+    start_or_join(dashboard=config.ray_dashboard)  # joins the cluster under `ray job submit`
+    # On a cluster of many nodes a path must mean the same to every worker (factory/cluster.py).
+    check_shared_storage({"--pairs": plan.pairs.loc.uri, "--output": plan.output.uri, "--facts": config.facts},
+                         config.shared_filesystem)
+    _configure_ray_data()
+    process = record_process(attempt, state.action, {"config_hash": config_hash(config.model_dump_json())})
+    from factory.stages.generate import detect_device
+
+    device = detect_device(config.engine)
+    place_model(plan.model_source, device, bundled=config.model == model.BUNDLED_MODEL)
+    if config.facts:
+        # Facts for new or changed products first (one engine, then released),
+        # so the generation passes and the gate see them.
+        from factory.facts.extract import ensure_facts
+
+        facts = ensure_facts(plan.products, resolve(config.facts, **config.storage_options()), config.engine,
+                             plan.model_source, device, model_name=model.display_name(config.model),
+                             cpu_stage_num_cpus=config.cpu_stage_num_cpus)
+        plan.products = attach_facts(plan.products, facts)
+    lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
+
+    # Pass 1 and staging (CPU only): cheap, so a resumed attempt redoes them
+    # (same input, same result).
+    buckets = staging.check_pairs(plan, attempt, lookups, fresh=not resumed)
+    owed = staging.stage_rows(plan, attempt, buckets, lookups["users"])
+    dead = read_footers(attempt.dead_letters)  # final once staged
+    if sum(f.rows for f in dead):
+        logger.warning("%d pair(s) sent to the dead letters at %s", sum(f.rows for f in dead),
+                       attempt.dead_letters.uri)
+    written = resume.already_written(attempt)
+    logger.info("The run owes %d row(s)%s", owed.rows,
+                f"; resuming: {len(written.done)} already written" if len(written.done) else "")
+
+    progress = ProgressLog(owed.rows, config.progress_every_seconds, already_done=written.copies)
+    ctx = RunContext(plan, attempt, lookups, device, written, resumed, counter=progress.counter)
+    with progress:
+        rows = run_passes(generation_passes(ctx), progress, config.cpu_stage_num_cpus, config.rows_per_file)
+
+    files = finish.check_exactly_once(attempt, owed)
+    review = finish.settle_review_queue(plan, attempt, files)
+    result = finish.summarize(plan, attempt, state.action, files, dead, time.time() - started, review)
+    first_drafts, repairs, reused = (rows.get(p, 0) for p in ("first drafts", "repair", "reuse"))
+    result.rows_generated, result.rows_resumed, result.rows_reused = first_drafts + repairs, len(written.done), reused
+    result.progress = progress.samples
+    # Engine requests this process made; reused rows cost none. The manifest's history keeps them.
+    update_process(process, finished_at=publishing.now(), rows_expected=owed.rows, rows_resumed=len(written.done),
+                   rows_generated=first_drafts + repairs, first_drafts=first_drafts, repairs=repairs,
+                   rows_reused=reused)
+    summary = finish.write_summary(plan, attempt, result, device)
+    report_file = finish.write_report(plan, attempt, files, summary)
+    publishing.publish_run(plan, attempt, result, summary, device, dead, report_file)
+    delete_dir_if_exists(attempt.work)
+    return result
+
+
+def _configure_ray_data() -> None:
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # The V2 Parquet reader lists files in a task that always asks for a whole
+    # CPU; once the engine actor holds its CPU on a small node that task never
+    # schedules (seen on 2 cores: the run hangs at "ListFiles 0/1"). The V1
+    # reader honours num_cpus, and the driver has listed the files already.
+    ctx.use_datasource_v2 = False

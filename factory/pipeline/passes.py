@@ -1,0 +1,236 @@
+"""The generation passes, declared as data and run by one loop.
+
+    first drafts  staged rows not written yet -> join -> render -> generate
+                  -> gate -> copies (rejected rows -> the repair queue)
+    repair        the repair queue -> render with the reasons -> generate
+                  -> gate -> copies
+    reuse         rows whose prompt equals a generated row's -> that row's
+                  final copy -> gate -> copies
+
+Each pass is a source (read when the pass starts: a later pass reads what an
+earlier one wrote, and a pass with nothing owed starts no engine), stages
+(``Dataset -> Dataset``, in order) and sinks. Rows already written by an
+earlier process of the attempt are skipped (``factory.pipeline.resume``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import columns as C
+from factory import footer, model
+from factory.pipeline import resume
+from factory.pipeline.plan import MAX_BLOCKS, Plan, rows_per_block, stage_pool
+from factory.pipeline.staging import write
+from factory.publish import Attempt
+from factory.ray_session import engine_paced_scheduling
+from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
+from factory.stages.generate import concurrent_batches
+from factory.stages.reuse import ReuseCopy
+from factory.stages.review import ReviewRows
+from factory.stages.write import Sink
+from factory.storage import list_files
+
+Stage = Callable[[Any], Any]  # Dataset -> Dataset
+
+
+@dataclass
+class Pass:
+    """One generation pass: where its rows come from, what they go through,
+    where they are written."""
+
+    name: str  # its progress phase, and its key in the rows each pass wrote
+    source: Callable[[], Any]  # a Dataset, or None when the pass owes nothing
+    stages: Sequence[Stage]
+    sinks: dict[str, Sink]
+    route: Optional[str] = None  # the column naming each row's sink, with several sinks
+
+
+def run_passes(passes: Sequence[Pass], progress, num_cpus: float, rows_per_file: int) -> dict[str, int]:
+    """Run each pass that owes rows, in order; return the rows each wrote."""
+    written = {}
+    for p in passes:
+        ds = p.source()
+        if ds is None:
+            continue
+        progress.phase(p.name)
+        for stage in p.stages:
+            ds = stage(ds)
+        # A CPU engine sets the pace (factory/ray_session.py).
+        with engine_paced_scheduling(any(getattr(s, "shares_cores_with_ray", False) for s in p.stages)):
+            files = write(ds, p.sinks, num_cpus, route=p.route, rows_per_file=rows_per_file)
+        written[p.name] = sum(f["rows"] for f in files)
+    return written
+
+
+# --------------------------------------------------------------------------- the three passes
+
+# Keys every generated row carries through the engine stage.
+ROW_KEYS = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
+# What the repair pass needs of a rejected row: its keys, its chat and why it failed.
+REPAIR_QUEUE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE,
+                        C.TEMPLATE_VERSION, "brand", C.MESSAGES, C.MAX_TOKENS, C.STOP, C.REASONS,
+                        C.REASON_DETAILS, C.COPY_LENGTH_LIMIT)
+
+
+@dataclass
+class RunContext:
+    """What every pass of one process shares."""
+
+    plan: Plan
+    attempt: Attempt
+    lookups: dict[str, Any]  # object refs of the users and products tables
+    device: str
+    written: resume.Written  # what the attempt held when this process started
+    resumed: bool
+    counter: Any = None  # the progress counter the gate bumps
+    copies: Sink = field(init=False)
+
+    def __post_init__(self):
+        config = self.plan.config
+        finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
+        # The review rows also go to the review queue, with the product facts beside them.
+        self.copies = Sink(self.attempt.copies, finalize, footer.copies_entries,
+                           beside=Sink(self.attempt.review, ReviewRows(self.lookups["products"])))
+
+    @property
+    def light(self) -> float:
+        return self.plan.config.cpu_stage_num_cpus
+
+
+def generation_passes(ctx: RunContext) -> list[Pass]:
+    config, attempt = ctx.plan.config, ctx.attempt
+    repair_engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
+    return [
+        Pass("first drafts", source=lambda: _first_drafts(ctx),
+             stages=[_map(RenderPrompts(ctx.plan.templates, config.engine.max_tokens), ctx),
+                     # The chat, its stops and the brand ride along for the repair pass's prompt.
+                     Generate(config.engine, ctx, ROW_KEYS + [C.MESSAGES, C.STOP, "brand"]),
+                     _gate(ctx, draft=1)],
+             sinks={C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
+             route=C.ROUTE),
+        Pass("repair", source=lambda: _repair_queue(ctx),
+             stages=[_map(RenderRepair(), ctx), Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_ATTEMPT_REASONS]),
+                     _gate(ctx, draft=2)],
+             sinks={C.ROUTE_COPIES: ctx.copies}),
+        Pass("reuse", source=lambda: _followers(ctx),
+             stages=[_reuse_copy(ctx), _gate(ctx, draft=2)],
+             sinks={C.ROUTE_COPIES: ctx.copies}),
+    ]
+
+
+def _first_drafts(ctx: RunContext):
+    """The staged rows not written yet, joined with their profiles."""
+    import ray
+
+    if not ctx.written.to_generate:
+        return None
+    config, staged = ctx.plan.config, ctx.attempt.pairs
+    done = ctx.written.done
+    # Small blocks stream: the engine gets work as soon as the first blocks are
+    # rendered, progress moves, finished rows leave memory early. Left to
+    # itself Ray made one block per file and a whole file one engine task (seen:
+    # no progress for minutes). Split at the read, not with repartition(): its
+    # task asks for a whole CPU, which a 2-core node running an engine lacks.
+    rows = ctx.written.to_generate + len(done)
+    per_block = rows_per_block(rows, config.engine.replicas, concurrent_batches(config.engine))
+    blocks = max(1, min(MAX_BLOCKS, -(-rows // per_block)))
+    ds = ray.data.read_parquet([i.path for i in list_files(staged, ".parquet")], filesystem=staged.fs,
+                               columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT],
+                               override_num_blocks=blocks, num_cpus=ctx.light)
+    ds = ds.map_batches(
+        JoinProfiles,
+        fn_constructor_kwargs=dict(
+            **ctx.lookups, channels=config.channels, known_channels=list(ctx.plan.templates),
+            variants=config.variants, campaign=config.campaign, run_id=config.run_id,
+            done=ray.put(done.combine_chunks()) if len(done) else None),
+        batch_format="pyarrow", compute=stage_pool(config), num_cpus=ctx.light)
+    return ds.map_batches(_keep_good_rows, batch_format="pyarrow", num_cpus=ctx.light)
+
+
+def _repair_queue(ctx: RunContext):
+    """One more draw for each rejected row, told why the first failed. The
+    queue may hold rows from an earlier process too; rows already repaired
+    into the copies are skipped."""
+    import ray
+
+    queue = ctx.attempt.repair_queue
+    queued = [i.path for i in list_files(queue, ".parquet")]
+    missing, repaired = resume.still_owed(queue, ctx.attempt.copies, ctx.resumed)
+    if not (queued and missing):
+        return None
+    ds = ray.data.read_parquet(queued, filesystem=queue.fs, num_cpus=ctx.light)
+    return resume.skip_rows(ds, repaired, ctx.light)
+
+
+def _followers(ctx: RunContext):
+    """Rows whose prompt equals a generated row's, not written yet."""
+    import ray
+
+    folder = ctx.attempt.followers
+    files = list_files(folder, ".parquet")
+    if not files:
+        return None
+    missing, written_ids = resume.still_owed(folder, ctx.attempt.copies, ctx.resumed)
+    if not missing:
+        return None
+    ds = ray.data.read_parquet([f.path for f in files], filesystem=folder.fs, num_cpus=ctx.light)
+    return resume.skip_rows(ds, written_ids, ctx.light)
+
+
+# --------------------------------------------------------------------------- stages
+
+class Generate:
+    """A pass's engine stage, built when the pass runs: a pass with nothing
+    owed starts no engine. ``shares_cores_with_ray`` is known before: a CPU
+    engine sets the pass's pace."""
+
+    def __init__(self, engine, ctx: RunContext, passthrough: list[str]):
+        self._engine, self._ctx, self._passthrough = engine, ctx, passthrough
+        self.shares_cores_with_ray = ctx.device == "cpu"
+
+    def __call__(self, ds):
+        ctx = self._ctx
+        generate = build_generate_stage(self._engine, ctx.plan.model_source, ctx.device, self._passthrough,
+                                        ctx.light)
+        # A stand-in engine may say otherwise (the benchmarks' and tests' instant one).
+        self.shares_cores_with_ray = getattr(generate, "shares_cores_with_ray", False)
+        return generate(ds)
+
+
+def _map(fn, ctx: RunContext) -> Stage:
+    return lambda ds: ds.map_batches(fn, batch_format="pyarrow", num_cpus=ctx.light)
+
+
+def _gate(ctx: RunContext, draft: int) -> Stage:
+    plan = ctx.plan
+    return lambda ds: ds.map_batches(
+        QualityGate,
+        fn_constructor_kwargs=dict(products=ctx.lookups["products"], users=ctx.lookups["users"],
+                                   policy=plan.config.quality, templates=plan.templates, attempt=draft,
+                                   counter=ctx.counter),
+        batch_format="pyarrow", compute=stage_pool(plan.config), num_cpus=ctx.light)
+
+
+def _reuse_copy(ctx: RunContext) -> Stage:
+    def stage(ds):
+        import ray
+
+        # In the object store once for every ReuseCopy actor; the driver keeps no copy.
+        leaders = ray.put(resume.leader_rows(ctx.attempt, list_files(ctx.attempt.followers, ".parquet")))
+        pa.default_memory_pool().release_unused()
+        return ds.map_batches(ReuseCopy, fn_constructor_kwargs={"leaders": leaders}, batch_format="pyarrow",
+                              num_cpus=ctx.light, compute=stage_pool(ctx.plan.config))
+    return stage
+
+
+def _keep_good_rows(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch[C.REASON]))
+
+
+def _repair_queue_rows(batch: pa.Table) -> pa.Table:
+    return batch.select(list(REPAIR_QUEUE_COLUMNS))

@@ -1,0 +1,286 @@
+"""Pass 1 and staging: from the input's pairs to the rows the run owes.
+
+Pass 1 (Ray Data, CPU only) reads every pair in scope with its file and row,
+checks it, sends what cannot be served to the dead letters and writes the
+rest split by a hash of the product into buckets. Staging then turns each
+bucket into its owed rows (``factory.pipeline.owed``) in a Ray task of its
+own: row ids, identical prompts (the followers), the prefix-cache order and
+duplicate pairs are all decided within one product, so no decision needs two
+buckets, and the driver only adds up what the tasks return.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from factory import columns as C
+from factory import dead_letters, dedup, footer, inputs
+from factory.config import JobConfig
+from factory.fingerprint import Fingerprint
+from factory.pipeline.owed import CAMPAIGN, owed_rows
+from factory.pipeline.plan import (ROWS_PER_FILE, ConfigError, Plan, input_pairs, row_group_items, scope,
+                                   scope_filter, stage_pool)
+from factory.publish import Attempt
+from factory.stages.check import CheckPairs, ReadPairs
+from factory.stages.join import row_id
+from factory.stages.write import Sink, WriteParquetFiles
+from factory.storage import Location, delete_dir_if_exists, list_files, read_parquet, write_parquet
+
+logger = logging.getLogger(__name__)
+
+# What pass 1 keeps of a servable pair for the generation passes.
+STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW)
+STAGED_PAIR_SCHEMA = pa.schema([(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())])
+# What a staged row keeps: its key (the row id is added from it).
+STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
+
+# Pairs per staging bucket: what bounds one staging task's memory (measured
+# at 1M pairs: +150 MiB for buckets of ~100k pairs).
+STAGE_BUCKET_PAIRS = 100_000
+# Pass 1 writes a file per writer batch and bucket, so the batch grows with
+# the input: at most PASS1_BATCHES batches, so at most that many files per
+# bucket (16k files in all at 50M pairs, not one per 50k pairs per bucket).
+PASS1_BATCHES = 32
+PASS1_MAX_BATCH_PAIRS = 2_000_000
+# How many of the input's campaigns a "no such campaign" error lists.
+LISTED_CAMPAIGNS = 20
+
+
+def write(ds, sinks: dict[str, Sink], num_cpus: float, route: str | None = None,
+          rows_per_file: int = ROWS_PER_FILE) -> list[dict[str, Any]]:
+    """Write ``ds`` to its sinks; return one {sink, file, rows, bytes} per file written."""
+    written = ds.map_batches(WriteParquetFiles(sinks, route), batch_size=rows_per_file,
+                             batch_format="pyarrow", num_cpus=num_cpus)
+    return sorted(written.take_all(), key=lambda r: (r["sink"], r["file"] or ""))
+
+
+# --------------------------------------------------------------------------- pass 1
+
+def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bool) -> int:
+    """Pass 1: every pair in scope checked; dead letters written, servable
+    pairs written to their product's bucket. Returns the number of buckets.
+    A ``--campaign`` that no pair has is a usage error (the attempt is
+    removed when this process began it: nothing of it is worth keeping)."""
+    config = plan.config
+    light = config.cpu_stage_num_cpus
+    for loc in (attempt.dead_letters, attempt.checked):
+        delete_dir_if_exists(loc)
+    n_buckets = stage_buckets(plan)
+    checked = checked_pairs(plan, lookups).map_batches(
+        route_checked, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
+                                  "campaign": config.campaign, "n_buckets": n_buckets},
+        batch_format="pyarrow", num_cpus=light)
+    buckets = {bucket_name(b): Sink(attempt.checked.join(bucket_name(b)), staged_pair_shape)
+               for b in range(n_buckets)}
+    written = write(checked, {"dead_letters": Sink(attempt.dead_letters, dead_letters.shape,
+                                                   footer.dead_letter_entries), **buckets}, light, route=C.ROUTE,
+                    rows_per_file=pass1_batch_pairs(plan))
+    if config.campaign and not sum(w["rows"] for w in written):
+        if fresh:
+            delete_dir_if_exists(attempt.base)
+        raise ConfigError(f"--campaign {config.campaign}: no pair in {plan.pairs.loc.uri} has this campaign_id",
+                          campaigns_in(plan.pairs, light))
+    write_lookup_rejects(plan, attempt)
+    servable = sum(w["rows"] for w in written if w["sink"] != "dead_letters")
+    logger.info("%d servable pair(s) in %d product bucket(s)", servable, n_buckets)
+    return n_buckets
+
+
+def checked_pairs(plan: Plan, lookups: dict[str, Any]):
+    """Every pair in scope, read with its provenance and checked."""
+    import ray
+
+    config = plan.config
+    light = config.cpu_stage_num_cpus
+    pairs = plan.pairs
+    items = row_group_items(pairs, config.limit, config.campaign)
+    display = {f: (f"s3://{f}" if pairs.loc.is_s3 else f) for f in pairs.files}
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy",
+                        num_cpus=light)
+    found = scope(plan)
+    if found:
+        ds = ds.map_batches(scope_filter, fn_kwargs=found, batch_format="pyarrow", num_cpus=light)
+    return ds.map_batches(
+        CheckPairs,
+        fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
+        batch_format="pyarrow", compute=stage_pool(config), num_cpus=light,
+    )
+
+
+def campaigns_in(pairs: inputs.ParquetInput, num_cpus: float) -> str:
+    """The campaigns the pairs name, as one line for an error (counted by Ray, not the driver)."""
+    import ray
+
+    files = [f for f in pairs.files if C.CAMPAIGN_ID in pairs.names[f]]
+    if not files:
+        return "the pairs have no campaign_id column: leave --campaign out to take every pair"
+    names = ray.data.read_parquet(files, filesystem=pairs.loc.fs, columns=[C.CAMPAIGN_ID],
+                                  num_cpus=num_cpus).unique(C.CAMPAIGN_ID)
+    names = sorted(n for n in names if n is not None)
+    shown = ", ".join(names[:LISTED_CAMPAIGNS]) + (f" and {len(names) - LISTED_CAMPAIGNS} more"
+                                                   if len(names) > LISTED_CAMPAIGNS else "")
+    return f"the pairs have these campaigns: {shown}" if names else "no pair names a campaign"
+
+
+def route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None, n_buckets: int) -> pa.Table:
+    """Pass 1's rows for the writer: dead letters in their schema, servable
+    pairs in the staged shape, routed to their product's staging bucket."""
+    dead = batch.filter(pc.is_valid(batch[C.REASON]))
+    good = batch.filter(pc.is_null(batch[C.REASON]))
+    n = dead.num_rows
+    dead_rows = dead_letters.rows(
+        run_id, run_date, n,
+        **{C.CAMPAIGN_ID: (dead[C.CAMPAIGN_ID] if C.CAMPAIGN_ID in dead.column_names
+                           else pa.array([campaign] * n, pa.string()))},
+        **{c: dead[c] for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.REASON, C.SOURCE, C.SOURCE_ROW)
+           if c in dead.column_names})
+    for name in (C.CHANNEL, C.CAMPAIGN_ID):
+        if name not in good.column_names:
+            good = good.append_column(name, pa.nulls(good.num_rows, pa.string()))
+    staged = good.select(list(STAGED_PAIR_COLUMNS))
+    dead_rows = dead_rows.append_column(C.ROUTE, pa.array(["dead_letters"] * n, pa.string()))
+    bucket_names = pa.array([bucket_name(b) for b in range(n_buckets)], pa.string())
+    staged = staged.append_column(C.ROUTE, bucket_names.take(product_buckets(staged[C.PRODUCT_ID], n_buckets)))
+    return pa.concat_tables([dead_rows, staged], promote_options="default")
+
+
+def staged_pair_shape(rows: pa.Table) -> pa.Table:
+    return rows.select(list(STAGED_PAIR_COLUMNS))
+
+
+def write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
+    """Users and products rows the driver dropped (null, malformed or
+    duplicate ids) go to the dead letters too, with their file and row."""
+    config = plan.config
+    rejects = [r for report in plan.table_reports for r in report.rejects]
+    if not rejects:
+        return
+    n = len(rejects)
+    table = dead_letters.rows(config.run_id, config.run_date, n, **{
+        C.CAMPAIGN_ID: pa.array([config.campaign] * n, pa.string()),
+        C.USER_ID: pa.array([r.get(C.USER_ID) for r in rejects], pa.string()),
+        C.PRODUCT_ID: pa.array([r.get(C.PRODUCT_ID) for r in rejects], pa.string()),
+        C.REASON: pa.array([r["reason"] for r in rejects], pa.string()),
+        C.SOURCE: pa.array([r["source"] for r in rejects], pa.string()),
+        C.SOURCE_ROW: pa.array([r["source_row"] for r in rejects], pa.int64()),
+    })
+    dead_letters.write(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
+
+
+def stage_buckets(plan: Plan) -> int:
+    """How many product buckets pass 1 splits the pairs into: about
+    STAGE_BUCKET_PAIRS each, known before anything is read."""
+    return max(1, -(-input_pairs(plan) // STAGE_BUCKET_PAIRS))
+
+
+def pass1_batch_pairs(plan: Plan) -> int:
+    return min(PASS1_MAX_BATCH_PAIRS, max(ROWS_PER_FILE, -(-input_pairs(plan) // PASS1_BATCHES)))
+
+
+def bucket_name(bucket: int) -> str:
+    return f"bucket={bucket:05d}"
+
+
+def product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
+    """crc32(product id) mod n per row: the same in every process (unlike
+    Python's hash), hashed once per distinct product."""
+    if not len(products):
+        return pa.array([], pa.int32())
+    encoded = products.combine_chunks().dictionary_encode()
+    per_value = np.array([zlib.crc32(v.encode()) % n_buckets if v is not None else 0
+                          for v in encoded.dictionary.to_pylist()] + [0], dtype=np.int32)
+    # A null product (never staged: pass 1 dead-letters it) goes to bucket 0.
+    index = encoded.indices.fill_null(len(per_value) - 1).to_numpy(zero_copy_only=False)
+    return pa.array(per_value[index])
+
+
+# --------------------------------------------------------------------------- staging
+
+def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None) -> Fingerprint:
+    """Turn the checked pairs into the unique rows the run owes; return their
+    fingerprint (``rows`` is how many). Each bucket is staged by its own Ray
+    task, anywhere in the cluster. Done from pass 1's output (keys only), so
+    every process of an attempt stages the same rows. ``users`` is the users
+    table or an object ref to it."""
+    import ray
+
+    config = plan.config
+    for loc in (attempt.pairs, attempt.followers):
+        delete_dir_if_exists(loc)
+    users = ray.put(plan.users) if users is None else users
+    task = ray.remote(_stage_bucket_task).options(num_cpus=config.cpu_stage_num_cpus)
+    pending = [task.remote(attempt, b, config, plan.templates, users) for b in range(n_buckets)]
+    owed = reused = done = 0
+    fingerprint = Fingerprint()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        rows, followers, owes = ray.get(ready[0])
+        owed, reused, done = owed + rows, reused + followers, done + 1
+        fingerprint += Fingerprint.parse(owes)
+        if n_buckets > 1 and (done % max(1, n_buckets // 10) == 0 or not pending):
+            logger.info("Staged %d of %d product bucket(s): %d row(s) so far", done, n_buckets, owed)
+    delete_dir_if_exists(attempt.checked)
+    if reused:
+        logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
+                    "(--no-dedup turns this off)", reused, owed)
+    return fingerprint
+
+
+def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templates, users) -> tuple[int, int, str]:
+    """A Ray task: stage one bucket's pairs; (rows, followers, owed fingerprint as text)."""
+    folder = attempt.checked.join(bucket_name(bucket))
+    names = [i.base_name for i in list_files(folder, ".parquet")]
+    pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
+             if names else STAGED_PAIR_SCHEMA.empty_table())
+    keys = dedup.PromptKeys(users, templates) if config.dedup_prompts and pairs.num_rows else None
+    rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys)
+    return rows, followers, owes.text()
+
+
+def stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Table, attempt: Attempt,
+                 keys: dedup.PromptKeys | None) -> tuple[int, int, Fingerprint]:
+    """Stage one bucket's pairs (see ``stage_rows``): write its rows to
+    generate, its followers and its duplicate pairs; return (rows, followers,
+    the fingerprint of every row it owes)."""
+    if pairs.num_rows:
+        pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
+    owing = owed_rows(pairs, config.channels, config.variants, config.campaign)
+    rows = owing.rows.select(list(STAGED_ROW_COLUMNS) + [CAMPAIGN])
+    rows = rows.take(dedup.prefix_cache_order(rows, users))
+    owed = rows.num_rows
+    # The row ids (as JoinProfiles makes them) let a resumed process see
+    # which staged rows are still owed without running the join; the prompt
+    # keys say which rows would send the engine the same prompt.
+    ids = [row_id(config.run_id, *key) for key in zip(
+        *(rows[c].to_pylist() for c in (CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))]
+    rows = rows.append_column(C.ROW_ID, pa.array(ids, pa.string()))
+    owed_fingerprint = Fingerprint.of(ids)  # what the copies must add up to (finish.check_exactly_once)
+    reused = 0
+    if keys is not None and owed:
+        resolved = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[CAMPAIGN])
+        lead = dedup.leader_ids(rows[C.ROW_ID], pa.chunked_array([dedup.key_digests(keys(resolved))]))
+        reuse = pc.is_valid(lead)
+        followers = resolved.append_column(C.DEDUP_OF, lead).filter(reuse).drop_columns([CAMPAIGN])
+        rows = rows.filter(pc.invert(reuse))
+        reused = followers.num_rows
+        _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
+    _write_chunks(attempt.pairs, rows.drop_columns([CAMPAIGN]), f"part-{bucket:05d}")
+    if len(owing.duplicate_pairs):
+        dup = pairs.take(owing.duplicate_pairs)
+        dead_letters.write(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), dead_letters.rows(
+            config.run_id, config.run_date, dup.num_rows,
+            **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
+            **{C.REASON: pa.array([dead_letters.DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
+    return owed, reused, owed_fingerprint
+
+
+def _write_chunks(folder: Location, rows: pa.Table, prefix: str = "part") -> None:
+    for start in range(0, rows.num_rows, ROWS_PER_FILE):
+        write_parquet(folder.join(f"{prefix}-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE))
