@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from typing import Iterator
+
+from factory import internals
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,7 @@ def start_or_join(dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     context = ray.init(log_to_driver=True, include_dashboard=dashboard)
-    # ray.init makes a head node object only when it starts the cluster itself
-    # (a private detail: should it move, the job counts as having joined).
-    node = getattr(sys.modules.get("ray._private.worker"), "_global_node", None)
-    _started_here = bool(getattr(node, "head", False))
+    _started_here = internals.ray_started_head()
     if not context.dashboard_url:
         logger.info("Ray's dashboard is off. A local Ray the job starts has none unless asked (--ray-dashboard); "
                     "or start Ray first with `ray start --head` and the job joins it.")
@@ -78,11 +76,12 @@ def release_llm_telemetry_actor() -> bool:
         return False
     import ray
 
+    named = internals.llm_telemetry_actor()
     try:
-        from ray.llm._internal.batch.observability.usage_telemetry import usage
-
-        actor = ray.get_actor(usage.LLM_BATCH_TELEMETRY_ACTOR_NAME, namespace=usage.LLM_BATCH_TELEMETRY_NAMESPACE)
-    except Exception:  # another Ray version, or no such actor: nothing to do
+        actor = ray.get_actor(named[0], namespace=named[1]) if named else None
+    except ValueError:  # no such actor: nothing to do
+        actor = None
+    if actor is None:
         return False
     ray.kill(actor)
     logger.debug("Stopped Ray LLM's idle telemetry actor on this job's local Ray")
@@ -104,16 +103,13 @@ def engine_paced_scheduling(enabled: bool = True, *, poll_seconds: float = ENGIN
     if not enabled:
         yield
         return
-    name = "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"
-    try:
-        from ray.data._internal.execution import streaming_executor_state as executor_state
-    except ImportError:
-        executor_state = None
-    previous = getattr(executor_state, name, None)
-    if not isinstance(previous, (int, float)):
+    name = internals.EXECUTOR_WAIT_CONSTANT
+    executor_state = internals.ray_data_executor_state()
+    if executor_state is None:
         logger.debug("Ray Data has no %s: its executor keeps its own pace", name)
         yield
         return
+    previous = getattr(executor_state, name)
     setattr(executor_state, name, max(previous, poll_seconds))
     try:
         yield

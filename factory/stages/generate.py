@@ -207,11 +207,12 @@ def expose_cached_tokens() -> None:
     global _patched
     if _patched:
         return
-    try:
-        from ray.llm._internal.batch.stages import vllm_engine_stage as stage
-    except Exception:  # no Ray Data LLM here: nothing to patch
+    from factory import internals
+
+    output_class = internals.ray_llm_output_class()
+    if output_class is None:  # no Ray Data LLM here, or it moved: the column stays null
         return
-    original = stage.vLLMOutputData.from_vllm_engine_output
+    original = output_class.from_vllm_engine_output
 
     def from_vllm_engine_output(output: Any):
         data = original(output)
@@ -220,5 +221,5 @@ def expose_cached_tokens() -> None:
             data.metrics = {**(data.metrics or {}), CACHED_TOKENS_METRIC: int(cached)}
         return data
 
-    stage.vLLMOutputData.from_vllm_engine_output = staticmethod(from_vllm_engine_output)
+    output_class.from_vllm_engine_output = staticmethod(from_vllm_engine_output)
     _patched = True
