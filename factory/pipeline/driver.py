@@ -68,8 +68,8 @@ def run(config: JobConfig) -> RunResult:
                 f"; resuming: {len(written.done)} already written" if len(written.done) else "")
 
     progress = ProgressLog(owed.rows, config.progress_every_seconds, already_done=written.copies)
-    ctx = RunContext(plan, attempt, lookups, device, written, resumed, counter=progress.counter)
-    with progress:
+    with progress:  # its counter exists from here on
+        ctx = RunContext(plan, attempt, lookups, device, written, resumed, counter=progress.counter)
         rows = run_passes(generation_passes(ctx), progress, config.cpu_stage_num_cpus, config.rows_per_file)
 
     files = finish.check_exactly_once(attempt, owed)

@@ -104,6 +104,8 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
         assert {footer.FINGERPRINT, footer.COPY_STATS} <= set(pq.read_metadata(io.BytesIO(body)).metadata), key
     statuses = rows[C.STATUS].to_pylist()
     assert summary["quality"]["status"] == {s: statuses.count(s) for s in C.STATUSES}
+    # The gate on the worker node counted every finished row for the driver's progress line.
+    assert summary["progress"][-1]["rows_done"] == rows.num_rows
 
 
 def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
