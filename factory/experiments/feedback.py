@@ -212,7 +212,8 @@ def check_events(loc: Location) -> inputs.ParquetInput:
     return checked
 
 
-def _children(loc: Location, prefix: str) -> list[tuple[str, Location]]:
+def child_folders(loc: Location, prefix: str) -> list[tuple[str, Location]]:
+    """The folders right under ``loc`` whose names start with ``prefix``: (rest of the name, folder), sorted."""
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
     out = []
     for info in infos:
@@ -228,14 +229,14 @@ def published_runs(runs: Location, config: FeedbackJobConfig) -> list[PublishedR
     from factory.publish import published_manifest
 
     out = []
-    for day, day_loc in _children(runs.join("runs"), "date="):
+    for day, day_loc in child_folders(runs.join("runs"), "date="):
         try:
             date = dt.date.fromisoformat(day)
         except ValueError:
             continue
         if (config.since and date < config.since) or (config.until and date > config.until):
             continue
-        for campaign, run in _children(day_loc, "campaign="):
+        for campaign, run in child_folders(day_loc, "campaign="):
             if config.campaigns and campaign not in config.campaigns:
                 continue
             manifest = published_manifest(run)

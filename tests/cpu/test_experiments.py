@@ -244,3 +244,68 @@ def test_the_ray_stage_and_the_holdout_file():
     expected = [u for u, a, v in zip(users, out[ARM].to_pylist(), [0, 1] * 4) if a == HOLDOUT and v == 0]
     assert held[C.USER_ID].to_pylist() == expected and expected
     assert len(set(held[C.ROW_ID].to_pylist())) == held.num_rows
+
+
+# --------------------------------------------------------------------------- one night, as the nightly run plans it
+
+
+def _publish(output, day: dt.date, night) -> None:
+    from factory.publish import Attempt, publish
+    from factory.reader import run_location
+
+    attempt = Attempt(run_location(output, day, "spring"), 1)
+    publish(attempt, {"run_id": f"{day}_spring", "attempt": 1, "files": {}, "experiment": night.manifest_record()})
+
+
+def _feedback(folder: Path, counts: dict[str, tuple[int, int]]) -> None:
+    import json as _json
+
+    import pyarrow.parquet as pq
+
+    from factory.experiments.table import FEEDBACK_SCHEMA, SUMMARY, TABLE, digest
+
+    rows = [{C.CAMPAIGN_ID: "spring", EXPERIMENT_ID: "voice_1", ARM: arm, C.CHANNEL: "push", "impressions": n,
+             "clicks": k, "conversions": 0} for arm, (n, k) in counts.items()]
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=FEEDBACK_SCHEMA), folder / TABLE)
+    data = (folder / TABLE).read_bytes()
+    (folder / SUMMARY).write_text(_json.dumps({"table": {"file": TABLE, "sha256": digest(data)}}))
+
+
+def test_a_night_is_planned_pinned_and_replayed(tmp_path):
+    from factory.errors import UsageError
+    from factory.experiments.night import PINNED, plan_night
+    from factory.storage import resolve
+
+    config = _campaign(tmp_path, EXPERIMENT)
+    out = resolve(str(tmp_path / "nightly"))
+    day1, day2 = dt.date(2026, 12, 1), dt.date(2026, 12, 2)
+    night1 = plan_night(config, day1, out, out.join("a1"))
+    assert night1.source == "computed" and night1.allocation["method"] == "declared"
+    assert night1.allocation["feedback"] is None
+    _publish(out, day1, night1)
+    _feedback(tmp_path / "feedback", {"cosy": (5000, 150), "crisp": (5000, 100), "holdout": (300, 0)})
+    feedback = resolve(str(tmp_path / "feedback"))
+    night2 = plan_night(config, day2, out, out.join("a2"), feedback)
+    alloc = night2.allocation
+    assert alloc["method"] == "thompson" and alloc["continues"] == "2026-12-01_spring"
+    assert alloc["shares"]["cosy"] > 0.9 and alloc["feedback"]["sha256"].startswith("sha256:")
+    assert (tmp_path / "nightly" / "a2" / PINNED).exists()
+    # A resumed process of the same attempt, after the feedback moved on: the pinned allocation, unchanged.
+    _feedback(tmp_path / "feedback", {"cosy": (5000, 100), "crisp": (5000, 150)})
+    again = plan_night(config, day2, out, out.join("a2"), feedback)
+    assert again.source == "pinned" and again.allocation == alloc
+    # A --force rerun (a new attempt) of the published night 2 replays its allocation.
+    _publish(out, day2, night2)
+    rerun = plan_night(config, day2, out, out.join("a3"), feedback,
+                       published={"experiment": night2.manifest_record()})
+    assert rerun.source == "published" and rerun.allocation == alloc
+    assert rerun.assign_args == {"experiment_id": "voice_1", "holdout": 0.05, "layout": alloc["layout"]}
+    # A campaign file whose arm now means something else: refused before anything runs.
+    changed = _campaign(tmp_path, EXPERIMENT.replace("short and crisp", "loud"))
+    with pytest.raises(UsageError, match="arm 'crisp' of experiment 'voice_1' now means something else"):
+        plan_night(changed, dt.date(2026, 12, 3), out, out.join("a4"), feedback)
+    # A table that is not the one its summary names: refused, not used quietly.
+    (tmp_path / "feedback" / "feedback.parquet").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="cannot use the feedback table"):
+        plan_night(config, dt.date(2026, 12, 3), out, out.join("a5"), feedback)
