@@ -309,3 +309,13 @@ def test_a_night_is_planned_pinned_and_replayed(tmp_path):
     (tmp_path / "feedback" / "feedback.parquet").write_bytes(b"garbage")
     with pytest.raises(UsageError, match="cannot use the feedback table"):
         plan_night(config, dt.date(2026, 12, 3), out, out.join("a5"), feedback)
+
+
+def test_the_nightly_job_refuses_an_experiment_it_cannot_run_yet(tmp_path, capsys, monkeypatch):
+    import jobs.nightly_copy as job
+
+    monkeypatch.setenv("COPY_FACTORY_LOG_DIR", str(tmp_path / "logs"))
+    folder = _write(tmp_path, EXPERIMENT)
+    assert job.main(["--campaigns-dir", str(folder), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'spring.yaml'} line 4: experiment: the nightly run does not assign arms yet" in err
