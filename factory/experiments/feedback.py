@@ -470,12 +470,17 @@ def run(config: FeedbackJobConfig) -> IngestResult:
     ev = plan.events
     items = [{"file": p, "row_group": g, "first_row": f} for p, g, f in _row_groups(ev)]
     display = {f: (f"s3://{f}" if ev.loc.is_s3 else f) for f in ev.files}
-    events = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        ReadEvents(ev.loc.fs, display, plan.buckets), batch_size=1, batch_format="numpy", num_cpus=light)
     files = [{"file": f} for r in plan.runs for f in r.files]
-    rows = ray.data.from_items(files, override_num_blocks=max(1, len(files))).map_batches(
-        ReadPublished(plan.runs_loc.fs, plan.buckets), batch_size=1, batch_format="numpy", num_cpus=light)
-    joined = events.union(rows) if items else rows
+    parts = []
+    if items:
+        parts.append(ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ReadEvents(ev.loc.fs, display, plan.buckets), batch_size=1, batch_format="numpy", num_cpus=light))
+    if files:
+        parts.append(ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+            ReadPublished(plan.runs_loc.fs, plan.buckets), batch_size=1, batch_format="numpy", num_cpus=light))
+    if not parts:  # no events and no published rows: an empty table, said so in the summary
+        return _finish(plan, FEEDBACK_SCHEMA.empty_table(), [], started)
+    joined = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     partials = joined.groupby(_BUCKET, num_partitions=plan.buckets).map_groups(
         JoinBucket, fn_constructor_kwargs=dict(output=plan.output), batch_format="pyarrow", num_cpus=light,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_actors())).materialize()
