@@ -53,8 +53,7 @@ from factory.experiments.config import HOLDOUT
 UNITS = 1_000_000  # the non-holdout users in millionths: shares are kept to six decimals
 _SPACE = 2 ** 64
 
-EXPERIMENT_ID = "experiment_id"
-ARM = "arm"
+EXPERIMENT_ID, ARM = C.EXPERIMENT_ID, C.ARM
 
 
 def user_hash(experiment_id: str, user_id: str) -> int:

@@ -63,8 +63,8 @@ class ArmConfig(BaseModel):
         default=None, max_length=BRAND_VOICE_MAX_CHARS,
         description="The arm's tone / brand voice (instead of the campaign's). Default: the campaign's.")
     templates: Optional[str] = Field(
-        default=None, description="A folder of prompt templates for this arm; channels it has no template "
-        "for use the campaign's. Default: the campaign's templates.")
+        default=None, description="A folder of prompt templates for this arm (relative to the working directory, "
+        "like --templates); channels it has no template for use the campaign's. Default: the campaign's templates.")
     sampling: ArmSampling = Field(default_factory=ArmSampling, description="Temperature and top_p of this arm.")
     variant: Optional[int] = Field(
         default=None, ge=0, description="Serve this variant (0-based) of the campaign's variants to the arm's "

@@ -100,10 +100,11 @@ def _feedback_stats(feedback: Optional[Location], campaign: str, experiment_id: 
 
 def plan_night(campaign, run_date: dt.date, output: Location, attempt_base: Location,
                feedback: Optional[Location] = None, published: Optional[dict[str, Any]] = None,
-               where: Optional[str] = None) -> NightPlan:
+               where: Optional[str] = None, pin: bool = True) -> NightPlan:
     """This night's experiment plan for ``campaign`` (a CampaignConfig with an
     experiment). ``attempt_base``: the attempt's prefix; ``published``: this
-    run's published manifest, when a ``--force`` rerun replaces it."""
+    run's published manifest, when a ``--force`` rerun replaces it; ``pin``
+    False (the dry run) computes the plan and writes nothing."""
     experiment = campaign.experiment
     definitions = campaign.arm_definitions
     declaration = manifest_record(experiment, definitions)
@@ -124,8 +125,27 @@ def plan_night(campaign, run_date: dt.date, output: Location, attempt_base: Loca
         stats, fed = _feedback_stats(feedback, campaign.campaign_id, experiment.experiment_id)
         record = allocate(experiment, run_date, stats, previous_allocation(before), fed).record()
         source = "computed"
+    if not pin:
+        return NightPlan(declaration, record, source)
     try:
         put_bytes(pinned_loc, json.dumps(record, indent=2).encode(), exclusive=True, content_type="application/json")
     except AlreadyExists:  # another process of this attempt pinned first: use theirs
         return NightPlan(declaration, json.loads(read_bytes(pinned_loc)), "pinned")
     return NightPlan(declaration, record, source)
+
+
+def allocation_history(output: Location, campaign: str, experiment_id: str, up_to: dt.date) -> list[dict[str, Any]]:
+    """The allocation records of ``experiment_id`` in the campaign's published
+    nights up to ``up_to`` (manifests only): the report's night-by-night chart."""
+    from factory.experiments.feedback import child_folders
+    from factory.publish import published_manifest
+
+    out = []
+    for day, loc in child_folders(output.join("runs"), "date="):
+        if not _is_date(day) or day > up_to.isoformat():
+            continue
+        record = (((published_manifest(loc.join(f"campaign={campaign}")) or {}).get("experiment") or {})
+                  .get("allocation"))
+        if record and record.get("experiment_id") == experiment_id:
+            out.append(record)
+    return out

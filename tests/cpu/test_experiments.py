@@ -301,6 +301,12 @@ def test_a_night_is_planned_pinned_and_replayed(tmp_path):
                        published={"experiment": night2.manifest_record()})
     assert rerun.source == "published" and rerun.allocation == alloc
     assert rerun.assign_args == {"experiment_id": "voice_1", "holdout": 0.05, "layout": alloc["layout"]}
+    from factory.experiments.night import allocation_history
+
+    assert allocation_history(out, "spring", "voice_1", day2) == [night1.allocation, alloc]
+    assert allocation_history(out, "spring", "voice_1", day1) == [night1.allocation]
+    dry = plan_night(config, dt.date(2026, 12, 3), out, out.join("a9"), feedback, pin=False)
+    assert dry.allocation["continues"] == "2026-12-02_spring" and not (tmp_path / "nightly" / "a9").exists()
     # A campaign file whose arm now means something else: refused before anything runs.
     changed = _campaign(tmp_path, EXPERIMENT.replace("short and crisp", "loud"))
     with pytest.raises(UsageError, match="arm 'crisp' of experiment 'voice_1' now means something else"):
