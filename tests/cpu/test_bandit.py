@@ -106,3 +106,20 @@ def test_the_bandit_converges_on_the_better_arm(seed):
     holdout = [n.users["holdout"] / USERS for n in result.nights]
     assert all(0.04 < h < 0.06 for h in holdout) and len(set(n.users["holdout"] for n in result.nights)) == 1
     assert result.regret < 0.5 * sum(served) * (0.024 - 0.02 * 2 / 3 - 0.024 / 3)  # well under an equal split's
+
+
+def test_the_benchmark_runs_and_reports_its_command(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bandit_simulation.py"
+    spec = importlib.util.spec_from_file_location("bandit_simulation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--users", "500", "--nights", "3", "--seeds", "2", "--json", str(tmp_path / "out.json")]
+    figures = module.main(argv)
+    assert json.loads((tmp_path / "out.json").read_text()) == figures
+    [size] = figures["sizes"]
+    assert size["users_per_night"] == 500 and size["seeds"] == 2 and size["ab_test_regret_clicks"] > 0
+    assert figures["command"].endswith("--users 500 --nights 3 --seeds 2 --json " + str(tmp_path / "out.json"))
