@@ -25,16 +25,23 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from factory.errors import UsageError, load_yaml_lines, settings_lines
-from factory.config import BRAND_VOICE_MAX_CHARS, EngineConfig, JobConfig, Locale, build_config, check_name
+from factory.experiments.config import ExperimentConfig, arm_definitions, same_arms
+from factory.config import BRAND_VOICE_MAX_CHARS, JobConfig, Locale, build_config, check_name, engine_bound
 from factory.prompts import BRAND_VOICE, PromptTemplate, load_templates
 from factory.quality.policy import QualityPolicy
 
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
+# Until the nightly run assigns arms and writes holdout files (factory/experiments/night.py says how),
+# a campaign with an experiment is refused rather than run as if it had none.
+EXPERIMENTS_RUN = False
 # Keys people write for a setting that has another name here.
 _HINTS = {"tone": "brand_voice", "voice": "brand_voice", "id": "campaign_id", "name": "campaign_id",
           "enabled": "active", "start_date": "start", "end_date": "end", "languages": "locales",
           "temperature": "sampling.temperature", "top_p": "sampling.top_p", "max_tokens": "sampling.max_tokens",
-          "banned_terms": "quality.banned_terms", "limits": "quality.limits"}
+          "banned_terms": "quality.banned_terms", "limits": "quality.limits",
+          "experiment_name": "experiment_id", "holdout_share": "holdout", "exploration": "floor",
+          "min_share": "floor", "variants_arm": "variant", "style": "brand_voice", "template": "templates",
+          "weight": "share", "split": "share"}
 
 
 class CampaignError(UsageError):
@@ -46,21 +53,14 @@ class CampaignError(UsageError):
                          + "\n".join(f"  {p}" for p in self.problems))
 
 
-def _engine_bound(name: str) -> Any:
-    """The type of EngineConfig's field ``name`` with its bounds, optional here."""
-    field = EngineConfig.model_fields[name]
-    base = next((a for a in getattr(field.annotation, "__args__", ()) if a is not type(None)), field.annotation)
-    return Optional[Annotated[(base, *field.metadata)]]
-
-
 class SamplingConfig(BaseModel):
     """Sampling for one campaign; unset keys keep the job's settings. Same bounds as the engine flags."""
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: _engine_bound("temperature") = Field(default=None, description="Sampling temperature (0-2).")
-    top_p: _engine_bound("top_p") = Field(default=None, description="Nucleus sampling threshold (0-1].")
-    max_tokens: _engine_bound("max_tokens") = Field(
+    temperature: engine_bound("temperature") = Field(default=None, description="Sampling temperature (0-2).")
+    top_p: engine_bound("top_p") = Field(default=None, description="Nucleus sampling threshold (0-1].")
+    max_tokens: engine_bound("max_tokens") = Field(
         default=None, description="Cap on generated tokens for every channel (1-4096); default: each template's.")
 
 
@@ -90,7 +90,13 @@ class CampaignConfig(BaseModel):
         description="Quality gate overrides, laid over the job's: limits per channel (only the keys given), "
         "banned / risky / allowed terms (added to the job's), severity, repair.")
 
+    experiment: Optional[ExperimentConfig] = Field(
+        default=None, description="An experiment: arms (templates, brand voice, sampling or a variant), their "
+        "allocation and a holdout share (factory/experiments/config.py).")
+
     _quality_given: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # Per arm, what it means (templates resolved to versions): fingerprints, the manifest, the unchanged check.
+    _arm_definitions: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -167,6 +173,38 @@ class CampaignConfig(BaseModel):
                 raise ValueError(f"limits name channel(s) with no template: {', '.join(map(repr, unknown))} "
                                  f"(have: {', '.join(sorted(templates))})")
         return value
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: Optional[ExperimentConfig], info: ValidationInfo) -> Optional[ExperimentConfig]:
+        if value is None:
+            return value
+        channels = info.data.get("channels")
+        templates = (info.context or {}).get("templates")
+        if not channels or templates is None:
+            return value  # channels already failed (or no templates to check against)
+        variants = info.data.get("variants") or 1
+        for i, arm in enumerate(value.arms):
+            if arm.variant is not None and arm.variant >= variants:
+                raise ValueError(f"arms.{i} ({arm.name}): variant {arm.variant} does not exist: the campaign "
+                                 f"writes {variants} variant(s), numbered from 0 (set variants)")
+        definitions = arm_definitions(value, channels, templates, info.data.get("brand_voice"))
+        problems = same_arms(definitions)
+        if problems:
+            raise ValueError(problems[0])
+        return value
+
+    @model_validator(mode="after")
+    def _keep_arm_definitions(self, info: ValidationInfo) -> "CampaignConfig":
+        templates = (info.context or {}).get("templates")
+        if self.experiment is not None and templates is not None:
+            self._arm_definitions = arm_definitions(self.experiment, self.channels, templates, self.brand_voice)
+        return self
+
+    @property
+    def arm_definitions(self) -> dict[str, dict[str, Any]]:
+        """Per arm of the experiment, what it means (empty without an experiment)."""
+        return copy.deepcopy(self._arm_definitions)
 
     def active_on(self, day: dt.date) -> bool:
         return self.active and (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
@@ -307,6 +345,11 @@ def campaign_configs(file_values: dict[str, Any], flag_values: dict[str, Any], c
                              f"({', '.join(c.id for c in chosen)}); name one campaign with --campaign"])
     problems, out = [], []
     for campaign in chosen:
+        if campaign.config.experiment is not None and not EXPERIMENTS_RUN:
+            problems.append(f"{campaign.path} line {campaign.lines.get(('experiment',), '?')}: experiment: the "
+                            "nightly run does not assign arms yet (issue 22); it would write copy without arms or "
+                            "holdout. Remove the experiment block to run the campaign without it")
+            continue
         try:
             config = build_config(merge_values(file_values, campaign.config.job_values()),
                                   {k: v for k, v in flag_values.items() if k != "campaign"})

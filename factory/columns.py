@@ -45,6 +45,12 @@ DEDUP_OF = "dedup_of"
 FINISH_REASON = "finish_reason"
 GENERATED_AT = "generated_at"
 
+# Experiments (factory/experiments): the experiment a row's user is in, and
+# the arm that wrote it (``holdout``: no copy, only in the holdout files).
+# To join OUTPUT_COLUMNS once the nightly run assigns arms.
+EXPERIMENT_ID = "experiment_id"
+ARM = "arm"
+
 # The quality gate's verdict (see factory/quality).
 STATUS = "status"  # accepted | review | rejected
 REASONS = "reasons"  # reason codes, list<string>

@@ -333,6 +333,14 @@ class JobConfig(_Strict):
         return f"{self.run_date.isoformat()}_{self.campaign_label}"
 
 
+def engine_bound(name: str) -> Any:
+    """The type of EngineConfig's field ``name`` with its bounds, optional: for
+    files that may override it (a campaign's sampling, an experiment arm's)."""
+    field = EngineConfig.model_fields[name]
+    base = next((a for a in getattr(field.annotation, "__args__", ()) if a is not type(None)), field.annotation)
+    return Optional[Annotated[(base, *field.metadata)]]
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's settings (UsageError naming the file and line if it is not a YAML mapping)."""
     return load_yaml_lines(path)[0]

@@ -17,12 +17,14 @@ import pytest
 
 import jobs.build_profiles as build_profiles_job
 import jobs.extract_facts as extract_facts_job
+import jobs.ingest_feedback as ingest_feedback_job
 import jobs.nightly_copy as nightly_job
 from factory import backfill
 from tests.conftest import REPO, job_env
 
 JOBS = {"nightly_copy": nightly_job.main, "build_profiles": build_profiles_job.main,
-        "extract_facts": extract_facts_job.main, "backfill_campaign": backfill.main}
+        "extract_facts": extract_facts_job.main, "backfill_campaign": backfill.main,
+        "ingest_feedback": ingest_feedback_job.main}
 
 
 @pytest.fixture(autouse=True)
@@ -52,11 +54,27 @@ def world(tmp_path, sample_dir):
     (tmp_path / "broken.yaml").write_text("output: ./x\nchannels: [push\n")
     (tmp_path / "list.yaml").write_text("- push\n- sms\n")
     (tmp_path / "engine.yaml").write_text("channels: [push]\nengine:\n  replicas: 0\n")
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "delivery").mkdir()
+    pq.write_table(pa.table({"row_id": ["r1"], "event_type": ["click"],
+                             "ts": pa.array([dt.datetime(2026, 12, 1)], pa.timestamp("us"))}),
+                   tmp_path / "delivery" / "e.parquet")
+    pq.write_table(pa.table({"row_id": ["r1"], "event_type": ["click"], "ts": ["yesterday"]}),
+                   tmp_path / "text-ts.parquet")
+    (tmp_path / "no-runs").mkdir()
     campaigns = tmp_path / "campaigns"
     campaigns.mkdir()
     (campaigns / "spring.yaml").write_text("campaign_id: spring\nchannels: [push, fax]\n")
     return {"tmp": str(tmp_path), "sample": str(sample_dir), "pairs": str(sample_dir / "pairs.parquet"),
             "users": str(sample_dir / "users.parquet"), "products": str(sample_dir / "products.parquet")}
+
+
+def _feedback(extra: str) -> str:
+    return "--events {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/f " + extra
 
 
 def _inputs(extra: str = "") -> str:
@@ -115,6 +133,23 @@ CASES = [
     ("extract_facts", "--facts {tmp}/facts --model ./no/such/model", 2, "no such model folder"),
     ("backfill_campaign", "--start 2026-13-01 --end 2026-11-02", 2, "--start: '2026-13-01' is not a date"),
     ("backfill_campaign", "--start 2026-11-01 --ned 2026-11-02", 2, "did you mean --end?"),
+    ("ingest_feedback", _feedback("--partitions 0"), 2, "--partitions: 0 is out of range: must be at least 1"),
+    ("ingest_feedback", "--evnts {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/f", 2, "did you mean --events?"),
+    ("ingest_feedback", _feedback("--since 2026-13-01"), 2, "--since: '2026-13-01' is not a date"),
+    ("ingest_feedback", _feedback("--since 2026-12-05 --until 2026-12-01"), 2,
+     "--until: 2026-12-01 is before --since 2026-12-05"),
+    ("ingest_feedback", _feedback("--campaign 'bad name!'"), 2, "--campaign: 'bad name!': use letters, digits"),
+    ("ingest_feedback", "--events {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/a-file.txt", 2,
+     "--output {tmp}/a-file.txt: this is a file, not a folder"),
+    ("ingest_feedback", "--events {tmp}/no-events --runs {tmp}/no-runs --output {tmp}/f", 2,
+     "delivery events: {tmp}/no-events does not exist"),
+    ("ingest_feedback", "--events {pairs} --runs {tmp}/no-runs --output {tmp}/f", 2,
+     "delivery events: {pairs}: missing required column(s) row_id, event_type, ts"),
+    ("ingest_feedback", "--events {tmp}/text-ts.parquet --runs {tmp}/no-runs --output {tmp}/f", 2,
+     "column 'ts' must be a timestamp, found string"),
+    ("ingest_feedback", _feedback(""), 2, "--runs {tmp}/no-runs: no published runs"),
+    ("ingest_feedback", "--events {tmp}/delivery --runs gs://b/nightly --output {tmp}/f", 2,
+     "gs://b/nightly: only local paths and s3:// URIs are supported"),
 ]
 
 
@@ -234,6 +269,9 @@ def test_other_jobs_check_their_stores(s3_server, world, capsys):
     _check(capsys, code, 2, "--events s3://no-such-events/e: bucket 'no-such-events' does not exist", world)
     code = extract_facts_job.main(["--facts", "s3://bucket/facts", "--s3-endpoint", "http://127.0.0.1:1"])
     _check(capsys, code, 2, "--facts s3://bucket/facts: nothing answers at the S3 endpoint", world)
+    code = ingest_feedback_job.main(["--events", f"{world['tmp']}/delivery", "--runs", "s3://no-such-runs/nightly",
+                                     "--output", f"{world['tmp']}/f", "--s3-endpoint", s3_server])
+    _check(capsys, code, 2, "--runs s3://no-such-runs/nightly: bucket 'no-such-runs' does not exist", world)
 
 
 def test_the_write_probe_leaves_nothing_behind(s3_server, s3_bucket, s3_client):
