@@ -347,7 +347,7 @@ def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[st
     out["pass1_s"] = staged["end"] - started
     writes = sorted((c for c in calls if c["fn"] == "_write" and c["start"] >= staged["end"]),
                     key=lambda c: c["start"])
-    reuse = first("_leader_rows", staged["end"])  # only the reuse pass (prompt dedup) reads leaders
+    reuse = first("_leader_rows", staged["end"])  # only the reuse pass (prompt dedup) joins leaders
     check = first("_check_exactly_once", staged["end"])
     if writes:
         out["pass2_s"] = writes[0]["end"] - staged["end"]
@@ -358,7 +358,7 @@ def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[st
             out["reuse_s"] = writes[-1]["end"] - (repair[0]["end"] if repair else writes[0]["end"])
     if check is not None:
         out["publish_s"] = ended - check["start"]
-    for name in ("_stage_rows", "_row_ids", "_check_exactly_once", "_summarize", "_settle_review_queue"):
+    for name in ("_stage_rows", "remaining", "_check_exactly_once", "_summarize", "_settle_review_queue"):
         spent = sum(c["end"] - c["start"] for c in calls if c["fn"] == name)
         if spent:
             out[f"in_{name.strip('_')}_s"] = spent
@@ -435,10 +435,10 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         plan.MIN_ROWS_PER_BLOCK = plan.MAX_ROWS_PER_BLOCK = pairs_per_block
     # The labels are the phases' names (``phases``): pass 1's writes and the passes' share "_write".
     times = CallTimes([(staging, "stage_rows", "_stage_rows"), (staging, "write", "_write"),
-                       (passes, "write", "_write"), (resume, "row_ids", "_row_ids"),
+                       (passes, "write", "_write"), (resume, "remaining", "remaining"),
                        (finish, "check_exactly_once", "_check_exactly_once"), (finish, "summarize", "_summarize"),
                        (finish, "settle_review_queue", "_settle_review_queue"),
-                       (passes, "_first_drafts", "joined_dataset"), (resume, "leader_rows", "_leader_rows")])
+                       (passes, "_first_drafts", "joined_dataset"), (resume, "with_leaders", "_leader_rows")])
     sampler = MemorySampler(partial=partial)
     sampler.start()
     # A local Ray of our own ("local"): without it ray.init joins any cluster

@@ -65,21 +65,21 @@ def run(config: JobConfig) -> RunResult:
                        attempt.dead_letters.uri)
     written = resume.already_written(attempt)
     logger.info("The run owes %d row(s)%s", owed.rows,
-                f"; resuming: {len(written.done)} already written" if len(written.done) else "")
+                f"; resuming: {written.rows} already written or queued for repair" if written.rows else "")
 
     progress = ProgressLog(owed.rows, config.progress_every_seconds, already_done=written.copies)
     with progress:  # its counter exists from here on
-        ctx = RunContext(plan, attempt, lookups, device, written, resumed, counter=progress.counter)
+        ctx = RunContext(plan, attempt, lookups, device, resumed, counter=progress.counter)
         rows = run_passes(generation_passes(ctx), progress, config.cpu_stage_num_cpus, config.rows_per_file)
 
     files = finish.check_exactly_once(attempt, owed)
     review = finish.settle_review_queue(plan, attempt, files)
     result = finish.summarize(plan, attempt, state.action, files, dead, time.time() - started, review)
     first_drafts, repairs, reused = (rows.get(p, 0) for p in ("first drafts", "repair", "reuse"))
-    result.rows_generated, result.rows_resumed, result.rows_reused = first_drafts + repairs, len(written.done), reused
+    result.rows_generated, result.rows_resumed, result.rows_reused = first_drafts + repairs, written.rows, reused
     result.progress = progress.samples
     # Engine requests this process made; reused rows cost none. The manifest's history keeps them.
-    update_process(process, finished_at=publishing.now(), rows_expected=owed.rows, rows_resumed=len(written.done),
+    update_process(process, finished_at=publishing.now(), rows_expected=owed.rows, rows_resumed=written.rows,
                    rows_generated=first_drafts + repairs, first_drafts=first_drafts, repairs=repairs,
                    rows_reused=reused)
     summary = finish.write_summary(plan, attempt, result, device)

@@ -30,7 +30,7 @@ from factory.publish import Attempt
 from factory.ray_session import engine_paced_scheduling
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.generate import concurrent_batches
-from factory.stages.reuse import ReuseCopy
+from factory.stages.reuse import reuse_copy
 from factory.stages.review import ReviewRows
 from factory.stages.write import Sink
 from factory.storage import list_files
@@ -85,8 +85,7 @@ class RunContext:
     attempt: Attempt
     lookups: dict[str, Any]  # object refs of the users and products tables
     device: str
-    written: resume.Written  # what the attempt held when this process started
-    resumed: bool
+    resumed: bool  # whether an earlier process of the attempt wrote rows (resume.remaining)
     counter: Any = None  # the progress counter the gate bumps
     copies: Sink = field(init=False)
 
@@ -118,36 +117,35 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
                      _gate(ctx, draft=2)],
              sinks={C.ROUTE_COPIES: ctx.copies}),
         Pass("reuse", source=lambda: _followers(ctx),
-             stages=[_reuse_copy(ctx), _gate(ctx, draft=2)],
+             stages=[_map(reuse_copy, ctx), _gate(ctx, draft=2)],
              sinks={C.ROUTE_COPIES: ctx.copies}),
     ]
 
 
 def _first_drafts(ctx: RunContext):
-    """The staged rows not written yet, joined with their profiles."""
+    """The staged rows not written yet (nor queued for repair), joined with their profiles."""
     import ray
 
-    if not ctx.written.to_generate:
+    attempt, config = ctx.attempt, ctx.plan.config
+    todo = resume.remaining(attempt, attempt.pairs, [attempt.copies, attempt.repair_queue], ctx.resumed,
+                            ctx.light, "first-drafts")
+    if not todo.rows:
         return None
-    config, staged = ctx.plan.config, ctx.attempt.pairs
-    done = ctx.written.done
     # Small blocks stream: the engine gets work as soon as the first blocks are
     # rendered, progress moves, finished rows leave memory early. Left to
     # itself Ray made one block per file and a whole file one engine task (seen:
     # no progress for minutes). Split at the read, not with repartition(): its
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
-    rows = ctx.written.to_generate + len(done)
-    per_block = rows_per_block(rows, config.engine.replicas, concurrent_batches(config.engine))
-    blocks = max(1, min(MAX_BLOCKS, -(-rows // per_block)))
-    ds = ray.data.read_parquet([i.path for i in list_files(staged, ".parquet")], filesystem=staged.fs,
+    per_block = rows_per_block(todo.rows, config.engine.replicas, concurrent_batches(config.engine))
+    blocks = max(1, min(MAX_BLOCKS, -(-todo.rows // per_block)))
+    ds = ray.data.read_parquet(todo.files(), filesystem=todo.folder.fs,
                                columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT],
                                override_num_blocks=blocks, num_cpus=ctx.light)
     ds = ds.map_batches(
         JoinProfiles,
         fn_constructor_kwargs=dict(
             **ctx.lookups, channels=config.channels, known_channels=list(ctx.plan.templates),
-            variants=config.variants, campaign=config.campaign, run_id=config.run_id,
-            done=ray.put(done.combine_chunks()) if len(done) else None),
+            variants=config.variants, campaign=config.campaign, run_id=config.run_id),
         batch_format="pyarrow", compute=stage_pool(config), num_cpus=ctx.light)
     return ds.map_batches(_keep_good_rows, batch_format="pyarrow", num_cpus=ctx.light)
 
@@ -158,28 +156,23 @@ def _repair_queue(ctx: RunContext):
     into the copies are skipped."""
     import ray
 
-    queue = ctx.attempt.repair_queue
-    queued = [i.path for i in list_files(queue, ".parquet")]
-    missing, repaired = resume.still_owed(queue, ctx.attempt.copies, ctx.resumed)
-    if not (queued and missing):
+    attempt = ctx.attempt
+    todo = resume.remaining(attempt, attempt.repair_queue, [attempt.copies], ctx.resumed, ctx.light, "repair")
+    if not todo.rows:
         return None
-    ds = ray.data.read_parquet(queued, filesystem=queue.fs, num_cpus=ctx.light)
-    return resume.skip_rows(ds, repaired, ctx.light)
+    return ray.data.read_parquet(todo.files(), filesystem=todo.folder.fs, num_cpus=ctx.light)
 
 
 def _followers(ctx: RunContext):
-    """Rows whose prompt equals a generated row's, not written yet."""
+    """Rows whose prompt equals a generated row's, not written yet, each beside its leader's row."""
     import ray
 
-    folder = ctx.attempt.followers
-    files = list_files(folder, ".parquet")
-    if not files:
+    attempt = ctx.attempt
+    todo = resume.remaining(attempt, attempt.followers, [attempt.copies], ctx.resumed, ctx.light, "reuse")
+    if not todo.rows:
         return None
-    missing, written_ids = resume.still_owed(folder, ctx.attempt.copies, ctx.resumed)
-    if not missing:
-        return None
-    ds = ray.data.read_parquet([f.path for f in files], filesystem=folder.fs, num_cpus=ctx.light)
-    return resume.skip_rows(ds, written_ids, ctx.light)
+    ds = ray.data.read_parquet(todo.files(), filesystem=todo.folder.fs, num_cpus=ctx.light)
+    return resume.with_leaders(ds, attempt.copies, ctx.light, todo.rows)
 
 
 # --------------------------------------------------------------------------- stages
@@ -214,18 +207,6 @@ def _gate(ctx: RunContext, draft: int) -> Stage:
                                    policy=plan.config.quality, templates=plan.templates, attempt=draft,
                                    counter=ctx.counter),
         batch_format="pyarrow", compute=stage_pool(plan.config), num_cpus=ctx.light)
-
-
-def _reuse_copy(ctx: RunContext) -> Stage:
-    def stage(ds):
-        import ray
-
-        # In the object store once for every ReuseCopy actor; the driver keeps no copy.
-        leaders = ray.put(resume.leader_rows(ctx.attempt, list_files(ctx.attempt.followers, ".parquet")))
-        pa.default_memory_pool().release_unused()
-        return ds.map_batches(ReuseCopy, fn_constructor_kwargs={"leaders": leaders}, batch_format="pyarrow",
-                              num_cpus=ctx.light, compute=stage_pool(ctx.plan.config))
-    return stage
 
 
 def _keep_good_rows(batch: pa.Table) -> pa.Table:

@@ -195,3 +195,18 @@ def stage_pool(config: JobConfig):
 def rows_per_block(rows: int, replicas: int, max_concurrent_batches: int) -> int:
     """About four blocks per batch slot in flight, within [32, 2048] rows."""
     return max(MIN_ROWS_PER_BLOCK, min(MAX_ROWS_PER_BLOCK, rows // (4 * replicas * max_concurrent_batches)))
+
+
+# Rows per partition of a Ray Data hash join (resume's anti joins, reuse's
+# leaders): each partition is one aggregator's share, so this bounds its memory.
+JOIN_PARTITION_ROWS = 500_000
+
+
+def join_partitions(rows: int) -> int:
+    """Partitions of a hash join over ``rows`` rows: enough that each holds
+    about JOIN_PARTITION_ROWS, and no more than the cluster's CPUs (every
+    partition is an aggregator actor)."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    return max(1, min(max(1, cpus), -(-rows // JOIN_PARTITION_ROWS)))

@@ -29,7 +29,7 @@ class JoinProfiles:
 
     def __init__(self, users: pa.Table, products: pa.Table, channels: Sequence[str],
                  known_channels: Sequence[str], variants: int, campaign: Optional[str],
-                 run_id: str = "", done=None):
+                 run_id: str = ""):
         import ray
 
         # Ray resolves top-level ObjectRefs for tasks, but Ray Data hands
@@ -41,9 +41,6 @@ class JoinProfiles:
         self._variants = variants
         self._campaign = campaign
         self._run_id = run_id
-        # Row ids already written by an earlier process of this attempt: skipped.
-        done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
-        self._done = done if done is not None and len(done) else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         # Imported here: the pipeline package imports the stages.
@@ -95,10 +92,7 @@ class JoinProfiles:
         for col in PRODUCT_COLUMNS:
             if col in self._products.column_names:
                 out[col] = self._products[col].take(p)
-        table = pa.table(out)
-        if self._done is not None:
-            table = table.filter(pc.invert(pc.is_in(table[C.ROW_ID], value_set=self._done)))
-        return table
+        return pa.table(out)
 
 
 def row_id(run_id: str, campaign: Optional[str], user: Optional[str], product: Optional[str],

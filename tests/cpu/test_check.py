@@ -192,14 +192,47 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
     assert owed == Fingerprint.of([r[0] for r in generated] + [f[0] for f in followers])
 
 
-def test_written_among_counts_what_a_folder_lacks_file_by_file(tmp_path):
-    from factory.pipeline.resume import written_among as _written_among
+def test_a_resumed_process_finds_what_is_still_owed_with_an_anti_join(local_ray, tmp_path):
+    from factory.pipeline import resume
+    from factory.publish import Attempt
+    from factory.storage import list_files, write_parquet
+
+    attempt = Attempt(resolve(str(tmp_path / "run")), 1)
+    write_parquet(attempt.pairs.join("part-a.parquet"), pa.table({C.ROW_ID: ["a1", "a2", "a3"], "x": [1, 2, 3]}))
+    write_parquet(attempt.pairs.join("part-b.parquet"), pa.table({C.ROW_ID: ["a4", "a5"], "x": [4, 5]}))
+    write_parquet(attempt.copies.join("part-c.parquet"), pa.table({C.ROW_ID: ["a1", "a5"]}))
+    write_parquet(attempt.repair_queue.join("part-d.parquet"), pa.table({C.ROW_ID: ["a3"]}))
+    written = [attempt.copies, attempt.repair_queue]
+
+    # A process that began the attempt reads no id: the source as it is.
+    fresh = resume.remaining(attempt, attempt.pairs, written, resumed=False, num_cpus=0.5, name="t")
+    assert (fresh.folder, fresh.rows) == (attempt.pairs, 5)
+    # A resumed one gets the rows no written file holds, with every column, in files of their own.
+    todo = resume.remaining(attempt, attempt.pairs, written, resumed=True, num_cpus=0.5, name="t")
+    assert todo.rows == 2 and todo.folder.uri.endswith("_work/remaining/t")
+    got = pa.concat_tables([pq.read_table(f) for f in todo.files()])
+    assert sorted(zip(got[C.ROW_ID].to_pylist(), got["x"].to_pylist())) == [("a2", 2), ("a4", 4)]
+    # Nothing written yet: no join, the source as it is.
+    assert resume.remaining(attempt, attempt.pairs, [resolve(str(tmp_path / "none"))], True, 0.5, "t").rows == 5
+    assert list_files(attempt.copies, ".parquet")  # the written files are only read
+
+
+def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
+    import ray
+
+    from factory.pipeline import resume
+    from factory.stages.reuse import reuse_copy
     from factory.storage import write_parquet
 
-    folder = resolve(str(tmp_path / "copies"))
-    write_parquet(folder.join("part-a.parquet"), pa.table({C.ROW_ID: ["r1", "r2"]}))
-    write_parquet(folder.join("part-b.parquet"), pa.table({C.ROW_ID: ["r5"]}))
-    missing, held = _written_among(pa.chunked_array([["r1", "r3"], ["r5", "r4", "r1"]]), folder)
-    assert missing == 2 and sorted(held.to_pylist()) == ["r1", "r5"]
-    assert _written_among(pa.chunked_array([["r9"]]), resolve(str(tmp_path / "none")))[0] == 1
-    assert _written_among(pa.chunked_array([], pa.string()), folder)[0] == 0
+    copies = resolve(str(tmp_path / "copies"))
+    write_parquet(copies.join("part-a.parquet"), pa.Table.from_pylist([
+        {C.ROW_ID: "b1", C.USER_ID: "U1", C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.DEDUP_OF: None, C.TEXT: "Hi",
+         C.STATUS: C.ACCEPTED, C.REASONS: ["x"], C.NUM_INPUT_TOKENS: 50, C.NUM_OUTPUT_TOKENS: 5,
+         C.NUM_CACHED_TOKENS: 10}]))
+    followers = ray.data.from_arrow(pa.Table.from_pylist([
+        {C.ROW_ID: "f1", C.USER_ID: "U2", C.PRODUCT_ID: "P", C.CHANNEL: "push", C.CAMPAIGN_ID: "c", C.VARIANT: 0,
+         C.DEDUP_OF: "b1"}]))
+    [row] = resume.with_leaders(followers, copies, 0.5, rows=1).map_batches(reuse_copy,
+                                                                          batch_format="pyarrow").take_all()
+    assert (row[C.ROW_ID], row[C.USER_ID], row[C.TEXT], list(row[C.REASONS])) == ("f1", "U2", "Hi", ["x"])
+    assert (row[C.SAVED_PROMPT_TOKENS], row[C.NUM_INPUT_TOKENS]) == (50, 0)

@@ -108,6 +108,56 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
     assert summary["progress"][-1]["rows_done"] == rows.num_rows
 
 
+def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_nodes, s3_server, s3_client,
+                                                                           s3_bucket, sample_dir, stand_in_model,
+                                                                           monkeypatch):
+    """The first process writes its first drafts and dies in the repair pass;
+    the same command again resumes the attempt: its passes find what is still
+    owed with anti joins on the worker node, reuse meets its leaders in a join."""
+    import json
+
+    from benchmarks.cpu_side import echo_generate_stage
+
+    pairs, expected = owed_pairs(sample_dir, 30)
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    echo = echo_generate_stage(reject_share=0.3)
+    built = []
+
+    def engine_lost_in_the_repair_pass(engine, *args, **kwargs):
+        built.append(engine.temperature)
+        if len(built) == 1:
+            return echo(engine, *args, **kwargs)
+
+        def lost(ds):
+            def fail(batch):
+                raise RuntimeError("engine lost")
+            return ds.map_batches(fail, batch_format="pyarrow")
+        return lost
+
+    out = f"s3://{s3_bucket}/out"
+    args = ["--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
+            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out, "--s3-endpoint", s3_server,
+            "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS), "--model", stand_in_model,
+            "--rows-per-file", "7"]
+    monkeypatch.setattr(passes, "build_generate_stage", engine_lost_in_the_repair_pass)
+    with pytest.raises(Exception, match="engine lost"):
+        nightly_job.main(args)
+    assert len(built) == 2  # first drafts written, then the repair pass died
+
+    monkeypatch.setattr(passes, "build_generate_stage", echo)
+    assert nightly_job.main(args) == 0
+    rows = read_published(out, RUN_DATE, s3_endpoint=s3_server)
+    check_exactly_once(rows, expected)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])]
+    [manifest_key] = [k for k in keys if k.endswith("/manifest.json")]
+    manifest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=manifest_key)["Body"].read())
+    first, second = manifest["history"]
+    assert second["action"] == "resume" and second["rows_resumed"] > 0
+    # The second process drafted nothing again: it only repaired and reused.
+    assert second["first_drafts"] == 0 and second["repairs"] > 0
+    assert manifest["rows"]["copies"] == rows.num_rows == sum(expected.values())
+
+
 def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
                                                                sample_dir, stand_in_model, capsys):
     pairs, _ = owed_pairs(sample_dir, 30)

@@ -4,6 +4,7 @@ import json
 from collections import defaultdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -13,7 +14,7 @@ from factory.progress import ProgressLog, count_finished
 from factory.prompts import load_templates
 from factory.stages.join import JoinProfiles
 from factory.stages.render import RenderPrompts
-from factory.stages.reuse import ReuseCopy
+from factory.stages.reuse import OWN_COLUMNS, reuse_copy
 
 
 def _segment_users(n_segments=3, per_segment=4):
@@ -192,21 +193,30 @@ def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
     assert none["prefix_cache_hit_rate"] is None and none["rows_reused"] == 0
 
 
+def _beside_leaders(followers: pa.Table, leaders: pa.Table) -> pa.Table:
+    """What ``resume.with_leaders`` hands the reuse stage (its join, in pyarrow)."""
+    at = pc.index_in(followers[C.DEDUP_OF], value_set=leaders[C.ROW_ID])
+    lead = leaders.drop_columns(list(OWN_COLUMNS)).take(at)
+    own = followers.select(list(OWN_COLUMNS))
+    return pa.table({**{c: own[c] for c in own.column_names}, **{c: lead[c] for c in lead.column_names}})
+
+
 def test_reuse_copy_takes_the_leaders_copy_under_its_own_identity():
     leaders = pa.Table.from_pylist([
         {C.ROW_ID: "L1", C.USER_ID: "U1", C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.TEXT: "Warm light for you.",
-         C.LOCALE: "en-US", C.CHANNEL: "push", C.ATTEMPT: 2, C.FIRST_ATTEMPT_REASONS: ["truncated"],
-         C.NUM_INPUT_TOKENS: 90, C.NUM_OUTPUT_TOKENS: 9, C.NUM_CACHED_TOKENS: 64, C.DEDUP_OF: None}])
+         C.LOCALE: "en-US", C.CHANNEL: "push", C.PRODUCT_ID: "P1", C.STATUS: C.ACCEPTED, C.ATTEMPT: 2,
+         C.FIRST_ATTEMPT_REASONS: ["truncated"], C.NUM_INPUT_TOKENS: 90, C.NUM_OUTPUT_TOKENS: 9,
+         C.NUM_CACHED_TOKENS: 64, C.DEDUP_OF: None}])
     followers = pa.Table.from_pylist([{C.ROW_ID: "F1", C.USER_ID: "U2", C.PRODUCT_ID: "P1", C.CHANNEL: "push",
                                        C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.DEDUP_OF: "L1"}])
-    out = ReuseCopy(leaders)(followers).to_pylist()[0]
-    assert (out[C.ROW_ID], out[C.USER_ID], out[C.DEDUP_OF]) == ("F1", "U2", "L1")
+    out = reuse_copy(_beside_leaders(followers, leaders)).to_pylist()[0]
+    assert (out[C.ROW_ID], out[C.USER_ID], out[C.DEDUP_OF], out[C.PRODUCT_ID]) == ("F1", "U2", "L1", "P1")
     assert (out[C.TEXT], out[C.ATTEMPT], out[C.FIRST_ATTEMPT_REASONS]) == ("Warm light for you.", 2, ["truncated"])
     assert (out[C.NUM_INPUT_TOKENS], out[C.NUM_OUTPUT_TOKENS], out[C.NUM_CACHED_TOKENS]) == (0, 0, None)
     assert (out[C.SAVED_PROMPT_TOKENS], out[C.SAVED_OUTPUT_TOKENS]) == (90, 9)  # what the reuse spared
     orphan = followers.set_column(followers.column_names.index(C.DEDUP_OF), C.DEDUP_OF, pa.array(["nope"]))
     with pytest.raises(RuntimeError, match="not written"):
-        ReuseCopy(leaders)(orphan)
+        reuse_copy(_beside_leaders(orphan, leaders))
 
 
 class _Counter:
