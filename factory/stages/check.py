@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from factory import columns as C
 from factory.dead_letters import UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
 from factory.inputs import MAX_KEY_BYTES, malformed_reasons
+from factory.lookup import KeyIndex
 
 
 class ReadPairs:
@@ -59,8 +60,8 @@ class CheckPairs:
 
         users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
-        self._user_ids = users[C.USER_ID]
-        self._product_ids = products[C.PRODUCT_ID]
+        self._users = KeyIndex(users[C.USER_ID])
+        self._products = KeyIndex(products[C.PRODUCT_ID])
         self._known = set(known_channels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -79,8 +80,8 @@ class CheckPairs:
         # Only well-formed keys are looked up.
         clean = pa.array([i for i in range(n) if reasons[i] is None], pa.int64())
         rows = batch.take(clean)
-        user_idx = pc.index_in(rows[C.USER_ID], value_set=self._user_ids)
-        product_idx = pc.index_in(rows[C.PRODUCT_ID], value_set=self._product_ids)
+        user_idx = self._users.positions(rows[C.USER_ID])
+        product_idx = self._products.positions(rows[C.PRODUCT_ID])
         channels = rows[C.CHANNEL].to_pylist() if C.CHANNEL in rows.column_names else [None] * rows.num_rows
         no_user = pc.is_null(user_idx).to_numpy(zero_copy_only=False)
         no_product = pc.is_null(product_idx).to_numpy(zero_copy_only=False)

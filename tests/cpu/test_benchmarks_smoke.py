@@ -108,3 +108,11 @@ def test_throughput_report_says_the_machines_drift_between_the_bare_runs():
     assert "(before the pipeline)" in text and "(after the pipeline)" in text
     once = report([bare(2.0)], small, big, hf)
     assert "machine drift is not measured" in once and "(after the pipeline)" not in once
+
+
+def test_lookup_compares_index_in_with_the_key_index():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lookup.py"), "--users", "1000", "--runs", "1",
+                           "--blocks", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = [line for line in proc.stdout.splitlines() if line.startswith("| 1,000 |")]
+    assert len(row.split("|")) == 7
