@@ -410,7 +410,8 @@ def _git_commit() -> str | None:
 
 def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: float,
                   num_cpus: int | None, partial: Path | None = None,
-                  pairs_per_block: int | None = None, timeline: Path | None = None) -> dict[str, Any]:
+                  pairs_per_block: int | None = None, timeline: Path | None = None,
+                  two_nodes: bool = False) -> dict[str, Any]:
     import ray
 
     from factory import pipeline
@@ -429,7 +430,9 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
     (model_dir / "model.safetensors").touch()
     config = JobConfig(pairs=paths["pairs"], users=paths["users"], products=paths["products"],
                        output=str(output / "out"), run_date=RUN_DATE, model=str(model_dir), force=True,
-                       engine={"device": "cpu"})
+                       engine={"device": "cpu"},
+                       # Both nodes of --two-nodes are raylets on this machine: its disk is shared.
+                       shared_filesystem=two_nodes)
     passes.build_generate_stage = echo_generate_stage(reject_share)
     if pairs_per_block:  # an experiment: the pipeline's block size for the join onwards
         plan.MIN_ROWS_PER_BLOCK = plan.MAX_ROWS_PER_BLOCK = pairs_per_block
@@ -444,8 +447,17 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
     # A local Ray of our own ("local"): without it ray.init joins any cluster
     # someone started on this machine.
     t1 = time.time()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
+    cluster = None
+    if two_nodes:  # as in production: a head with no CPUs, every task and actor on the other node
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        cluster.add_node(num_cpus=num_cpus or os.cpu_count())
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
     ray_s = time.time() - t1
     exact_peak = reset_peak_rss()
     try:
@@ -455,6 +467,8 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         driver_peak = peak_rss_mib() if exact_peak else None
     finally:
         ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         sampler.stop()
         times.restore()
     wall = ended - started
@@ -473,6 +487,7 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         "commit": _git_commit(),
         "machine": host,  # load_avg_at_start tells whether the machine was quiet
         "pairs": n_pairs,
+        "nodes": 2 if two_nodes else 1,
         "pairs_per_block": plan.rows_per_block(n_pairs, config.engine.replicas,
                                                    generate.concurrent_batches(config.engine)),
         "rows_written": result.rows_written,
@@ -517,6 +532,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
     parser.add_argument("--pairs-per-block", type=int, default=None,
                         help="Fix the rows per block of the generation pass (default: factory.pipeline.plan.rows_per_block).")
+    parser.add_argument("--two-nodes", action="store_true",
+                        help="Run on a local cluster of two nodes (ray.cluster_utils): a head without CPUs, "
+                             "as in production, and one worker node.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this file.")
     parser.add_argument("--timeline", type=Path, default=None,
                         help="Write the driver's and workers' RSS every 0.5 s, and the pipeline calls timed, "
@@ -530,7 +548,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         figures = run_benchmark(n, args.cache, output, args.reject_share, args.num_cpus,
                                 partial=args.json.with_suffix(".partial.json") if args.json else None,
-                                pairs_per_block=args.pairs_per_block, timeline=args.timeline)
+                                pairs_per_block=args.pairs_per_block, timeline=args.timeline,
+                                two_nodes=args.two_nodes)
     finally:
         if args.output is None:
             shutil.rmtree(output, ignore_errors=True)
