@@ -25,7 +25,7 @@ from factory import columns as C
 from factory import footer, model
 from factory.pipeline import resume
 from factory.pipeline.plan import MAX_BLOCKS, Plan, rows_per_block, stage_pool
-from factory.pipeline.staging import write
+from factory.pipeline.staging import read, write
 from factory.publish import Attempt
 from factory.ray_session import engine_paced_scheduling
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
@@ -124,8 +124,6 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
 
 def _first_drafts(ctx: RunContext):
     """The staged rows not written yet (nor queued for repair), joined with their profiles."""
-    import ray
-
     attempt, config = ctx.attempt, ctx.plan.config
     todo = resume.remaining(attempt, attempt.pairs, [attempt.copies, attempt.repair_queue], ctx.resumed,
                             ctx.light, "first-drafts")
@@ -138,9 +136,8 @@ def _first_drafts(ctx: RunContext):
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
     per_block = rows_per_block(todo.rows, config.engine.replicas, concurrent_batches(config.engine))
     blocks = max(1, min(MAX_BLOCKS, -(-todo.rows // per_block)))
-    ds = ray.data.read_parquet(todo.files(), filesystem=todo.folder.fs,
-                               columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT],
-                               override_num_blocks=blocks, num_cpus=ctx.light)
+    ds = read(todo.files(), todo.folder, ctx.light, override_num_blocks=blocks,
+              columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT])
     ds = ds.map_batches(
         JoinProfiles,
         fn_constructor_kwargs=dict(
@@ -154,24 +151,20 @@ def _repair_queue(ctx: RunContext):
     """One more draw for each rejected row, told why the first failed. The
     queue may hold rows from an earlier process too; rows already repaired
     into the copies are skipped."""
-    import ray
-
     attempt = ctx.attempt
     todo = resume.remaining(attempt, attempt.repair_queue, [attempt.copies], ctx.resumed, ctx.light, "repair")
     if not todo.rows:
         return None
-    return ray.data.read_parquet(todo.files(), filesystem=todo.folder.fs, num_cpus=ctx.light)
+    return read(todo.files(), todo.folder, ctx.light)
 
 
 def _followers(ctx: RunContext):
     """Rows whose prompt equals a generated row's, not written yet, each beside its leader's row."""
-    import ray
-
     attempt = ctx.attempt
     todo = resume.remaining(attempt, attempt.followers, [attempt.copies], ctx.resumed, ctx.light, "reuse")
     if not todo.rows:
         return None
-    ds = ray.data.read_parquet(todo.files(), filesystem=todo.folder.fs, num_cpus=ctx.light)
+    ds = read(todo.files(), todo.folder, ctx.light)
     return resume.with_leaders(ds, attempt.copies, ctx.light, todo.rows)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from factory import columns as C
 from factory.footer import read_footers
 from factory.pipeline.plan import join_partitions
-from factory.pipeline.staging import write
+from factory.pipeline.staging import read, write
 from factory.publish import Attempt
 from factory.stages.reuse import OWN_COLUMNS
 from factory.stages.write import Sink
@@ -55,17 +55,14 @@ def remaining(attempt: Attempt, source: Location, written: list[Location], resum
     """The rows of ``source`` whose ``row_id`` is not in ``written``. A
     process that began the attempt has written none of them: ``source`` as
     it is. A resumed one anti-joins on Ray Data into ``_work/remaining/<name>``."""
-    import ray
-
     owed = sum(f.rows for f in read_footers(source))
     written_files = [i.path for loc in written for i in list_files(loc, ".parquet")]
     if not resumed or not owed or not written_files:
         return Remaining(source, owed)
     into = attempt.work.join("remaining", name)
     delete_dir_if_exists(into)  # an earlier resumed process's: stale now
-    rows = ray.data.read_parquet([i.path for i in list_files(source, ".parquet")], filesystem=source.fs,
-                                 num_cpus=num_cpus)
-    ids = ray.data.read_parquet(written_files, filesystem=attempt.base.fs, columns=[C.ROW_ID], num_cpus=num_cpus)
+    rows = read([i.path for i in list_files(source, ".parquet")], source, num_cpus)
+    ids = read(written_files, attempt.base, num_cpus, columns=[C.ROW_ID])
     still = rows.join(ids, join_type="left_anti", on=(C.ROW_ID,), num_partitions=join_partitions(owed),
                       aggregator_ray_remote_args={"num_cpus": num_cpus})
     files = write(still, {name: Sink(into)}, num_cpus)
@@ -76,10 +73,7 @@ def with_leaders(followers, copies: Location, num_cpus: float, rows: int):
     """Each follower beside its leader's written row (a left join of
     ``dedup_of`` on the copies' ``row_id``): the leader's columns except the
     follower's own identity (``factory.stages.reuse.OWN_COLUMNS``)."""
-    import ray
-
-    leaders = ray.data.read_parquet([i.path for i in list_files(copies, ".parquet")], filesystem=copies.fs,
-                                    num_cpus=num_cpus)
+    leaders = read([i.path for i in list_files(copies, ".parquet")], copies, num_cpus)
     leaders = leaders.drop_columns([c for c in OWN_COLUMNS if c != C.ROW_ID])
     return followers.select_columns(list(OWN_COLUMNS)).join(
         leaders, join_type="left_outer", on=(C.DEDUP_OF,), right_on=(C.ROW_ID,), num_partitions=join_partitions(rows),

@@ -60,6 +60,15 @@ def write(ds, sinks: dict[str, Sink], num_cpus: float, route: str | None = None,
     return sorted(written.take_all(), key=lambda r: (r["sink"], r["file"] or ""))
 
 
+def read(files: list[str], folder: Location, num_cpus: float, **kwargs):
+    """The run's own Parquet files as a Dataset. Their paths hold
+    ``date=``, ``campaign=`` and ``attempt=``: read as Hive partitions they
+    would add (or override!) columns of those names, so they are not."""
+    import ray
+
+    return ray.data.read_parquet(files, filesystem=folder.fs, partitioning=None, num_cpus=num_cpus, **kwargs)
+
+
 # --------------------------------------------------------------------------- pass 1
 
 def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bool) -> int:
