@@ -48,7 +48,8 @@ class FaultyS3Proxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(_SLOWDOWN)))
                     self.end_headers()
-                    self.wfile.write(_SLOWDOWN)
+                    if self.command != "HEAD":  # a HEAD answer has no body: one would be read as the next answer
+                        self.wfile.write(_SLOWDOWN)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
