@@ -8,6 +8,7 @@ import re
 import pyarrow as pa
 
 from factory import columns as C
+from factory.quality.text import strip_invisible
 
 OUTPUT_SCHEMA = pa.schema([
     (C.ROW_ID, pa.string()),
@@ -48,9 +49,11 @@ _LABEL = re.compile(r"^(?:subject(?: line)?|e-?mail subject|headline|ad headline
 
 def clean_text(text: str) -> str:
     """Trim whitespace, a leading channel label and one pair of wrapping
-    quotes; small models love all three. Nothing else is rewritten: the
-    gate judges what the model wrote."""
-    text = (text or "").strip()
+    quotes; small models love all three. Invisible characters (zero-width,
+    bidirectional controls; emoji sequences kept) go too: nothing a reader
+    cannot see is published (the gate still reports that they were there).
+    Nothing else is rewritten: the gate judges what the model wrote."""
+    text = strip_invisible(text or "").strip()
     text = _LABEL.sub("", text, count=1).strip()
     if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
         text = text[1:-1].strip()

@@ -106,7 +106,9 @@ def test_chinese_absolute_terms_but_not_everyday_words_or_the_trademark():
 def test_english_superlatives_whole_words_only_and_brand_masked():
     assert "banned_claim" in codes("The best Voltis Smart Watch, guaranteed")
     assert "banned_claim" in codes("Voltis: the #1 smart watch")
-    assert codes("Voltis Smart Watch, a bestseller in black") == []  # "best" inside a word
+    # "best" inside a word is not the superlative; "bestseller" is a sales
+    # claim of its own, which no fact of this product states (issue 21).
+    assert codes("Voltis Smart Watch, a bestseller in black") == ["ranking_claim"]
     assert codes("Best Friend Tee: a soft tee", product=SHIRT) == []  # the brand contains "Best"
     assert "banned_claim" in codes("Best Friend Tee: the best tee", product=SHIRT)
 
@@ -117,7 +119,8 @@ def test_hundred_percent_is_a_fact_only_when_the_product_says_so():
 
 
 def test_risky_terms_go_to_review_and_campaigns_extend_or_allow():
-    assert codes("Voltis Smart Watch, free delivery") == ["risky_claim"]
+    # Free delivery is also an offer, which this campaign did not declare (issue 21).
+    assert codes("Voltis Smart Watch, free delivery") == ["risky_claim", "undeclared_offer"]
     book = RuleBook(QualityPolicy(banned_terms=["cheap"], allowed_terms=["free"]))
     assert codes("Voltis Smart Watch, free delivery", book=book) == []
     assert codes("Voltis Smart Watch, cheap and cheerful", book=book) == ["banned_claim"]
