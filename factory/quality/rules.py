@@ -104,6 +104,9 @@ class ProductFacts:
     # (or an injected instruction) could have put "guaranteed" into.
     trusted: str = ""
     category: str = ""
+    # The trusted fields' phrases (normalized, lower-cased, longest first):
+    # copy that repeats one ("fragrance free") states a fact, not a claim.
+    phrases: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "ProductFacts":
@@ -120,9 +123,11 @@ class ProductFacts:
         if price is not None and not (isinstance(price, float) and math.isnan(price)):
             numbers.add(round(float(price), 2))
         facts = tuple(points + attributes + extracted)
+        trusted = normalize("\n".join(facts)).lower()
+        phrases = sorted({p.strip() for p in trusted.split("\n") if len(p.strip()) >= 4}, key=len, reverse=True)
         return cls(title=title, brand=brand, source="\n".join(parts).lower(), numbers=frozenset(numbers),
-                   facts=facts, trusted=normalize("\n".join(facts)).lower(),
-                   category=str(record.get("category") or "").lower())
+                   facts=facts, trusted=trusted, category=str(record.get("category") or "").lower(),
+                   phrases=tuple(phrases))
 
 
 @dataclass
@@ -607,8 +612,9 @@ class RuleBook:
         return known
 
     def _mask(self, text: str, product: ProductFacts) -> str:
-        """Lower-cased ``text`` without the product's own title and brand and
-        the campaign's allowed terms (plain replaces: this runs on every row)."""
+        """Lower-cased ``text`` without the product's own title and brand, the
+        campaign's allowed terms and the phrases of the product's trusted
+        fields (plain replaces: this runs on every row)."""
         last = self._last_mask
         if last is not None and last[0] is text and last[1] is product:
             return last[2]  # two rules mask the same copy
@@ -617,6 +623,9 @@ class RuleBook:
         for name in (product.title.lower(), product.brand.lower(), *self._allowed):
             if len(name) >= 2 and name in text:
                 text = text.replace(name, " ")
+        for phrase in product.phrases:
+            if phrase in text:
+                text = text.replace(phrase, " ")
         self._last_mask = (original, product, text)
         return text
 
