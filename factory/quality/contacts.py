@@ -19,6 +19,8 @@ look-alike letters folded, format characters gone), and finds:
   name, an invitation to add or message someone on one, a social @handle;
 - names taken from an e-mail address in the user's profile.
 
+Chinese text writes no space around Latin words, so every boundary here is
+an ASCII one: "访问jifeng.com下单" holds a link (Han letters are \\w to regex).
 Phone numbers are ``pii``'s business (one home: the same finder scrubs prompts).
 A spelled-out separator counts only before a suffix that is not an English
 word (com, net, cn, ly ...), so "polka dot top" is not a link; a real dot
@@ -52,16 +54,16 @@ _RESERVED = frozenset({"example", "test", "invalid", "localhost"})
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 # A real dot (or the ideographic full stop, which only a link puts between Latin labels).
 _HOST = regex.compile(
-    r"(?<![\w@.-])(?P<scheme>(?:https?|hxxps?)\s*:\s*//\s*)?(?P<www>www\s*\.\s*)?"
-    r"(?P<host>(?:" + _LABEL + r"[.。])+(?:" + _LABEL + r"|xn--[a-z0-9-]+))(?![\w-])(?P<path>/[^\s]*)?",
+    r"(?<![a-z0-9@.-])(?P<scheme>(?:https?|hxxps?)\s*:\s*//\s*)?(?P<www>www\s*\.\s*)?"
+    r"(?P<host>(?:" + _LABEL + r"[.。])+(?:" + _LABEL + r"|xn--[a-z0-9-]+))(?![a-z0-9-])(?P<path>/[^\s]*)?",
     regex.IGNORECASE)
 _DOT_WORD = r"(?:dot|d0t|dót|点|點|句点|\.|。)"
 # A disguised separator: bracketed, spelled out, spaced on both sides, or 点 / 。.
 _DISGUISED_SEP = (r"(?:\s*[(\[{<（【]\s*" + _DOT_WORD + r"\s*[)\]}>）】]\s*"
                   r"|\s+(?:dot|d0t|dót)\s+|\s*(?:点|點|句点)\s*|\s+[.。]\s*|[.。]\s+)")
 _DISGUISED = regex.compile(
-    r"(?<![\w@])(?P<label>" + _LABEL + r")" + _DISGUISED_SEP
-    + r"(?:(?P<plain>" + "|".join(_PLAIN_SUFFIXES) + r")(?![\w-])"
+    r"(?<![a-z0-9@])(?P<label>" + _LABEL + r")" + _DISGUISED_SEP
+    + r"(?:(?P<plain>" + "|".join(_PLAIN_SUFFIXES) + r")(?![a-z0-9-])"
     + r"|(?P<word>" + "|".join(_WORD_SUFFIXES) + r")(?=\s*(?:/|斜杠|slash)))",
     regex.IGNORECASE)
 _SCHEME = regex.compile(r"(?i)\b(?:h\s?t\s?t\s?p\s?s?|hxxps?)\s*(?::|colon|冒号)\s*(?:/|slash|斜杠)\s*(?:/|slash|斜杠)")
@@ -104,7 +106,7 @@ _PROVIDERS = ("gmail", "googlemail", "hotmail", "outlook", "yahoo", "icloud", "q
 # Anchored on the at-form, with the name before it as a lookbehind: starting
 # from every word of the copy cost ~40 us a row.
 _MAIL_PROVIDER = regex.compile(
-    r"(?<=[\w.+-]\s{0,3})" + _AT_FORMS + r"\s*(?:" + "|".join(_PROVIDERS) + r")(?![\w])", regex.IGNORECASE)
+    r"(?<=[\w.+-]\s{0,3})" + _AT_FORMS + r"\s*(?:" + "|".join(_PROVIDERS) + r")(?![a-z0-9])", regex.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ _PLATFORM = (r"(?:we\s?chat|weixin|wechat\s?id|whats\s?app|telegram|tele\s?gram|
              r"微信|威信|薇信|徽信|维信|v信|微x|卫星|扣扣|企鹅号?|抖音号?|小红书号?|飞机号?|纸飞机|电报|钉钉)")
 _HANDLE = regex.compile(
     # A platform, then an id: "WeChat: harbor_deals88", "微信号 hd8888", "QQ 123456789", "LINE ID @shop".
-    r"(?<![\w])" + _PLATFORM + r"\s*(?:号|账号|id|handle|用户名)?\s*[:：=]?\s*@?(?=[\w.-]*\d|[\w.-]*_|@)"
+    r"(?<![a-z0-9])" + _PLATFORM + r"\s*(?:号|账号|id|handle|用户名)?\s*[:：=]?\s*@?(?=[\w.-]*\d|[\w.-]*_|@)"
     r"[a-z0-9][\w.-]{4,}"
     # An invitation to reach someone on one.
     r"|\b(?:add|message|msg|text|ping|dm|contact|reach|find|follow|chat\s+with|hit)\s+(?:us|me|them|her|him)\s+"

@@ -48,6 +48,12 @@ _NUMBER = regex.compile(
     r"(?<![A-Za-z0-9.])(?<!\d,)(\d{1,3}(?:,\d{3})+|\d+)(?:([.,])(\d+))?(?![0-9])\s*(万|千|k|K)?"
 )
 _MULTIPLIER = {"万": 10_000, "千": 1_000, "k": 1_000, "K": 1_000}
+# A time of day is no claim about the product ("tea at 7:30", "下午3点").
+_CLOCK = regex.compile(
+    r"(?<![\d.,])(?:[01]?\d|2[0-3])[:：][0-5]\d(?:\s?[ap]\.?m\.?)?(?![\d])"
+    r"|(?<![\d.,])(?:1[0-2]|0?\d)\s?[ap]\.?m\.?(?![a-z])"
+    r"|(?<![\d.,])(?:[01]?\d|2[0-4])\s?点(?:半|[0-5]?\d分)?"
+    r"|(?<=\bat\s)(?:1[0-2]|0?\d)(?=\s*(?:[,;:!?]|$|o'clock))", regex.IGNORECASE)
 
 
 def number_values(text: str) -> list[tuple[str, frozenset[float]]]:
@@ -592,7 +598,10 @@ class RuleBook:
     def _numbers(self, copy: Copy, m: Measures) -> None:
         """Every number in the copy must equal, in value, one in the product
         record: "¥1,299" matches a price of 1299.0, "$90" does not match 89.99."""
-        claims = number_values(copy.norm)
+        text = copy.norm
+        if ":" in text or "点" in text or "m" in text or "at " in text:
+            text = _CLOCK.sub(" ", text)
+        claims = number_values(text)
         if not claims:
             return
         offered = self._offer_numbers
