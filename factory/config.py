@@ -256,6 +256,18 @@ class JobConfig(_Strict):
         default_factory=list, max_length=MAX_COMPETITORS,
         description="Competitors' brand names; copy naming one is rejected (competitor). Catalog brands of "
         "other products are foreign_brand's business. A campaign's list is added to the job's.")
+    judge: bool = Field(
+        default=False,
+        description="Run the model judge after the gate (factory/stages/judge.py): a model reads each sampled copy "
+        "the gate did not reject, with the product's facts and the customer's interests, and reports claims the "
+        "facts do not support (unsupported_claim) and copy that does not fit (off_topic), review by default.")
+    judge_model: Optional[str] = Field(
+        default=None, description="The judge's model (local folder, s3:// folder or hub id). Default: the run's model, "
+        "on the same engine settings.")
+    judge_sample: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="Share of the gate's accepted and review rows the judge reads, chosen by a hash of the row id "
+        "(a resumed run judges the same rows).")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     quality: QualityPolicy = Field(
         default_factory=QualityPolicy,

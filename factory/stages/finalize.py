@@ -29,6 +29,8 @@ OUTPUT_SCHEMA = pa.schema([
     (C.NUMERIC_FIDELITY, pa.float64()),
     (C.COPY_LENGTH, pa.int32()),
     (C.COPY_LENGTH_LIMIT, pa.int32()),
+    (C.JUDGE_VERDICT, pa.string()),
+    (C.JUDGE_TOKENS, pa.int32()),
     (C.DEDUP_OF, pa.string()),
     (C.TEMPLATE_VERSION, pa.string()),
     (C.MODEL, pa.string()),
@@ -78,8 +80,8 @@ class FinalizeRows:
             C.GENERATED_AT: pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
         # Columns a stage may not have set: null (not a first-attempt repair,
-        # not a reused generation, no cache figure from the engine).
-        for name in (C.FIRST_ATTEMPT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS):
+        # not a reused generation, no cache figure from the engine, not judged).
+        for name in (C.FIRST_ATTEMPT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS):
             if name not in batch.column_names:
                 columns[name] = pa.nulls(n, OUTPUT_SCHEMA.field(name).type)
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]
