@@ -259,6 +259,10 @@ def build_judge_stage(engine, model_source: str, device: str, policy: QualityPol
         postprocess=functools.partial(from_judge_response, passthrough=tuple(passthrough) + (C.JUDGE_MESSAGES,)),
         cpu_stage_num_cpus=cpu_stage_num_cpus)
     light = {"batch_format": "pyarrow", "num_cpus": cpu_stage_num_cpus}
+    if compute is None:  # a callable class needs an actor pool; the pipeline passes its stage_pool
+        import ray
+
+        compute = ray.data.ActorPoolStrategy(min_size=1, max_size=2)
 
     def judge(ds):
         asked = ds.map_batches(JudgeRequests, fn_constructor_kwargs={"products": products, "users": users,
