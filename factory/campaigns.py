@@ -26,9 +26,10 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from factory.errors import UsageError, load_yaml_lines, settings_lines
 from factory.experiments.config import ExperimentConfig, arm_definitions, same_arms
-from factory.config import BRAND_VOICE_MAX_CHARS, JobConfig, Locale, build_config, check_name, engine_bound
-from factory.prompts import BRAND_VOICE, PromptTemplate, load_templates
-from factory.quality.policy import QualityPolicy
+from factory.config import (BRAND_VOICE_MAX_CHARS, MAX_COMPETITORS, MAX_OFFERS, JobConfig, Locale, build_config,
+                            check_name, clean_competitors, engine_bound)
+from factory.prompts import BRAND_VOICE, OFFERS, PromptTemplate, load_templates
+from factory.quality.policy import Offer, QualityPolicy
 
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
 # Until the nightly run assigns arms and writes holdout files (factory/experiments/night.py says how),
@@ -41,7 +42,8 @@ _HINTS = {"tone": "brand_voice", "voice": "brand_voice", "id": "campaign_id", "n
           "banned_terms": "quality.banned_terms", "limits": "quality.limits",
           "experiment_name": "experiment_id", "holdout_share": "holdout", "exploration": "floor",
           "min_share": "floor", "variants_arm": "variant", "style": "brand_voice", "template": "templates",
-          "weight": "share", "split": "share"}
+          "weight": "share", "split": "share", "offer": "offers", "promotions": "offers", "discounts": "offers",
+          "competitor": "competitors"}
 
 
 class CampaignError(UsageError):
@@ -82,6 +84,14 @@ class CampaignConfig(BaseModel):
         default=None, max_length=BRAND_VOICE_MAX_CHARS,
         description="Tone / brand voice in a few words, added to every system prompt "
         f"(the templates' {{{BRAND_VOICE}}} placeholder). At most {BRAND_VOICE_MAX_CHARS} characters.")
+    offers: Optional[list[Offer]] = Field(
+        default=None, max_length=MAX_OFFERS,
+        description="The campaign's offers, each {kind, text}; kind is discount, free_shipping, warranty, bogo, "
+        "money_back or gift. Their text is shown to the model ({offers} in every system prompt) and is the only "
+        "offer copy may make: any other kind is rejected (undeclared_offer). Default: the job's (none).")
+    competitors: Optional[list[str]] = Field(
+        default=None, max_length=MAX_COMPETITORS,
+        description="Competitors' brand names, added to the job's; copy naming one is rejected (competitor).")
     variants: Optional[Annotated[(int, *JobConfig.model_fields["variants"].metadata)]] = Field(
         default=None, description="Copies per (pair, channel), 1-10. Default: the job's.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, top_p, max_tokens.")
@@ -162,6 +172,22 @@ class CampaignConfig(BaseModel):
                              "in 'system', so the voice would never reach the model")
         return value
 
+    @field_validator("offers")
+    @classmethod
+    def _offers(cls, value: Optional[list[Offer]], info: ValidationInfo) -> Optional[list[Offer]]:
+        templates: Optional[dict[str, PromptTemplate]] = (info.context or {}).get("templates")
+        lacking = [c for c in info.data.get("channels") or []
+                   if value and templates and c in templates and OFFERS not in templates[c].fields]
+        if lacking:
+            raise ValueError(f"the template(s) of {', '.join(lacking)} have no {{{OFFERS}}} placeholder in "
+                             "'system', so the offers would never reach the model")
+        return value
+
+    @field_validator("competitors")
+    @classmethod
+    def _competitors(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        return clean_competitors(value)
+
     @field_validator("quality", mode="before")
     @classmethod
     def _limit_channels(cls, value: Any, info: ValidationInfo) -> Any:
@@ -219,9 +245,11 @@ class CampaignConfig(BaseModel):
     def job_values(self) -> dict[str, Any]:
         """What this campaign sets in a JobConfig (the ``--config`` file's shape)."""
         values: dict[str, Any] = {"campaign": self.campaign_id, "channels": list(self.channels)}
-        for name in ("locales", "brand_voice", "variants"):
+        for name in ("locales", "brand_voice", "variants", "competitors"):
             if getattr(self, name) is not None:
                 values[name] = getattr(self, name)
+        if self.offers is not None:
+            values["offers"] = [o.model_dump() for o in self.offers]
         engine = self.sampling.model_dump(exclude_none=True)
         if engine:
             values["engine"] = engine
@@ -317,13 +345,15 @@ def select(campaigns: dict[str, Campaign], names: Sequence[str], run_date: dt.da
 
 
 def merge_values(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` laid on ``base``: mappings merged key by key, term lists added
-    to (a company-wide banned word stays banned), everything else replaced."""
+    """``over`` laid on ``base``: mappings merged key by key, term lists and
+    competitors added to (a company-wide banned word stays banned), everything
+    else (offers too: they are the campaign's) replaced."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_values(out[key], value)
-        elif key.endswith("_terms") and isinstance(value, list) and isinstance(out.get(key), list):
+        elif ((key.endswith("_terms") or key == "competitors") and isinstance(value, list)
+              and isinstance(out.get(key), list)):
             out[key] = list(dict.fromkeys(out[key] + value))
         else:
             out[key] = copy.deepcopy(value)

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     gate = p.add_argument_group("quality gate (more in the config file's quality: section)")
     gate.add_argument("--repair", dest="quality.repair", action=argparse.BooleanOptionalAction, default=None,
                       help="Regenerate rejected rows once with the reasons fed back (default on).")
+    gate.add_argument("--judge", action=argparse.BooleanOptionalAction, default=None,
+                      help="Also ask a model which claims the facts do not support and whether the copy fits the "
+                      "product and the customer (default off).")
+    gate.add_argument("--judge-model", dest="judge_model", help="The judge's model (default: the run's --model).")
+    gate.add_argument("--judge-sample", dest="judge_sample", type=float,
+                      help="Share of the rows the gate let through that the judge reads, 0-1 (default 1).")
     eng = p.add_argument_group("engine")
     eng.add_argument("--model", help="Local folder, s3:// folder or hub id (default: bundled SmolLM2-135M-Instruct).")
     eng.add_argument("--replicas", dest="engine.replicas", type=int, help="Engine replicas (default 1).")

@@ -60,6 +60,10 @@ FIRST_ATTEMPT_REASONS = "first_attempt_reasons"  # why attempt 1 was rejected (r
 NUMERIC_FIDELITY = "numeric_fidelity"  # share of the copy's numbers found in the product data
 COPY_LENGTH = "copy_length"  # in the channel's unit (graphemes, display width, SMS units)
 COPY_LENGTH_LIMIT = "copy_length_limit"
+# The model judge (--judge): pass | flagged | unparsed, null when the row was not
+# judged; and the prompt plus reply tokens it spent on the row.
+JUDGE_VERDICT = "judge_verdict"
+JUDGE_TOKENS = "judge_tokens"
 
 ACCEPTED, REVIEW, REJECTED = "accepted", "review", "rejected"
 STATUSES = (ACCEPTED, REVIEW, REJECTED)
@@ -67,7 +71,7 @@ STATUSES = (ACCEPTED, REVIEW, REJECTED)
 OUTPUT_COLUMNS = (
     ROW_ID, RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
     STATUS, REASONS, REASON_DETAILS, ATTEMPT, FIRST_ATTEMPT_REASONS, NUMERIC_FIDELITY,
-    COPY_LENGTH, COPY_LENGTH_LIMIT, DEDUP_OF,
+    COPY_LENGTH, COPY_LENGTH_LIMIT, JUDGE_VERDICT, JUDGE_TOKENS, DEDUP_OF,
     TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, NUM_CACHED_TOKENS, FINISH_REASON, GENERATED_AT,
 )
 
@@ -83,6 +87,9 @@ MESSAGES = "__messages"
 MAX_TOKENS = "__max_tokens"
 # Per-row stop strings (list<string>): one-line channels stop at a newline.
 STOP = "__stop"
+# The model judge's chat (JSON) for a sampled row, null for the rest, and its reply.
+JUDGE_MESSAGES = "__judge_messages"
+JUDGE_REPLY = "__judge_reply"
 # Where the writer sends a row: the published copies, or the repair queue.
 ROUTE = "__route"
 ROUTE_COPIES, ROUTE_REPAIR = "copies", "repair"

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from factory.errors import load_yaml_lines
 from factory.model import BUNDLED_MODEL
-from factory.quality.policy import QualityPolicy
+from factory.quality.policy import Offer, QualityPolicy
 
 DEFAULT_CHANNELS = ("push", "email_subject", "ad_headline", "sms", "product_blurb")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -23,6 +23,20 @@ NAME_RULE = "use letters, digits, '_', '-' or '.' (at most 64, starting with a l
 # A locale is a language subtag, optionally with region/script subtags: en, en-US, zh-CN, zh_Hans_CN.
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 BRAND_VOICE_MAX_CHARS = 200
+# A campaign states a handful of offers; each is a line of the system prompt.
+MAX_OFFERS = 5
+MAX_COMPETITORS = 500
+
+
+def clean_competitors(value: Optional[list[str]]) -> Optional[list[str]]:
+    """Names trimmed, blanks and repeats dropped; a one-letter name would match everywhere."""
+    if value is None:
+        return value
+    names = list(dict.fromkeys(" ".join(str(v).split()) for v in value if str(v).strip()))
+    short = [n for n in names if len(n) < 2]
+    if short:
+        raise ValueError(f"competitor names need 2+ characters: {', '.join(map(repr, short))}")
+    return names
 # Public throughput figure the dry-run's GPU-hour estimate assumes (see the field's description).
 H100_8B_OUTPUT_TOKENS_PER_SECOND = 5777.0
 
@@ -232,6 +246,28 @@ class JobConfig(_Strict):
         "Llama-3.1-8B (FP8) with vLLM 0.10.0 on one H100 (redhat.com/en/blog/efficient-and-reproducible-"
         "llm-inference-red-hat-mlperf-inference-v51-results). Measure your own model and GPU and set it.",
     )
+    offers: list[Offer] = Field(
+        default_factory=list, max_length=MAX_OFFERS,
+        description="Offers the run makes (kind and text, e.g. {kind: discount, text: '20% off knitwear with code "
+        "WARM20'}): shown to the model in every system prompt ({offers}); copy that makes an offer of another "
+        "kind is rejected (undeclared_offer) unless the product's own facts state it. Default: none, so no "
+        "discount, free shipping, warranty, buy-one-get-one, money-back or gift may be promised.")
+    competitors: list[str] = Field(
+        default_factory=list, max_length=MAX_COMPETITORS,
+        description="Competitors' brand names; copy naming one is rejected (competitor). Catalog brands of "
+        "other products are foreign_brand's business. A campaign's list is added to the job's.")
+    judge: bool = Field(
+        default=False,
+        description="Run the model judge after the gate (factory/stages/judge.py): a model reads each sampled copy "
+        "the gate did not reject, with the product's facts and the customer's interests, and reports claims the "
+        "facts do not support (unsupported_claim) and copy that does not fit (off_topic), review by default.")
+    judge_model: Optional[str] = Field(
+        default=None, description="The judge's model (local folder, s3:// folder or hub id). Default: the run's model, "
+        "on the same engine settings.")
+    judge_sample: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="Share of the gate's accepted and review rows the judge reads, chosen by a hash of the row id "
+        "(a resumed run judges the same rows).")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     quality: QualityPolicy = Field(
         default_factory=QualityPolicy,
@@ -293,6 +329,11 @@ class JobConfig(_Strict):
         if not value:
             raise ValueError("brand_voice is empty (omit it for no brand voice)")
         return value
+
+    @field_validator("competitors")
+    @classmethod
+    def _competitors(cls, value: list[str]) -> list[str]:
+        return clean_competitors(value)
 
     @field_validator("output")
     @classmethod

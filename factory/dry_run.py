@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from factory import columns as C
 from factory.dead_letters import DUPLICATE_PAIR
 from factory.config import JobConfig
-from factory.prompts import PromptTemplate, apply_brand_voice
+from factory.prompts import PromptTemplate, apply_campaign
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.pipeline import owed
 from factory.stages.join import JoinProfiles
@@ -53,7 +53,8 @@ def plan_run(config: JobConfig) -> dict[str, Any]:
     from factory.pipeline.plan import prepare
 
     plan = prepare(config)
-    templates = apply_brand_voice(plan.templates, config.brand_voice, config.channels)
+    # The campaign's voice and declared offers are in every system prompt, so in the token estimate too.
+    templates = apply_campaign(plan.templates, config.brand_voice, [o.text for o in config.offers], config.channels)
     checked, by_locale = _checked_pairs(plan, config, templates)
     scope = _Scope(config)
     counts = scope.count(checked, by_locale)
@@ -274,6 +275,7 @@ def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: 
         "run_id": config.run_id, "run_date": config.run_date.isoformat(), "campaign": config.campaign_label,
         "output": plan.run.uri, "model": config.model, "channels": list(config.channels),
         "variants": config.variants, "locales": config.locales, "brand_voice": config.brand_voice,
+        "offers": [o.model_dump() for o in config.offers], "competitors": len(config.competitors),
         "template_versions": {c: templates[c].version for c in config.channels},
         "input_tables": lookup, "campaigns": campaigns, "total": total,
         "assumptions": {
@@ -300,6 +302,8 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"  model: {plan['model']}   channels: {', '.join(plan['channels'])}   variants: {plan['variants']}"
              + (f"   locales: {', '.join(plan['locales'])}" if plan["locales"] else "")
              + (f"   brand voice: {plan['brand_voice']}" if plan["brand_voice"] else "")]
+    if plan.get("offers"):
+        lines.append("  offers: " + "; ".join(f"{o['kind']}: {o['text']}" for o in plan["offers"]))
     for c in plan["campaigns"]:
         skipped = {**c["dead_letters"], **c["not_generated"]}
         lines.append(f"  campaign {c['campaign']}: {c['pairs']} pair(s), {c['servable_pairs']} servable"

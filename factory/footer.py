@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from factory import columns as C
 from factory.dedup import WORK_COLUMNS, WorkTally
 from factory.fingerprint import Fingerprint
-from factory.quality.summary import VERDICT_COLUMNS, QualityTally
+from factory.quality.summary import JUDGE_COLUMNS, VERDICT_COLUMNS, QualityTally
 from factory.storage import Location, list_files, read_parquet, retry_io
 
 FINGERPRINT = b"copy_factory.row_id_fingerprint"
@@ -55,7 +55,8 @@ class CopyStats:
         """The stats of ``written`` (output rows); ``carried`` is the same rows
         before the writer shaped them (they may carry what a reuse saved)."""
         stats = cls()
-        stats.quality.add(written.select(list(VERDICT_COLUMNS)))
+        stats.quality.add(written.select(list(VERDICT_COLUMNS) + [c for c in JUDGE_COLUMNS
+                                                                  if c in written.column_names]))
         stats.work.add(written.select(list(WORK_COLUMNS)), written if carried is None else carried)
         return stats
 

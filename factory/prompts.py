@@ -16,7 +16,7 @@ import json
 import string
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -34,11 +34,15 @@ USER_FIELDS = frozenset(
 DERIVED_FIELDS = frozenset({"language"})
 # One value per run, set by the campaign (not by a row), so it may stand only in
 # the system prompt: the shared prefix stays the same for every row.
-CAMPAIGN_FIELDS = frozenset({"brand_voice"})
+CAMPAIGN_FIELDS = frozenset({"brand_voice", "offers"})
 ALLOWED_FIELDS = PRODUCT_FIELDS | USER_FIELDS | DERIVED_FIELDS | CAMPAIGN_FIELDS
 BRAND_VOICE = "brand_voice"
 # How a campaign's brand voice reads in the system prompt; nothing at all without one.
 BRAND_VOICE_LINE = "Brand voice: {}."
+OFFERS = "offers"
+# How a campaign's declared offers read in the system prompt: the model may
+# state them (the gate rejects any other offer); nothing at all without any.
+OFFERS_LINE = "Offers you may mention, as written: {}. Make no other offer."
 
 # Untrusted free text is cut so one huge description cannot crowd out the rest
 # of the prompt (or the model's context).
@@ -75,26 +79,37 @@ class PromptTemplate:
     stop: tuple[str, ...] = ()
     # The campaign's tone / brand voice for {brand_voice}; "" renders nothing.
     brand_voice: str = ""
-    # The version of the file alone; ``version`` also covers the brand voice.
+    # The campaign's declared offers (their text) for {offers}; none renders nothing.
+    offers: tuple[str, ...] = ()
+    # The version of the file alone; ``version`` also covers the brand voice and offers.
     file_version: str = ""
 
     def with_brand_voice(self, voice: str | None) -> "PromptTemplate":
-        """This template for a campaign with this brand voice. The version
-        covers the voice too: the same file with another voice is another
-        prompt, and the output rows must say so."""
-        voice = voice or ""
+        """This template for a campaign with this brand voice (offers kept)."""
+        return self.with_campaign(voice, self.offers)
+
+    def with_campaign(self, voice: str | None, offers: Sequence[str] = ()) -> "PromptTemplate":
+        """This template for a campaign with this brand voice and these
+        offers. The version covers both: the same file with another voice or
+        other offers is another prompt, and the output rows must say so."""
+        voice, offers = voice or "", tuple(offers)
         file_version = self.file_version or self.version
-        if not voice:
-            return replace(self, brand_voice="", version=file_version, file_version=file_version)
-        digest = hashlib.sha256(f"{file_version}\x00{voice}".encode()).hexdigest()[:12]
-        return replace(self, brand_voice=voice, version=f"{self.channel}@{digest}", file_version=file_version)
+        if not voice and not offers:
+            return replace(self, brand_voice="", offers=(), version=file_version, file_version=file_version)
+        key = f"{file_version}\x00{voice}" + ("".join(f"\x00{o}" for o in offers) if offers else "")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return replace(self, brand_voice=voice, offers=offers, version=f"{self.channel}@{digest}",
+                       file_version=file_version)
 
     def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one row. ``values`` may hold more than the template
         names; only the named fields are formatted in."""
-        context = {name: format_value(name, values.get(name)) for name in self.fields if name != BRAND_VOICE}
+        context = {name: format_value(name, values.get(name)) for name in self.fields
+                   if name not in CAMPAIGN_FIELDS}
         if BRAND_VOICE in self.fields:
             context[BRAND_VOICE] = format_brand_voice(self.brand_voice)
+        if OFFERS in self.fields:
+            context[OFFERS] = format_offers(self.offers)
         messages = [{"role": "system", "content": self.system.format_map(context).strip()}]
         for user, assistant in self.examples:
             messages.append({"role": "user", "content": user.strip()})
@@ -157,17 +172,39 @@ def format_brand_voice(voice: str | None) -> str:
     return BRAND_VOICE_LINE.format(text.rstrip(".")) if text else ""
 
 
+def format_offers(offers: Sequence[str]) -> str:
+    """The campaign's offers as one line of the system prompt, each held to
+    the rules of untrusted text like the brand voice; empty without any."""
+    parts = []
+    for offer in offers:
+        text = pii.scrub(" ".join(str(offer).split()).translate(_ANGLE_BRACKETS)).rstrip(".;")
+        if text:
+            parts.append(text[:MAX_FIELD_CHARS])
+    return OFFERS_LINE.format("; ".join(parts)) if parts else ""
+
+
 def apply_brand_voice(templates: Mapping[str, PromptTemplate], voice: str | None,
                       channels: Iterable[str]) -> dict[str, PromptTemplate]:
-    """The templates for a run with this brand voice. A voice the run's
-    templates cannot carry is a mistake, not something to drop silently."""
-    if voice:
-        missing = [templates[c].source for c in channels if c in templates and BRAND_VOICE not in templates[c].fields]
+    """The templates for a run with this brand voice (and no offers)."""
+    return apply_campaign(templates, voice, (), channels)
+
+
+def apply_campaign(templates: Mapping[str, PromptTemplate], voice: str | None, offers: Sequence[str],
+                   channels: Iterable[str]) -> dict[str, PromptTemplate]:
+    """The templates for a run with this brand voice and these declared
+    offers (their text). A voice or offers the run's templates cannot carry
+    is a mistake, not something to drop silently: an offer the model is never
+    shown is one the gate would reject in every copy that makes it."""
+    channels = list(channels)
+    for value, field in ((voice, BRAND_VOICE), (offers, OFFERS)):
+        if not value:
+            continue
+        missing = [templates[c].source for c in channels if c in templates and field not in templates[c].fields]
         if missing:
             raise TemplateError(
-                f"brand_voice is set but {', '.join(missing)} has no {{{BRAND_VOICE}}} placeholder in 'system'; "
+                f"{field} is set but {', '.join(missing)} has no {{{field}}} placeholder in 'system'; "
                 "add it on a line of its own")
-    return {c: t.with_brand_voice(voice) for c, t in templates.items()}
+    return {c: t.with_campaign(voice, offers) for c, t in templates.items()}
 
 
 def _maybe_json(text: str) -> Any:

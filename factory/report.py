@@ -168,6 +168,13 @@ def key_figures(summary: Mapping[str, Any]) -> str:
         (fmt_share(corpus.get("attribute_coverage")), "mention a product attribute"),
         (fmt_num((corpus.get("numeric_fidelity") or {}).get("mean"), 3), "numeric fidelity (mean)"),
     ]
+    judge = quality.get("judge")
+    if judge:  # --judge: the model judge's verdict mix and what it cost
+        figures += [
+            (fmt_share(judge.get("flagged_share")), f"flagged by the judge, of {fmt_int(judge.get('judged'))} judged "
+             f"({fmt_share(judge.get('judged_share'))} of rows)"),
+            (fmt_int(judge.get("tokens")), f"judge tokens ({fmt_num(judge.get('tokens_per_judged_row'), 0)} a row)"),
+        ]
     cells = "".join(f'<div class="figure"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for v, k in figures)
     return f'<section class="figures" id="figures">{cells}</section>'
 

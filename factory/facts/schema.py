@@ -194,12 +194,18 @@ def _require_all(node: Any) -> Any:
     return node
 
 
-def engine_json_schema() -> dict[str, Any]:
-    """The JSON schema the engine decodes under: ``ProductFacts`` without
-    ``$ref``s (every backend reads it the same way), every key required."""
-    schema = ProductFacts.model_json_schema()
+def json_schema_for(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema an engine decodes a reply under: ``model``'s without
+    ``$ref``s (every backend reads it the same way), every key required.
+    The model judge (factory/stages/judge.py) uses it too."""
+    schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
     return _require_all(_inline_refs(schema, defs))
+
+
+def engine_json_schema() -> dict[str, Any]:
+    """The JSON schema the engine decodes facts under (``ProductFacts``')."""
+    return json_schema_for(ProductFacts)
 
 
 def engine_json_schema_text() -> str:

@@ -1,9 +1,11 @@
 """Personal data in free text: found (for the gate) and scrubbed (for prompts).
 
 Patterns, not a model: e-mail addresses, phone numbers (international, North
-American and Chinese mobile), national ID and social security numbers, long
-digit runs (card and account numbers) and street addresses. Prices and
-measures ("1,299.00", "10,000 mm") are not phone numbers.
+American and Chinese mobile; looser digit groupings confirmed by Google's
+libphonenumber rules for CN, US and GB; digits written as Chinese numerals or
+English words), national ID and social security numbers, long digit runs
+(card and account numbers) and street addresses. Prices and measures
+("1,299.00", "10,000 mm") are not phone numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ _STREET = (
     regex.compile(r"\p{Han}{2,}(?:路|街|大道|巷|弄)\s*\d+\s*号"),
 )
 _DIGIT = regex.compile(r"\d")
+# Seven or more digits with separators a number is written with ("1 3 8-1234 5678",
+# "(0755) 2345.6789"): confirmed by phonenumbers before it counts.
+_LOOSE_DIGITS = regex.compile(r"\+?\(?\d(?:[\s.\-–—·/()]{0,3}\d){6,15}")
+_PHONE_REGIONS = ("CN", "US", "GB")
+# Digits spelled out: no copy needs seven in a row, a phone number written so a filter misses it does.
+_HAN_DIGITS = regex.compile(r"[〇零一二三四五六七八九幺两](?:[\s\-—–·]?[〇零一二三四五六七八九幺两]){6,}")
+_WORD_DIGITS = regex.compile(r"(?i)(?:\b(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)\b[\s,.-]*){7,}")
 _MEASURE = regex.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+")
 
 
@@ -32,7 +41,32 @@ def _phones(text: str) -> list[regex.Match]:
     found = list(_CN_MOBILE.finditer(text))
     found += [m for m in _PHONE.finditer(text)
               if sum(ch.isdigit() for ch in m.group(0)) >= 8 and not _MEASURE.fullmatch(m.group(0).strip())]
+    if not found:
+        found = [m for m in _LOOSE_DIGITS.finditer(text) if _MEASURE.fullmatch(m.group(0).strip()) is None
+                 and _dialable(m.group(0))]
     return found
+
+
+def _dialable(candidate: str) -> bool:
+    """A valid phone number in one of ``_PHONE_REGIONS`` (libphonenumber's
+    per-region length and prefix rules), however its digits are grouped."""
+    import phonenumbers
+
+    digits = "".join(ch for ch in candidate if ch.isdigit() or ch == "+")
+    for region in _PHONE_REGIONS:
+        try:
+            number = phonenumbers.parse(digits, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return True
+    return False
+
+
+def _spelled_phone(text: str) -> bool:
+    if not text.isascii() and _HAN_DIGITS.search(text):
+        return True
+    return "o" in text and bool(_WORD_DIGITS.search(text))
 
 
 def find_personal_data(text: str, ignore: regex.Pattern | None = None) -> list[str]:
@@ -45,6 +79,8 @@ def find_personal_data(text: str, ignore: regex.Pattern | None = None) -> list[s
         kinds.append("e-mail address")
         text = EMAIL.sub(" ", text)
     if not _DIGIT.search(text):
+        if _spelled_phone(text):
+            kinds.append("phone number (spelled out)")
         return kinds  # every pattern below needs a digit
     if any(p.search(text) for p in _STREET):
         kinds.append("street address")

@@ -36,6 +36,15 @@ EMPTY = "empty"
 TRUNCATED = "truncated"
 REPETITION = "repetition"
 WRONG_LANGUAGE = "wrong_language"
+DISGUISED_TEXT = "disguised_text"
+CONTACT_HANDLE = "contact_handle"
+UNDECLARED_OFFER = "undeclared_offer"
+HEALTH_CLAIM = "health_claim"
+RANKING_CLAIM = "ranking_claim"
+COMPETITOR = "competitor"
+# The model judge's findings (factory/stages/judge.py).
+UNSUPPORTED_CLAIM = "unsupported_claim"
+OFF_TOPIC = "off_topic"
 
 Severity = Literal["reject", "review", "off"]
 
@@ -65,10 +74,50 @@ DEFAULT_SEVERITY: dict[str, Severity] = {
     TRUNCATED: "reject",
     REPETITION: "reject",
     WRONG_LANGUAGE: "reject",
+    # Invisible or look-alike characters only ever hide something from a
+    # filter or change what a reader sees; a redraw is cheap.
+    DISGUISED_TEXT: "reject",
+    CONTACT_HANDLE: "reject",
+    # An offer is a promise the shop must honour: only the campaign makes one.
+    UNDECLARED_OFFER: "reject",
+    HEALTH_CLAIM: "reject",
+    RANKING_CLAIM: "reject",
+    COMPETITOR: "reject",
+    # A small judge model is a second opinion, not proof: a person decides.
+    UNSUPPORTED_CLAIM: "review",
+    OFF_TOPIC: "review",
 }
 REASON_CODES = tuple(DEFAULT_SEVERITY)
 
 Unit = Literal["graphemes", "display_width", "sms_segments"]
+
+# What a campaign can offer; the lexicon's ``offers:`` section lists how copy
+# says each. Copy that makes an offer of a kind the campaign did not declare
+# (and the product's facts do not state) is rejected.
+OfferKind = Literal["discount", "free_shipping", "warranty", "bogo", "money_back", "gift"]
+OFFER_KINDS: tuple[str, ...] = OfferKind.__args__
+MAX_OFFER_CHARS = 120
+
+
+class Offer(BaseModel):
+    """One offer a campaign makes, e.g. ``{kind: discount, text: "20% off knitwear with code WARM20"}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: OfferKind = Field(description="discount (any price reduction, sale price, coupon or code), "
+                                        "free_shipping, warranty, bogo (buy one get one), money_back "
+                                        "(refunds, free returns) or gift (a free gift with purchase).")
+    text: str = Field(min_length=3, max_length=MAX_OFFER_CHARS,
+                      description="The offer as copy may state it; shown to the model in the system prompt. "
+                      "Its numbers (20%, 50 USD) become numbers the copy may use.")
+
+    @field_validator("text")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if len(value) < 3:
+            raise ValueError("empty offer text")
+        return value
 
 
 class ChannelLimits(BaseModel):

@@ -8,7 +8,12 @@ to review is the policy's business, not the rule's.
 Everything the rules compare against ("the source") is what the prompt was
 built from: the product record, and for brands and URLs also the user's
 profile fields. Product descriptions are untrusted text; a URL copied out of
-one is still flagged.
+one is still flagged, and a claim counts as stated by the product only when a
+trusted field (attributes, selling points, extracted facts) holds it.
+
+Content rules read one normalized form of the copy (``text.normalize``:
+format characters removed, NFKC, look-alike letters folded); the length
+rules measure the published text, which is what a channel counts.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import regex
 
-from factory.quality import pii
+from factory.quality import contacts, pii
 from factory.quality import policy as P
-from factory.quality.policy import QualityPolicy, load_lexicon
-from factory.quality.text import display_width, graphemes, han_share, sms_size
+from factory.quality.policy import Offer, QualityPolicy, load_lexicon
+from factory.quality.text import (display_width, graphemes, han_share, invisible_kinds, lookalike_words, normalize,
+                                  sms_size, strip_invisible)
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,19 @@ class Finding:
 # --- Product facts, built once per product ------------------------------------------
 
 # A number as copy writes it: 1,299 / 1299.00 / 12,50 / 1.2万 / 30k / 20%.
-# Digits glued to Latin letters (IPX4, B2B) are model names, not claims.
+# Digits glued to Latin letters (IPX4, B2B) are model names, not claims. A
+# comma counts as a thousands separator only after a digit: NFKC makes the
+# Chinese full-width comma ASCII ("毛巾，1299元" -> "毛巾,1299元").
 _NUMBER = regex.compile(
-    r"(?<![A-Za-z0-9.,])(\d{1,3}(?:,\d{3})+|\d+)(?:([.,])(\d+))?(?![0-9])\s*(万|千|k|K)?"
+    r"(?<![A-Za-z0-9.])(?<!\d,)(\d{1,3}(?:,\d{3})+|\d+)(?:([.,])(\d+))?(?![0-9])\s*(万|千|k|K)?"
 )
 _MULTIPLIER = {"万": 10_000, "千": 1_000, "k": 1_000, "K": 1_000}
+# A time of day is no claim about the product ("tea at 7:30", "下午3点").
+_CLOCK = regex.compile(
+    r"(?<![\d.,])(?:[01]?\d|2[0-3])[:：][0-5]\d(?:\s?[ap]\.?m\.?)?(?![\d])"
+    r"|(?<![\d.,])(?:1[0-2]|0?\d)\s?[ap]\.?m\.?(?![a-z])"
+    r"|(?<![\d.,])(?:[01]?\d|2[0-4])\s?点(?:半|[0-5]?\d分)?"
+    r"|(?<=\bat\s)(?:1[0-2]|0?\d)(?=\s*(?:[,;:!?]|$|o'clock))", regex.IGNORECASE)
 
 
 def number_values(text: str) -> list[tuple[str, frozenset[float]]]:
@@ -91,6 +105,14 @@ class ProductFacts:
     source: str  # lower-cased text of every product field
     numbers: frozenset[float]
     facts: tuple[str, ...]  # selling points and attribute values
+    # Lower-cased attributes, selling points and extracted facts: what may
+    # vouch for a claim. Never the description, which is free text anyone
+    # (or an injected instruction) could have put "guaranteed" into.
+    trusted: str = ""
+    category: str = ""
+    # The trusted fields' phrases (normalized, lower-cased, longest first):
+    # copy that repeats one ("fragrance free") states a fact, not a claim.
+    phrases: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "ProductFacts":
@@ -106,8 +128,12 @@ class ProductFacts:
         price = record.get("price")
         if price is not None and not (isinstance(price, float) and math.isnan(price)):
             numbers.add(round(float(price), 2))
+        facts = tuple(points + attributes + extracted)
+        trusted = normalize("\n".join(facts)).lower()
+        phrases = sorted({p.strip() for p in trusted.split("\n") if len(p.strip()) >= 4}, key=len, reverse=True)
         return cls(title=title, brand=brand, source="\n".join(parts).lower(), numbers=frozenset(numbers),
-                   facts=tuple(points + attributes + extracted))
+                   facts=facts, trusted=trusted, category=str(record.get("category") or "").lower(),
+                   phrases=tuple(phrases))
 
 
 @dataclass
@@ -121,6 +147,23 @@ class Copy:
     user_id: str | None = None
     user_source: str = ""  # lower-cased profile fields the prompt could use
     finish_reason: str | None = None
+    raw: str | None = None  # the model's text before clean_text removed invisible characters
+    user_names: frozenset[str] = frozenset()  # name-like parts of the profile's e-mail addresses
+    norm: str = field(init=False)  # what the content rules read (text.normalize)
+    masked: str = field(init=False, default="")  # norm lower-cased, own brand, title and allowed terms out
+    words: list[str] = field(init=False, default_factory=list)  # tokens(masked)
+    _links: list | None = field(init=False, default=None)
+
+    @property
+    def links(self) -> list:
+        """``contacts.find_links`` of the normalized text, e-mail addresses out (two rules read it)."""
+        if self._links is None:
+            text = pii.EMAIL.sub(" ", self.norm) if "@" in self.norm else self.norm
+            self._links = contacts.find_links(text)
+        return self._links
+
+    def __post_init__(self) -> None:
+        self.norm = normalize(self.text)
 
 
 @dataclass
@@ -183,31 +226,40 @@ class TermMatcher:
     """Finds lexicon terms in text, fast enough for every row of a big run.
 
     One alternation regex with word-boundary lookarounds cost ~0.2-0.4 ms a
-    row; here Latin terms are token n-gram lookups, Chinese terms substring
-    tests, and only ``re:`` terms run a regex (after a cheap first-character
-    test when the pattern starts with a literal)."""
+    row; here Latin terms are token n-gram lookups, Chinese terms one
+    Aho-Corasick pass (pyahocorasick: hundreds of terms cost what one does),
+    and ``re:`` terms one combined regex (those starting with a literal run
+    alone, after a cheap first-character test)."""
 
     def __init__(self, terms: Iterable[str]):
         self._latin: dict[int, dict[tuple[str, ...], str]] = {}
-        self._han: list[str] = []
+        han: list[str] = []
         self._patterns: list[tuple[str, regex.Pattern]] = []
+        free: list[str] = []
         for term in dict.fromkeys(t for t in terms if t):
             if term.startswith("re:"):
                 body = term[3:]
                 trigger = body[0] if body and not regex.match(r"[\\(\[.^$|?*+{]", body[0]) else ""
-                self._patterns.append((trigger, regex.compile(body, regex.IGNORECASE)))
+                if trigger:
+                    self._patterns.append((trigger, regex.compile(body, regex.IGNORECASE)))
+                else:
+                    free.append(body)
             elif _latin(term):
                 words = tuple(_TERM_TOKEN.findall(term.lower()))
                 if words:
                     self._latin.setdefault(len(words), {})[words] = term
             else:
-                self._han.append(term)
+                han.append(term.lower())
+        if free:
+            self._patterns.append(("", regex.compile("|".join(f"(?:{b})" for b in free), regex.IGNORECASE)))
+        self._han = _automaton(han) if han else None
         # A text holding none of the terms' first tokens holds no Latin term:
         # one set test instead of an n-gram walk per term length.
         self._first_words = frozenset(words[0] for table in self._latin.values() for words in table)
+        self._any = bool(self._latin or han or self._patterns)
 
     def __bool__(self) -> bool:
-        return bool(self._latin or self._han or self._patterns)
+        return self._any
 
     def find(self, lowered: str, words: list[str] | None = None) -> list[str]:
         """Terms found in ``lowered`` (lower-cased text), as they appear there.
@@ -215,19 +267,28 @@ class TermMatcher:
         found = []
         if self._latin:
             words = tokens(lowered) if words is None else words
-            if self._first_words.isdisjoint(words):
-                words = ()
-            for n, table in self._latin.items():
-                for i in range(len(words) - n + 1):
-                    key = tuple(words[i:i + n])
-                    if key in table:
-                        found.append(" ".join(key))
-        if not lowered.isascii():  # every Chinese term has a Han character
-            found.extend(t for t in self._han if t in lowered)
+            if not self._first_words.isdisjoint(words):
+                for n, table in self._latin.items():
+                    for i in range(len(words) - n + 1):
+                        key = tuple(words[i:i + n])
+                        if key in table:
+                            found.append(" ".join(key))
+        if self._han is not None and not lowered.isascii():  # every Chinese term has a Han character
+            found.extend(dict.fromkeys(term for _, term in self._han.iter(lowered)))
         for trigger, pattern in self._patterns:
             if not trigger or trigger in lowered:
                 found.extend(m.group(0) for m in pattern.finditer(lowered))
         return found
+
+
+def _automaton(terms: list[str]):
+    import ahocorasick
+
+    automaton = ahocorasick.Automaton()
+    for term in terms:
+        automaton.add_word(term, term)
+    automaton.make_automaton()
+    return automaton
 
 
 def tokens(lowered: str) -> list[str]:
@@ -254,7 +315,8 @@ class RuleBook:
 
     def __init__(self, policy: QualityPolicy, prompt_texts: Sequence[str] = (),
                  example_products: Sequence[str] = (), brands: Iterable[str] = (),
-                 lexicon: Mapping[str, Any] | None = None):
+                 lexicon: Mapping[str, Any] | None = None, offers: Sequence[Offer] = (),
+                 competitors: Sequence[str] = ()):
         self.policy = policy
         lex = lexicon or load_lexicon()
         allowed = {t.lower() for t in policy.allowed_terms}
@@ -263,6 +325,27 @@ class RuleBook:
         self._banned = TermMatcher(t for t in banned if t.lower() not in allowed)
         self._risky = TermMatcher(t for t in risky if t.lower() not in allowed)
         self._factual = {t.lower() for t in lex.get("factual_in_product", [])}
+
+        def matcher(section: Mapping[str, Any] | None) -> TermMatcher:
+            terms = [t for lang in ("zh", "en") for t in (section or {}).get(lang, [])]
+            return TermMatcher(t for t in terms if t.lower() not in allowed)
+
+        self._offer_kinds = {kind: matcher(lex.get("offers", {}).get(kind)) for kind in P.OFFER_KINDS}
+        health = lex.get("health", {})
+        self._medical, self._effects = matcher(health.get("medical")), matcher(health.get("effects"))
+        self._regulated_words = tuple(c.lower() for c in health.get("regulated_categories", []))
+        self._regulated: dict[str, bool] = {}
+        self._ranking = matcher(lex.get("ranking"))
+        self._competitors = TermMatcher(c.strip() for c in competitors if c and c.strip())
+        # The campaign's offers: their kinds may be made, their numbers
+        # ("20% off", "over 50 USD") stated, and the lexicon words in their
+        # own text ("free delivery") used.
+        offers = tuple(offers)
+        self._declared = frozenset(o.kind for o in offers)
+        offer_text = normalize("\n".join(o.text for o in offers)).lower()
+        self._offer_numbers = frozenset(v for _, values in number_values(offer_text) for v in values)
+        self._offer_terms = frozenset(t for m in (self._banned, self._risky, *self._offer_kinds.values())
+                                      for t in m.find(offer_text)) if offers else frozenset()
         self._allowed = sorted(allowed, key=len, reverse=True)
         self._materials = TermMatcher(_MATERIALS_EN + _MATERIALS_ZH)
         # Four-word runs of the prompts' own wording: copy that contains one
@@ -297,8 +380,11 @@ class RuleBook:
                 m.findings.append(Finding(P.TRUNCATED, "stopped at the token limit"))
             return m
         self._length(copy, m)
-        for rule in (self._truncated, self._artifacts, self._repetition, self._language, self._claims,
-                     self._personal_data, self._foreign, self._materials_rule):
+        copy.masked = self._mask(copy.norm, copy.product)
+        copy.words = tokens(copy.masked)
+        for rule in (self._disguised, self._truncated, self._artifacts, self._repetition, self._language,
+                     self._claims, self._offers, self._health, self._rankings, self._personal_data, self._foreign,
+                     self._competitor, self._materials_rule):
             m.findings.extend(rule(copy))
         self._numbers(copy, m)
         return m
@@ -331,13 +417,27 @@ class RuleBook:
                 m.findings.append(Finding(P.MULTIPLE_OPTIONS, f"{max(len(lines), 2)} lines or options; "
                                           "the channel takes one"))
 
+    def _disguised(self, copy: Copy) -> Iterable[Finding]:
+        """Invisible characters (removed from the published text, but they
+        were there to hide a word or reorder what a reader sees) and words
+        spelled with look-alike letters of another alphabet."""
+        raw = copy.raw if copy.raw is not None else copy.text
+        if raw.isascii():
+            return
+        found = invisible_kinds(raw)
+        mixed = lookalike_words(strip_invisible(raw))
+        if mixed:
+            found.append(f"{mixed} word(s) mixing Latin with look-alike letters")
+        if found:
+            yield Finding(P.DISGUISED_TEXT, ", ".join(found))
+
     def _truncated(self, copy: Copy) -> Iterable[Finding]:
         if copy.finish_reason == "length":
             yield Finding(P.TRUNCATED, "stopped at the token limit, mid-sentence")
 
     def _artifacts(self, copy: Copy) -> Iterable[Finding]:
         """The model talking instead of writing copy, or the prompt echoed."""
-        text = copy.text
+        text = copy.norm
         if _REFUSAL.search(text):
             yield Finding(P.REFUSAL, "reads as a refusal or a note from the model")
         leak = _PLACEHOLDER.search(text)
@@ -356,7 +456,7 @@ class RuleBook:
     def _repetition(self, copy: Copy) -> Iterable[Finding]:
         """Degenerate loops: a word pair three times, a Chinese phrase three
         times, a character six times in a row."""
-        text = copy.text
+        text = copy.norm
         words = _lower_words(_LATIN_WORD, text)
         loop = None
         # A pair seen three times makes at least two repeats among the pairs.
@@ -383,7 +483,7 @@ class RuleBook:
         """Script check: Chinese locales need Chinese text, others must not be
         Chinese. Brand and title are masked: an English brand in Chinese copy
         is fine. (Telling Latin-script languages apart is not attempted.)"""
-        text = self._mask(copy.text, copy.product)
+        text = copy.masked
         if not _LETTER.search(text):
             return  # only the brand, numbers and signs: nothing to judge
         share = han_share(text)
@@ -396,40 +496,90 @@ class RuleBook:
     def _claims(self, copy: Copy) -> Iterable[Finding]:
         """Banned and risky claims from the lexicon, with the product's own
         brand and title (and the campaign's allowed terms) masked first."""
-        text = self._mask(copy.text, copy.product)
-        words = tokens(text)
+        text, words = copy.masked, copy.words
         for matcher, code in ((self._banned, P.BANNED_CLAIM), (self._risky, P.RISKY_CLAIM)):
             hits = []
             for term in matcher.find(text, words):
-                if term in self._factual and term in copy.product.source:
-                    continue  # "100% cotton" when the product is 100% cotton
+                if term in self._factual and term in copy.product.trusted:
+                    continue  # "100% cotton" when the product's attributes say 100% cotton
+                if term in self._offer_terms:
+                    continue  # the campaign's own offer says it ("free delivery")
                 hits.append(term)
             if hits:
                 yield Finding(code, ", ".join(repr(h) for h in dict.fromkeys(hits)))
 
+    def _offers(self, copy: Copy) -> Iterable[Finding]:
+        """Offers are promises: a kind the campaign did not declare, and that
+        no trusted product field states ("2-year warranty" as a selling
+        point), is an offer the model invented."""
+        made = []
+        for kind, matcher in self._offer_kinds.items():
+            if kind in self._declared or not matcher:
+                continue
+            terms = [t for t in matcher.find(copy.masked, copy.words)
+                     if t not in copy.product.trusted and t not in self._offer_terms]
+            if terms:
+                made.append(f"{kind.replace('_', ' ')} ({terms[0]!r})")
+        if made:
+            yield Finding(P.UNDECLARED_OFFER, "not an offer of this campaign: " + ", ".join(made))
+
+    def _health(self, copy: Copy) -> Iterable[Finding]:
+        """Medical claims for any product; effect claims (skin, weight, sleep,
+        nutrition) for regulated categories. A trusted field may state them."""
+        terms = self._medical.find(copy.masked, copy.words)
+        if self._is_regulated(copy.product.category):
+            terms += self._effects.find(copy.masked, copy.words)
+        unsupported = [t for t in dict.fromkeys(terms) if t not in copy.product.trusted]
+        if unsupported:
+            yield Finding(P.HEALTH_CLAIM, "not in the product's facts: " + ", ".join(map(repr, unsupported)))
+
+    def _rankings(self, copy: Copy) -> Iterable[Finding]:
+        """Rankings, endorsements and sales claims need a trusted field that states them."""
+        unsupported = [t for t in dict.fromkeys(self._ranking.find(copy.masked, copy.words))
+                       if t not in copy.product.trusted]
+        if unsupported:
+            yield Finding(P.RANKING_CLAIM, "not in the product's facts: " + ", ".join(map(repr, unsupported)))
+
+    def _competitor(self, copy: Copy) -> Iterable[Finding]:
+        """The campaign's competitors, unless a trusted field names one (a fit or compatibility fact)."""
+        if not self._competitors:
+            return
+        named = [t for t in dict.fromkeys(self._competitors.find(copy.masked, copy.words))
+                 if t not in copy.product.trusted]
+        if named:
+            yield Finding(P.COMPETITOR, "names a competitor: " + ", ".join(named))
+
     def _personal_data(self, copy: Copy) -> Iterable[Finding]:
-        kinds = pii.find_personal_data(copy.text, ignore=_URL)
+        text = copy.norm
+        kinds = pii.find_personal_data(text, ignore=_URL)
+        if "e-mail address" not in kinds and (contacts.spelled_email(text) or any(
+                link.spelled_email for link in copy.links)):
+            kinds.append("e-mail address (spelled out)")
+        if copy.user_names and not copy.user_names.isdisjoint(_lower_words(_LATIN_WORD, text)):
+            kinds.append("a name from the user's e-mail address")
         if kinds:
             yield Finding(P.PERSONAL_DATA, ", ".join(kinds))
         uid = (copy.user_id or "").strip()
-        if len(uid) >= 4 and uid.lower() in copy.text.lower():
+        if len(uid) >= 4 and uid.lower() in text.lower():
             yield Finding(P.USER_IDENTIFIER, "the copy contains the user's id")
+        handle = contacts.find_handle(text)
+        if handle:
+            yield Finding(P.CONTACT_HANDLE, handle)
 
     def _foreign(self, copy: Copy) -> Iterable[Finding]:
         """Content the prompt did not supply: URLs, other brands, and traces
         of instructions smuggled in through product text."""
-        text = pii.EMAIL.sub(" ", copy.text) if "@" in copy.text else copy.text
-        # Every URL the pattern knows has a "." or "://" in it.
-        for m in _URL.finditer(text) if "." in text or "://" in text else ():
-            url = m.group(0).rstrip(".,!?;:)")
-            if url.lower() in copy.product.source or url.lower() in copy.user_source:
+        for link in copy.links:
+            if link.spelled_email:
+                continue  # an e-mail address written out: the personal data rule's
+            if link.host and (link.host in copy.product.source or link.host in copy.user_source):
                 yield Finding(P.SOURCE_URL, "a URL copied from the product text")
             else:
-                yield Finding(P.FOREIGN_URL, f"a URL that is not in the product data ({_domain(url)})")
+                yield Finding(P.FOREIGN_URL, f"a {link.kind} that is not in the product data ({link.host[:60]})")
             break
-        if _INJECTION.search(copy.text):
+        if _INJECTION.search(copy.norm):
             yield Finding(P.INJECTION_TRACE, "contains instructions addressed to the model")
-        others = [b for b in self._brands_in(copy.text)
+        others = [b for b in self._brands_in(copy.norm)
                   if b.lower() != copy.product.brand.lower() and b.lower() not in copy.product.source
                   and b.lower() not in copy.user_source]
         if others:
@@ -441,17 +591,22 @@ class RuleBook:
             yield Finding(P.FOREIGN_BRAND, "other brand(s): " + ", ".join(sorted(set(others))))
 
     def _materials_rule(self, copy: Copy) -> Iterable[Finding]:
-        unsupported = [m for m in self._materials.find(copy.text.lower()) if m not in copy.product.source]
+        unsupported = [m for m in self._materials.find(copy.norm.lower()) if m not in copy.product.source]
         if unsupported:
             yield Finding(P.UNSUPPORTED_MATERIAL, "not in the product data: " + ", ".join(dict.fromkeys(unsupported)))
 
     def _numbers(self, copy: Copy, m: Measures) -> None:
         """Every number in the copy must equal, in value, one in the product
         record: "¥1,299" matches a price of 1299.0, "$90" does not match 89.99."""
-        claims = number_values(copy.text)
+        text = copy.norm
+        if ":" in text or "点" in text or "m" in text or "at " in text:
+            text = _CLOCK.sub(" ", text)
+        claims = number_values(text)
         if not claims:
             return
-        unsupported = [shown for shown, values in claims if not values & copy.product.numbers]
+        offered = self._offer_numbers
+        unsupported = [shown for shown, values in claims
+                       if not values & copy.product.numbers and not (offered and values & offered)]
         m.numeric_fidelity = round(1 - len(unsupported) / len(claims), 4)
         if unsupported:
             m.findings.append(Finding(P.UNSUPPORTED_NUMBER, "not in the product data: "
@@ -459,9 +614,16 @@ class RuleBook:
 
     # --- helpers ----------------------------------------------------------------------
 
+    def _is_regulated(self, category: str) -> bool:
+        known = self._regulated.get(category)
+        if known is None:
+            known = self._regulated[category] = any(w in category for w in self._regulated_words)
+        return known
+
     def _mask(self, text: str, product: ProductFacts) -> str:
-        """Lower-cased ``text`` without the product's own title and brand and
-        the campaign's allowed terms (plain replaces: this runs on every row)."""
+        """Lower-cased ``text`` without the product's own title and brand, the
+        campaign's allowed terms and the phrases of the product's trusted
+        fields (plain replaces: this runs on every row)."""
         last = self._last_mask
         if last is not None and last[0] is text and last[1] is product:
             return last[2]  # two rules mask the same copy
@@ -470,6 +632,9 @@ class RuleBook:
         for name in (product.title.lower(), product.brand.lower(), *self._allowed):
             if len(name) >= 2 and name in text:
                 text = text.replace(name, " ")
+        for phrase in product.phrases:
+            if phrase in text:
+                text = text.replace(phrase, " ")
         self._last_mask = (original, product, text)
         return text
 
@@ -488,11 +653,6 @@ class RuleBook:
             for n, names in self._han_brands.items():
                 found.extend(run[i:i + n] for i in range(len(run) - n + 1) if run[i:i + n] in names)
         return found
-
-
-def _domain(url: str) -> str:
-    host = regex.sub(r"(?i)^https?://", "", url).split("/")[0]
-    return host[:60]
 
 
 def copy_char(ch: str | None) -> str:

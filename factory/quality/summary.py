@@ -16,6 +16,8 @@ import pyarrow.compute as pc
 from factory import columns as C
 
 VERDICT_COLUMNS = (C.CHANNEL, C.STATUS, C.REASONS, C.ATTEMPT, C.FIRST_ATTEMPT_REASONS)
+# Counted when present (files written before the judge existed lack them).
+JUDGE_COLUMNS = (C.JUDGE_VERDICT, C.JUDGE_TOKENS)
 
 
 def _shares(counts: dict[str, int], total: int) -> dict[str, float]:
@@ -36,10 +38,18 @@ class QualityTally:
         self.before_status = Counter({s: 0 for s in C.STATUSES})
         self.before_reason: Counter = Counter()
         self.repaired = Counter({s: 0 for s in C.STATUSES})
+        self.judged: Counter = Counter()  # judge_verdict -> rows
+        self.judge_tokens = 0
 
     def add(self, verdicts: pa.Table) -> None:
-        """Count the rows of ``verdicts`` (``VERDICT_COLUMNS``)."""
+        """Count the rows of ``verdicts`` (``VERDICT_COLUMNS``, and ``JUDGE_COLUMNS`` when there)."""
         self.rows += verdicts.num_rows
+        if C.JUDGE_VERDICT in verdicts.column_names:
+            for (verdict,), n in _counts(verdicts.filter(pc.is_valid(verdicts[C.JUDGE_VERDICT])),
+                                         [C.JUDGE_VERDICT]):
+                self.judged[verdict] += n
+        if C.JUDGE_TOKENS in verdicts.column_names:
+            self.judge_tokens += pc.sum(verdicts[C.JUDGE_TOKENS]).as_py() or 0
         for (channel, status), n in _counts(verdicts, [C.CHANNEL, C.STATUS]):
             self.status[status] += n
             self.by_channel.setdefault(channel, Counter({s: 0 for s in C.STATUSES}))[status] += n
@@ -64,7 +74,8 @@ class QualityTally:
     def __iadd__(self, other: "QualityTally") -> "QualityTally":
         """Add another tally (another file's) to this one."""
         self.rows += other.rows
-        for mine, theirs in ((self.status, other.status), (self.by_reason, other.by_reason),
+        self.judge_tokens += other.judge_tokens
+        for mine, theirs in ((self.status, other.status), (self.by_reason, other.by_reason), (self.judged, other.judged),
                              (self.before_status, other.before_status), (self.before_reason, other.before_reason),
                              (self.repaired, other.repaired)):
             mine.update(theirs)
@@ -75,11 +86,11 @@ class QualityTally:
         return self
 
     _FIELDS = ("status", "by_channel", "by_reason", "reasons_by_channel", "before_status", "before_reason",
-               "repaired")
+               "repaired", "judged")
 
     def state(self) -> dict[str, Any]:
         """The counts as plain JSON values (a file footer keeps them, ``factory/footer.py``)."""
-        out: dict[str, Any] = {"rows": self.rows}
+        out: dict[str, Any] = {"rows": self.rows, "judge_tokens": self.judge_tokens}
         for name in self._FIELDS:
             value = getattr(self, name)
             out[name] = ({k: dict(v) for k, v in value.items()} if name in ("by_channel", "reasons_by_channel")
@@ -90,8 +101,9 @@ class QualityTally:
     def from_state(cls, state: dict[str, Any]) -> "QualityTally":
         tally = cls()
         tally.rows = state["rows"]
+        tally.judge_tokens = state.get("judge_tokens", 0)
         for name in cls._FIELDS:
-            value = state[name]
+            value = state.get(name, {})  # a footer written before the judge has no "judged"
             if name in ("by_channel", "reasons_by_channel"):
                 setattr(tally, name, {k: Counter(v) for k, v in value.items()})
             else:
@@ -121,6 +133,24 @@ class QualityTally:
                 "outcome": dict(repaired),
                 "fixed_share": round((repaired[C.ACCEPTED] + repaired[C.REVIEW]) / attempted, 4) if attempted else None,
             },
+            "judge": self.judge_summary(),
+        }
+
+    def judge_summary(self) -> dict[str, Any] | None:
+        """The model judge's verdict mix and cost; None when no row was judged."""
+        judged = sum(self.judged.values())
+        if not judged:
+            return None
+        return {
+            "judged": judged,
+            "judged_share": round(judged / self.rows, 4) if self.rows else None,
+            "verdicts": dict(self.judged.most_common()),
+            "flagged_share": round(self.judged["flagged"] / judged, 4),
+            # The findings the judge added are counted with every other reason above.
+            "reasons": {code: self.by_reason[code] for code in ("unsupported_claim", "off_topic")
+                        if self.by_reason.get(code)},
+            "tokens": self.judge_tokens,
+            "tokens_per_judged_row": round(self.judge_tokens / judged, 1),
         }
 
 

@@ -111,3 +111,95 @@ def han_share(text: str) -> float:
         return 0.0  # no Han: no need to count the letters
     letters = len(_LETTER.findall(text))  # (a Han numeral like 〇 is not a letter)
     return han / letters if letters else 0.0
+
+
+# --- One normalized text for the rules ------------------------------------------------
+# Format characters (Unicode category Cf) draw nothing: zero-width spaces and
+# joiners, bidirectional embeddings, overrides and isolates, the soft hyphen,
+# the byte-order mark, tag characters. In copy they hide a word from a filter
+# ("gua\u200branteed") or reorder what a reader sees (U+202E). Two uses are
+# kept: the joiner inside an emoji sequence (👨‍👩‍👧) and the tags of a
+# subdivision flag (🏴 + tags + cancel tag).
+_INVISIBLE = regex.compile(
+    r"(?:(?<=\p{Extended_Pictographic}[\N{VARIATION SELECTOR-16}\p{Emoji_Modifier}]?)\N{ZERO WIDTH JOINER}"
+    r"(?=\p{Extended_Pictographic})|\U0001F3F4[\U000E0020-\U000E007E]+\U000E007F)(*SKIP)(*FAIL)|\p{Cf}")
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without format characters, emoji sequences kept whole. The
+    published copy is this: nothing a reader cannot see reaches them."""
+    if text.isascii():
+        return text
+    return _INVISIBLE.sub("", text)
+
+
+def invisible_kinds(text: str) -> list[str]:
+    """What format characters ``text`` holds, by kind (for a finding's detail)."""
+    if text.isascii():
+        return []
+    found = _INVISIBLE.findall(text)
+    kinds = []
+    if any(ch in _BIDI for ch in found):
+        kinds.append("bidirectional control")
+    if any("\U000E0000" <= ch <= "\U000E007F" for ch in found):
+        kinds.append("tag characters")
+    if any(ch not in _BIDI and not "\U000E0000" <= ch <= "\U000E007F" for ch in found):
+        kinds.append("zero-width or format character")
+    return kinds
+
+
+def _lookalike_table() -> dict[int, str]:
+    """Letters of other alphabets that look like a Latin letter or digit
+    (Unicode's confusables, via confusable-homoglyphs), mapped to it: "bеst"
+    with a Cyrillic е reads "best" to a person, so to the rules too. Only
+    alphabets none of the shop's locales writes in; Han, kana and full-width
+    forms are left to NFKC."""
+    import json
+    import os
+
+    import confusable_homoglyphs
+
+    with open(os.path.join(os.path.dirname(confusable_homoglyphs.__file__), "confusables.json"),
+              encoding="utf-8") as f:
+        data = json.load(f)
+    table = {}
+    for ch, entries in data.items():
+        if len(ch) != 1 or ch.isascii():
+            continue
+        name = unicodedata.name(ch, "")
+        if not name.startswith(_LOOKALIKE_SCRIPTS):
+            continue
+        target = next((e["c"] for e in entries if len(e["c"]) == 1 and e["c"].isascii() and e["c"].isalnum()), None)
+        if target:
+            table[ord(ch)] = target.lower() if ch.islower() else target
+    return table
+
+
+_LOOKALIKE_SCRIPTS = ("CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU", "CANADIAN SYLLABICS")
+LOOKALIKES = _lookalike_table()
+_LOOKALIKE_CHARS = frozenset(map(chr, LOOKALIKES))
+_ASCII_LETTER = regex.compile(r"[A-Za-z]")
+_TOKEN_WITH_DOTS = regex.compile(r"[\w.@-]+")
+
+
+def lookalike_words(text: str) -> int:
+    """Words that mix Latin letters with look-alikes from another alphabet
+    ("bеst", "shop.сom"): no language writes those."""
+    if text.isascii() or _LOOKALIKE_CHARS.isdisjoint(text):
+        return 0
+    return sum(1 for w in _TOKEN_WITH_DOTS.findall(text)
+               if _ASCII_LETTER.search(w) and not _LOOKALIKE_CHARS.isdisjoint(w))
+
+
+def normalize(text: str) -> str:
+    """What every content rule reads: format characters removed, NFKC
+    (full-width ｅｘａｍｐｌｅ．ｃｏｍ and １２９９ become ASCII, ﬁ becomes fi,
+    𝐛𝐞𝐬𝐭 becomes best), and look-alike letters folded to Latin. Lengths are
+    measured on the published text instead: channels count what is sent."""
+    if text.isascii():
+        return text  # NFKC leaves ASCII as it is; nothing to remove or fold
+    text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", text))
+    if not _LOOKALIKE_CHARS.isdisjoint(text):
+        text = text.translate(LOOKALIKES)
+    return text

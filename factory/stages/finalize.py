@@ -8,6 +8,7 @@ import re
 import pyarrow as pa
 
 from factory import columns as C
+from factory.quality.text import strip_invisible
 
 OUTPUT_SCHEMA = pa.schema([
     (C.ROW_ID, pa.string()),
@@ -28,6 +29,8 @@ OUTPUT_SCHEMA = pa.schema([
     (C.NUMERIC_FIDELITY, pa.float64()),
     (C.COPY_LENGTH, pa.int32()),
     (C.COPY_LENGTH_LIMIT, pa.int32()),
+    (C.JUDGE_VERDICT, pa.string()),
+    (C.JUDGE_TOKENS, pa.int32()),
     (C.DEDUP_OF, pa.string()),
     (C.TEMPLATE_VERSION, pa.string()),
     (C.MODEL, pa.string()),
@@ -48,9 +51,11 @@ _LABEL = re.compile(r"^(?:subject(?: line)?|e-?mail subject|headline|ad headline
 
 def clean_text(text: str) -> str:
     """Trim whitespace, a leading channel label and one pair of wrapping
-    quotes; small models love all three. Nothing else is rewritten: the
-    gate judges what the model wrote."""
-    text = (text or "").strip()
+    quotes; small models love all three. Invisible characters (zero-width,
+    bidirectional controls; emoji sequences kept) go too: nothing a reader
+    cannot see is published (the gate still reports that they were there).
+    Nothing else is rewritten: the gate judges what the model wrote."""
+    text = strip_invisible(text or "").strip()
     text = _LABEL.sub("", text, count=1).strip()
     if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
         text = text[1:-1].strip()
@@ -75,8 +80,8 @@ class FinalizeRows:
             C.GENERATED_AT: pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
         # Columns a stage may not have set: null (not a first-attempt repair,
-        # not a reused generation, no cache figure from the engine).
-        for name in (C.FIRST_ATTEMPT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS):
+        # not a reused generation, no cache figure from the engine, not judged).
+        for name in (C.FIRST_ATTEMPT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS):
             if name not in batch.column_names:
                 columns[name] = pa.nulls(n, OUTPUT_SCHEMA.field(name).type)
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]

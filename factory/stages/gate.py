@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,7 +11,8 @@ import regex
 from factory import columns as C
 from factory.progress import count_finished
 from factory.prompts import PromptTemplate
-from factory.quality.policy import QualityPolicy
+from factory.quality.contacts import profile_names
+from factory.quality.policy import Offer, QualityPolicy
 from factory.quality.rules import Copy, ProductFacts, RuleBook
 from factory.quality.text import gsm_friendly
 from factory.stages.finalize import clean_text
@@ -19,6 +20,9 @@ from factory.stages.finalize import clean_text
 _PRODUCT_FIELDS = ("title", "brand", "category", "price", "currency", "description", "attributes",
                    "selling_points", C.FACTS)
 _PROFILE_TEXT_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
+# Read only for the names in its address: a copy that greets "Jane" learned it
+# from somewhere the prompt never showed (profile fields are scrubbed).
+_PROFILE_EMAIL_FIELDS = ("email",)
 _PLACEHOLDER = regex.compile(r"\{[a-z_]+\}")
 _PRODUCT_BLOCK = regex.compile(r"<product>.*?</product>", regex.DOTALL)
 _STRING_LIST = pa.list_(pa.string())
@@ -66,7 +70,8 @@ class QualityGate:
     """
 
     def __init__(self, products: pa.Table, users: pa.Table, policy: QualityPolicy,
-                 templates: Mapping[str, PromptTemplate], attempt: int = 1, counter: Any = None):
+                 templates: Mapping[str, PromptTemplate], attempt: int = 1, counter: Any = None,
+                 offers: Sequence[Offer] = (), competitors: Sequence[str] = ()):
         import ray
 
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
@@ -75,14 +80,16 @@ class QualityGate:
         self._attempt = attempt
         self._counter = counter
         instructions, answers = prompt_texts(templates)
-        self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist())
+        self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist(),
+                              offers=offers, competitors=competitors)
         self._products = products
         self._product_ids = products[C.PRODUCT_ID]
         self._users = users
         self._user_ids = users[C.USER_ID]
         self._profile_fields = [f for f in _PROFILE_TEXT_FIELDS if f in users.column_names]
+        self._email_fields = [f for f in _PROFILE_EMAIL_FIELDS if f in users.column_names]
         self._facts: dict[int, ProductFacts] = {}
-        self._profiles: dict[int, str] = {}
+        self._profiles: dict[int, tuple[str, frozenset[str]]] = {}
 
     def _load_facts(self, indexes: list) -> dict[int, ProductFacts]:
         """The batch's products as facts, built once per actor: the rows not
@@ -95,17 +102,22 @@ class QualityGate:
             self._facts.update(zip(missing, map(ProductFacts.from_record, records)))
         return self._facts
 
-    def _load_profiles(self, indexes: list) -> dict[int, str]:
-        """The batch's users' profile text (lower-cased), like ``_load_facts``."""
+    def _load_profiles(self, indexes: list) -> dict[int, tuple[str, frozenset[str]]]:
+        """The batch's users' profile text (lower-cased) and the names in
+        their e-mail addresses, like ``_load_facts``."""
         missing = _missing(self._profiles, indexes)
         if missing:
-            records = self._users.select(self._profile_fields).take(pa.array(missing, pa.int64())).to_pylist()
+            fields = self._profile_fields + self._email_fields
+            records = self._users.select(fields).take(pa.array(missing, pa.int64())).to_pylist()
             for index, record in zip(missing, records):
-                parts = []
-                for f in self._profile_fields:
+                parts, emails = [], []
+                for f in fields:
                     value = record[f]
-                    parts.extend(value if isinstance(value, list) else [value])
-                self._profiles[index] = "\n".join(str(p) for p in parts if p).lower()
+                    (parts if f in self._profile_fields else emails).extend(
+                        value if isinstance(value, list) else [value])
+                text = "\n".join(str(p) for p in parts if p).lower()
+                names = profile_names("\n".join(str(p) for p in parts + emails if p))
+                self._profiles[index] = (text, names)
         return self._profiles
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -122,14 +134,16 @@ class QualityGate:
                                                      C.ROUTE)}
         all_facts, profiles = self._load_facts(product_idx), self._load_profiles(user_idx)
         no_facts = ProductFacts.from_record({})
+        no_profile = ("", frozenset())
         for i in range(n):
             text = clean_text(texts[i])
             if self._policy.limits_for(channels[i]).unit == "sms_segments":
                 text = gsm_friendly(text)  # a curly quote must not turn the SMS into UCS-2
             facts = all_facts[product_idx[i]] if product_idx[i] is not None else no_facts
+            user_source, user_names = profiles[user_idx[i]] if user_idx[i] is not None else no_profile
             copy = Copy(text=text, channel=channels[i], locale=locales[i], product=facts,
-                        user_id=user_ids[i], finish_reason=finish[i],
-                        user_source=profiles[user_idx[i]] if user_idx[i] is not None else "")
+                        user_id=user_ids[i], finish_reason=finish[i], user_source=user_source,
+                        user_names=user_names, raw=None if (texts[i] or "").isascii() else texts[i])
             m = self._book.check(copy)
             severities = {f.code: self._policy.severity_of(f.code) for f in m.findings}
             kept = [f for f in m.findings if severities[f.code] != "off"]

@@ -84,6 +84,14 @@ REPAIR_REQUIREMENTS = {
     "empty": "Write the copy.",
     "repetition": "Say each thing once.",
     "wrong_language": "Write it in {language} only.",
+    "disguised_text": "Use plain letters and no hidden characters.",
+    "contact_handle": "Include no contact details or social media accounts.",
+    "undeclared_offer": "Promise no other discount, free shipping, warranty, refund or gift.",
+    "health_claim": "Make no health, medical or skin claims.",
+    "ranking_claim": "Claim no rankings, awards, sales figures or endorsements.",
+    "competitor": "Name no brand except {brand}.",
+    "unsupported_claim": "State only facts from the <product> block.",
+    "off_topic": "Write about this product for this customer.",
 }
 
 
@@ -134,7 +142,8 @@ class RenderRepair:
         keep = [c for c in batch.column_names
                 if c not in (C.MESSAGES, C.REASONS, C.TEXT, C.STATUS, C.REASON_DETAILS, C.NUMERIC_FIDELITY,
                              C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.ATTEMPT, C.ROUTE, C.FINISH_REASON,
-                             C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, "brand")]
+                             C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS,
+                             "brand")]
         return (batch.select(keep)
                 .append_column(C.FIRST_ATTEMPT_REASONS, batch[C.REASONS])
                 .append_column(C.MESSAGES, pa.array(repaired, pa.string())))

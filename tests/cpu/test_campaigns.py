@@ -235,3 +235,27 @@ def test_no_active_campaign_is_not_an_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(job, "run", lambda config: pytest.fail("no run may start"))
     assert job.main(["--campaigns-dir", str(folder)]) == 0
     assert "No campaign is active" in capsys.readouterr().out
+
+
+def test_offers_and_competitors_from_the_campaign_file(tmp_path):
+    folder = _folder(tmp_path, **{"spring.yaml": GOOD.format(id="spring") + (
+        "offers:\n  - {kind: discount, text: '20% off knitwear with code WARM20'}\n"
+        "competitors: [Frostline, ' Polar  Peak ']\n")})
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("competitors: [Acme Outdoor]\noffers:\n  - {kind: gift, text: a free tote bag}\n")
+    [c] = parse_job(["--config", str(job_file), "--campaigns-dir", str(folder), "--run-date", "2026-05-01"]).configs
+    assert [(o.kind, o.text) for o in c.offers] == [("discount", "20% off knitwear with code WARM20")]  # replaced
+    assert c.competitors == ["Acme Outdoor", "Frostline", "Polar Peak"]  # added to the job's
+
+
+def test_offers_are_checked_and_need_the_placeholder(tmp_path):
+    folder = _folder(tmp_path, **{"spring.yaml": GOOD.format(id="spring") + (
+        "offers:\n  - {kind: coupon, text: 20% off}\n")})
+    assert any("offers" in p and "discount" in p for p in _problems(folder))
+    templates = tmp_path / "templates"
+    shutil.copytree(Path(load_templates.__globals__["BUILTIN_TEMPLATE_DIR"]), templates)
+    (templates / "sms.yaml").write_text((templates / "sms.yaml").read_text().replace("  {offers}\n", ""))
+    folder = _folder(tmp_path, **{"spring.yaml": GOOD.format(id="spring") + (
+        "offers:\n  - {kind: discount, text: 20% off}\n")})
+    with pytest.raises(CampaignError, match=r"offers: the template\(s\) of sms have no \{offers\} placeholder"):
+        load_campaigns(folder, load_templates(templates))

@@ -110,6 +110,14 @@ def test_campaign_configs_match_a_hand_count(sample_dir, tmp_path, no_engine):
     assert na["not_generated"] == {LOCALE_EXCLUDED: zh, NOTHING_OWED: skipped_channel} and zh > 0
     assert na["pairs"] == len(new) - zh  # out of the run's scope, like other campaigns' pairs
     assert na["servable_pairs"] == len(new) - zh - skipped_channel
+    # winter_sale declares offers: they are in its prompts (and its template versions).
+    ws = next(p for p in plans if p["campaign"] == "winter_sale")
+    assert [o["kind"] for o in ws["offers"]] == ["discount", "free_shipping"] and ws["competitors"] == 2
+    from factory.prompts import load_templates
+
+    push = load_templates()["push"]
+    offered = push.with_campaign(ws["brand_voice"], [o["text"] for o in ws["offers"]]).version
+    assert ws["template_versions"]["push"] == offered != push.with_campaign(ws["brand_voice"]).version
 
 
 def test_identical_prompts_count_once_for_the_engine(sample_dir, tmp_path, no_engine):

@@ -132,3 +132,25 @@ def test_brand_voice_placeholder_rules(tmp_path):
     with pytest.raises(TemplateError, match="has no {brand_voice} placeholder"):
         apply_brand_voice({"push": bare}, "calm", ["push"])
     assert apply_brand_voice({"push": bare}, None, ["push"])["push"].version == bare.version
+
+
+def test_declared_offers_reach_the_system_prompt_and_the_version():
+    from factory.prompts import apply_campaign
+
+    templates = load_templates()
+    plain = templates["push"]
+    assert "offers" in plain.fields
+    offered = apply_campaign(templates, None, ["20% off knitwear <b>", "Free delivery over 50 USD."], ["push"])["push"]
+    system = offered.render({})[0]["content"]
+    assert system.endswith("Offers you may mention, as written: 20% off knitwear ‹b›; Free delivery over 50 USD. "
+                           "Make no other offer.")
+    assert offered.version != plain.version
+    assert offered.with_campaign(None, ()).version == plain.version
+    # A voice alone keeps the version it had before offers existed (published rows stay comparable).
+    voiced = apply_campaign(templates, "calm", (), ["push"])["push"]
+    assert voiced.version == plain.with_brand_voice("calm").version
+    assert apply_campaign(templates, "calm", ["x off"], ["push"])["push"].version != voiced.version
+    bare = {"push": load_template(BUILTIN_TEMPLATE_DIR / "push.yaml")}
+    bare["push"] = type(bare["push"])(**{**bare["push"].__dict__, "fields": bare["push"].fields - {"offers"}})
+    with pytest.raises(TemplateError, match="offers is set but"):
+        apply_campaign(bare, None, ["20% off"], ["push"])

@@ -106,7 +106,9 @@ def test_chinese_absolute_terms_but_not_everyday_words_or_the_trademark():
 def test_english_superlatives_whole_words_only_and_brand_masked():
     assert "banned_claim" in codes("The best Voltis Smart Watch, guaranteed")
     assert "banned_claim" in codes("Voltis: the #1 smart watch")
-    assert codes("Voltis Smart Watch, a bestseller in black") == []  # "best" inside a word
+    # "best" inside a word is not the superlative; "bestseller" is a sales
+    # claim of its own, which no fact of this product states (issue 21).
+    assert codes("Voltis Smart Watch, a bestseller in black") == ["ranking_claim"]
     assert codes("Best Friend Tee: a soft tee", product=SHIRT) == []  # the brand contains "Best"
     assert "banned_claim" in codes("Best Friend Tee: the best tee", product=SHIRT)
 
@@ -117,7 +119,8 @@ def test_hundred_percent_is_a_fact_only_when_the_product_says_so():
 
 
 def test_risky_terms_go_to_review_and_campaigns_extend_or_allow():
-    assert codes("Voltis Smart Watch, free delivery") == ["risky_claim"]
+    # Free delivery is also an offer, which this campaign did not declare (issue 21).
+    assert codes("Voltis Smart Watch, free delivery") == ["risky_claim", "undeclared_offer"]
     book = RuleBook(QualityPolicy(banned_terms=["cheap"], allowed_terms=["free"]))
     assert codes("Voltis Smart Watch, free delivery", book=book) == []
     assert codes("Voltis Smart Watch, cheap and cheerful", book=book) == ["banned_claim"]
@@ -245,3 +248,81 @@ def test_extracted_facts_count_as_product_data_for_the_faithfulness_rules():
     without = ProductFacts.from_record({"title": "Trail Jacket", "brand": "Ridgeline"})
     assert {400.0, 10000.0} <= with_facts.numbers and not {400.0, 10000.0} & without.numbers
     assert "linen" in with_facts.source and "linen" not in without.source
+
+
+# --- issue 21: one normalized text, disguised links and contacts, grounded claims ------------
+
+def test_rules_read_one_normalized_text_and_the_published_text_loses_invisibles():
+    from factory.stages.finalize import clean_text
+
+    assert "banned_claim" in codes("The b\u200best Voltis Smart Watch")  # zero-width space inside a word
+    assert "banned_claim" in codes("The bеst Voltis Smart Watch")  # Cyrillic е
+    assert "disguised_text" in codes("The bеst Voltis Smart Watch")
+    assert codes("Voltis Smart Watch \u202etoday") == ["disguised_text"]
+    assert clean_text("Voltis\u200b Smart\u202e Watch 👨\u200d👩\u200d👧") == "Voltis Smart Watch 👨\u200d👩\u200d👧"
+    assert codes("Voltis Smart Watch for the whole 👨\u200d👩\u200d👧") == []  # the joiner in an emoji stays
+    assert codes("最生活纯棉毛巾，仅需¥１，２９９", product=TOWEL, locale="zh-CN") == []  # full-width digits
+
+
+@pytest.mark.parametrize("text", [
+    "Voltis Smart Watch deals at voltis-deals.shop", "Voltis Smart Watch: bit.ly/3xVolt",
+    "Voltis Smart Watch, see voltisdeals dot com", "Voltis Smart Watch at voltisdeals (.) com",
+    "Voltis Smart Watch: voltisdeals . com", "Voltis Smart Watch ｖｏｌｔｉｓ．ｃｏｍ",
+])
+def test_links_in_disguise(text):
+    assert "foreign_url" in codes(text)
+
+
+@pytest.mark.parametrize("text, code", [
+    ("Voltis Smart Watch questions? jane dot doe at gmail dot com", "personal_data"),
+    ("Voltis Smart Watch: add us on WhatsApp for early access", "contact_handle"),
+    ("Voltis Smart Watch 到货，加V：voltis888 领券", "contact_handle"),
+    ("Voltis Smart Watch, call 1 3 8 1 2 3 4 5 6 7 8", "personal_data"),
+])
+def test_contacts_in_disguise(text, code):
+    assert code in codes(text, locale="zh-CN" if "到货" in text else "en-US")
+
+
+def test_a_name_from_the_profile_email_is_personal_data():
+    assert codes("Jane, your Voltis Smart Watch is here", user_names=frozenset({"jane", "doe"})) == ["personal_data"]
+    assert codes("Voltis Smart Watch is here", user_names=frozenset({"jane"})) == []
+
+
+def test_offers_only_when_declared_and_their_numbers_count():
+    from factory.quality.policy import Offer
+
+    text = "Voltis Smart Watch: 20% off with code VOLT20"
+    assert codes(text) == ["undeclared_offer", "unsupported_number"]
+    book = RuleBook(QualityPolicy(), offers=[Offer(kind="discount", text="20% off with code VOLT20")])
+    assert codes(text, book=book) == []
+    assert "undeclared_offer" in codes("Voltis Smart Watch with a 2-year warranty", book=book)
+    warranted = ProductFacts.from_record({"title": "Voltis Smart Watch", "brand": "Voltis",
+                                          "selling_points": ["2-year warranty"]})
+    assert codes("Voltis Smart Watch with a 2-year warranty", product=warranted) == []  # a fact of the product
+
+
+def test_exemptions_come_from_trusted_fields_never_the_description():
+    injected = ProductFacts.from_record({"title": "Voltis Smart Watch", "brand": "Voltis",
+                                         "description": "Guaranteed for life. Top-rated. Clears acne."})
+    assert codes("Voltis Smart Watch, guaranteed", product=injected) == ["banned_claim"]
+    assert codes("Voltis Smart Watch, top-rated", product=injected) == ["ranking_claim"]
+    stated = ProductFacts.from_record({"title": "Voltis Smart Watch", "brand": "Voltis",
+                                       "selling_points": ["Top-rated by runners", "Guaranteed waterproof"]})
+    assert codes("Voltis Smart Watch, top-rated and guaranteed waterproof", product=stated) == []
+
+
+def test_health_claims_for_every_product_and_effects_for_regulated_categories():
+    serum = ProductFacts.from_record({"title": "Dewdrop Hydrating Serum", "brand": "Dewdrop", "category": "beauty",
+                                      "selling_points": ["Fragrance free"]})
+    kettle = ProductFacts.from_record({"title": "Brewster Kettle", "brand": "Brewster", "category": "kitchen"})
+    assert codes("Dewdrop Hydrating Serum clears breakouts overnight", product=serum) == ["health_claim"]
+    assert codes("Brewster Kettle: tea that eases your arthritis", product=kettle) == ["health_claim"]
+    assert codes("Brewster Kettle for brighter mornings", product=kettle) == []
+    assert codes("Dewdrop Hydrating Serum, fragrance free", product=serum) == []
+
+
+def test_competitors_named_in_the_config():
+    book = RuleBook(QualityPolicy(), competitors=["Garmont", "华为"])
+    assert codes("Voltis Smart Watch: better than Garmont", book=book) == ["competitor"]
+    assert codes("Voltis Smart Watch 比华为更轻", locale="zh-CN", book=book) == ["competitor"]
+    assert codes("Voltis Smart Watch for runners", book=book) == []

@@ -268,3 +268,13 @@ def test_prompts_show_the_products_facts_extracted_or_else_from_the_catalog():
               .to_pylist()]
     assert "温和不刺激" in zh
     assert "Machine washable; color: white" in en and "Folds flat" not in en
+
+
+def test_every_reason_code_has_a_repair_requirement():
+    from factory.quality.policy import REASON_CODES
+    from factory.stages.render import REPAIR_REQUIREMENTS, repair_requirements
+
+    assert set(REPAIR_REQUIREMENTS) == set(REASON_CODES)
+    text = repair_requirements(["undeclared_offer: not an offer of this campaign: discount ('20% off')",
+                                "health_claim: not in the product's facts: 'acne'"], "en-US")
+    assert "Promise no other discount" in text and "Make no health" in text and "acne" not in text
