@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import regex
 
 from factory import columns as C
+from factory.lookup import KeyIndex
 from factory.progress import count_finished
 from factory.prompts import PromptTemplate
 from factory.quality.contacts import profile_names
@@ -83,9 +83,9 @@ class QualityGate:
         self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist(),
                               offers=offers, competitors=competitors)
         self._products = products
-        self._product_ids = products[C.PRODUCT_ID]
+        self._product_index = KeyIndex(products[C.PRODUCT_ID])
         self._users = users
-        self._user_ids = users[C.USER_ID]
+        self._user_index = KeyIndex(users[C.USER_ID])
         self._profile_fields = [f for f in _PROFILE_TEXT_FIELDS if f in users.column_names]
         self._email_fields = [f for f in _PROFILE_EMAIL_FIELDS if f in users.column_names]
         self._facts: dict[int, ProductFacts] = {}
@@ -122,8 +122,8 @@ class QualityGate:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        product_idx = pc.index_in(batch[C.PRODUCT_ID], value_set=self._product_ids).to_pylist()
-        user_idx = pc.index_in(batch[C.USER_ID], value_set=self._user_ids).to_pylist()
+        product_idx = self._product_index.positions(batch[C.PRODUCT_ID]).to_pylist()
+        user_idx = self._user_index.positions(batch[C.USER_ID]).to_pylist()
         texts = batch[C.TEXT].to_pylist()
         channels, locales = batch[C.CHANNEL].to_pylist(), batch[C.LOCALE].to_pylist()
         user_ids = batch[C.USER_ID].to_pylist()
