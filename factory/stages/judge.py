@@ -242,22 +242,28 @@ def judge_engine(engine):
 
 def build_judge_stage(engine, model_source: str, device: str, policy: QualityPolicy, products, users,
                       passthrough: tuple[str, ...], sample: float = 1.0, attempt: int = 1,
-                      cpu_stage_num_cpus: float = 0.25, compute=None):
+                      cpu_stage_num_cpus: float = 0.25, compute=None, processor=None):
     """A callable ``Dataset -> Dataset``: the judge's requests, the engine on
     the sampled rows only (the rest bypass it), the verdicts applied.
 
     ``passthrough``: the gated rows' columns (the output needs them all).
     Call it in a pass of its own, after the generation pass's processor has
     finished (its engine actors gone): two processors in one dataset would
-    hold two engines at once."""
-    from factory.stages.generate import build_engine_processor, build_processor_config
+    hold two engines at once. ``ds`` must be cheap to read twice (gated rows
+    staged in Parquet, like the repair queue): the judged rows and the rest
+    are two branches of it, and Ray Data runs what feeds each branch once per
+    branch; fed the generation's output stream, it would generate twice. ``processor``: a stand-in for the engine
+    (``Dataset -> Dataset``, rows out as ``from_judge_response`` makes them), for tests."""
+    if processor is None:
+        from factory.stages.generate import build_engine_processor, build_processor_config
 
-    config = build_processor_config(judge_engine(engine), model_source, device, cpu_stage_num_cpus)
-    processor = build_engine_processor(
-        config, device,
-        preprocess=functools.partial(to_judge_request, schema_text=judge_json_schema_text(), max_tokens=MAX_TOKENS),
-        postprocess=functools.partial(from_judge_response, passthrough=tuple(passthrough) + (C.JUDGE_MESSAGES,)),
-        cpu_stage_num_cpus=cpu_stage_num_cpus)
+        config = build_processor_config(judge_engine(engine), model_source, device, cpu_stage_num_cpus)
+        processor = build_engine_processor(
+            config, device,
+            preprocess=functools.partial(to_judge_request, schema_text=judge_json_schema_text(),
+                                         max_tokens=MAX_TOKENS),
+            postprocess=functools.partial(from_judge_response, passthrough=tuple(passthrough) + (C.JUDGE_MESSAGES,)),
+            cpu_stage_num_cpus=cpu_stage_num_cpus)
     light = {"batch_format": "pyarrow", "num_cpus": cpu_stage_num_cpus}
     if compute is None:  # a callable class needs an actor pool; the pipeline passes its stage_pool
         import ray
@@ -265,23 +271,26 @@ def build_judge_stage(engine, model_source: str, device: str, policy: QualityPol
         compute = ray.data.ActorPoolStrategy(min_size=1, max_size=2)
 
     def judge(ds):
-        asked = ds.map_batches(JudgeRequests, fn_constructor_kwargs={"products": products, "users": users,
-                                                                       "sample": sample},
-                               compute=compute, **light)
-        to_judge = asked.map_batches(_keep, fn_kwargs={"judged": True}, **light)
-        rest = asked.map_batches(_keep, fn_kwargs={"judged": False}, **light)
+        # Two branches of ``ds``: Ray Data runs what feeds them once per branch.
+        to_judge = ds.map_batches(_split, fn_kwargs={"sample": sample, "judged": True}, **light).map_batches(
+            JudgeRequests, fn_constructor_kwargs={"products": products, "users": users, "sample": sample},
+            compute=compute, **light)
+        rest = ds.map_batches(_split, fn_kwargs={"sample": sample, "judged": False}, **light)
         return processor(to_judge).union(rest).map_batches(
             ApplyJudgement, fn_constructor_kwargs={"policy": policy, "attempt": attempt}, compute=compute, **light)
 
     return judge
 
 
-def _keep(batch: pa.Table, judged: bool) -> pa.Table:
-    """The rows to judge, or the rest with the reply columns the judged rows
-    come back with (null), so both halves of the union have one shape."""
-    mask = pc.is_valid(batch[C.JUDGE_MESSAGES])
+def _split(batch: pa.Table, sample: float, judged: bool) -> pa.Table:
+    """The rows to judge (not rejected, some text, in the sample), or the rest
+    with the columns the judged rows come back with (null), so both halves of
+    the union have one shape."""
+    wanted = pa.array([status != C.REJECTED and bool(text) and sampled(row_id, sample) for status, text, row_id in
+                       zip(*(batch[c].to_pylist() for c in (C.STATUS, C.TEXT, C.ROW_ID)))], pa.bool_())
     if judged:
-        return batch.filter(mask)
-    rest = batch.filter(pc.invert(mask))
-    rest = _set(rest, C.JUDGE_REPLY, pa.nulls(rest.num_rows, pa.string()))
-    return _set(rest, C.JUDGE_TOKENS, pa.nulls(rest.num_rows, pa.int32()))
+        return batch.filter(wanted)
+    rest = batch.filter(pc.invert(wanted))
+    for name, kind in ((C.JUDGE_MESSAGES, pa.string()), (C.JUDGE_REPLY, pa.string()), (C.JUDGE_TOKENS, pa.int32())):
+        rest = _set(rest, name, pa.nulls(rest.num_rows, kind))
+    return rest

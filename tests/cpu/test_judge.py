@@ -141,3 +141,35 @@ def test_judge_flags():
     assert parse_config([]).judge is False
     with pytest.raises(Exception):
         parse_config(["--judge-sample", "0"])
+
+
+def test_the_stage_composes_on_ray_data_with_a_stand_in_engine():
+    """Requests, the sampled rows through an engine stand-in that answers the
+    way the real postprocess shapes rows, the rest around it, verdicts applied:
+    one Dataset in, every row out once."""
+    import ray
+
+    from factory.stages.judge import build_judge_stage
+
+    def stand_in_engine(ds):
+        def answer(row):
+            key = next((k for k in REPLIES if k in row[C.TEXT]), None)
+            reply = json.dumps(REPLIES[key]) if key else "{"
+            return from_judge_response({**row, "generated_text": reply, "num_input_tokens": 90,
+                                        "num_generated_tokens": 10}, tuple(columns) + (C.JUDGE_MESSAGES,))
+        return ds.map(answer, num_cpus=0.25)
+
+    rows = gated(ROWS)
+    columns = rows.column_names
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stage = build_judge_stage(None, "", "cpu", QualityPolicy(), ray.put(PRODUCTS), ray.put(USERS),
+                                  passthrough=tuple(columns), processor=stand_in_engine,
+                                  compute=ray.data.ActorPoolStrategy(size=1))
+        out = {r[C.ROW_ID]: r for r in stage(ray.data.from_arrow(rows)).take_all()}
+    finally:
+        ray.shutdown()
+    assert sorted(out) == ["r1", "r2", "r3", "r4", "r5"]
+    assert out["r2"][C.REASONS] == ["unsupported_claim"] and out["r2"][C.JUDGE_TOKENS] == 100
+    assert out["r4"][C.JUDGE_VERDICT] is None and out["r4"][C.ROUTE] == C.ROUTE_REPAIR
+    assert out["r5"][C.JUDGE_VERDICT] == "unparsed" and out["r1"][C.JUDGE_VERDICT] == "pass"
