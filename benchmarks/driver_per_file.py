@@ -62,8 +62,8 @@ def _file_rows(k: int, rows: int) -> pa.Table:
             C.PRODUCT_ID: "P1" if i % 2 else "P2", C.CHANNEL: CHANNEL_CYCLE[(k + i) % len(CHANNEL_CYCLE)],
             C.LOCALE: "en-US", C.VARIANT: 0, C.TEXT: "x" * 60, C.STATUS: status,
             C.REASONS: [] if status == C.ACCEPTED else [f"reason_{(k + i) % 7}"],
-            C.REASON_DETAILS: [] if status == C.ACCEPTED else ["why"], C.ATTEMPT: 1 + (i % 2),
-            C.FIRST_ATTEMPT_REASONS: ["truncated"] if i % 2 else None, C.COPY_LENGTH: 60, C.COPY_LENGTH_LIMIT: 90,
+            C.REASON_DETAILS: [] if status == C.ACCEPTED else ["why"], C.DRAFT: 1 + (i % 2),
+            C.FIRST_DRAFT_REASONS: ["truncated"] if i % 2 else None, C.COPY_LENGTH: 60, C.COPY_LENGTH_LIMIT: 90,
             C.TEMPLATE_VERSION: "v1", C.MODEL: "m", C.NUM_INPUT_TOKENS: 80, C.NUM_OUTPUT_TOKENS: 20,
             C.NUM_CACHED_TOKENS: 40, C.FINISH_REASON: "stop"})
     return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)

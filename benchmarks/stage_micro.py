@@ -66,7 +66,7 @@ def build_stages(paths: dict[str, str], out_dir: Path, reject_share: float) -> d
                                      variants=1, campaign=None, run_id="bench"),
         "RenderPrompts": RenderPrompts(templates),
         "EchoEngine": EchoEngine(keys + [C.MESSAGES, C.STOP, "brand"], reject_share),
-        "QualityGate": QualityGate(products, users, config.quality, templates, attempt=1),
+        "QualityGate": QualityGate(products, users, config.quality, templates, draft=1),
         "FinalizeRows": FinalizeRows("bench", RUN_DATE, "echo"),
         "WriteParquetFiles": WriteParquetFiles({"copies": Sink(resolve(str(out_dir)))}),
     }

@@ -55,8 +55,8 @@ ARM = "arm"
 STATUS = "status"  # accepted | review | rejected
 REASONS = "reasons"  # reason codes, list<string>
 REASON_DETAILS = "reason_details"  # "code: what was found", list<string>
-ATTEMPT = "attempt"  # 1, or 2 for a repaired row
-FIRST_ATTEMPT_REASONS = "first_attempt_reasons"  # why attempt 1 was rejected (repaired rows)
+DRAFT = "draft"  # 1, or 2 for a repaired row (the generation's try; "attempt" is the run's)
+FIRST_DRAFT_REASONS = "first_draft_reasons"  # why draft 1 was rejected (repaired rows)
 NUMERIC_FIDELITY = "numeric_fidelity"  # share of the copy's numbers found in the product data
 COPY_LENGTH = "copy_length"  # in the channel's unit (graphemes, display width, SMS units)
 COPY_LENGTH_LIMIT = "copy_length_limit"
@@ -70,7 +70,7 @@ STATUSES = (ACCEPTED, REVIEW, REJECTED)
 
 OUTPUT_COLUMNS = (
     ROW_ID, RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
-    STATUS, REASONS, REASON_DETAILS, ATTEMPT, FIRST_ATTEMPT_REASONS, NUMERIC_FIDELITY,
+    STATUS, REASONS, REASON_DETAILS, DRAFT, FIRST_DRAFT_REASONS, NUMERIC_FIDELITY,
     COPY_LENGTH, COPY_LENGTH_LIMIT, JUDGE_VERDICT, JUDGE_TOKENS, DEDUP_OF,
     TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, NUM_CACHED_TOKENS, FINISH_REASON, GENERATED_AT,
 )

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from factory import columns as C
 from factory.dead_letters import DUPLICATE_PAIR
 from factory.config import JobConfig
-from factory.prompts import PromptTemplate, apply_campaign
+from factory.prompts import PromptTemplate
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.pipeline import owed
 from factory.stages.join import JoinProfiles
@@ -54,7 +54,7 @@ def plan_run(config: JobConfig) -> dict[str, Any]:
 
     plan = prepare(config)
     # The campaign's voice and declared offers are in every system prompt, so in the token estimate too.
-    templates = apply_campaign(plan.templates, config.brand_voice, [o.text for o in config.offers], config.channels)
+    templates = plan.templates  # with the campaign's voice and offers (prepare)
     checked, by_locale = _checked_pairs(plan, config, templates)
     scope = _Scope(config)
     counts = scope.count(checked, by_locale)

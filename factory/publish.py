@@ -47,7 +47,11 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
-MANIFEST_FORMAT = "copy-factory/manifest@1"
+# The manifest's "format": bumped when what a reader sees changes.
+#   @2 (2026-12-04): the copies' "attempt" column is "draft" (and
+#      "first_attempt_reasons" is "first_draft_reasons"): "attempt" names
+#      only the run's attempt, whose number the manifest's "attempt" keeps.
+MANIFEST_FORMAT = "copy-factory/manifest@2"
 _ATTEMPT_PREFIX = "attempt="
 
 

@@ -239,7 +239,7 @@ def reasons_chart(reasons: Mapping[str, Any], before: Optional[Mapping[str, Any]
                      f"</title></rect>"
                      f'<text x="{label_w + bar_w + 6}" y="{y + 14}">{after_n:,} (before repair {before_n:,})</text></g>')
     svg = _svg(label_w + bar_w + 170, height, "Rejection and review reasons", "".join(parts), "reasons")
-    caption = "Reasons on final verdicts (a row can have several), and on the first attempt before repair"
+    caption = "Reasons on final verdicts (a row can have several), and on the first draft before repair"
     return _figure("reasons", caption, _legend((("after repair", AFTER_COLOR), ("before repair", BEFORE_COLOR))) + svg)
 
 

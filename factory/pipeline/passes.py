@@ -113,7 +113,7 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
              sinks={C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
              route=C.ROUTE),
         Pass("repair", source=lambda: _repair_queue(ctx),
-             stages=[_map(RenderRepair(), ctx), Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_ATTEMPT_REASONS]),
+             stages=[_map(RenderRepair(), ctx), Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_DRAFT_REASONS]),
                      _gate(ctx, draft=2)],
              sinks={C.ROUTE_COPIES: ctx.copies}),
         Pass("reuse", source=lambda: _followers(ctx),
@@ -197,8 +197,9 @@ def _gate(ctx: RunContext, draft: int) -> Stage:
     return lambda ds: ds.map_batches(
         QualityGate,
         fn_constructor_kwargs=dict(products=ctx.lookups["products"], users=ctx.lookups["users"],
-                                   policy=plan.config.quality, templates=plan.templates, attempt=draft,
-                                   counter=ctx.counter),
+                                   policy=plan.config.quality, templates=plan.templates, draft=draft,
+                                   counter=ctx.counter, offers=plan.config.offers,
+                                   competitors=plan.config.competitors),
         batch_format="pyarrow", compute=stage_pool(plan.config), num_cpus=ctx.light)
 
 

@@ -20,7 +20,7 @@ from factory.config import JobConfig
 from factory.errors import UsageError
 from factory.facts.extract import NO_FACTS, attach_facts
 from factory.preflight import check_engine_kwargs, check_place
-from factory.prompts import PromptTemplate, apply_brand_voice, load_templates
+from factory.prompts import PromptTemplate, apply_campaign, load_templates
 from factory.storage import Location, resolve, retry_io
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ def prepare(config: JobConfig) -> Plan:
     unknown = [c for c in config.channels if c not in templates]
     if unknown:
         raise ConfigError(f"--channels: no template for {', '.join(unknown)} (have: {', '.join(sorted(templates))})")
-    # The campaign's brand voice goes into every system prompt (and the template versions).
-    templates = apply_brand_voice(templates, config.brand_voice, config.channels)
+    # The campaign's brand voice and declared offers go into every system
+    # prompt (and so into the template versions).
+    templates = apply_campaign(templates, config.brand_voice, [o.text for o in config.offers], config.channels)
 
     if config.uses_sample_data:
         folder = model.cache_root() / "sample_data"

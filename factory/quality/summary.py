@@ -1,7 +1,7 @@
 """Counts of the gate's verdicts for the run summary, before and after repair.
 
-Everything is derived from the published rows: a repaired row (attempt 2)
-was rejected on attempt 1 for ``first_attempt_reasons``; every other row's
+Everything is derived from the published rows: a repaired row (draft 2)
+was rejected as draft 1 for ``first_draft_reasons``; every other row's
 attempt-1 verdict is its final one.
 """
 
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from factory import columns as C
 
-VERDICT_COLUMNS = (C.CHANNEL, C.STATUS, C.REASONS, C.ATTEMPT, C.FIRST_ATTEMPT_REASONS)
+VERDICT_COLUMNS = (C.CHANNEL, C.STATUS, C.REASONS, C.DRAFT, C.FIRST_DRAFT_REASONS)
 # Counted when present (files written before the judge existed lack them).
 JUDGE_COLUMNS = (C.JUDGE_VERDICT, C.JUDGE_TOKENS)
 
@@ -57,14 +57,14 @@ class QualityTally:
         for (reason, channel), n in _list_counts(verdicts, C.REASONS, by=C.CHANNEL):
             self.by_reason[reason] += n
             self.reasons_by_channel[channel][reason] += n
-        # A repaired row (attempt 2) was rejected on attempt 1 for its first
-        # reasons; every other row's attempt-1 verdict is its final one.
-        second = pc.fill_null(pc.equal(verdicts[C.ATTEMPT], 2), False)
+        # A repaired row (draft 2) was rejected as draft 1 for its first
+        # reasons; every other row's draft-1 verdict is its final one.
+        second = pc.fill_null(pc.equal(verdicts[C.DRAFT], 2), False)
         repaired, kept = verdicts.filter(second), verdicts.filter(pc.invert(second))
         self.before_status[C.REJECTED] += repaired.num_rows
         for (status,), n in _counts(repaired, [C.STATUS]):
             self.repaired[status] += n
-        for (reason,), n in _list_counts(repaired, C.FIRST_ATTEMPT_REASONS):
+        for (reason,), n in _list_counts(repaired, C.FIRST_DRAFT_REASONS):
             self.before_reason[reason] += n
         for (status,), n in _counts(kept, [C.STATUS]):
             self.before_status[status] += n

@@ -24,8 +24,8 @@ OUTPUT_SCHEMA = pa.schema([
     (C.STATUS, pa.string()),
     (C.REASONS, pa.list_(pa.string())),
     (C.REASON_DETAILS, pa.list_(pa.string())),
-    (C.ATTEMPT, pa.int32()),
-    (C.FIRST_ATTEMPT_REASONS, pa.list_(pa.string())),
+    (C.DRAFT, pa.int32()),
+    (C.FIRST_DRAFT_REASONS, pa.list_(pa.string())),
     (C.NUMERIC_FIDELITY, pa.float64()),
     (C.COPY_LENGTH, pa.int32()),
     (C.COPY_LENGTH_LIMIT, pa.int32()),
@@ -81,7 +81,7 @@ class FinalizeRows:
         }
         # Columns a stage may not have set: null (not a first-attempt repair,
         # not a reused generation, no cache figure from the engine, not judged).
-        for name in (C.FIRST_ATTEMPT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS):
+        for name in (C.FIRST_DRAFT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS):
             if name not in batch.column_names:
                 columns[name] = pa.nulls(n, OUTPUT_SCHEMA.field(name).type)
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]

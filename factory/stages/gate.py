@@ -60,7 +60,7 @@ class QualityGate:
     """Cleans each copy, runs every rule and adds the verdict columns.
 
     ``status`` is ``rejected`` if any finding's severity is reject, else
-    ``review`` if any is review, else ``accepted``. On the first attempt a
+    ``review`` if any is review, else ``accepted``. On the first draft a
     rejected row is routed to the repair queue when the policy repairs.
     The lookup tables arrive once per actor, like the join's.
 
@@ -70,14 +70,14 @@ class QualityGate:
     """
 
     def __init__(self, products: pa.Table, users: pa.Table, policy: QualityPolicy,
-                 templates: Mapping[str, PromptTemplate], attempt: int = 1, counter: Any = None,
+                 templates: Mapping[str, PromptTemplate], draft: int = 1, counter: Any = None,
                  offers: Sequence[Offer] = (), competitors: Sequence[str] = ()):
         import ray
 
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
         users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
         self._policy = policy
-        self._attempt = attempt
+        self._draft = draft
         self._counter = counter
         instructions, answers = prompt_texts(templates)
         self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist(),
@@ -153,7 +153,7 @@ class QualityGate:
                 status = C.REVIEW
             else:
                 status = C.ACCEPTED
-            repair = status == C.REJECTED and self._attempt == 1 and self._policy.repair
+            repair = status == C.REJECTED and self._draft == 1 and self._policy.repair
             out[C.TEXT].append(text)
             out[C.STATUS].append(status)
             out[C.REASONS].append(list(dict.fromkeys(f.code for f in kept)))
@@ -171,8 +171,8 @@ class QualityGate:
                 batch = batch.set_column(batch.column_names.index(name), name, array)
             else:
                 batch = batch.append_column(name, array)
-        if C.ATTEMPT not in batch.column_names:
-            batch = batch.append_column(C.ATTEMPT, pa.array([self._attempt] * n, pa.int32()))
+        if C.DRAFT not in batch.column_names:
+            batch = batch.append_column(C.DRAFT, pa.array([self._draft] * n, pa.int32()))
         if self._counter is not None:
             count_finished(batch, self._counter)
         return batch

@@ -170,9 +170,9 @@ class ApplyJudgement:
     """Turns each judged row's reply (``C.JUDGE_REPLY``) into findings,
     status and route; sets ``judge_verdict`` and ``judge_tokens`` on every row."""
 
-    def __init__(self, policy: QualityPolicy, attempt: int = 1):
+    def __init__(self, policy: QualityPolicy, draft: int = 1):
         self._policy = policy
-        self._attempt = attempt
+        self._draft = draft
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -197,7 +197,7 @@ class ApplyJudgement:
             severities = {self._policy.severity_of(code) for code, _ in kept}
             if "reject" in severities:
                 status[i] = C.REJECTED
-                repair = self._attempt == 1 and self._policy.repair
+                repair = self._draft == 1 and self._policy.repair
                 route[i] = C.ROUTE_REPAIR if repair else C.ROUTE_COPIES
             elif status[i] == C.ACCEPTED:
                 status[i] = C.REVIEW
@@ -241,7 +241,7 @@ def judge_engine(engine):
 
 
 def build_judge_stage(engine, model_source: str, device: str, policy: QualityPolicy, products, users,
-                      passthrough: tuple[str, ...], sample: float = 1.0, attempt: int = 1,
+                      passthrough: tuple[str, ...], sample: float = 1.0, draft: int = 1,
                       cpu_stage_num_cpus: float = 0.25, compute=None, processor=None):
     """A callable ``Dataset -> Dataset``: the judge's requests, the engine on
     the sampled rows only (the rest bypass it), the verdicts applied.
@@ -277,7 +277,7 @@ def build_judge_stage(engine, model_source: str, device: str, policy: QualityPol
             compute=compute, **light)
         rest = ds.map_batches(_split, fn_kwargs={"sample": sample, "judged": False}, **light)
         return processor(to_judge).union(rest).map_batches(
-            ApplyJudgement, fn_constructor_kwargs={"policy": policy, "attempt": attempt}, compute=compute, **light)
+            ApplyJudgement, fn_constructor_kwargs={"policy": policy, "draft": draft}, compute=compute, **light)
 
     return judge
 

@@ -60,7 +60,7 @@ class RenderPrompts:
                 .append_column(C.TEMPLATE_VERSION, pa.array(versions, pa.string())))
 
 
-# What the repair prompt adds, per reason code of the first attempt. Phrased
+# What the repair prompt adds, per reason code of the first draft. Phrased
 # as requirements of the request, not as talk about a previous answer: a
 # small model told "your previous answer was cut off" writes about that.
 REPAIR_REQUIREMENTS = {
@@ -97,7 +97,7 @@ REPAIR_REQUIREMENTS = {
 
 def repair_requirements(details: list[str], locale: Optional[str], limit: Optional[int] = None,
                         brand: Optional[str] = None) -> str:
-    """The first attempt's failures as requirements, one sentence per reason."""
+    """The first draft's failures as requirements, one sentence per reason."""
     from factory.prompts import language_for
 
     lines = []
@@ -116,12 +116,12 @@ def repair_requirements(details: list[str], locale: Optional[str], limit: Option
 
 
 class RenderRepair:
-    """The second attempt's prompt: the first chat, with the reasons the first
+    """The second draft's prompt: the first chat, with the reasons the first
     copy was rejected added to the final request as requirements. The system
     prompt and the worked examples are unchanged, so the prefix cache still
     serves them.
 
-    The first attempt's reason codes move to ``first_attempt_reasons``; its
+    The first draft's reason codes move to ``first_draft_reasons``; its
     text and verdict are dropped (the gate writes new ones).
     """
 
@@ -141,9 +141,9 @@ class RenderRepair:
             repaired.append(json.dumps(messages, ensure_ascii=False))
         keep = [c for c in batch.column_names
                 if c not in (C.MESSAGES, C.REASONS, C.TEXT, C.STATUS, C.REASON_DETAILS, C.NUMERIC_FIDELITY,
-                             C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.ATTEMPT, C.ROUTE, C.FINISH_REASON,
+                             C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.DRAFT, C.ROUTE, C.FINISH_REASON,
                              C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS,
                              "brand")]
         return (batch.select(keep)
-                .append_column(C.FIRST_ATTEMPT_REASONS, batch[C.REASONS])
+                .append_column(C.FIRST_DRAFT_REASONS, batch[C.REASONS])
                 .append_column(C.MESSAGES, pa.array(repaired, pa.string())))

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from factory import columns as C
 
 REVIEW_COPY_COLUMNS = (C.ROW_ID, C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.VARIANT, C.TEXT,
-                       C.REASONS, C.REASON_DETAILS, C.ATTEMPT, C.FIRST_ATTEMPT_REASONS, C.NUMERIC_FIDELITY,
+                       C.REASONS, C.REASON_DETAILS, C.DRAFT, C.FIRST_DRAFT_REASONS, C.NUMERIC_FIDELITY,
                        C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.TEMPLATE_VERSION, C.RUN_ID)
 REVIEW_PRODUCT_COLUMNS = ("title", "brand", "category", "price", "currency", "description", "attributes",
                           "selling_points", C.FACTS)

@@ -228,7 +228,7 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
     copies = resolve(str(tmp_path / "runs" / "date=2026-12-01" / "campaign=all" / "attempt=0001" / "copies"))
     write_parquet(copies.join("part-a.parquet"), pa.Table.from_pylist([
         {C.ROW_ID: "b1", C.USER_ID: "U1", C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.DEDUP_OF: None, C.TEXT: "Hi",
-         C.STATUS: C.ACCEPTED, C.REASONS: ["x"], C.ATTEMPT: 2, C.NUM_INPUT_TOKENS: 50, C.NUM_OUTPUT_TOKENS: 5,
+         C.STATUS: C.ACCEPTED, C.REASONS: ["x"], C.DRAFT: 2, C.NUM_INPUT_TOKENS: 50, C.NUM_OUTPUT_TOKENS: 5,
          C.NUM_CACHED_TOKENS: 10}]))
     followers = ray.data.from_arrow(pa.Table.from_pylist([
         {C.ROW_ID: "f1", C.USER_ID: "U2", C.PRODUCT_ID: "P", C.CHANNEL: "push", C.CAMPAIGN_ID: "c", C.VARIANT: 0,
@@ -237,4 +237,4 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
                                                                           batch_format="pyarrow").take_all()
     assert (row[C.ROW_ID], row[C.USER_ID], row[C.TEXT], list(row[C.REASONS])) == ("f1", "U2", "Hi", ["x"])
     assert (row[C.SAVED_PROMPT_TOKENS], row[C.NUM_INPUT_TOKENS]) == (50, 0)
-    assert row[C.ATTEMPT] == 2 and "date" not in row and "campaign" not in row
+    assert row[C.DRAFT] == 2 and "date" not in row and "campaign" not in row

@@ -204,14 +204,14 @@ def _beside_leaders(followers: pa.Table, leaders: pa.Table) -> pa.Table:
 def test_reuse_copy_takes_the_leaders_copy_under_its_own_identity():
     leaders = pa.Table.from_pylist([
         {C.ROW_ID: "L1", C.USER_ID: "U1", C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.TEXT: "Warm light for you.",
-         C.LOCALE: "en-US", C.CHANNEL: "push", C.PRODUCT_ID: "P1", C.STATUS: C.ACCEPTED, C.ATTEMPT: 2,
-         C.FIRST_ATTEMPT_REASONS: ["truncated"], C.NUM_INPUT_TOKENS: 90, C.NUM_OUTPUT_TOKENS: 9,
+         C.LOCALE: "en-US", C.CHANNEL: "push", C.PRODUCT_ID: "P1", C.STATUS: C.ACCEPTED, C.DRAFT: 2,
+         C.FIRST_DRAFT_REASONS: ["truncated"], C.NUM_INPUT_TOKENS: 90, C.NUM_OUTPUT_TOKENS: 9,
          C.NUM_CACHED_TOKENS: 64, C.DEDUP_OF: None}])
     followers = pa.Table.from_pylist([{C.ROW_ID: "F1", C.USER_ID: "U2", C.PRODUCT_ID: "P1", C.CHANNEL: "push",
                                        C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.DEDUP_OF: "L1"}])
     out = reuse_copy(_beside_leaders(followers, leaders)).to_pylist()[0]
     assert (out[C.ROW_ID], out[C.USER_ID], out[C.DEDUP_OF], out[C.PRODUCT_ID]) == ("F1", "U2", "L1", "P1")
-    assert (out[C.TEXT], out[C.ATTEMPT], out[C.FIRST_ATTEMPT_REASONS]) == ("Warm light for you.", 2, ["truncated"])
+    assert (out[C.TEXT], out[C.DRAFT], out[C.FIRST_DRAFT_REASONS]) == ("Warm light for you.", 2, ["truncated"])
     assert (out[C.NUM_INPUT_TOKENS], out[C.NUM_OUTPUT_TOKENS], out[C.NUM_CACHED_TOKENS]) == (0, 0, None)
     assert (out[C.SAVED_PROMPT_TOKENS], out[C.SAVED_OUTPUT_TOKENS]) == (90, 9)  # what the reuse spared
     orphan = followers.set_column(followers.column_names.index(C.DEDUP_OF), C.DEDUP_OF, pa.array(["nope"]))

@@ -36,7 +36,7 @@ REPLIES = {
 def gated(rows):
     """Rows as the gate leaves them (the verdict columns and the route)."""
     base = {C.PRODUCT_ID: "P1", C.USER_ID: "U1", C.CHANNEL: "push", C.REASONS: [], C.REASON_DETAILS: [],
-            C.ROUTE: C.ROUTE_COPIES, C.ATTEMPT: 1}
+            C.ROUTE: C.ROUTE_COPIES, C.DRAFT: 1}
     return pa.Table.from_pylist([{**base, **r} for r in rows])
 
 
@@ -56,9 +56,9 @@ def stand_in_judge(batch: pa.Table) -> pa.Table:
         C.JUDGE_TOKENS, pa.array(tokens, pa.int32()))
 
 
-def run(rows, policy=QualityPolicy(), attempt=1, sample=1.0):
+def run(rows, policy=QualityPolicy(), draft=1, sample=1.0):
     asked = JudgeRequests(PRODUCTS, USERS, sample=sample)(gated(rows))
-    return ApplyJudgement(policy, attempt)(stand_in_judge(asked))
+    return ApplyJudgement(policy, draft)(stand_in_judge(asked))
 
 
 ROWS = [
@@ -88,12 +88,12 @@ def test_findings_become_reason_codes_with_the_judges_reason_and_review_by_defau
     assert C.JUDGE_MESSAGES not in run(ROWS).column_names and C.JUDGE_REPLY not in run(ROWS).column_names
 
 
-def test_a_rejecting_judge_routes_first_attempts_to_repair_and_second_ones_to_the_copies():
+def test_a_rejecting_judge_routes_first_drafts_to_repair_and_second_ones_to_the_copies():
     strict = QualityPolicy(severity={"unsupported_claim": "reject", "off_topic": "off"})
-    first = {r[C.ROW_ID]: r for r in run(ROWS, strict, attempt=1).to_pylist()}
+    first = {r[C.ROW_ID]: r for r in run(ROWS, strict, draft=1).to_pylist()}
     assert first["r2"][C.STATUS] == C.REJECTED and first["r2"][C.ROUTE] == C.ROUTE_REPAIR
     assert first["r3"][C.REASONS] == ["risky_claim"] and first["r3"][C.STATUS] == C.REVIEW  # off_topic is off
-    second = {r[C.ROW_ID]: r for r in run(ROWS, strict, attempt=2).to_pylist()}
+    second = {r[C.ROW_ID]: r for r in run(ROWS, strict, draft=2).to_pylist()}
     assert second["r2"][C.STATUS] == C.REJECTED and second["r2"][C.ROUTE] == C.ROUTE_COPIES
     no_repair = QualityPolicy(severity={"unsupported_claim": "reject"}, repair=False)
     assert run(ROWS, no_repair).to_pylist()[1][C.ROUTE] == C.ROUTE_COPIES
@@ -126,7 +126,7 @@ def test_the_request_shows_trusted_facts_not_the_description_and_asks_for_the_sc
 
 def test_the_summary_shows_the_verdict_mix_and_the_cost():
     out = run(ROWS)
-    verdicts = out.append_column(C.FIRST_ATTEMPT_REASONS, pa.nulls(out.num_rows, pa.list_(pa.string())))
+    verdicts = out.append_column(C.FIRST_DRAFT_REASONS, pa.nulls(out.num_rows, pa.list_(pa.string())))
     judge = quality_summary(verdicts)["judge"]
     assert judge["judged"] == 4 and judge["verdicts"] == {"pass": 1, "flagged": 2, "unparsed": 1}
     assert judge["tokens"] == 400 and judge["tokens_per_judged_row"] == 100.0

@@ -20,12 +20,12 @@ def _verdicts(n: int, seed: int) -> pa.Table:
             C.CHANNEL: rng.choice(["push", "sms", "email_subject"]),
             C.STATUS: rng.choice(C.STATUSES),
             C.REASONS: rng.choice([None, [], rng.sample(REASONS, rng.randint(1, 3))]),
-            C.ATTEMPT: attempt,
-            C.FIRST_ATTEMPT_REASONS: rng.sample(REASONS, rng.randint(1, 2)) if attempt == 2 else None,
+            C.DRAFT: attempt,
+            C.FIRST_DRAFT_REASONS: rng.sample(REASONS, rng.randint(1, 2)) if attempt == 2 else None,
         })
     return pa.Table.from_pylist(rows, schema=pa.schema([
         (C.CHANNEL, pa.string()), (C.STATUS, pa.string()), (C.REASONS, pa.list_(pa.string())),
-        (C.ATTEMPT, pa.int32()), (C.FIRST_ATTEMPT_REASONS, pa.list_(pa.string()))]))
+        (C.DRAFT, pa.int32()), (C.FIRST_DRAFT_REASONS, pa.list_(pa.string()))]))
 
 
 def _row_by_row(verdicts: pa.Table) -> dict:
@@ -38,9 +38,9 @@ def _row_by_row(verdicts: pa.Table) -> dict:
         by_channel.setdefault(ch, Counter({s: 0 for s in C.STATUSES}))[st] += 1
         by_reason.update(why)
         reasons_by_channel.setdefault(ch, Counter()).update(why)
-        if row[C.ATTEMPT] == 2:
+        if row[C.DRAFT] == 2:
             before_status[C.REJECTED] += 1
-            before_reason.update(row[C.FIRST_ATTEMPT_REASONS] or [])
+            before_reason.update(row[C.FIRST_DRAFT_REASONS] or [])
             repaired[st] += 1
         else:
             before_status[st] += 1

@@ -35,7 +35,7 @@ def _rows(n: int, seed: int) -> pa.Table:
             C.PRODUCT_ID: rng.choice(["P1", "P2", "P3"]), C.CHANNEL: rng.choice(["push", "sms"]), C.LOCALE: "en-US",
             C.VARIANT: 0, C.TEXT: f"copy {seed}-{i}", C.STATUS: status,
             C.REASONS: [] if status == C.ACCEPTED else ["risky_claim"],
-            C.REASON_DETAILS: [] if status == C.ACCEPTED else ["risky_claim: free"], C.ATTEMPT: 1,
+            C.REASON_DETAILS: [] if status == C.ACCEPTED else ["risky_claim: free"], C.DRAFT: 1,
             C.COPY_LENGTH: 10, C.COPY_LENGTH_LIMIT: 60, C.TEMPLATE_VERSION: "v1", C.MODEL: "m",
             C.NUM_INPUT_TOKENS: 50, C.NUM_OUTPUT_TOKENS: 8, C.FINISH_REASON: "stop"})
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)

@@ -147,9 +147,9 @@ def test_gate_then_finalize_gives_the_output_schema_and_verdicts():
     good, bad, doubtful = out.to_pylist()
     assert good[C.TEXT] == "The Voltis Smart Watch: up to 30 hours of battery."  # quotes cleaned
     assert good[C.STATUS] == C.ACCEPTED and good[C.REASONS] == [] and good[C.NUMERIC_FIDELITY] == 1.0
-    assert good[C.RUN_ID] == "2026-01-02_all" and good[C.MODEL] == "m" and good[C.ATTEMPT] == 1
+    assert good[C.RUN_ID] == "2026-01-02_all" and good[C.MODEL] == "m" and good[C.DRAFT] == 1
     assert good[C.COPY_LENGTH] == len(good[C.TEXT]) and good[C.COPY_LENGTH_LIMIT] == 100
-    assert good[C.FIRST_ATTEMPT_REASONS] is None and good[C.GENERATED_AT].tzinfo is not None
+    assert good[C.FIRST_DRAFT_REASONS] is None and good[C.GENERATED_AT].tzinfo is not None
     assert bad[C.STATUS] == C.REJECTED
     assert bad[C.REASONS] == ["banned_claim", "unsupported_number"] and bad[C.NUMERIC_FIDELITY] == 0.0
     assert any("49.99" in d for d in bad[C.REASON_DETAILS])
@@ -180,7 +180,7 @@ def test_repair_prompt_feeds_the_reasons_back():
     gated = QualityGate(PRODUCTS, USERS, QualityPolicy(), load_templates())(
         _generated(["The best watch. Only $49.99!"]))
     retry = RenderRepair()(gated)
-    assert retry[C.FIRST_ATTEMPT_REASONS].to_pylist() == [["banned_claim", "unsupported_number"]]
+    assert retry[C.FIRST_DRAFT_REASONS].to_pylist() == [["banned_claim", "unsupported_number"]]
     assert C.TEXT not in retry.column_names and C.STATUS not in retry.column_names
     last = json.loads(retry[C.MESSAGES][0].as_py())[-1]["content"]
     assert last == ("Write.\nRequirements: Do not use these words: best. "

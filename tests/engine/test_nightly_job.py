@@ -127,7 +127,7 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         lead = by_id[r[C.DEDUP_OF]]
         assert (lead[C.USER_ID], lead[C.PRODUCT_ID], lead[C.CHANNEL]) == (twin_of[C.USER_ID], r[C.PRODUCT_ID],
                                                                           r[C.CHANNEL])
-        assert r[C.TEXT] == lead[C.TEXT] and r[C.ATTEMPT] == lead[C.ATTEMPT]
+        assert r[C.TEXT] == lead[C.TEXT] and r[C.DRAFT] == lead[C.DRAFT]
     _check_verdicts(rows)
 
     # Hostile rows did not stop the run, and each got its verdict.
@@ -227,17 +227,17 @@ def _check_verdicts(rows: list[dict]) -> None:
         assert len(r[C.REASONS]) == len(set(r[C.REASONS])) and len(r[C.REASON_DETAILS]) >= len(r[C.REASONS])
         assert (r[C.STATUS] == C.ACCEPTED) == (r[C.REASONS] == []), r
         assert all(d.split(": ", 1)[0] in r[C.REASONS] for d in r[C.REASON_DETAILS])
-        assert r[C.ATTEMPT] in (1, 2)
-        if r[C.ATTEMPT] == 2:  # repaired: attempt 1 was rejected, and said why
-            assert r[C.FIRST_ATTEMPT_REASONS], r
+        assert r[C.DRAFT] in (1, 2)
+        if r[C.DRAFT] == 2:  # repaired: attempt 1 was rejected, and said why
+            assert r[C.FIRST_DRAFT_REASONS], r
         else:  # with repair on, a row rejected on attempt 1 always gets an attempt 2
-            assert r[C.FIRST_ATTEMPT_REASONS] is None and r[C.STATUS] != C.REJECTED, r
+            assert r[C.FIRST_DRAFT_REASONS] is None and r[C.STATUS] != C.REJECTED, r
         assert r[C.COPY_LENGTH_LIMIT] > 0
         if r[C.TEXT] and "length_exceeded" not in r[C.REASONS]:
             assert r[C.COPY_LENGTH] <= r[C.COPY_LENGTH_LIMIT], r
         assert r[C.NUMERIC_FIDELITY] is None or 0.0 <= r[C.NUMERIC_FIDELITY] <= 1.0
     # The repair pass ran: the bundled model's first drafts are rejected often.
-    assert any(r[C.ATTEMPT] == 2 for r in rows)
+    assert any(r[C.DRAFT] == 2 for r in rows)
 
 
 def _check_quality_summary(quality: dict, rows: list[dict]) -> None:
@@ -245,10 +245,10 @@ def _check_quality_summary(quality: dict, rows: list[dict]) -> None:
     assert quality["status"] == {s: sum(r[C.STATUS] == s for r in rows) for s in C.STATUSES}
     reasons = Counter(x for r in rows for x in r[C.REASONS])
     assert quality["reasons"] == dict(reasons)
-    repaired = [r for r in rows if r[C.ATTEMPT] == 2]
+    repaired = [r for r in rows if r[C.DRAFT] == 2]
     assert quality["repair"]["attempted"] == len(repaired)
     assert quality["before_repair"]["status"][C.REJECTED] == (
-        len(repaired) + sum(r[C.STATUS] == C.REJECTED for r in rows if r[C.ATTEMPT] == 1))
+        len(repaired) + sum(r[C.STATUS] == C.REJECTED for r in rows if r[C.DRAFT] == 1))
     per_channel = {ch: sum(n for n in counts.values()) for ch, counts in quality["status_by_channel"].items()}
     assert per_channel == dict(Counter(r[C.CHANNEL] for r in rows))
     corpus = quality["corpus"]
