@@ -44,6 +44,8 @@ def run(config: JobConfig) -> RunResult:
 
     device = detect_device(config.engine)
     place_model(plan.model_source, device, bundled=config.model == model.BUNDLED_MODEL)
+    if config.judge and plan.judge_model_source != plan.model_source:
+        place_model(plan.judge_model_source, device, bundled=config.judge_model == model.BUNDLED_MODEL)
     if config.facts:
         # Facts for new or changed products first (one engine, then released),
         # so the generation passes and the gate see them.

@@ -30,6 +30,7 @@ from factory.publish import Attempt
 from factory.ray_session import engine_paced_scheduling
 from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
 from factory.stages.generate import concurrent_batches
+from factory.stages.judge import build_judge_stage
 from factory.stages.reuse import reuse_copy
 from factory.stages.review import ReviewRows
 from factory.stages.write import Sink
@@ -102,16 +103,21 @@ class RunContext:
 
 
 def generation_passes(ctx: RunContext) -> list[Pass]:
+    """The passes of one run, in order. With ``--judge`` each generation pass
+    holds its gated rows under ``_work/judge/<pass>/`` and a judge pass
+    follows it: the judge's engine starts once the generation's is gone (a
+    small node has no room for two), and reads rows written whole (read
+    twice by the judge stage, they are not generated twice)."""
     config, attempt = ctx.plan.config, ctx.attempt
     repair_engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
-    return [
+    repair_queue = Sink(attempt.repair_queue, _repair_queue_rows)
+    generation = [
         Pass("first drafts", source=lambda: _first_drafts(ctx),
              stages=[_map(RenderPrompts(ctx.plan.templates, config.engine.max_tokens), ctx),
                      # The chat, its stops and the brand ride along for the repair pass's prompt.
                      Generate(config.engine, ctx, ROW_KEYS + [C.MESSAGES, C.STOP, "brand"]),
                      _gate(ctx, draft=1)],
-             sinks={C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: Sink(attempt.repair_queue, _repair_queue_rows)},
-             route=C.ROUTE),
+             sinks={C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: repair_queue}, route=C.ROUTE),
         Pass("repair", source=lambda: _repair_queue(ctx),
              stages=[_map(RenderRepair(), ctx), Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_DRAFT_REASONS]),
                      _gate(ctx, draft=2)],
@@ -120,13 +126,28 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
              stages=[_map(reuse_copy, ctx), _gate(ctx, draft=2)],
              sinks={C.ROUTE_COPIES: ctx.copies}),
     ]
+    if not config.judge:
+        return generation
+    passes = []
+    for p, draft in zip(generation, (1, 2, 2)):
+        held = judge_queue(attempt, p.name)
+        passes.append(Pass(p.name, p.source, p.stages, {route: Sink(held) for route in p.sinks}, p.route))
+        passes.append(Pass(f"judge {p.name}", source=lambda held=held: _held_for_judge(ctx, held),
+                           stages=[Judge(ctx, draft)], sinks=p.sinks, route=C.ROUTE))
+    return passes
+
+
+def judge_queue(attempt: Attempt, pass_name: str):
+    """Where a pass's gated rows wait for the judge (``--judge``)."""
+    return attempt.work.join("judge", pass_name.replace(" ", "-"))
 
 
 def _first_drafts(ctx: RunContext):
     """The staged rows not written yet (nor queued for repair), joined with their profiles."""
     attempt, config = ctx.attempt, ctx.plan.config
-    todo = resume.remaining(attempt, attempt.pairs, [attempt.copies, attempt.repair_queue], ctx.resumed,
-                            ctx.light, "first-drafts")
+    todo = resume.remaining(attempt, attempt.pairs,
+                            [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts")],
+                            ctx.resumed, ctx.light, "first-drafts")
     if not todo.rows:
         return None
     # Small blocks stream: the engine gets work as soon as the first blocks are
@@ -152,7 +173,8 @@ def _repair_queue(ctx: RunContext):
     queue may hold rows from an earlier process too; rows already repaired
     into the copies are skipped."""
     attempt = ctx.attempt
-    todo = resume.remaining(attempt, attempt.repair_queue, [attempt.copies], ctx.resumed, ctx.light, "repair")
+    todo = resume.remaining(attempt, attempt.repair_queue, [attempt.copies, judge_queue(attempt, "repair")],
+                            ctx.resumed, ctx.light, "repair")
     if not todo.rows:
         return None
     return read(todo.files(), todo.folder, ctx.light)
@@ -161,11 +183,23 @@ def _repair_queue(ctx: RunContext):
 def _followers(ctx: RunContext):
     """Rows whose prompt equals a generated row's, not written yet, each beside its leader's row."""
     attempt = ctx.attempt
-    todo = resume.remaining(attempt, attempt.followers, [attempt.copies], ctx.resumed, ctx.light, "reuse")
+    todo = resume.remaining(attempt, attempt.followers, [attempt.copies, judge_queue(attempt, "reuse")],
+                            ctx.resumed, ctx.light, "reuse")
     if not todo.rows:
         return None
     ds = read(todo.files(), todo.folder, ctx.light)
     return resume.with_leaders(ds, attempt.copies, ctx.light, todo.rows)
+
+
+def _held_for_judge(ctx: RunContext, held):
+    """A pass's gated rows the judge has not passed on yet (to the copies or
+    the repair queue)."""
+    attempt = ctx.attempt
+    todo = resume.remaining(attempt, held, [attempt.copies, attempt.repair_queue], ctx.resumed, ctx.light,
+                            "judge-" + held.uri.rstrip("/").rsplit("/", 1)[-1])
+    if not todo.rows:
+        return None
+    return read(todo.files(), todo.folder, ctx.light)
 
 
 # --------------------------------------------------------------------------- stages
@@ -186,6 +220,25 @@ class Generate:
         # A stand-in engine may say otherwise (the benchmarks' and tests' instant one).
         self.shares_cores_with_ray = getattr(generate, "shares_cores_with_ray", False)
         return generate(ds)
+
+
+class Judge:
+    """The judge's stage (``factory.stages.judge``) on a pass's gated rows,
+    built when its pass runs, on the run's engine settings and the judge's
+    model (``--judge-model``, else the run's)."""
+
+    def __init__(self, ctx: RunContext, draft: int):
+        self._ctx, self._draft = ctx, draft
+        self.shares_cores_with_ray = ctx.device == "cpu"
+
+    def __call__(self, ds):
+        ctx = self._ctx
+        config = ctx.plan.config
+        judge = build_judge_stage(config.engine, ctx.plan.judge_model_source, ctx.device, config.quality,
+                                  ctx.lookups["products"], ctx.lookups["users"],
+                                  passthrough=tuple(ds.schema().names), sample=config.judge_sample,
+                                  draft=self._draft, cpu_stage_num_cpus=ctx.light, compute=stage_pool(config))
+        return judge(ds)
 
 
 def _map(fn, ctx: RunContext) -> Stage:

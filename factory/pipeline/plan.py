@@ -43,6 +43,7 @@ class Plan:
     output: Location
     run: Location  # runs/date=D/campaign=C: the run's attempts live here
     model_source: str
+    judge_model_source: str  # the judge's model (--judge-model), else the run's
 
 
 def run_location(output: Location, config: JobConfig) -> Location:
@@ -80,6 +81,7 @@ def prepare(config: JobConfig) -> Plan:
     products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
 
     out = resolve(config.output, **where)
+    model_source = model.resolve_model(config.model, where)
 
     # What the prompts and the faithfulness rule call the product's facts: the
     # catalog's selling points until run() swaps in extracted ones (--facts).
@@ -88,7 +90,8 @@ def prepare(config: JobConfig) -> Plan:
         config=config, templates=templates, pairs=pairs,
         users=users, products=products, table_reports=[users_report, products_report],
         output=out, run=run_location(out, config),
-        model_source=model.resolve_model(config.model, where),
+        model_source=model_source,
+        judge_model_source=model.resolve_model(config.judge_model, where) if config.judge_model else model_source,
     )
 
 

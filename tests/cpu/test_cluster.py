@@ -158,6 +158,51 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_n
     assert manifest["rows"]["copies"] == rows.num_rows == sum(expected.values())
 
 
+def test_the_judge_runs_as_passes_of_its_own_on_two_nodes(two_nodes, s3_server, s3_client, s3_bucket, sample_dir,
+                                                          stand_in_model, monkeypatch):
+    """--judge: each generation pass holds its gated rows, a judge pass
+    follows it (a stand-in judge engine here: the real one is in the engine
+    test), and every row still lands once, judged, with the verdicts counted."""
+    import json
+
+    import pyarrow as pa
+
+    from benchmarks.cpu_side import echo_generate_stage
+    from factory.stages import judge as judge_stage
+
+    def stand_in_judge_engine(ds):
+        def reply(batch):
+            verdict = {"unsupported_claims": [], "fits_product": True, "fits_interests": True, "reason": "ok"}
+            n = batch.num_rows
+            return (batch.append_column(C.JUDGE_REPLY, pa.array([json.dumps(verdict)] * n, pa.string()))
+                    .append_column(C.JUDGE_TOKENS, pa.array([7] * n, pa.int32())))
+        return ds.map_batches(reply, batch_format="pyarrow")
+
+    def judge_with_stand_in(*args, **kwargs):
+        return judge_stage.build_judge_stage(*args, **kwargs, processor=stand_in_judge_engine)
+
+    pairs, expected = owed_pairs(sample_dir, 30)
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    monkeypatch.setattr(passes, "build_generate_stage", echo_generate_stage(reject_share=0.2))
+    monkeypatch.setattr(passes, "build_judge_stage", judge_with_stand_in)
+    out = f"s3://{s3_bucket}/judged"
+    assert nightly_job.main(["--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
+                             "--users", f"s3://{s3_bucket}/in/users.parquet",
+                             "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out,
+                             "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS),
+                             "--model", stand_in_model, "--judge"]) == 0
+    rows = read_published(out, RUN_DATE, s3_endpoint=s3_server)
+    check_exactly_once(rows, expected)
+    judged = [v for v, s in zip(rows[C.JUDGE_VERDICT].to_pylist(), rows[C.STATUS].to_pylist()) if s != C.REJECTED]
+    assert judged and set(judged) == {"pass"}
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="judged/").get("Contents", [])]
+    [summary_key] = [k for k in keys if k.endswith("/summary.json")]
+    summary = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=summary_key)["Body"].read())
+    assert summary["quality"]["judge"]["verdicts"] == {"pass": len(judged)}
+    assert summary["quality"]["judge"]["tokens"] == 7 * len(judged)
+    assert not [k for k in keys if "/_work/" in k]  # the judge's queues went with the attempt's work
+
+
 def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
                                                                sample_dir, stand_in_model, capsys):
     pairs, _ = owed_pairs(sample_dir, 30)

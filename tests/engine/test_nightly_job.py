@@ -81,7 +81,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/in/pairs", "--users", f"s3://{s3_bucket}/in/users.parquet",
            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", f"s3://{s3_bucket}/factory",
            "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(RUN_CHANNELS),
-           "--batch-size", "16", "--s3-sse", "AES256"]
+           "--batch-size", "16", "--s3-sse", "AES256",
+           # The model judge rides along: one run, no engine test of its own to start.
+           "--judge"]
     logs = tmp_path / "logs"
     proc = subprocess.run(cmd, cwd=REPO, env=job_env(COPY_FACTORY_LOG_DIR=str(logs)), capture_output=True, text=True,
                           timeout=1200)
@@ -156,6 +158,14 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     summary = json.loads(summary_text)
     assert summary["rows_written"] == len(rows) and summary["dead_letters"] == 2
     _check_quality_summary(summary["quality"], rows)
+    # The judge read every copy the gate let through, on the bundled model, in passes of its
+    # own: its replies (held to the JSON schema) parse, land on the rows and are counted.
+    judged = [r for r in rows if r[C.JUDGE_VERDICT] is not None]
+    assert judged == [r for r in rows if r[C.STATUS] != C.REJECTED and r[C.TEXT]]  # by default it never rejects
+    assert all(r[C.JUDGE_VERDICT] in ("pass", "flagged", "unparsed") and r[C.JUDGE_TOKENS] > 0 for r in judged)
+    assert any(r[C.JUDGE_VERDICT] in ("pass", "flagged") for r in judged)  # replies that parse
+    assert summary["quality"]["judge"]["judged"] == len(judged)
+    assert summary["quality"]["judge"]["tokens"] == sum(r[C.JUDGE_TOKENS] for r in judged)
     # Engine work: rows generated vs reused, the prefix cache (every channel's
     # system text and worked example are shared, so it must have served some),
     # prompt tokens per channel, and the per-minute progress samples.
