@@ -132,8 +132,9 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
     for p, draft in zip(generation, (1, 2, 2)):
         held = judge_queue(attempt, p.name)
         passes.append(Pass(p.name, p.source, p.stages, {route: Sink(held) for route in p.sinks}, p.route))
-        passes.append(Pass(f"judge {p.name}", source=lambda held=held: _held_for_judge(ctx, held),
-                           stages=[Judge(ctx, draft)], sinks=p.sinks, route=C.ROUTE))
+        written = [sink.folder for sink in p.sinks.values()]
+        passes.append(Pass(f"judge {p.name}", source=lambda held=held, written=written: _held_for_judge(
+                               ctx, held, written), stages=[Judge(ctx, draft)], sinks=p.sinks, route=C.ROUTE))
     return passes
 
 
@@ -191,11 +192,11 @@ def _followers(ctx: RunContext):
     return resume.with_leaders(ds, attempt.copies, ctx.light, todo.rows)
 
 
-def _held_for_judge(ctx: RunContext, held):
-    """A pass's gated rows the judge has not passed on yet (to the copies or
-    the repair queue)."""
-    attempt = ctx.attempt
-    todo = resume.remaining(attempt, held, [attempt.copies, attempt.repair_queue], ctx.resumed, ctx.light,
+def _held_for_judge(ctx: RunContext, held, written: list):
+    """A pass's gated rows the judge has not passed on yet to that pass's
+    sinks (``written``: only those; a repaired row's id is in the repair
+    queue it came from, and is still owed)."""
+    todo = resume.remaining(ctx.attempt, held, written, ctx.resumed, ctx.light,
                             "judge-" + held.uri.rstrip("/").rsplit("/", 1)[-1])
     if not todo.rows:
         return None

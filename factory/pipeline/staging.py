@@ -248,6 +248,11 @@ def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templat
     names = [i.base_name for i in list_files(folder, ".parquet")]
     pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
              if names else STAGED_PAIR_SCHEMA.empty_table())
+    # Only this bucket's users: the prompt keys' per-user signatures are Python
+    # work per user, and every bucket computing them for the whole table made
+    # staging grow with buckets x users (1M users, a 100k-pair bucket: 44.0 s
+    # against 2.7 s; benchmarks/stage_signatures.py, RESULTS section 11).
+    users = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
     keys = dedup.PromptKeys(users, templates) if config.dedup_prompts and pairs.num_rows else None
     rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys)
     return rows, followers, owes.text()

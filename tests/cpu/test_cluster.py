@@ -108,43 +108,57 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
     assert summary["progress"][-1]["rows_done"] == rows.num_rows
 
 
+@pytest.mark.parametrize("judge", [False, True], ids=["plain", "judged"])
 def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_nodes, s3_server, s3_client,
                                                                            s3_bucket, sample_dir, stand_in_model,
-                                                                           monkeypatch):
-    """The first process writes its first drafts and dies in the repair pass;
-    the same command again resumes the attempt: its passes find what is still
-    owed with anti joins on the worker node, reuse meets its leaders in a join."""
+                                                                           monkeypatch, judge):
+    """The first process writes its first drafts and dies in the repair pass
+    (with --judge: in the judge's pass over the repaired rows, once they are
+    held for it); the same command again resumes the attempt: its passes find
+    what is still owed with anti joins on the worker node, reuse meets its
+    leaders in a join."""
     import json
 
     from benchmarks.cpu_side import echo_generate_stage
+    from factory.stages import judge as judge_stage
 
     pairs, expected = owed_pairs(sample_dir, 30)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
     echo = echo_generate_stage(reject_share=0.3)
     built = []
 
-    def engine_lost_in_the_repair_pass(engine, *args, **kwargs):
-        built.append(engine.temperature)
-        if len(built) == 1:
-            return echo(engine, *args, **kwargs)
+    def lost(ds):
+        def fail(batch):
+            raise RuntimeError("engine lost")
+        return ds.map_batches(fail, batch_format="pyarrow")
 
-        def lost(ds):
-            def fail(batch):
-                raise RuntimeError("engine lost")
-            return ds.map_batches(fail, batch_format="pyarrow")
-        return lost
+    def engine_lost_in_the_repair_pass(engine, *args, **kwargs):
+        built.append("generate")
+        return lost if built.count("generate") == 2 and not judge else echo(engine, *args, **kwargs)
+
+    def judge_lost_over_the_repaired_rows(*args, **kwargs):
+        built.append("judge")
+        return judge_stage.build_judge_stage(*args, **kwargs, processor=(
+            lost if built.count("judge") == 2 else _stand_in_judge_engine))
 
     out = f"s3://{s3_bucket}/out"
     args = ["--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
             "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out, "--s3-endpoint", s3_server,
             "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS), "--model", stand_in_model,
-            "--rows-per-file", "7"]
+            "--rows-per-file", "7", *(["--judge"] if judge else [])]
     monkeypatch.setattr(passes, "build_generate_stage", engine_lost_in_the_repair_pass)
-    with pytest.raises(Exception, match="engine lost"):
-        nightly_job.main(args)
-    assert len(built) == 2  # first drafts written, then the repair pass died
+    monkeypatch.setattr(passes, "build_judge_stage", judge_lost_over_the_repaired_rows)
+    try:  # the job reports a failure it knows as exit 1, and lets an unknown one raise: either way, no run
+        died = nightly_job.main(args)
+    except Exception as exc:  # noqa: BLE001
+        died = exc
+    assert died != 0 and read_published(out, RUN_DATE, s3_endpoint=s3_server) is None, died
+    # First drafts written (and judged), then the repair pass (or its judge) died.
+    assert built == (["generate", "judge", "generate", "judge"] if judge else ["generate", "generate"])
 
     monkeypatch.setattr(passes, "build_generate_stage", echo)
+    monkeypatch.setattr(passes, "build_judge_stage", lambda *a, **k: judge_stage.build_judge_stage(
+        *a, **k, processor=_stand_in_judge_engine))
     assert nightly_job.main(args) == 0
     rows = read_published(out, RUN_DATE, s3_endpoint=s3_server)
     check_exactly_once(rows, expected)
@@ -153,9 +167,27 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_n
     manifest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=manifest_key)["Body"].read())
     first, second = manifest["history"]
     assert second["action"] == "resume" and second["rows_resumed"] > 0
-    # The second process drafted nothing again: it only repaired and reused.
-    assert second["first_drafts"] == 0 and second["repairs"] > 0
+    # The second process drafted nothing again; without the judge it repaired, with it the repairs
+    # were held already and only their judging was left.
+    assert second["first_drafts"] == 0 and (second["repairs"] == 0) == judge
     assert manifest["rows"]["copies"] == rows.num_rows == sum(expected.values())
+    if judge:
+        assert all(v is not None for v, s in zip(rows[C.JUDGE_VERDICT].to_pylist(), rows[C.STATUS].to_pylist())
+                   if s != C.REJECTED)
+
+
+def _stand_in_judge_engine(ds):
+    """The judge engine's output columns, instantly: every copy passes."""
+    import json
+
+    import pyarrow as pa
+
+    def reply(batch):
+        verdict = {"unsupported_claims": [], "fits_product": True, "fits_interests": True, "reason": "ok"}
+        n = batch.num_rows
+        return (batch.append_column(C.JUDGE_REPLY, pa.array([json.dumps(verdict)] * n, pa.string()))
+                .append_column(C.JUDGE_TOKENS, pa.array([7] * n, pa.int32())))
+    return ds.map_batches(reply, batch_format="pyarrow")
 
 
 def test_the_judge_runs_as_passes_of_its_own_on_two_nodes(two_nodes, s3_server, s3_client, s3_bucket, sample_dir,
@@ -165,21 +197,11 @@ def test_the_judge_runs_as_passes_of_its_own_on_two_nodes(two_nodes, s3_server, 
     test), and every row still lands once, judged, with the verdicts counted."""
     import json
 
-    import pyarrow as pa
-
     from benchmarks.cpu_side import echo_generate_stage
     from factory.stages import judge as judge_stage
 
-    def stand_in_judge_engine(ds):
-        def reply(batch):
-            verdict = {"unsupported_claims": [], "fits_product": True, "fits_interests": True, "reason": "ok"}
-            n = batch.num_rows
-            return (batch.append_column(C.JUDGE_REPLY, pa.array([json.dumps(verdict)] * n, pa.string()))
-                    .append_column(C.JUDGE_TOKENS, pa.array([7] * n, pa.int32())))
-        return ds.map_batches(reply, batch_format="pyarrow")
-
     def judge_with_stand_in(*args, **kwargs):
-        return judge_stage.build_judge_stage(*args, **kwargs, processor=stand_in_judge_engine)
+        return judge_stage.build_judge_stage(*args, **kwargs, processor=_stand_in_judge_engine)
 
     pairs, expected = owed_pairs(sample_dir, 30)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
