@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 import sys
 from pathlib import Path
-
-import logging
 
 import pytest
 
@@ -58,7 +59,10 @@ def s3_server():
 def s3_bucket(s3_server, request):
     import boto3
 
-    name = "factory-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    # One bucket per test, parametrized variants included: a digest of the
+    # whole test id follows the readable (cut, valid-characters-only) part.
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
+    name = f"factory-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket=name)
     return name
