@@ -17,6 +17,7 @@ from factory.footer import read_footers
 from factory.pipeline.plan import join_partitions
 from factory.pipeline.staging import read, write
 from factory.publish import Attempt
+from factory.stages.finalize import PROVENANCE_COLUMNS
 from factory.stages.reuse import OWN_COLUMNS
 from factory.stages.write import Sink
 from factory.storage import Location, delete_dir_if_exists, list_files
@@ -74,7 +75,10 @@ def with_leaders(followers, copies: Location, num_cpus: float, rows: int):
     ``dedup_of`` on the copies' ``row_id``): the leader's columns except the
     follower's own identity (``factory.stages.reuse.OWN_COLUMNS``)."""
     leaders = read([i.path for i in list_files(copies, ".parquet")], copies, num_cpus)
-    leaders = leaders.drop_columns([c for c in OWN_COLUMNS if c != C.ROW_ID])
+    # The leader's copy, not its provenance: the follower's own is stamped when
+    # it is written (and a "model" column would name a LoRA adapter to Ray
+    # LLM's engine stage, which the judge's pass runs these rows through).
+    leaders = leaders.drop_columns([c for c in OWN_COLUMNS if c != C.ROW_ID] + list(PROVENANCE_COLUMNS))
     return followers.select_columns(list(OWN_COLUMNS)).join(
         leaders, join_type="left_outer", on=(C.DEDUP_OF,), right_on=(C.ROW_ID,), num_partitions=join_partitions(rows),
         aggregator_ray_remote_args={"num_cpus": num_cpus})

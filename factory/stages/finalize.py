@@ -62,6 +62,10 @@ def clean_text(text: str) -> str:
     return text
 
 
+# What FinalizeRows stamps on every row as it is written: the run's provenance.
+PROVENANCE_COLUMNS = (C.RUN_ID, C.RUN_DATE, C.MODEL, C.GENERATED_AT)
+
+
 class FinalizeRows:
     """Adds run provenance and casts gated rows to ``OUTPUT_SCHEMA``."""
 

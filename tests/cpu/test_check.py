@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -229,7 +231,8 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
     write_parquet(copies.join("part-a.parquet"), pa.Table.from_pylist([
         {C.ROW_ID: "b1", C.USER_ID: "U1", C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.DEDUP_OF: None, C.TEXT: "Hi",
          C.STATUS: C.ACCEPTED, C.REASONS: ["x"], C.DRAFT: 2, C.NUM_INPUT_TOKENS: 50, C.NUM_OUTPUT_TOKENS: 5,
-         C.NUM_CACHED_TOKENS: 10}]))
+         C.NUM_CACHED_TOKENS: 10, C.MODEL: "m", C.RUN_ID: "r", C.RUN_DATE: dt.date(2026, 12, 1),
+         C.GENERATED_AT: dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)}]))
     followers = ray.data.from_arrow(pa.Table.from_pylist([
         {C.ROW_ID: "f1", C.USER_ID: "U2", C.PRODUCT_ID: "P", C.CHANNEL: "push", C.CAMPAIGN_ID: "c", C.VARIANT: 0,
          C.DEDUP_OF: "b1"}]))
@@ -238,3 +241,5 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
     assert (row[C.ROW_ID], row[C.USER_ID], row[C.TEXT], list(row[C.REASONS])) == ("f1", "U2", "Hi", ["x"])
     assert (row[C.SAVED_PROMPT_TOKENS], row[C.NUM_INPUT_TOKENS]) == (50, 0)
     assert row[C.DRAFT] == 2 and "date" not in row and "campaign" not in row
+    # The leader's provenance stays behind: "model" would be a LoRA adapter's name to Ray LLM.
+    assert not {C.MODEL, C.RUN_ID, C.RUN_DATE, C.GENERATED_AT} & set(row)
