@@ -183,12 +183,6 @@ def format_offers(offers: Sequence[str]) -> str:
     return OFFERS_LINE.format("; ".join(parts)) if parts else ""
 
 
-def apply_brand_voice(templates: Mapping[str, PromptTemplate], voice: str | None,
-                      channels: Iterable[str]) -> dict[str, PromptTemplate]:
-    """The templates for a run with this brand voice (and no offers)."""
-    return apply_campaign(templates, voice, (), channels)
-
-
 def apply_campaign(templates: Mapping[str, PromptTemplate], voice: str | None, offers: Sequence[str],
                    channels: Iterable[str]) -> dict[str, PromptTemplate]:
     """The templates for a run with this brand voice and these declared

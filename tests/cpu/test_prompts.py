@@ -104,34 +104,34 @@ def test_values_read_naturally():
 
 
 def test_brand_voice_reaches_the_system_prompt_and_the_version():
-    from factory.prompts import apply_brand_voice
+    from factory.prompts import apply_campaign
 
     templates = load_templates()
     plain = templates["push"]
     assert "brand_voice" in plain.fields and plain.version == plain.file_version
     # No voice: the system prompt is exactly the template's other lines.
     assert plain.render({})[0]["content"].endswith("Reply with the copy only.")
-    voiced = apply_brand_voice(templates, "warm,\n cosy <b> mail jane@example.com", ["push"])["push"]
+    voiced = apply_campaign(templates, "warm,\n cosy <b> mail jane@example.com", (), ["push"])["push"]
     system = voiced.render({})[0]["content"]
     # One line, angle brackets replaced, contact details scrubbed: like any untrusted text.
     assert system.endswith("Reply with the copy only.\nBrand voice: warm, cosy ‹b› mail.")
     assert voiced.version != plain.version and voiced.version.startswith("push@")
-    assert apply_brand_voice(templates, "warm, cosy", ["push"])["push"].version == \
-        apply_brand_voice(templates, "warm, cosy", ["push"])["push"].version
-    assert apply_brand_voice(templates, "calm", ["push"])["push"].version != \
-        apply_brand_voice(templates, "warm, cosy", ["push"])["push"].version
+    assert apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version == \
+        apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version
+    assert apply_campaign(templates, "calm", (), ["push"])["push"].version != \
+        apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version
     assert voiced.with_brand_voice(None).version == plain.version
 
 
 def test_brand_voice_placeholder_rules(tmp_path):
-    from factory.prompts import apply_brand_voice
+    from factory.prompts import apply_campaign
 
     with pytest.raises(TemplateError, match=r"\{brand_voice\} belongs in 'system'"):
         load_template(_write(tmp_path, "{title} {brand_voice}"))
     bare = load_template(_write(tmp_path, "{title}"))
     with pytest.raises(TemplateError, match="has no {brand_voice} placeholder"):
-        apply_brand_voice({"push": bare}, "calm", ["push"])
-    assert apply_brand_voice({"push": bare}, None, ["push"])["push"].version == bare.version
+        apply_campaign({"push": bare}, "calm", (), ["push"])
+    assert apply_campaign({"push": bare}, None, (), ["push"])["push"].version == bare.version
 
 
 def test_declared_offers_reach_the_system_prompt_and_the_version():
