@@ -34,7 +34,6 @@ from factory.stages.judge import build_judge_stage
 from factory.stages.reuse import reuse_copy
 from factory.stages.review import ReviewRows
 from factory.stages.write import Sink
-from factory.storage import list_files
 
 Stage = Callable[[Any], Any]  # Dataset -> Dataset
 

@@ -14,8 +14,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from factory import columns as C
-from factory.experiments.assign import ARM, EXPERIMENT_ID, Layout
+from factory.experiments.assign import Layout
 from factory.experiments.bandit import ArmStats, allocate, arm_stats, previous_allocation
 from factory.experiments.config import ArmConfig, ExperimentConfig
 from factory.experiments.simulate import simulate

@@ -9,7 +9,6 @@ same table byte for byte; the table feeds the allocation.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import pyarrow as pa
