@@ -157,7 +157,7 @@ def _first_drafts(ctx: RunContext):
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
     per_block = rows_per_block(todo.rows, config.engine.replicas, concurrent_batches(config.engine))
     blocks = max(1, min(MAX_BLOCKS, -(-todo.rows // per_block)))
-    ds = read(todo.files(), todo.folder, ctx.light, override_num_blocks=blocks,
+    ds = read(todo.files, todo.folder, ctx.light, override_num_blocks=blocks,
               columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT])
     ds = ds.map_batches(
         JoinProfiles,
@@ -177,7 +177,7 @@ def _repair_queue(ctx: RunContext):
                             ctx.resumed, ctx.light, "repair")
     if not todo.rows:
         return None
-    return read(todo.files(), todo.folder, ctx.light)
+    return read(todo.files, todo.folder, ctx.light)
 
 
 def _followers(ctx: RunContext):
@@ -187,7 +187,7 @@ def _followers(ctx: RunContext):
                             ctx.resumed, ctx.light, "reuse")
     if not todo.rows:
         return None
-    ds = read(todo.files(), todo.folder, ctx.light)
+    ds = read(todo.files, todo.folder, ctx.light)
     return resume.with_leaders(ds, attempt.copies, ctx.light, todo.rows)
 
 
@@ -199,7 +199,7 @@ def _held_for_judge(ctx: RunContext, held, written: list):
                             "judge-" + held.uri.rstrip("/").rsplit("/", 1)[-1])
     if not todo.rows:
         return None
-    return read(todo.files(), todo.folder, ctx.light)
+    return read(todo.files, todo.folder, ctx.light)
 
 
 # --------------------------------------------------------------------------- stages

@@ -42,13 +42,11 @@ def already_written(attempt: Attempt) -> Written:
 
 @dataclass
 class Remaining:
-    """A pass's rows still owed: the files that hold them, and how many."""
+    """A pass's rows still owed: the folder and files that hold them, and how many."""
 
     folder: Location
+    files: list[str]
     rows: int
-
-    def files(self) -> list[str]:
-        return [i.path for i in list_files(self.folder, ".parquet")]
 
 
 def remaining(attempt: Attempt, source: Location, written: list[Location], resumed: bool, num_cpus: float,
@@ -56,18 +54,21 @@ def remaining(attempt: Attempt, source: Location, written: list[Location], resum
     """The rows of ``source`` whose ``row_id`` is not in ``written``. A
     process that began the attempt has written none of them: ``source`` as
     it is. A resumed one anti-joins on Ray Data into ``_work/remaining/<name>``."""
-    owed = sum(f.rows for f in read_footers(source))
+    footers = read_footers(source)
+    mine = Remaining(source, [f.loc.path for f in footers], sum(f.rows for f in footers))
+    if not resumed or not mine.rows:
+        return mine
     written_files = [i.path for loc in written for i in list_files(loc, ".parquet")]
-    if not resumed or not owed or not written_files:
-        return Remaining(source, owed)
+    if not written_files:
+        return mine
     into = attempt.work.join("remaining", name)
     delete_dir_if_exists(into)  # an earlier resumed process's: stale now
-    rows = read([i.path for i in list_files(source, ".parquet")], source, num_cpus)
     ids = read(written_files, attempt.base, num_cpus, columns=[C.ROW_ID])
-    still = rows.join(ids, join_type="left_anti", on=(C.ROW_ID,), num_partitions=join_partitions(owed),
-                      aggregator_ray_remote_args={"num_cpus": num_cpus})
+    still = read(mine.files, source, num_cpus).join(ids, join_type="left_anti", on=(C.ROW_ID,),
+                                                    num_partitions=join_partitions(mine.rows),
+                                                    aggregator_ray_remote_args={"num_cpus": num_cpus})
     files = write(still, {name: Sink(into)}, num_cpus)
-    return Remaining(into, sum(f["rows"] for f in files))
+    return Remaining(into, [into.join(f["file"]).path for f in files], sum(f["rows"] for f in files))
 
 
 def with_leaders(followers, copies: Location, num_cpus: float, rows: int):

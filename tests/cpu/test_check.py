@@ -212,7 +212,7 @@ def test_a_resumed_process_finds_what_is_still_owed_with_an_anti_join(local_ray,
     # A resumed one gets the rows no written file holds, with every column, in files of their own.
     todo = resume.remaining(attempt, attempt.pairs, written, resumed=True, num_cpus=0.5, name="t")
     assert todo.rows == 2 and todo.folder.uri.endswith("_work/remaining/t")
-    got = pa.concat_tables([pq.read_table(f) for f in todo.files()])
+    got = pa.concat_tables([pq.read_table(f) for f in todo.files])
     assert sorted(zip(got[C.ROW_ID].to_pylist(), got["x"].to_pylist())) == [("a2", 2), ("a4", 4)]
     # Nothing written yet: no join, the source as it is.
     assert resume.remaining(attempt, attempt.pairs, [resolve(str(tmp_path / "none"))], True, 0.5, "t").rows == 5
