@@ -53,12 +53,12 @@ def plan_run(config: JobConfig) -> dict[str, Any]:
     from factory.pipeline.plan import prepare
 
     plan = prepare(config)
-    # The campaign's voice and declared offers are in every system prompt, so in the token estimate too.
-    templates = plan.templates  # with the campaign's voice and offers (prepare)
+    # The campaign's voice and declared offers are in every system prompt (prepare), so in the token estimate too.
+    templates = plan.templates
     checked, by_locale = _checked_pairs(plan, config, templates)
-    scope = _Scope(config)
-    counts = scope.count(checked, by_locale)
-    owed_rows = _engine_rows(scope.owed_rows(checked), plan, config, templates)
+    scope = _Scope(config, checked)
+    counts = scope.count(by_locale)
+    owed_rows = _engine_rows(scope.owed_rows(), plan, config, templates)
     counter = TokenCounter(plan.model_source)
     per_channel = _token_estimates(owed_rows, plan, config, templates, counter)
     return _assemble(config, plan, templates, counts, per_channel, counter)
@@ -104,17 +104,16 @@ class _Scope:
     """Counts of what the run's checked pairs owe, by the rule staging uses
     (``factory.pipeline.owed``)."""
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: JobConfig, checked: pa.Table):
         self._config = config
-
-    def _owed(self, checked: pa.Table) -> tuple[pa.Table, owed.Owed]:
-        """The servable pairs in file order, and what they owe."""
+        self._checked = checked
+        # The servable pairs in file order, and what they owe: worked out once, for the counts and the rows.
         good = checked.filter(pc.is_null(checked[C.REASON]))
-        good = good.take(pc.sort_indices(good, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
-        config = self._config
-        return good, owed.owed_rows(good, config.channels, config.variants, config.campaign)
+        self._good = good.take(pc.sort_indices(good, sort_keys=[(C.SOURCE, "ascending"),
+                                                                 (C.SOURCE_ROW, "ascending")]))
+        self._owed = owed.owed_rows(self._good, config.channels, config.variants, config.campaign)
 
-    def count(self, checked: pa.Table, by_locale: Counter) -> dict[str, dict[str, Any]]:
+    def count(self, by_locale: Counter) -> dict[str, dict[str, Any]]:
         """Per campaign: pairs in scope, servable, dead letters by reason,
         repeats, pairs whose channel the run skips and (outside the scope)
         pairs left out for their user's locale."""
@@ -122,12 +121,12 @@ class _Scope:
                                                               "not_generated": Counter()})
         for campaign, n in by_locale.items():
             out[campaign]["not_generated"][LOCALE_EXCLUDED] += n
+        checked, good, found = self._checked, self._good, self._owed
         campaign_of = owed.row_campaigns(checked[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
         for campaign, reason in zip(campaign_of, checked[C.REASON].to_pylist()):
             out[campaign]["pairs"] += 1
             if reason is not None:
                 out[campaign]["dead_letters"][reason] += 1
-        good, found = self._owed(checked)
         owing = set(found.owing_pairs.to_pylist())
         duplicate = set(found.duplicate_pairs.to_pylist())
         good_campaigns = owed.row_campaigns(good[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
@@ -141,10 +140,10 @@ class _Scope:
                 c["servable"] += 1
         return out
 
-    def owed_rows(self, checked: pa.Table) -> pa.Table:
+    def owed_rows(self) -> pa.Table:
         """The unique (pair, channel, variant) rows the run owes, as staging
         keeps them, keyed under their campaign."""
-        rows = self._owed(checked)[1].rows
+        rows = self._owed.rows
         return rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[owed.CAMPAIGN]).select(
             [C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT])
 
