@@ -1,18 +1,25 @@
-"""``--dry-run``: what a run would do and cost, without Ray, an engine or a write.
+"""``--dry-run``: what a run would do and cost, without an engine or a write.
 
     prepare()      the run's own checks: config, templates, input schemas,
-                   lookup tables, model (no Ray, no engine)
-    pass 1 again   the pairs in scope read and checked with the pipeline's own
-                   stages (ReadPairs, CheckPairs), called in this process;
-                   the rows each servable pair owes, repeats owed once
-    tokens         prompts rendered with the real templates (RenderPrompts after
-                   JoinProfiles) for a sample of each campaign and channel's
-                   rows, counted with the model's own tokenizer and chat template;
-                   output tokens at each row's token cap (an upper bound)
+                   lookup tables, model (on the driver, before Ray)
+    tally          on Ray Data, as the run stages (``factory.pipeline.staging``):
+                   every pair in scope read and checked by pass 1's own stages,
+                   grouped by the run's product buckets, and each bucket's rows
+                   decided by the staging rule (``staging.bucket_rows``: what a
+                   pair owes, duplicates, identical prompts). Each bucket
+                   returns counts and a sample: the driver adds up one small
+                   record per bucket, never the pairs
+    tokens         the sample (the engine rows with the smallest row ids per
+                   campaign and channel: uniform, since row ids are hashes, and
+                   the same on every rerun) rendered with the real templates
+                   and counted with the model's own tokenizer and chat
+                   template, scaled to all rows; output tokens at each row's
+                   token cap (an upper bound)
     estimate       GPU-hours = output tokens / assumed output tokens per GPU-second,
                    cost = GPU-hours x price per GPU-hour
 
-Nothing is written under ``--output``.
+Nothing is written under ``--output``. Ray is started (or joined, under
+``ray job submit``) as for a run; no engine is.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
-from factory.dead_letters import DUPLICATE_PAIR
+from factory import dedup
 from factory.config import JobConfig
+from factory.dead_letters import DUPLICATE_PAIR
+from factory.pipeline import owed, staging
 from factory.prompts import PromptTemplate
-from factory.stages.check import CheckPairs, ReadPairs
-from factory.pipeline import owed
 from factory.stages.join import JoinProfiles
 from factory.stages.render import RenderPrompts, tokens_per_char_factor
 
@@ -46,120 +53,158 @@ BYTES_PER_TOKEN = 4.0
 # lead's filter should call them; a dead letter or a count, see README).
 LOCALE_EXCLUDED = "locale_not_in_campaign"
 NOTHING_OWED = "channel_not_in_run"
+_BUCKET = "__bucket"
+SAMPLE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
 
 
-def plan_run(config: JobConfig) -> dict[str, Any]:
-    """The dry-run plan of one run as a dict (see ``format_plan``)."""
+def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]:
+    """The dry-run plan of one run as a dict (see ``format_plan``); prompt
+    tokens from up to ``sample_rows`` rendered rows per campaign and channel."""
+    import ray
+
+    from factory.cluster import check_shared_storage
     from factory.pipeline.plan import prepare
+    from factory.ray_session import configure_ray_data, start_or_join
 
-    plan = prepare(config)
+    plan = prepare(config)  # every check that can fail does so before Ray starts
+    start_or_join(dashboard=config.ray_dashboard)
+    # Ray's workers read the pairs: on a cluster the path must mean the same to each (factory/cluster.py).
+    check_shared_storage({"--pairs": plan.pairs.loc.uri}, config.shared_filesystem)
+    configure_ray_data()
     # The campaign's voice and declared offers are in every system prompt (prepare), so in the token estimate too.
     templates = plan.templates
-    checked, by_locale = _checked_pairs(plan, config, templates)
-    scope = _Scope(config, checked)
-    counts = scope.count(by_locale)
-    owed_rows = _engine_rows(scope.owed_rows(), plan, config, templates)
+    lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
+    counts, per_channel, samples = tally(plan, lookups, sample_rows)
     counter = TokenCounter(plan.model_source)
-    per_channel = _token_estimates(owed_rows, plan, config, templates, counter)
-    return _assemble(config, plan, templates, counts, per_channel, counter)
+    per_channel = _token_estimates(per_channel, samples, plan, config, templates, counter)
+    return _assemble(config, plan, templates, counts, per_channel, counter, sample_rows)
 
 
-def _checked_pairs(plan, config: JobConfig, templates: dict[str, PromptTemplate]) -> tuple[pa.Table, Counter]:
-    """Pass 1 of the pipeline in this process: the pairs in scope (the run's
-    own scope filter), read row group by row group with their provenance,
-    each with its dead-letter reason (null when servable); and per campaign
-    the pairs left out because of the run's locales."""
-    from factory.pipeline.plan import row_group_items, scope as run_scope, scope_filter
+# --------------------------------------------------------------------------- the tally, on Ray Data
 
-    pairs = plan.pairs
-    display = {f: (f"s3://{f}" if pairs.loc.is_s3 else f) for f in pairs.files}
-    read = ReadPairs(pairs.loc.fs, pairs.columns, display)
-    check = CheckPairs(plan.users, plan.products, known_channels=list(templates))
-    scope = run_scope(plan)
-    excluded_users = scope.get("excluded_users")
-    by_locale: Counter = Counter()
-    tables = []
-    for item in row_group_items(pairs, config.limit, config.campaign):
-        batch = read({k: [v] for k, v in item.items()})
+def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS) -> tuple[dict, dict, dict]:
+    """Counts per campaign, rows per (campaign, channel) and the token sample,
+    from one record per product bucket (see the module)."""
+    from factory.pipeline.plan import join_partitions
+
+    config = plan.config
+    n_buckets = staging.stage_buckets(plan)
+    checked = staging.checked_pairs(plan, lookups, mark_locale_excluded=True).map_batches(
+        _with_bucket, fn_kwargs={"n_buckets": n_buckets}, batch_format="pyarrow", num_cpus=config.cpu_stage_num_cpus)
+    # One partition per CPU at most (each is an aggregator actor; Ray's default is 200).
+    partitions = join_partitions(n_buckets * staging.STAGE_BUCKET_PAIRS)
+    records = checked.groupby(_BUCKET, num_partitions=partitions).map_groups(
+        TallyBucket, fn_constructor_kwargs={"config": config, "templates": plan.templates,
+                                            "users": lookups["users"], "sample_rows": sample_rows},
+        batch_format="pyarrow", compute=staging.stage_pool(config), num_cpus=config.cpu_stage_num_cpus)
+    counts: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
+    per_channel: dict[tuple[str, str], dict[str, int]] = defaultdict(Counter)
+    samples: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records.iter_rows():
+        got = json.loads(record["tally"])
+        for campaign, c in got["campaigns"].items():
+            mine = counts[campaign]
+            mine["pairs"] += c["pairs"]
+            mine["servable"] += c["servable"]
+            mine["dead_letters"].update(c["dead_letters"])
+            mine["not_generated"].update(c["not_generated"])
+        for row in got["channels"]:
+            per_channel[(row["campaign"], row["channel"])].update(row["counts"])
+        for row in got["sample"]:
+            samples[(row[C.CAMPAIGN_ID], row[C.CHANNEL])].append(row)
+    # The smallest row ids over all buckets: each bucket sent its own smallest.
+    samples = {key: sorted(rows, key=lambda r: r[C.ROW_ID])[:sample_rows] for key, rows in samples.items()}
+    return counts, per_channel, samples
+
+
+def _campaign_counts() -> dict[str, Any]:
+    return {"pairs": 0, "servable": 0, "dead_letters": Counter(), "not_generated": Counter()}
+
+
+def _with_bucket(batch: pa.Table, n_buckets: int) -> pa.Table:
+    return batch.append_column(_BUCKET, staging.product_buckets(batch[C.PRODUCT_ID], n_buckets))
+
+
+class TallyBucket:
+    """One product bucket's checked pairs → one record (a JSON text): per
+    campaign, pairs, servable pairs, dead letters and pairs not generated,
+    by reason; per (campaign, channel), rows owed, rows for the engine, rows
+    reusing an identical prompt's copy and the output token cap; and the
+    bucket's ``sample_rows`` engine rows with the smallest row ids per
+    (campaign, channel)."""
+
+    def __init__(self, config: JobConfig, templates: dict[str, PromptTemplate], users, sample_rows: int):
+        import ray
+
+        self._config = config
+        self._templates = templates
+        self._sample_rows = sample_rows
+        # Ray Data hands constructor arguments over as they are: a ref is fetched here, once per actor.
+        self._users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        config = self._config
         for name in (C.CHANNEL, C.CAMPAIGN_ID):
             if name not in batch.column_names:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
-        if scope:
-            batch = scope_filter(batch, **{**scope, "excluded_users": None})
-            if excluded_users is not None:
-                out = batch.filter(pc.fill_null(pc.is_in(batch[C.USER_ID], value_set=excluded_users), False))
-                by_locale.update(config.campaign or c or "default" for c in out[C.CAMPAIGN_ID].to_pylist())
-                batch = scope_filter(batch, None, None, None, excluded_users)
-        tables.append(check(batch).select([C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE,
-                                           C.SOURCE_ROW, C.REASON]))
-    if not tables:
-        empty = pa.table({c: pa.array([], pa.string()) for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID,
-                                                                   C.SOURCE, C.REASON)}
-                         | {C.SOURCE_ROW: pa.array([], pa.int64())})
-        return empty, by_locale
-    return pa.concat_tables(tables, promote_options="permissive"), by_locale
-
-
-class _Scope:
-    """Counts of what the run's checked pairs owe, by the rule staging uses
-    (``factory.pipeline.owed``)."""
-
-    def __init__(self, config: JobConfig, checked: pa.Table):
-        self._config = config
-        self._checked = checked
-        # The servable pairs in file order, and what they owe: worked out once, for the counts and the rows.
-        good = checked.filter(pc.is_null(checked[C.REASON]))
-        self._good = good.take(pc.sort_indices(good, sort_keys=[(C.SOURCE, "ascending"),
-                                                                 (C.SOURCE_ROW, "ascending")]))
-        self._owed = owed.owed_rows(self._good, config.channels, config.variants, config.campaign)
-
-    def count(self, by_locale: Counter) -> dict[str, dict[str, Any]]:
-        """Per campaign: pairs in scope, servable, dead letters by reason,
-        repeats, pairs whose channel the run skips and (outside the scope)
-        pairs left out for their user's locale."""
-        out: dict[str, dict[str, Any]] = defaultdict(lambda: {"pairs": 0, "servable": 0, "dead_letters": Counter(),
-                                                              "not_generated": Counter()})
-        for campaign, n in by_locale.items():
-            out[campaign]["not_generated"][LOCALE_EXCLUDED] += n
-        checked, good, found = self._checked, self._good, self._owed
-        campaign_of = owed.row_campaigns(checked[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
-        for campaign, reason in zip(campaign_of, checked[C.REASON].to_pylist()):
-            out[campaign]["pairs"] += 1
+        campaigns: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
+        labels = owed.row_campaigns(batch[C.CAMPAIGN_ID], config.campaign).to_pylist()
+        for label, out, reason in zip(labels, batch[staging.LOCALE_EXCLUDED].to_pylist(),
+                                      batch[C.REASON].to_pylist()):
+            c = campaigns[label]
+            if out:
+                c["not_generated"][LOCALE_EXCLUDED] += 1
+                continue
+            c["pairs"] += 1
             if reason is not None:
-                out[campaign]["dead_letters"][reason] += 1
-        owing = set(found.owing_pairs.to_pylist())
-        duplicate = set(found.duplicate_pairs.to_pylist())
-        good_campaigns = owed.row_campaigns(good[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
-        for i, campaign in enumerate(good_campaigns):
-            c = out[campaign]
+                c["dead_letters"][reason] += 1
+        good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[staging.LOCALE_EXCLUDED])))
+        good = good.select(list(staging.STAGED_PAIR_COLUMNS))
+        users = self._users.filter(pc.is_in(self._users[C.USER_ID], value_set=pc.unique(good[C.USER_ID])))
+        keys = dedup.PromptKeys(users, self._templates) if config.dedup_prompts and good.num_rows else None
+        decided = staging.bucket_rows(good, config, users, keys)
+        self._count_pairs(decided, campaigns)
+        channels, sample = self._count_rows(decided.rows, users)
+        record = {"campaigns": campaigns, "channels": channels, "sample": sample}
+        return pa.table({"tally": [json.dumps(record)]})
+
+    def _count_pairs(self, decided, campaigns) -> None:
+        owing = set(decided.owing.owing_pairs.to_pylist())
+        duplicate = set(decided.owing.duplicate_pairs.to_pylist())
+        labels = owed.row_campaigns(decided.pairs[C.CAMPAIGN_ID], self._config.campaign).to_pylist()
+        for i, label in enumerate(labels):
+            c = campaigns[label]
             if i not in owing:
                 c["not_generated"][NOTHING_OWED] += 1
             elif i in duplicate:
                 c["dead_letters"][DUPLICATE_PAIR] += 1
             else:
                 c["servable"] += 1
-        return out
 
-    def owed_rows(self) -> pa.Table:
-        """The unique (pair, channel, variant) rows the run owes, as staging
-        keeps them, keyed under their campaign."""
-        rows = self._owed.rows
-        return rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[owed.CAMPAIGN]).select(
-            [C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT])
-
-
-def _engine_rows(owed: pa.Table, plan, config: JobConfig, templates: dict[str, PromptTemplate]) -> pa.Table:
-    """``owed`` with ``engine``: whether the row goes to the engine, or reuses
-    an identical prompt's copy (the pipeline's prompt dedup, same keys)."""
-    from factory import dedup
-    from factory.stages.join import row_id
-
-    if not config.dedup_prompts or owed.num_rows == 0:
-        return owed.append_column("engine", pa.array([True] * owed.num_rows, pa.bool_()))
-    ids = [row_id(config.run_id, *key) for key in zip(
-        *(owed[c].to_pylist() for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))]
-    lead = dedup.leaders(ids, dedup.prompt_keys(owed, plan.users, templates))
-    return owed.append_column("engine", pa.array([x is None for x in lead], pa.bool_()))
+    def _count_rows(self, rows: pa.Table, users: pa.Table) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        config = self._config
+        locale_of = dict(zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist()))
+        engine = pc.is_null(rows[C.DEDUP_OF]).to_pylist()
+        counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        candidates: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, (campaign, channel, user, sent) in enumerate(zip(
+                rows[owed.CAMPAIGN].to_pylist(), rows[C.CHANNEL].to_pylist(), rows[C.USER_ID].to_pylist(), engine)):
+            c = counts[(campaign, channel)]
+            c["rows"] += 1
+            if sent:
+                c["engine_rows"] += 1
+                c["output_tokens_max"] += (config.engine.max_tokens
+                                           or self._templates[channel].max_tokens
+                                           * tokens_per_char_factor(locale_of.get(user)))
+                candidates[(campaign, channel)].append(i)
+        ids = rows[C.ROW_ID].to_pylist()
+        keyed = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[owed.CAMPAIGN])
+        sample = []
+        for at in candidates.values():
+            smallest = sorted(at, key=ids.__getitem__)[:self._sample_rows]
+            sample += keyed.take(pa.array(smallest, pa.int64())).select(list(SAMPLE_COLUMNS)).to_pylist()
+        channels = [{"campaign": k[0], "channel": k[1], "counts": dict(v)} for k, v in counts.items()]
+        return channels, sample
 
 
 class TokenCounter:
@@ -199,52 +244,37 @@ def _local_tokenizer(model_source: str):
     return AutoTokenizer.from_pretrained(model_source, local_files_only=True)
 
 
-def _sample(indices: list[int], n: int) -> list[int]:
-    """``n`` evenly spaced indices (all when fewer): deterministic, spread over the input."""
-    if len(indices) <= n:
-        return indices
-    step = len(indices) / n
-    return [indices[int(i * step)] for i in range(n)]
-
-
-def _token_estimates(owed: pa.Table, plan, config: JobConfig, templates: dict[str, PromptTemplate],
+def _token_estimates(per_channel: dict[tuple[str, str], Counter], samples: dict[tuple[str, str], list[dict]],
+                     plan, config: JobConfig, templates: dict[str, PromptTemplate],
                      counter: TokenCounter) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (campaign, channel): rows owed, rows sent to the engine (the rest
     reuse an identical prompt's copy), and for the engine rows prompt tokens
-    (sampled, scaled up) and output tokens at the cap."""
-    users = plan.users
-    locale_of = dict(zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist()))
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    reused: Counter = Counter()
-    for i, (campaign, channel, engine) in enumerate(zip(owed[C.CAMPAIGN_ID].to_pylist(), owed[C.CHANNEL].to_pylist(),
-                                                        owed["engine"].to_pylist())):
-        if engine:
-            groups[(campaign, channel)].append(i)
-        else:
-            reused[(campaign, channel)] += 1
-    users_col, channels_col = owed[C.USER_ID].to_pylist(), owed[C.CHANNEL].to_pylist()
+    (the sample's mean, scaled up) and output tokens at the cap."""
     join = JoinProfiles(plan.users, plan.products, config.channels, list(templates), config.variants,
                         config.campaign, run_id=config.run_id)
     render = RenderPrompts(templates, config.engine.max_tokens)
     out = {}
-    for key in sorted(reused.keys() - groups.keys()):  # every row of the group reuses a copy
-        out[key] = {"rows": reused[key], "engine_rows": 0, "prompt_tokens": 0, "prompt_tokens_per_row": 0,
-                    "output_tokens_max": 0, "rows_tokenized": 0}
-    for key, rows in sorted(groups.items()):
-        cap = sum(config.engine.max_tokens
-                  or templates[channels_col[i]].max_tokens * tokens_per_char_factor(locale_of.get(users_col[i]))
-                  for i in rows)
-        sample = _sample(rows, SAMPLE_ROWS)
-        rendered = render(join(owed.take(pa.array(sample, pa.int64()))))
-        counts = counter.count([json.loads(m) for m in rendered[C.MESSAGES].to_pylist()])
-        mean = sum(counts) / len(counts)
-        out[key] = {"rows": len(rows) + reused[key], "engine_rows": len(rows), "prompt_tokens": round(mean * len(rows)),
-                    "prompt_tokens_per_row": round(mean, 1), "output_tokens_max": cap,
+    for key, c in sorted(per_channel.items()):
+        engine_rows = c.get("engine_rows", 0)
+        sample = samples.get(key, [])
+        mean = 0.0
+        if sample:
+            rows = pa.Table.from_pylist(sample, schema=_SAMPLE_SCHEMA).drop_columns([C.ROW_ID])
+            rendered = render(join(rows))
+            counts = counter.count([json.loads(m) for m in rendered[C.MESSAGES].to_pylist()])
+            mean = sum(counts) / len(counts)
+        out[key] = {"rows": c.get("rows", 0), "engine_rows": engine_rows, "prompt_tokens": round(mean * engine_rows),
+                    "prompt_tokens_per_row": round(mean, 1), "output_tokens_max": c.get("output_tokens_max", 0),
                     "rows_tokenized": len(sample)}
     return out
 
 
-def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: TokenCounter) -> dict[str, Any]:
+_SAMPLE_SCHEMA = pa.schema([(C.ROW_ID, pa.string()), (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()),
+                            (C.CHANNEL, pa.string()), (C.CAMPAIGN_ID, pa.string()), (C.VARIANT, pa.int32())])
+
+
+def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: TokenCounter,
+              sample_rows: int) -> dict[str, Any]:
     tps, price = config.estimate_output_tokens_per_gpu_second, config.gpu_hour_price
     repair = config.quality.repair
 
@@ -284,7 +314,7 @@ def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: 
             "repair": "on: a second draft for every rejected row, at most one per row" if repair else "off",
             "engine_rows": ("rows whose prompt is not identical to an earlier row's (the others reuse its copy)"
                             if config.dedup_prompts else "every row (--no-dedup)"),
-            "prompt_tokens": (counter.method + f"; up to {SAMPLE_ROWS} rendered rows per campaign and channel, "
+            "prompt_tokens": (counter.method + f"; up to {sample_rows} rendered rows per campaign and channel, "
                               "scaled to all rows (exact when all were rendered)"),
         },
     }

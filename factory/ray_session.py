@@ -60,6 +60,19 @@ def start_or_join(dashboard: bool = False) -> None:
                     "or start Ray first with `ray start --head` and the job joins it.")
 
 
+def configure_ray_data() -> None:
+    """Ray Data's settings for every job that runs on it (the run, the dry run)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # The V2 Parquet reader lists files in a task that always asks for a whole
+    # CPU; once the engine actor holds its CPU on a small node that task never
+    # schedules (seen on 2 cores: the run hangs at "ListFiles 0/1"). The V1
+    # reader honours num_cpus, and the driver has listed the files already.
+    ctx.use_datasource_v2 = False
+
+
 def started_here() -> bool:
     """Whether this process started the Ray it is connected to (a local Ray
     only this job uses), as opposed to joining a cluster."""

@@ -16,7 +16,7 @@ from factory.pipeline.passes import RunContext, generation_passes, run_passes
 from factory.pipeline.plan import prepare
 from factory.progress import ProgressLog
 from factory.publish import choose_attempt, config_hash, record_process, update_process
-from factory.ray_session import start_or_join
+from factory.ray_session import configure_ray_data, start_or_join
 from factory.storage import delete_dir_if_exists, resolve
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def run(config: JobConfig) -> RunResult:
     # On a cluster of many nodes a path must mean the same to every worker (factory/cluster.py).
     check_shared_storage({"--pairs": plan.pairs.loc.uri, "--output": plan.output.uri, "--facts": config.facts},
                          config.shared_filesystem)
-    _configure_ray_data()
+    configure_ray_data()
     process = record_process(attempt, state.action, {"config_hash": config_hash(config.model_dump_json())})
     from factory.stages.generate import detect_device
 
@@ -89,15 +89,3 @@ def run(config: JobConfig) -> RunResult:
     publishing.publish_run(plan, attempt, result, summary, device, dead, report_file)
     delete_dir_if_exists(attempt.work)
     return result
-
-
-def _configure_ray_data() -> None:
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    # The V2 Parquet reader lists files in a task that always asks for a whole
-    # CPU; once the engine actor holds its CPU on a small node that task never
-    # schedules (seen on 2 cores: the run hangs at "ListFiles 0/1"). The V1
-    # reader honours num_cpus, and the driver has listed the files already.
-    ctx.use_datasource_v2 = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from factory import columns as C
 from factory import dead_letters, dedup, footer, inputs
 from factory.config import JobConfig
 from factory.fingerprint import Fingerprint
-from factory.pipeline.owed import CAMPAIGN, owed_rows
+from factory.pipeline.owed import CAMPAIGN, Owed, owed_rows
 from factory.pipeline.plan import (ROWS_PER_FILE, ConfigError, Plan, input_pairs, row_group_items, scope,
                                    scope_filter, stage_pool)
 from factory.publish import Attempt
@@ -101,8 +102,11 @@ def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bo
     return n_buckets
 
 
-def checked_pairs(plan: Plan, lookups: dict[str, Any]):
-    """Every pair in scope, read with its provenance and checked."""
+def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: bool = False):
+    """Every pair in scope, read with its provenance and checked. With
+    ``mark_locale_excluded`` (the dry run, which counts them) the pairs of
+    users whose locale the run does not write are kept, marked in
+    LOCALE_EXCLUDED, instead of dropped."""
     import ray
 
     config = plan.config
@@ -114,13 +118,30 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any]):
     ds = ds.map_batches(ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy",
                         num_cpus=light)
     found = scope(plan)
-    if found:
+    excluded = found.get("excluded_users") if mark_locale_excluded else None
+    if excluded is not None:
+        found = {**found, "excluded_users": None}
+    if found and any(v is not None for v in found.values()):
         ds = ds.map_batches(scope_filter, fn_kwargs=found, batch_format="pyarrow", num_cpus=light)
+    if mark_locale_excluded:
+        ds = ds.map_batches(_mark_locale_excluded, fn_kwargs={"excluded_users": excluded}, batch_format="pyarrow",
+                            num_cpus=light)
     return ds.map_batches(
         CheckPairs,
         fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
         batch_format="pyarrow", compute=stage_pool(config), num_cpus=light,
     )
+
+
+LOCALE_EXCLUDED = "__locale_excluded"
+
+
+def _mark_locale_excluded(batch: pa.Table, excluded_users: pa.Array | None) -> pa.Table:
+    if excluded_users is None:
+        hit = pa.array([False] * batch.num_rows, pa.bool_())
+    else:
+        hit = pc.fill_null(pc.is_in(batch[C.USER_ID], value_set=excluded_users), False)
+    return batch.append_column(LOCALE_EXCLUDED, hit)
 
 
 def campaigns_in(pairs: inputs.ParquetInput, num_cpus: float) -> str:
@@ -258,41 +279,71 @@ def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templat
     return rows, followers, owes.text()
 
 
-def stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Table, attempt: Attempt,
-                 keys: dedup.PromptKeys | None) -> tuple[int, int, Fingerprint]:
-    """Stage one bucket's pairs (see ``stage_rows``): write its rows to
-    generate, its followers and its duplicate pairs; return (rows, followers,
-    the fingerprint of every row it owes)."""
+@dataclass
+class BucketRows:
+    """What one bucket's pairs owe, decided (``bucket_rows``), before anything is written.
+
+    ``pairs``: the bucket's servable pairs in file order. ``owing``: what they
+    owe (``factory.pipeline.owed``). ``rows``: the owed rows in prefix-cache
+    order, with ROW_ID, the key's CAMPAIGN and DEDUP_OF (the leader's row id
+    for a row whose prompt an earlier row already sends; null for a row the
+    engine gets)."""
+
+    pairs: pa.Table
+    owing: Owed
+    rows: pa.Table
+
+    @property
+    def engine_rows(self) -> pa.Table:
+        return self.rows.filter(pc.is_null(self.rows[C.DEDUP_OF]))
+
+    @property
+    def followers(self) -> pa.Table:
+        return self.rows.filter(pc.is_valid(self.rows[C.DEDUP_OF]))
+
+
+def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup.PromptKeys | None) -> BucketRows:
+    """Decide one bucket's rows: the staging rule, for the run (``stage_bucket``)
+    and the dry run (``factory.dry_run``) alike."""
     if pairs.num_rows:
         pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
     owing = owed_rows(pairs, config.channels, config.variants, config.campaign)
     rows = owing.rows.select(list(STAGED_ROW_COLUMNS) + [CAMPAIGN])
     rows = rows.take(dedup.prefix_cache_order(rows, users))
-    owed = rows.num_rows
     # The row ids (as JoinProfiles makes them) let a resumed process see
     # which staged rows are still owed without running the join; the prompt
     # keys say which rows would send the engine the same prompt.
-    ids = [row_id(config.run_id, *key) for key in zip(
-        *(rows[c].to_pylist() for c in (CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))]
-    rows = rows.append_column(C.ROW_ID, pa.array(ids, pa.string()))
-    owed_fingerprint = Fingerprint.of(ids)  # what the copies must add up to (finish.check_exactly_once)
-    reused = 0
-    if keys is not None and owed:
+    ids = pa.array([row_id(config.run_id, *key) for key in zip(
+        *(rows[c].to_pylist() for c in (CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))], pa.string())
+    rows = rows.append_column(C.ROW_ID, ids)
+    lead = pa.nulls(rows.num_rows, pa.string())
+    if keys is not None and rows.num_rows:
         resolved = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[CAMPAIGN])
         lead = dedup.leader_ids(rows[C.ROW_ID], pa.chunked_array([dedup.key_digests(keys(resolved))]))
-        reuse = pc.is_valid(lead)
-        followers = resolved.append_column(C.DEDUP_OF, lead).filter(reuse).drop_columns([CAMPAIGN])
-        rows = rows.filter(pc.invert(reuse))
-        reused = followers.num_rows
+    return BucketRows(pairs=pairs, owing=owing, rows=rows.append_column(C.DEDUP_OF, lead))
+
+
+def stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Table, attempt: Attempt,
+                 keys: dedup.PromptKeys | None) -> tuple[int, int, Fingerprint]:
+    """Stage one bucket's pairs (see ``stage_rows``): write its rows to
+    generate, its followers and its duplicate pairs; return (rows, followers,
+    the fingerprint of every row it owes)."""
+    decided = bucket_rows(pairs, config, users, keys)
+    rows = decided.rows
+    owed_fingerprint = Fingerprint.of(rows[C.ROW_ID].to_pylist())  # what the copies must add up to (finish)
+    followers = decided.followers
+    if followers.num_rows:
+        followers = followers.set_column(followers.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID,
+                                         followers[CAMPAIGN]).drop_columns([CAMPAIGN])
         _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
-    _write_chunks(attempt.pairs, rows.drop_columns([CAMPAIGN]), f"part-{bucket:05d}")
-    if len(owing.duplicate_pairs):
-        dup = pairs.take(owing.duplicate_pairs)
+    _write_chunks(attempt.pairs, decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), f"part-{bucket:05d}")
+    if len(decided.owing.duplicate_pairs):
+        dup = decided.pairs.take(decided.owing.duplicate_pairs)
         dead_letters.write(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), dead_letters.rows(
             config.run_id, config.run_date, dup.num_rows,
             **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
             **{C.REASON: pa.array([dead_letters.DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
-    return owed, reused, owed_fingerprint
+    return rows.num_rows, followers.num_rows, owed_fingerprint
 
 
 def _write_chunks(folder: Location, rows: pa.Table, prefix: str = "part") -> None:

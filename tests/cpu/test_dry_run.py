@@ -1,6 +1,7 @@
 """--dry-run: the plan's counts against a hand count from the Parquet files
 (plain pandas, none of the factory's code), token and cost arithmetic, and
-proof that no engine, no Ray and no write happen."""
+proof that no engine starts and nothing is written. The counting runs on Ray
+Data, as the run's staging does (a local Ray here)."""
 
 import json
 import sys
@@ -63,20 +64,26 @@ def converted_model():
     return ensure_bundled_model()  # a setup step shared with the engine tests (cached)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_for_the_module():
+    """The dry runs here share one local Ray (the first starts it), shut down after them."""
+    import ray
+
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def no_engine(monkeypatch, converted_model):
-    """Ray may not start and no model weights may load; vLLM is never imported."""
-    import ray
+    """No model weights may load and vLLM is never imported (Ray may start: the counting runs on it)."""
     from transformers.modeling_utils import PreTrainedModel
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a dry run must not start Ray or load a model")
+        raise AssertionError("a dry run must not load a model")
 
-    monkeypatch.setattr(ray, "init", refuse)
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", refuse)  # every model class loads through it
     had_vllm = "vllm" in sys.modules
     yield
-    assert not ray.is_initialized()
     assert had_vllm or "vllm" not in sys.modules
 
 
@@ -216,3 +223,29 @@ def test_dry_run_still_stops_on_input_errors(sample_dir, tmp_path, capsys, no_en
     argv = _inputs(sample_dir, tmp_path, pa.table({"user_id": ["U1"], "item": ["P1"]})) + ["--dry-run"]
     assert job.main(argv) == 2
     assert "product_id" in capsys.readouterr().err
+
+
+def test_counts_add_up_over_product_buckets_and_tokens_come_from_a_sample(sample_dir, tmp_path, monkeypatch,
+                                                                         no_engine):
+    """At scale the tally runs per product bucket on Ray, and prompt tokens are
+    a sample scaled up: here 4 buckets of the sample data and 5 rows a
+    channel must give the hand count's rows exactly and prompt tokens within
+    10 % of rendering every row."""
+    from factory.pipeline import staging
+    from factory.pipeline.plan import prepare
+
+    [config] = parse_job(_inputs(sample_dir, tmp_path) + ["--dry-run", "--no-dedup"]).configs
+    exact = plan_run(config)  # one bucket, every row rendered (fewer than SAMPLE_ROWS per channel)
+    assert all(v["rows_tokenized"] == v["engine_rows"] for c in exact["campaigns"] for v in c["channels"].values())
+    monkeypatch.setattr(staging, "STAGE_BUCKET_PAIRS", 30)  # 104 pairs: 4 buckets
+    assert staging.stage_buckets(prepare(config)) == 4
+    sampled = plan_run(config, sample_rows=5)
+    assert _plan_counts([sampled]) == _plan_counts([exact]) == _hand_count(sample_dir, ALL_CHANNELS)
+    assert {c["campaign"]: (c["pairs"], c["servable_pairs"]) for c in sampled["campaigns"]} == \
+        {c["campaign"]: (c["pairs"], c["servable_pairs"]) for c in exact["campaigns"]}
+    for c in sampled["campaigns"]:
+        for v in c["channels"].values():
+            assert v["rows_tokenized"] == min(5, v["engine_rows"])
+    assert sampled["total"]["prompt_tokens"] == pytest.approx(exact["total"]["prompt_tokens"], rel=0.10)
+    assert sampled["total"]["prompt_tokens"] != exact["total"]["prompt_tokens"]  # it was a sample
+    assert plan_run(config, sample_rows=5) == sampled  # the same sample on every rerun
