@@ -50,7 +50,7 @@ SAMPLE_ROWS = 256
 # Without a local tokenizer: about four UTF-8 bytes per token (English BPE).
 BYTES_PER_TOKEN = 4.0
 # Pairs the pipeline does not generate because of the run's locales (what the
-# lead's filter should call them; a dead letter or a count, see README).
+# lead's filter should call them; a dead letter or a count, see docs/campaigns.md).
 LOCALE_EXCLUDED = "locale_not_in_campaign"
 NOTHING_OWED = "channel_not_in_run"
 _BUCKET = "__bucket"

@@ -1,28 +1,6 @@
 """Attempts, manifests and the latest pointer: how a run becomes visible.
 
-A run (run date + campaign) is written by one or more *attempts*. Everything
-an attempt writes lives under its own prefix, and nothing there is trusted
-until the attempt's manifest exists:
-
-    runs/date=D/campaign=C/attempt=0001/
-        copies/part-<digest>.parquet        data, deterministic names
-        dead_letters/part-<digest>.parquet
-        review/part-<digest>.parquet        beside the copies file of the same name
-        _work/checked/bucket=B/part-<digest>.parquet  pass 1's servable pairs, split by
-                                            product (deleted once staged)
-        _work/pairs/part-B-NNNNN.parquet    the rows to generate (deleted at publish)
-        _work/followers/part-B-NNNNN.parquet rows that reuse another row's generation (ditto)
-        _work/repair/part-<digest>.parquet  the repair queue (deleted at publish)
-        _processes/<start>-<id>.json        one record per process that worked on it
-        summary.json
-        manifest.json                       written last, exclusively (If-None-Match: *)
-        _SUCCESS
-    latest/campaign=C.json                  moved only after a manifest is written
-
-A process that finds the run's newest attempt unpublished resumes it: data
-files are written whole (an S3 PUT, or a local rename), so the files present
-are exactly the rows already done, and only the rest is generated. A
-published run is left alone unless ``--force`` asks for a new attempt.
+The output layout and the reader's contract: docs/output.md.
 """
 
 from __future__ import annotations

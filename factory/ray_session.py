@@ -6,7 +6,7 @@ on this machine) ``ray.init`` joins that cluster and its own settings apply,
 dashboard included. Otherwise the job starts a local Ray for itself, and that
 one starts without Ray's dashboard unless asked: the dashboard is ten Python
 processes, and on a 2-core node the engine got about 2 % less CPU beside them
-(benchmarks/RESULTS.md, section 1). The job's own progress log and run report
+(benchmarks/HISTORY.md, section 1). The job's own progress log and run report
 say what a person on call needs.
 
 On a node where the engine shares the CPU cores with Ray (the CPU engine;

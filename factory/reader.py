@@ -3,11 +3,8 @@
     from factory.reader import read_published
     copies = read_published("s3://bucket/nightly", "2026-11-23", "winter_sale")  # a pyarrow Table
 
-Only files a published manifest lists are read, so a run still being written,
-a crashed attempt or a losing concurrent writer is never seen. Plain pyarrow
-or any Parquet reader can do the same: read ``manifest.json`` of the newest
-``attempt=NNNN`` that has one (or follow ``latest/campaign=<c>.json``), then
-read exactly the files under ``files.copies``.
+Only files a published manifest lists are read. The contract any other reader
+follows: docs/output.md.
 """
 
 from __future__ import annotations

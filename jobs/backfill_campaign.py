@@ -4,7 +4,7 @@
         --concurrency 2 --summary-json backfill.json -- --output s3://marketing-copy/nightly ...
 
 Everything after ``--`` (or not known to the backfill) goes to jobs/nightly_copy.py
-unchanged. See factory/backfill.py and README.md ("Backfills").
+unchanged. See factory/backfill.py and docs/running.md ("Backfills").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python jobs/build_profiles.py --events E --products P [--users U] --output O --as-of 2026-11-23
     python jobs/nightly_copy.py --pairs PAIRS --users O --products P ...
 
-See README.md ("User profiles from events") for the output and every flag.
+See docs/facts-and-profiles.md ("User profiles from events") for the output and every flag.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ starts (every campaign file is validated before the first run starts); with
 several runs, the status of the first run that failed (1 failed, 2 input
 error, 3 publish conflict, 4 incomplete), after all runs were tried.
 
-See README.md for the input contract, the output layout and every flag.
+See docs/input.md, docs/output.md and docs/settings.md for the input contract, the output layout and every flag.
 """
 
 from __future__ import annotations

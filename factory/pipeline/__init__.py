@@ -13,7 +13,7 @@
     publishing.py  the manifest, _SUCCESS, the latest pointer
     driver.py      run(): the steps above, in order
 
-The output layout is described once, in ``factory.publish``.
+The output layout: docs/output.md. The passes as a picture: docs/architecture.md.
 """
 
 from factory.pipeline.driver import run

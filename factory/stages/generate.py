@@ -40,7 +40,7 @@ OFFLINE_MAX_NUM_BATCHED_TOKENS = {"cpu": 4096, "gpu": 8192}
 # batch back only when its slowest row is done, so with exactly max_num_seqs
 # in flight the engine runs fewer and fewer sequences while each batch waits
 # for its stragglers. A second wave queued behind keeps every slot busy
-# (benchmarks/throughput.py on 2 cores: 4.26 -> 4.61 rows/s; RESULTS.md section 1).
+# (benchmarks/throughput.py on 2 cores: 4.26 -> 4.61 rows/s; benchmarks/HISTORY.md section 1).
 IN_FLIGHT_PER_SEQ = 2
 
 

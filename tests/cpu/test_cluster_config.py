@@ -1,4 +1,4 @@
-"""cluster.yaml is a valid Ray cluster launcher config, shaped as the README says."""
+"""cluster.yaml is a valid Ray cluster launcher config, shaped as docs/running.md says."""
 
 import copy
 

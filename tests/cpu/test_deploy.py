@@ -151,7 +151,7 @@ def test_rayjob_matches_kuberay_crd():
     text = RAYJOB.read_text()
     unrendered = load(RAYJOB)
     assert not DNS1123.match(unrendered["metadata"]["name"])  # refused by the API server until rendered
-    rendered = yaml.safe_load(text.replace("RUN_DATE", "2026-11-23"))  # what the README's sed does
+    rendered = yaml.safe_load(text.replace("RUN_DATE", "2026-11-23"))  # what docs/running.md's sed does
     assert "RUN_DATE" not in json.dumps(rendered)
     assert rendered["apiVersion"] == "ray.io/v1" and rendered["kind"] == "RayJob"
     assert rendered["metadata"]["name"] == "nightly-copy-2026-11-23" and DNS1123.match(rendered["metadata"]["name"])

@@ -4,7 +4,7 @@ and Chinese, through QualityGate directly (tests/cpu/gate_probe.yaml).
 No hostile copy may be accepted, and each must be caught for its kind's
 reason (a hostile copy rejected only for its length would prove nothing);
 at least 95% of the benign copies must be accepted. ``python
-tests/cpu/test_gate_probe.py`` prints the per-kind table the README quotes.
+tests/cpu/test_gate_probe.py`` prints the per-kind table docs/quality-gate.md quotes.
 """
 
 from __future__ import annotations

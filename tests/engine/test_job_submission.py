@@ -42,7 +42,7 @@ def ray_head(tmp_path):
 
 
 def test_job_submitted_to_a_ray_head_succeeds(ray_head, tmp_path):
-    """The README's command, run as a nightly scheduler would, then its status checked.
+    """The command README.md and docs/running.md give, run as a scheduler would, then its status checked.
 
     The CLI runs in its own process: Ray 2.60's head turns on token auth, and
     clients send the token only when RAY_AUTH_MODE=token is in their
