@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -137,22 +138,52 @@ _ZH = {
     "sms": "{title}现已到货，欢迎选购。",
     "product_blurb": "{title}，设计简约，做工细致，日常使用更加方便舒适，值得拥有。",
 }
+# Other draws of one prompt (``--candidates``): draw d writes the d mod 3-th
+# wording, so draws of a row differ as a sampling engine's do; draw 0 (and a
+# run without candidates) writes the wording above.
+_EN_DRAWS = {
+    "push": ("{title}: just in, and ready when you are. Have a look.", "{title} is here for your next plan."),
+    "email_subject": ("Your {title} is here", "New: the {title}"),
+    "ad_headline": ("Meet {brand}", "Try {brand}"),
+    "sms": ("{title} just arrived. See it in the app.", "New in: {title}. Find it in the app."),
+    "product_blurb": ("The {title} brings comfort and careful design to every day. From {brand}, made to "
+                      "last and to be used often.", "Everyday comfort meets thoughtful design in the {title} "
+                      "from {brand}, built for daily use."),
+}
+_ZH_DRAWS = {
+    "push": ("{title}到货啦，点开看看。", "{title}新品，等你来看。"),
+    "email_subject": ("{title}，新品到了", "新品推荐：{title}"),
+    "ad_headline": ("{brand}新品", "{brand}上新"),
+    "sms": ("{title}已到货，快来看看。", "{title}新品上市，欢迎选购。"),
+    "product_blurb": ("{title}，做工细致，设计简约，每天使用都很方便舒适，值得入手。",
+                      "{title}设计简约，做工用心，日常使用方便又舒适，推荐给你。"),
+}
 # A copy the gate rejects (banned claim), for a small deterministic share of
 # first attempts; the repair prompt (it carries "Requirements:") gets a clean one.
 _FLAWED_EN = "The best {title} you will ever own."
 _FLAWED_ZH = "最好的{title}。"
 
 
-def echo_copy(messages_json: str, channel: str, locale: str | None, row_id: str, reject_share: float) -> str:
+def echo_flawed(row_id: str, draw: int | None, reject_share: float) -> bool:
+    """Whether the echo engine's first draft (or draw ``draw`` of it) of this row fails the gate."""
+    if reject_share <= 0:
+        return False
+    key = row_id if not draw else hashlib.sha256(f"{row_id}:{draw}".encode()).hexdigest()
+    return int(key[-4:], 16) < reject_share * 0x10000
+
+
+def echo_copy(messages_json: str, channel: str, locale: str | None, row_id: str, reject_share: float,
+              draw: int | None = None) -> str:
     prompt = json.loads(messages_json)[-1]["content"]
     m = _PRODUCT.search(prompt)
     title, brand = (m.group(1), m.group(2)) if m else ("this", "us")
     zh = (locale or "").startswith("zh")
-    flawed = ("Requirements:" not in prompt and reject_share > 0
-              and int(row_id[-4:], 16) < reject_share * 0x10000)
-    if flawed:
+    if "Requirements:" not in prompt and echo_flawed(row_id, draw, reject_share):
         return (_FLAWED_ZH if zh else _FLAWED_EN).format(title=title)
-    return (_ZH if zh else _EN)[channel].format(title=title, brand=brand)
+    wording = (_ZH if zh else _EN)[channel]
+    if draw and draw % 3:
+        wording = (_ZH_DRAWS if zh else _EN_DRAWS)[channel][draw % 3 - 1]
+    return wording.format(title=title, brand=brand)
 
 
 class EchoEngine:
@@ -165,8 +196,10 @@ class EchoEngine:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         messages = batch[C.MESSAGES].to_pylist()
-        texts = [echo_copy(m, ch, loc, rid, self._reject_share) for m, ch, loc, rid in zip(
-            messages, batch[C.CHANNEL].to_pylist(), batch[C.LOCALE].to_pylist(), batch[C.ROW_ID].to_pylist())]
+        draws = batch["candidate"].to_pylist() if "candidate" in batch.column_names else [None] * batch.num_rows
+        texts = [echo_copy(m, ch, loc, rid, self._reject_share, d) for m, ch, loc, rid, d in zip(
+            messages, batch[C.CHANNEL].to_pylist(), batch[C.LOCALE].to_pylist(), batch[C.ROW_ID].to_pylist(),
+            draws)]
         out = batch.select([c for c in self._keep if c in batch.column_names])
         return (out.append_column(C.TEXT, pa.array(texts, pa.string()))
                 .append_column(C.NUM_INPUT_TOKENS, pa.array([len(m) // 4 for m in messages], pa.int32()))

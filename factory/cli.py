@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--brand-voice", dest="brand_voice", help="Tone / brand voice added to every system prompt.")
     run.add_argument("--channels", help=f"Comma list (default {','.join(DEFAULT_CHANNELS)}).")
     run.add_argument("--variants", type=int, help="Copies per (pair, channel) (default 1).")
+    run.add_argument("--candidates", type=int, help="Draws per (pair, channel), all gated; the best --variants "
+                     "are published (default 1: one draw per variant).")
     run.add_argument("--limit", type=int, help="Use only the first N pairs.")
     run.add_argument("--templates", help="Folder of prompt templates (default: the packaged ones).")
     run.add_argument("--rows-per-file", dest="rows_per_file", type=int,

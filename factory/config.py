@@ -180,6 +180,12 @@ class JobConfig(_Strict):
     )
     channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS), description="Channels to write.")
     variants: int = Field(default=1, ge=1, le=10, description="Copies per (pair, channel).")
+    candidates: int = Field(
+        default=1, ge=1, le=16,
+        description="Draws per (pair, channel), all gated; the best --variants of them are published (accepted, "
+        "then review, then rejected; then numeric fidelity, attribute coverage, fit to the length limit: "
+        "factory/candidates.py). Draw d goes to variant d mod variants, so at least --variants. 1 = one draw "
+        "per variant, as before. Extra draws share their row's prompt: the prefix cache serves it once.")
     limit: Optional[int] = Field(default=None, ge=1, description="Use only the first N pairs (smoke runs).")
     facts: Optional[str] = Field(
         default=None,
@@ -346,6 +352,15 @@ class JobConfig(_Strict):
     def _kms_key_needs_kms(self) -> "JobConfig":
         if self.s3_sse_kms_key_id and self.s3_sse != "aws:kms":
             raise ValueError("s3_sse_kms_key_id needs s3_sse: aws:kms")
+        return self
+
+    @model_validator(mode="after")
+    def _candidates_can_differ(self) -> "JobConfig":
+        if self.candidates > 1 and self.candidates < self.variants:
+            raise ValueError(f"candidates ({self.candidates}) must be at least variants ({self.variants}): "
+                             "each variant keeps the best of its own draws")
+        if self.candidates > 1 and self.engine.temperature == 0:
+            raise ValueError("candidates > 1 needs engine.temperature > 0: greedy draws of one prompt are identical")
         return self
 
     @model_validator(mode="after")

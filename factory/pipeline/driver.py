@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from factory import model
+from factory import candidates, model
 from factory.cluster import check_shared_storage, place_model
 from factory.config import JobConfig
 from factory.facts.extract import attach_facts
 from factory.footer import read_footers
 from factory.pipeline import finish, publishing, resume, staging
 from factory.pipeline.finish import RunResult
-from factory.pipeline.passes import RunContext, generation_passes, run_passes
+from factory.pipeline.passes import RunContext, candidates_folder, generation_passes, run_passes
 from factory.pipeline.plan import prepare
 from factory.progress import ProgressLog
 from factory.publish import choose_attempt, config_hash, record_process, update_process
@@ -80,10 +80,13 @@ def run(config: JobConfig) -> RunResult:
     first_drafts, repairs, reused = (rows.get(p, 0) for p in ("first drafts", "repair", "reuse"))
     result.rows_generated, result.rows_resumed, result.rows_reused = first_drafts + repairs, written.rows, reused
     result.progress = progress.samples
+    if config.candidates > 1:  # the attempt's draws, from their files' footers (gone once published)
+        result.work["candidates"] = {"per_pair_channel": config.candidates,
+                                     **candidates.tally(read_footers(candidates_folder(attempt)))}
     # Engine requests this process made; reused rows cost none. The manifest's history keeps them.
     update_process(process, finished_at=publishing.now(), rows_expected=owed.rows, rows_resumed=written.rows,
                    rows_generated=first_drafts + repairs, first_drafts=first_drafts, repairs=repairs,
-                   rows_reused=reused)
+                   rows_reused=reused, candidates_drawn=rows.get("candidates", 0))
     summary = finish.write_summary(plan, attempt, result, device)
     report_file = finish.write_report(plan, attempt, files, summary)
     publishing.publish_run(plan, attempt, result, summary, device, dead, report_file)

@@ -7,6 +7,11 @@
     reuse         rows whose prompt equals a generated row's -> that row's
                   final copy -> gate -> copies
 
+With ``--candidates K`` (K > 1) a candidates pass comes first: staged rows
+-> join -> render -> K draws -> generate -> gate -> ``_work/candidates``;
+the first-drafts pass then keeps each owed row's best draw
+(factory/candidates.py says how and why).
+
 Each pass is a source (read when the pass starts: a later pass reads what an
 earlier one wrote, and a pass with nothing owed starts no engine), stages
 (``Dataset -> Dataset``, in order) and sinks. Rows already written by an
@@ -15,16 +20,18 @@ earlier process of the attempt are skipped (``factory.pipeline.resume``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from factory import candidates as cand
 from factory import columns as C
 from factory import footer, model
 from factory.pipeline import resume
-from factory.pipeline.plan import MAX_BLOCKS, Plan, rows_per_block, stage_pool
+from factory.pipeline.plan import MAX_BLOCKS, Plan, join_partitions, rows_per_block, stage_pool
 from factory.pipeline.staging import read, write
 from factory.publish import Attempt
 from factory.ray_session import engine_paced_scheduling
@@ -110,13 +117,28 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
     config, attempt = ctx.plan.config, ctx.attempt
     repair_engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
     repair_queue = Sink(attempt.repair_queue, _repair_queue_rows)
+    first_sinks = {C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: repair_queue}
+    render = _map(RenderPrompts(ctx.plan.templates, config.engine.max_tokens), ctx)
+    # The chat, its stops and the brand ride along for the repair pass's prompt.
+    first_keys = ROW_KEYS + [C.MESSAGES, C.STOP, "brand"]
+    drawing = []
+    if config.candidates > 1:
+        drawing = [Pass("candidates", source=lambda: _first_drafts(ctx, also=[candidates_folder(attempt)]),
+                        stages=[render, _map(functools.partial(cand.draw_candidates, candidates=config.candidates,
+                                                               copies=config.variants), ctx),
+                                Generate(config.engine, ctx, first_keys + [cand.CANDIDATE]),
+                                _gate(ctx, draft=1, counted=False),  # a row is finished once chosen
+                                _map(functools.partial(cand.count_draw_tokens, counter=ctx.counter), ctx)],
+                        sinks={"candidates": Sink(candidates_folder(attempt),
+                                                  footer=cand.CandidateFooter(config.variants))})]
+        first = Pass("first drafts", source=lambda: _candidates(ctx), stages=[_choose(ctx)], sinks=first_sinks,
+                     route=C.ROUTE)
+    else:
+        first = Pass("first drafts", source=lambda: _first_drafts(ctx),
+                     stages=[render, Generate(config.engine, ctx, first_keys), _gate(ctx, draft=1)],
+                     sinks=first_sinks, route=C.ROUTE)
     generation = [
-        Pass("first drafts", source=lambda: _first_drafts(ctx),
-             stages=[_map(RenderPrompts(ctx.plan.templates, config.engine.max_tokens), ctx),
-                     # The chat, its stops and the brand ride along for the repair pass's prompt.
-                     Generate(config.engine, ctx, ROW_KEYS + [C.MESSAGES, C.STOP, "brand"]),
-                     _gate(ctx, draft=1)],
-             sinks={C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: repair_queue}, route=C.ROUTE),
+        first,
         Pass("repair", source=lambda: _repair_queue(ctx),
              stages=[_map(RenderRepair(), ctx), Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_DRAFT_REASONS]),
                      _gate(ctx, draft=2)],
@@ -126,8 +148,8 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
              sinks={C.ROUTE_COPIES: ctx.copies}),
     ]
     if not config.judge:
-        return generation
-    passes = []
+        return drawing + generation
+    passes = list(drawing)
     for p, draft in zip(generation, (1, 2, 2)):
         held = judge_queue(attempt, p.name)
         passes.append(Pass(p.name, p.source, p.stages, {route: Sink(held) for route in p.sinks}, p.route))
@@ -142,11 +164,17 @@ def judge_queue(attempt: Attempt, pass_name: str):
     return attempt.work.join("judge", pass_name.replace(" ", "-"))
 
 
-def _first_drafts(ctx: RunContext):
-    """The staged rows not written yet (nor queued for repair), joined with their profiles."""
+def candidates_folder(attempt: Attempt):
+    """Where every gated draw waits to be chosen (``--candidates``)."""
+    return attempt.work.join("candidates")
+
+
+def _first_drafts(ctx: RunContext, also: Sequence = ()):
+    """The staged rows not written yet (nor queued for repair, nor in
+    ``also``: drawn already), joined with their profiles."""
     attempt, config = ctx.attempt, ctx.plan.config
     todo = resume.remaining(attempt, attempt.pairs,
-                            [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts")],
+                            [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts"), *also],
                             ctx.resumed, ctx.light, "first-drafts")
     if not todo.rows:
         return None
@@ -166,6 +194,18 @@ def _first_drafts(ctx: RunContext):
             variants=config.variants, campaign=config.campaign, run_id=config.run_id),
         batch_format="pyarrow", compute=stage_pool(config), num_cpus=ctx.light)
     return ds.map_batches(_keep_good_rows, batch_format="pyarrow", num_cpus=ctx.light)
+
+
+def _candidates(ctx: RunContext):
+    """The draws of owed rows not written yet (nor queued for repair), each
+    row's draws gathered in one block."""
+    attempt = ctx.attempt
+    todo = resume.remaining(attempt, candidates_folder(attempt),
+                            [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts")],
+                            ctx.resumed, ctx.light, "candidates")
+    if not todo.rows:
+        return None
+    return cand.gather(read(todo.files, todo.folder, ctx.light), join_partitions(todo.rows))
 
 
 def _repair_queue(ctx: RunContext):
@@ -245,13 +285,21 @@ def _map(fn, ctx: RunContext) -> Stage:
     return lambda ds: ds.map_batches(fn, batch_format="pyarrow", num_cpus=ctx.light)
 
 
-def _gate(ctx: RunContext, draft: int) -> Stage:
+def _choose(ctx: RunContext) -> Stage:
+    """Each owed row's best draw (``factory.candidates.ChooseCandidates``),
+    a whole gathered block at a time."""
+    return lambda ds: ds.map_batches(
+        cand.ChooseCandidates, fn_constructor_kwargs=dict(products=ctx.lookups["products"], counter=ctx.counter),
+        batch_size=None, batch_format="pyarrow", compute=stage_pool(ctx.plan.config), num_cpus=ctx.light)
+
+
+def _gate(ctx: RunContext, draft: int, counted: bool = True) -> Stage:
     plan = ctx.plan
     return lambda ds: ds.map_batches(
         QualityGate,
         fn_constructor_kwargs=dict(products=ctx.lookups["products"], users=ctx.lookups["users"],
                                    policy=plan.config.quality, templates=plan.templates, draft=draft,
-                                   counter=ctx.counter, offers=plan.config.offers,
+                                   counter=ctx.counter if counted else None, offers=plan.config.offers,
                                    competitors=plan.config.competitors),
         batch_format="pyarrow", compute=stage_pool(plan.config), num_cpus=ctx.light)
 

@@ -38,6 +38,8 @@ def publish_run(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[s
         "rows_by_status": result.quality["status"],
         "rows_by_channel": result.rows_by_channel,
         "rows_by_channel_status": result.quality["status_by_channel"],
+        # --candidates: draws made and owed rows they were drawn for (one kept each); null with one draw.
+        "candidates": result.work.get("candidates"),
         "dead_letters_by_reason": result.dead_letters_by_reason,
         "files": {
             "copies": result.files,

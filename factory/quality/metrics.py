@@ -303,6 +303,33 @@ def _coverage(pids: pa.Array, facts: dict, vocab: pa.Array, ids: np.ndarray, tok
     return n_facts, np.bincount(row_fact[is_named] // n_all, minlength=k)
 
 
+def attribute_coverage_rows(copies: pa.Table, products: pa.Table) -> np.ndarray:
+    """Per copy (columns ``text``, ``product_id``): the share of its product's
+    facts it names, as ``attribute_coverage_mean`` counts them; NaN when the
+    product has no facts or the copy is empty. What the candidate ranking
+    compares (factory/candidates.py)."""
+    n = copies.num_rows
+    out = np.full(n, np.nan)
+    text = _array(copies, "text", pa.string())
+    filled = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+    kept = np.flatnonzero(filled.to_numpy(zero_copy_only=False).astype(bool))
+    if not kept.size:
+        return out
+    take = pa.array(kept)
+    tok, tok_row = _column_tokens(text.take(take))
+    tok_row = tok_row.astype(np.int64)
+    vocab = tok.dictionary_encode()
+    ids = vocab.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    same = tok_row[:-1] == tok_row[1:]
+    bigrams = ids[:-1][same] * len(vocab.dictionary) + ids[1:][same]
+    pid = _array(copies, "product_id", pa.string()).take(take)
+    facts = _product_facts(products, pc.unique(pid.drop_null()))
+    n_facts, named = _coverage(pid, facts, vocab.dictionary, ids, tok_row, bigrams, tok_row[:-1][same])
+    has = n_facts > 0
+    out[kept[has]] = named[has] / n_facts[has]
+    return out
+
+
 # --- personalization -------------------------------------------------------------------
 
 

@@ -87,6 +87,10 @@ class WriteParquetFiles:
         if C.ROW_ID in rows.column_names:
             for row_id in rows[C.ROW_ID].to_pylist():
                 digest.update(row_id.encode())
+            # Draws of one row share its id (factory/candidates.py): two files
+            # of its draws must not share a name.
+            if "candidate" in rows.column_names:
+                digest.update(repr(rows["candidate"].to_pylist()).encode())
         else:
             keys = [rows[c].to_pylist() for c in _KEY_COLUMNS if c in rows.column_names]
             for row in zip(*keys):

@@ -1,5 +1,6 @@
 """Choosing the published variants among candidates: verdict first, then the documented score."""
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -46,3 +47,114 @@ def test_edges():
     assert rank_candidates(empty, 1, ["pair"]).num_rows == 0
     with pytest.raises(ValueError):
         rank_candidates(empty, 0, ["pair"])
+
+
+# --------------------------------------------------------------------------- in the run
+
+def test_draws_are_dealt_to_the_variants_side_by_side():
+    from factory import columns as C
+    from factory.candidates import draw_candidates
+
+    rows = pa.table({C.ROW_ID: ["a", "b", "c"], C.VARIANT: pa.array([0, 1, 0], pa.int32())})
+    out = draw_candidates(rows, candidates=3, copies=2)  # variant 0 draws 0 and 2, variant 1 draws 1
+    assert list(zip(out[C.ROW_ID].to_pylist(), out[CANDIDATE].to_pylist())) == [
+        ("a", 0), ("a", 2), ("b", 1), ("c", 0), ("c", 2)]
+    assert draw_candidates(rows.slice(0, 1), 4, 1)[CANDIDATE].to_pylist() == [0, 1, 2, 3]
+
+
+def test_candidates_need_room_and_randomness():
+    from pydantic import ValidationError
+
+    from factory.config import JobConfig
+
+    with pytest.raises(ValidationError, match=r"candidates \(2\) must be at least variants \(3\)"):
+        JobConfig(candidates=2, variants=3)
+    with pytest.raises(ValidationError, match="temperature > 0"):
+        JobConfig(candidates=2, engine={"temperature": 0})
+    assert JobConfig().candidates == 1
+
+
+def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, s3_client, s3_bucket, sample_dir,
+                                                                     tmp_path, monkeypatch):
+    """K=3, M=1 on real Ray with the instant engine, whose draws of one
+    prompt differ in wording and in whether the gate rejects them (half of
+    them, by a hash of row id and draw). Each owed row is written once, with
+    its best draw: accepted whenever any draw was, repaired when none was."""
+    import json
+
+    import pyarrow.parquet as pq
+    import ray
+
+    import jobs.nightly_copy as nightly_job
+    from benchmarks import cpu_side
+    from factory import columns as C
+    from factory.pipeline import passes
+    from factory.quality.metrics import attribute_coverage_rows
+    from factory.reader import read_published
+    from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
+
+    pairs, expected = owed_pairs(sample_dir, 24)
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    model = tmp_path / "stand-in-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").touch()
+    share = 0.5
+    monkeypatch.setattr(passes, "build_generate_stage", cpu_side.echo_generate_stage(reject_share=share))
+    out = f"s3://{s3_bucket}/out"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code = nightly_job.main([
+            "--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
+            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out, "--s3-endpoint", s3_server,
+            "--run-date", "2026-12-01", "--channels", ",".join(CHANNELS), "--model", str(model),
+            "--rows-per-file", "5", "--candidates", "3", "--no-dedup"])
+    finally:
+        ray.shutdown()
+    assert code == 0
+    rows = read_published(out, "2026-12-01", s3_endpoint=s3_server)
+    check_exactly_once(rows, expected)
+    n = rows.num_rows
+
+    # The best draw by the ranking, rebuilt from the stand-in's rule: a
+    # flawed draw is rejected, the others accepted; coverage measured alike.
+    products = pq.read_table(sample_dir / "products.parquet")
+    by_id = {p[C.PRODUCT_ID]: p for p in products.to_pylist()}
+    draws = []
+    for r in rows.to_pylist():
+        p = by_id[r[C.PRODUCT_ID]]
+        prompt = json.dumps([{"role": "user", "content": f"<product>{p['title']} by {p['brand']}, x</product>"}])
+        for d in range(3):
+            text = cpu_side.echo_copy(prompt, r[C.CHANNEL], r[C.LOCALE], r[C.ROW_ID], share, d)
+            flawed = cpu_side.echo_flawed(r[C.ROW_ID], d, share)
+            draws.append({C.ROW_ID: r[C.ROW_ID], CANDIDATE: d, C.TEXT: text, C.PRODUCT_ID: r[C.PRODUCT_ID],
+                          C.STATUS: C.REJECTED if flawed else C.ACCEPTED})
+    draws = pa.Table.from_pylist(draws)
+    coverage = attribute_coverage_rows(draws, products)
+    draws = draws.append_column("attribute_coverage", pa.array(coverage, mask=np.isnan(coverage)))
+    best = {r[C.ROW_ID]: r for r in rank_candidates(draws, 1, [C.ROW_ID]).to_pylist()}
+    published = {r[C.ROW_ID]: r for r in rows.to_pylist()}
+    moved = 0
+    for row_id, row in published.items():
+        if best[row_id][C.STATUS] == C.ACCEPTED:
+            assert (row[C.STATUS], row[C.DRAFT], row[C.TEXT]) == (C.ACCEPTED, 1, best[row_id][C.TEXT]), row
+            moved += best[row_id][CANDIDATE] > 0
+        else:  # every draw rejected: the repair pass drew once more, told why
+            assert row[C.DRAFT] == 2 and row[C.FIRST_DRAFT_REASONS] == ["banned_claim"], row
+    # Both cases happen (1/8 of rows have every draw flawed), and draws past the first won.
+    assert moved and any(r[C.DRAFT] == 2 for r in published.values())
+
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])]
+    [summary_key] = [k for k in keys if k.endswith("/summary.json")]
+    [manifest_key] = [k for k in keys if k.endswith("/manifest.json")]
+    summary = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=summary_key)["Body"].read())
+    manifest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=manifest_key)["Body"].read())
+    counted = summary["engine_work"]["candidates"]
+    assert manifest["candidates"] == counted
+    assert (counted["per_pair_channel"], counted["drawn"], counted["kept"]) == (3, 3 * n, n)
+    # Every draw's engine work, not only the kept draw's (the stand-in: a token per 4 characters, plus one).
+    assert counted["output_tokens"] == sum(len(t) // 4 + 1 for t in draws[C.TEXT].to_pylist())
+    assert manifest["history"][0]["candidates_drawn"] == 3 * n
+    # Progress counts each owed row once (its kept draw), not every draw.
+    assert summary["progress"][-1]["rows_done"] == n
+    assert not [k for k in keys if "/_work/" in k]  # the draws went with the work
