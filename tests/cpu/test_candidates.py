@@ -78,8 +78,10 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, 
                                                                      tmp_path, monkeypatch):
     """K=3, M=1 on real Ray with the instant engine, whose draws of one
     prompt differ in wording and in whether the gate rejects them (half of
-    them, by a hash of row id and draw). Each owed row is written once, with
-    its best draw: accepted whenever any draw was, repaired when none was."""
+    them, by a hash of row id and draw). The first process dies while
+    choosing; the same command resumes and draws nothing again. Each owed
+    row is written once, with its best draw: accepted whenever any draw
+    was, repaired when none was."""
     import json
 
     import pyarrow.parquet as pq
@@ -102,13 +104,27 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, 
     share = 0.5
     monkeypatch.setattr(passes, "build_generate_stage", cpu_side.echo_generate_stage(reject_share=share))
     out = f"s3://{s3_bucket}/out"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        code = nightly_job.main([
-            "--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
+    args = ["--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
             "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out, "--s3-endpoint", s3_server,
             "--run-date", "2026-12-01", "--channels", ",".join(CHANNELS), "--model", str(model),
-            "--rows-per-file", "5", "--candidates", "3", "--no-dedup"])
+            "--rows-per-file", "5", "--candidates", "3", "--no-dedup"]
+    choose = passes._choose
+
+    def lost(ctx):
+        def fail(batch):
+            raise RuntimeError("node lost")
+        return lambda ds: ds.map_batches(fail, batch_format="pyarrow")
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        monkeypatch.setattr(passes, "_choose", lost)
+        try:
+            died = nightly_job.main(args)
+        except Exception as exc:  # noqa: BLE001
+            died = exc
+        assert died != 0 and read_published(out, "2026-12-01", s3_endpoint=s3_server) is None, died
+        monkeypatch.setattr(passes, "_choose", choose)
+        code = nightly_job.main(args)
     finally:
         ray.shutdown()
     assert code == 0
@@ -154,7 +170,8 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, 
     assert (counted["per_pair_channel"], counted["drawn"], counted["kept"]) == (3, 3 * n, n)
     # Every draw's engine work, not only the kept draw's (the stand-in: a token per 4 characters, plus one).
     assert counted["output_tokens"] == sum(len(t) // 4 + 1 for t in draws[C.TEXT].to_pylist())
-    assert manifest["history"][0]["candidates_drawn"] == 3 * n
+    first, second = manifest["history"]
+    assert second["action"] == "resume" and second["candidates_drawn"] == 0 and second["first_drafts"] == n
     # Progress counts each owed row once (its kept draw), not every draw.
     assert summary["progress"][-1]["rows_done"] == n
     assert not [k for k in keys if "/_work/" in k]  # the draws went with the work
