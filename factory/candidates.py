@@ -194,8 +194,8 @@ class CandidateFooter:
         for name, column in _SUMS.items():
             entry[name] = (pc.sum(written[column]).as_py() or 0) if column in written.column_names else 0
         # The engine may not say what its cache served (null): count the draws it did say it for.
-        entry["cache_measured_draws"] = (written[C.NUM_CACHED_TOKENS].num_rows - written[C.NUM_CACHED_TOKENS].null_count
-                                         if C.NUM_CACHED_TOKENS in written.column_names else 0)
+        cached = written[C.NUM_CACHED_TOKENS] if C.NUM_CACHED_TOKENS in written.column_names else pa.array([])
+        entry["cache_measured_draws"] = len(cached) - cached.null_count
         return {CANDIDATE_COUNTS: json.dumps(entry).encode()}
 
 

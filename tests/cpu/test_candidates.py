@@ -175,3 +175,25 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, 
     # Progress counts each owed row once (its kept draw), not every draw.
     assert summary["progress"][-1]["rows_done"] == n
     assert not [k for k in keys if "/_work/" in k]  # the draws went with the work
+
+
+def test_files_of_one_rows_draws_do_not_share_a_name(tmp_path):
+    """The writer names a file by its rows' ids; two files holding draws of the
+    same row must still get two names (one would overwrite the other), and a
+    candidates file's footer counts its draws and the rows they were drawn for."""
+    from factory import columns as C
+    from factory.candidates import CandidateFooter, tally
+    from factory.footer import read_footers
+    from factory.stages.write import Sink, WriteParquetFiles
+    from factory.storage import resolve
+
+    folder = resolve(str(tmp_path / "candidates"))
+    write = WriteParquetFiles({"candidates": Sink(folder, footer=CandidateFooter(1))})
+    draws = pa.table({C.ROW_ID: ["00ab", "00ab"], CANDIDATE: pa.array([0, 1], pa.int32()),
+                      C.NUM_INPUT_TOKENS: pa.array([50, 50], pa.int32()),
+                      C.NUM_CACHED_TOKENS: pa.array([0, 48], pa.int32()),
+                      C.NUM_OUTPUT_TOKENS: pa.array([9, 11], pa.int32())})
+    names = {write(draws.slice(i, 1))["file"][0].as_py() for i in range(2)}
+    assert len(names) == 2
+    assert tally(read_footers(folder)) == {"drawn": 2, "kept": 1, "prompt_tokens": 100, "cached_prompt_tokens": 48,
+                                           "output_tokens": 20, "cache_measured_draws": 2}
