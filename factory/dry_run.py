@@ -278,7 +278,12 @@ def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: 
     tps, price = config.estimate_output_tokens_per_gpu_second, config.gpu_hour_price
     repair = config.quality.repair
 
-    def estimate(rows: int, engine_rows: int, prompt: int, output: int) -> dict[str, Any]:
+    # --candidates: each engine row is drawn K/M times; the prompt is the same (the prefix cache serves it).
+    draws = config.candidates / config.variants if config.candidates > 1 else 1
+
+    def estimate(rows: int, engine_rows: int, prompt: int, output: int, drawn: bool = False) -> dict[str, Any]:
+        if not drawn:  # a campaign's channels count one draw a row; the total adds up drawn campaigns
+            engine_rows, output = round(engine_rows * draws), round(output * draws)
         hours = output / tps / 3600
         return {"rows": rows, "engine_rows": engine_rows, "prompt_tokens": prompt, "output_tokens_max": output,
                 "gpu_hours": hours, "cost_usd": hours * price,
@@ -297,7 +302,7 @@ def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: 
                           "not_generated": dict(sorted(got["not_generated"].items())),
                           "channels": channels, **totals})
     total = estimate(*(sum(c[k] for c in campaigns) for k in ("rows", "engine_rows", "prompt_tokens",
-                                                                 "output_tokens_max")))
+                                                                 "output_tokens_max")), drawn=True)
     lookup = {r.name: {"rows_read": r.rows_read, "rows_kept": r.rows_kept, "problems": dict(r.problems)}
               for r in plan.table_reports}
     return {

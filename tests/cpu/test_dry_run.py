@@ -205,6 +205,11 @@ def test_gpu_hours_and_cost_follow_the_assumptions(sample_dir, tmp_path, no_engi
     assert t["gpu_hours_with_repair_max"] == t["gpu_hours"]  # no repair pass
     [config] = parse_job(argv[:-1]).configs
     assert plan_run(config)["total"]["gpu_hours_with_repair_max"] == pytest.approx(2 * t["gpu_hours"])
+    # --candidates 3: three draws a row, each up to its cap; as many rows owed.
+    [config] = parse_job(argv + ["--candidates", "3"]).configs
+    drawn = plan_run(config)["total"]
+    assert (drawn["rows"], drawn["output_tokens_max"]) == (t["rows"], 3 * hand)
+    assert drawn["engine_rows"] == 3 * t["engine_rows"] and drawn["gpu_hours"] == pytest.approx(3 * t["gpu_hours"])
 
 
 def test_job_prints_the_plan_and_exits_0(sample_dir, tmp_path, capsys, no_engine):
