@@ -21,8 +21,9 @@ In the run (``--candidates K``, wired in factory/pipeline/passes.py):
 - Draws. The K draws of a (pair, channel) are dealt to its M owed variant
   rows, draw d to variant d mod M (so K >= M; each owed row draws at least
   once). An owed row's draws are copies of its rendered row, side by side,
-  with the identical prompt: vLLM's prefix cache computes the prompt once
-  and the extra draws cost output tokens. The CPU engine takes no
+  with the identical prompt, so vLLM's prefix cache can serve the prompt to
+  the later draws (measured: only partly, as draws in one engine step each
+  compute its uncached part; benchmarks/RESULTS.md section 13). The CPU engine takes no
   per-request seed; the draws differ because sampling (temperature > 0)
   advances one engine-level generator. The draws share the owed row's
   ``row_id``: staging's dedup keys owed rows, before any draw exists, so it

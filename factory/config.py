@@ -185,7 +185,7 @@ class JobConfig(_Strict):
         description="Draws per (pair, channel), all gated; the best --variants of them are published (accepted, "
         "then review, then rejected; then numeric fidelity, attribute coverage, fit to the length limit: "
         "factory/candidates.py). Draw d goes to variant d mod variants, so at least --variants. 1 = one draw "
-        "per variant, as before. Extra draws share their row's prompt: the prefix cache serves it once.")
+        "per variant, as before. Extra draws share their row's prompt, which the prefix cache partly serves.")
     limit: Optional[int] = Field(default=None, ge=1, description="Use only the first N pairs (smoke runs).")
     facts: Optional[str] = Field(
         default=None,
