@@ -278,7 +278,7 @@ def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: 
     tps, price = config.estimate_output_tokens_per_gpu_second, config.gpu_hour_price
     repair = config.quality.repair
 
-    # --candidates: each engine row is drawn K/M times; the prompt is the same (the prefix cache serves it).
+    # --candidates: each engine row is drawn K/M times; the prompt is the same (the prefix cache partly serves it).
     draws = config.candidates / config.variants if config.candidates > 1 else 1
 
     def estimate(rows: int, engine_rows: int, prompt: int, output: int, drawn: bool = False) -> dict[str, Any]:
