@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # torch: transformers then fails on import. Nothing text-only needs them.
 UNWANTED := torchvision torchaudio torchcodec
 
-.PHONY: setup demo test test-fast clean browser
+.PHONY: setup demo test test-fast lint clean browser
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ test: setup browser
 # Unit tests only: no engine, a couple of minutes.
 test-fast: setup browser
 	$(PY) -m pytest tests/cpu
+
+# ruff's rules and format live in pyproject.toml ([tool.ruff]); CI runs this before the tests.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf out .pytest_cache
