@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # torch: transformers then fails on import. Nothing text-only needs them.
 UNWANTED := torchvision torchaudio torchcodec
 
-.PHONY: setup demo test test-fast lint clean browser
+.PHONY: setup demo test test-fast lint docs clean browser
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ test-fast: setup browser
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# docs/settings.md is written from the config's fields; a test fails when it is stale.
+docs: setup
+	$(PY) -m factory.settings_doc > docs/settings.md
 
 clean:
 	rm -rf out .pytest_cache

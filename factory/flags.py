@@ -40,20 +40,20 @@ def date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (expected YYYY-MM-DD)") from None
 
 
-def _plain(annotation: Any) -> Any:
+def plain(annotation: Any) -> Any:
     """``Optional[X]`` -> ``X``; ``Annotated[X, ...]`` -> ``X``."""
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) in (Union, types.UnionType):
         rest = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(rest) == 1:
-            return _plain(rest[0])
+            return plain(rest[0])
     return annotation
 
 
 def nested_model(info: FieldInfo) -> Optional[type[BaseModel]]:
     """The settings model a field holds (``engine: EngineConfig``), else None."""
-    kind = _plain(info.annotation)
+    kind = plain(info.annotation)
     return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
 
 
@@ -75,7 +75,7 @@ def shown_default(info: FieldInfo) -> Optional[str]:
 
 def kind_of(info: FieldInfo) -> dict[str, Any]:
     """argparse keywords for a field's type; ValueError for a type no flag can carry."""
-    kind = _plain(info.annotation)
+    kind = plain(info.annotation)
     origin = typing.get_origin(kind)
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -87,7 +87,7 @@ def kind_of(info: FieldInfo) -> dict[str, Any]:
         return {}
     if kind is dt.date:
         return {"type": date, "metavar": "YYYY-MM-DD"}
-    if origin is list and _plain(typing.get_args(kind)[0]) is str:
+    if origin is list and plain(typing.get_args(kind)[0]) is str:
         return {"metavar": "A,B"}  # the model's own validator splits the comma list
     if origin is dict:
         return {"type": json_object, "metavar": "JSON"}
