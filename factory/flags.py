@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -64,6 +65,8 @@ def shown_default(info: FieldInfo) -> Optional[str]:
     value = info.get_default(call_default_factory=True)
     if value is None or value == {} or value == [] or isinstance(value, BaseModel):
         return None
+    if isinstance(value, dict):
+        return json.dumps(value)
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, (list, tuple)):
@@ -111,7 +114,7 @@ class FlagSet:
     file_only: frozenset[str] = frozenset()
     inline: dict[str, Optional[tuple[str, ...]]] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    other: str = "other settings"
+    other: str = "settings"
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def settings(self) -> list[tuple[str, FieldInfo]]:
@@ -167,3 +170,31 @@ class FlagSet:
                 group.add_argument(
                     self.flag(setting), dest=setting, default=None, help=self.help(setting, info), **keywords
                 )
+
+
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"settings.as_of": d}`` -> ``{"settings": {"as_of": d}}``: dotted settings as a model's input."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def parse_settings(flags: FlagSet, parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Any:
+    """A job's flags as its validated settings model. A value the model refuses
+    raises UsageError naming the flag the user gave (exit 2, factory/errors.py)."""
+    from pydantic import ValidationError
+
+    from factory.errors import UsageError, flag_names, settings_lines
+
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        return flags.model.model_validate(nest(given))
+    except ValidationError as exc:
+        names = flag_names(parser)
+        said = {k: names[k] for k in given if k in names}
+        raise UsageError(*settings_lines(exc, flags.model, said)) from None
