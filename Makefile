@@ -38,9 +38,9 @@ browser:
 test: setup browser
 	$(PY) -m pytest
 
-# Unit tests only: no engine, a couple of minutes.
+# No engine and none of the slow whole-job CPU runs (marked slow): under 5 minutes.
 test-fast: setup browser
-	$(PY) -m pytest tests/cpu
+	$(PY) -m pytest tests/cpu -m "not slow"
 
 # ruff's rules and format live in pyproject.toml ([tool.ruff]); CI runs this before the tests.
 lint: setup

@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import uuid
 
+import pytest
+
 from tests.conftest import PYTHON, REPO, RUN_MARKER, job_env, reap
 
 # Lines of Ray, Ray Data and their workers that a default run must not show.
@@ -46,6 +48,7 @@ def test_the_default_console_has_the_jobs_lines_and_no_per_batch_chatter(tmp_pat
     assert "Execution plan of Dataset" in log.read_text()
 
 
+@pytest.mark.slow  # a second whole run: make test, not test-fast
 def test_verbose_brings_ray_data_back(tmp_path):
     code, console = _run(tmp_path, "--verbose")
     assert code == 0, console
@@ -53,6 +56,7 @@ def test_verbose_brings_ray_data_back(tmp_path):
     assert "published in" in console
 
 
+@pytest.mark.slow  # a third whole run: make test, not test-fast
 def test_an_engine_error_reaches_the_quiet_console_in_full(tmp_path):
     code, console = _run(tmp_path, STAND_IN_ENGINE_FAILS="stand-in engine broke on purpose (test)")
     assert code != 0, console
