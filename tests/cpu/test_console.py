@@ -15,8 +15,15 @@ import pytest
 from tests.conftest import PYTHON, REPO, RUN_MARKER, job_env, reap
 
 # Lines of Ray, Ray Data and their workers that a default run must not show.
-CHATTER = ("Execution plan of Dataset", "Starting execution of Dataset", "logging_progress", "Total Progress",
-           "Started a local Ray instance", "Parquet dataset sampling", "pid=")
+CHATTER = (
+    "Execution plan of Dataset",
+    "Starting execution of Dataset",
+    "logging_progress",
+    "Total Progress",
+    "Started a local Ray instance",
+    "Parquet dataset sampling",
+    "pid=",
+)
 
 
 def _run(tmp_path, *flags: str, **env: str) -> tuple[int, str]:
@@ -27,8 +34,22 @@ def _run(tmp_path, *flags: str, **env: str) -> tuple[int, str]:
     stand_in.mkdir(exist_ok=True)
     (stand_in / "config.json").write_text("{}")
     (stand_in / "model.safetensors").touch()
-    cmd = [PYTHON, "-m", "tests.stand_in_job", "--output", str(tmp_path / "out"), "--model", str(stand_in),
-           "--limit", "6", "--channels", "push,sms", "--progress-every-seconds", "1", *flags]
+    cmd = [
+        PYTHON,
+        "-m",
+        "tests.stand_in_job",
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        str(stand_in),
+        "--limit",
+        "6",
+        "--channels",
+        "push,sms",
+        "--progress-every-seconds",
+        "1",
+        *flags,
+    ]
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     finally:
@@ -39,8 +60,15 @@ def _run(tmp_path, *flags: str, **env: str) -> tuple[int, str]:
 def test_the_default_console_has_the_jobs_lines_and_no_per_batch_chatter(tmp_path):
     code, console = _run(tmp_path)
     assert code == 0, console
-    for line in ("The run owes", "progress [", "ETA", "published in", "manifest:", "quality:",
-                 "Ray's and vLLM's own log lines:"):
+    for line in (
+        "The run owes",
+        "progress [",
+        "ETA",
+        "published in",
+        "manifest:",
+        "quality:",
+        "Ray's and vLLM's own log lines:",
+    ):
         assert line in console, (line, console)
     assert not [c for c in CHATTER if c in console], console
     # The log file keeps what the console left out.
