@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from factory.config import EngineConfig, JobConfig, build_config
 from factory.errors import JobParser, UsageError, flag_names, load_yaml_lines, settings_lines
-from factory.flags import FlagSet
+from factory.flags import FlagSet, date
 
 # How JobConfig's settings show as flags; every other field is a flag named after it.
 NIGHTLY_FLAGS = FlagSet(
@@ -21,8 +21,9 @@ NIGHTLY_FLAGS = FlagSet(
     # Lists of structured entries: a config or campaign file's business.
     file_only=frozenset({"offers", "competitors"}),
     inline={"engine": None, "quality": ("repair",)},
-    # Several campaigns in one invocation: one run each (parse_job).
-    extra={"campaign": {"action": "append"}},
+    # Several campaigns in one invocation: one run each (parse_job). --run-date keeps
+    # its own parse: its message is argparse's (tests/cpu/test_job_errors.py pins it).
+    extra={"campaign": {"action": "append"}, "run_date": {"type": date}},
     groups={
         "inputs and output": ("pairs", "users", "products", "facts", "output", "s3_endpoint", "s3_region",
                               "s3_sse", "s3_sse_kms_key_id", "s3_max_attempts"),

@@ -89,7 +89,7 @@ def kind_of(info: FieldInfo) -> dict[str, Any]:
     if kind is str:
         return {}
     if kind is dt.date:
-        return {"type": date, "metavar": "YYYY-MM-DD"}
+        return {"metavar": "YYYY-MM-DD"}  # the model parses it, and a bad one is a setting error (exit 2)
     if origin is list and plain(typing.get_args(kind)[0]) is str:
         return {"metavar": "A,B"}  # the model's own validator splits the comma list
     if origin is dict:

@@ -64,13 +64,9 @@ def converted_model():
     return ensure_bundled_model()  # a setup step shared with the engine tests (cached)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_for_the_module():
-    """The dry runs here share one local Ray (the first starts it), shut down after them."""
-    import ray
-
-    yield
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def ray_for_the_module(local_ray):
+    """The dry runs here join the tests' shared local Ray (tests/conftest.py)."""
 
 
 @pytest.fixture
