@@ -53,12 +53,14 @@ def start_or_join(dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         quiet_console()
+        quiet_vllm_on_the_driver()
         return
     quiet_console()  # before ray.init, which logs as it starts
     # Workers' output (engine and Ray Data tasks) reaches this console only with
     # --verbose; it is always in the session's logs folder.
     context = ray.init(log_to_driver=console.verbose(), include_dashboard=dashboard)
     _started_here = internals.ray_started_head()
+    quiet_vllm_on_the_driver()
     if not context.dashboard_url:
         logger.info("Ray's dashboard is off. A local Ray the job starts has none unless asked "
                     "(--ray-dashboard); or start Ray first with `ray start --head` and the job joins it.",
@@ -71,17 +73,21 @@ def start_or_join(dashboard: bool = False) -> None:
 def quiet_console() -> None:
     """Ray Data's progress bars and Ray's, Ray Data's and vLLM's INFO lines off the
     console unless --verbose (factory/console.py); the log files keep them."""
-    import os
-
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = console.verbose()
     job_log = next((h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
     console.quiet_libraries(job_log)
+
+
+def quiet_vllm_on_the_driver() -> None:
+    """vLLM imported on the driver from now on logs through the root logger, so its
+    INFO lines reach the job's log file, not the console. Called after ray.init: a
+    local Ray's workers (the engine) inherit the environment as it was then and keep
+    vLLM's own logging in Ray's log files."""
+    import os
+
     if not console.verbose():
-        # vLLM imported on the driver from now on logs through the root logger, so
-        # its INFO lines reach the job's log file and not the console. The engine's
-        # workers keep vLLM's own logging (generate.py's runtime_env says so).
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 
