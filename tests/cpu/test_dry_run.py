@@ -203,6 +203,7 @@ def test_gpu_hours_and_cost_follow_the_assumptions(sample_dir, tmp_path, no_engi
     assert plan_run(config)["total"]["gpu_hours_with_repair_max"] == pytest.approx(2 * t["gpu_hours"])
 
 
+@pytest.mark.slow  # the whole job's dry run (test_job_errors runs one too): make test, not test-fast
 def test_job_prints_the_plan_and_exits_0(sample_dir, tmp_path, capsys, no_engine):
     argv = _inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(CONFIGS), "--dry-run"]
     assert job.main(argv + ["--json"]) == 0
