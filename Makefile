@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # torch: transformers then fails on import. Nothing text-only needs them.
 UNWANTED := torchvision torchaudio torchcodec
 
-.PHONY: setup demo test test-fast clean browser
+.PHONY: setup demo test test-fast lint docs clean browser
 
 setup: $(VENV)/.installed
 
@@ -38,9 +38,18 @@ browser:
 test: setup browser
 	$(PY) -m pytest
 
-# Unit tests only: no engine, a couple of minutes.
+# No engine and none of the slow whole-job CPU runs (marked slow): under 5 minutes.
 test-fast: setup browser
-	$(PY) -m pytest tests/cpu
+	$(PY) -m pytest tests/cpu -m "not slow"
+
+# ruff's rules and format live in pyproject.toml ([tool.ruff]); CI runs this before the tests.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# docs/settings.md is written from the config's fields; a test fails when it is stale.
+docs: setup
+	$(PY) -m factory.settings_doc > docs/settings.md
 
 clean:
 	rm -rf out .pytest_cache

@@ -360,17 +360,26 @@ class _JobLog(logging.FileHandler):
 
 
 def setup_logging(job: str) -> Optional[Path]:
-    """INFO lines on the console and, in full, in a log file of this invocation."""
+    """The job's INFO lines on the console (other libraries' only from warnings up,
+    unless --verbose: factory/console.py) and every line in a log file of this invocation."""
+    from factory.console import LIBRARY_LOGGERS, OWN_LOGGERS, OwnLinesOnly, set_verbose
+
+    set_verbose(False)  # until the job's flags say otherwise
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for old in [h for h in root.handlers if isinstance(h, _JobLog)]:  # an earlier job in this process
-        root.removeHandler(old)
-        old.close()
+    for logger_ in (root, *map(logging.getLogger, LIBRARY_LOGGERS)):  # an earlier job in this process
+        for old in [h for h in logger_.handlers if isinstance(h, _JobLog)]:
+            logger_.removeHandler(old)
+            old.close()
     if not any(isinstance(h, _Console) for h in root.handlers):
         console = _Console()
         console.setFormatter(fmt)
         root.addHandler(console)
+    for handler in root.handlers:
+        if isinstance(handler, _Console):
+            handler.filters = [f for f in handler.filters if not isinstance(f, OwnLinesOnly)]
+            handler.addFilter(OwnLinesOnly((*OWN_LOGGERS, job)))
     for handler in root.handlers:  # handlers other code set up (a test runner's) skip file-only records too
         if not isinstance(handler, logging.FileHandler) and \
                 not any(isinstance(f, _ConsoleFilter) for f in handler.filters):
@@ -383,6 +392,7 @@ def setup_logging(job: str) -> Optional[Path]:
     except OSError:
         return None  # a job that cannot keep a log still runs; its console has every line
     handler.setFormatter(fmt)
+    handler.setLevel(logging.INFO)  # Ray Data's loggers pass DEBUG lines on as well
     root.addHandler(handler)
     return path
 

@@ -35,7 +35,7 @@ import contextlib
 import logging
 from typing import Iterator
 
-from factory import internals
+from factory import console, internals
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,43 @@ def start_or_join(dashboard: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
+        quiet_console()
+        quiet_vllm_on_the_driver()
         return
-    context = ray.init(log_to_driver=True, include_dashboard=dashboard)
+    quiet_console()  # before ray.init, which logs as it starts
+    # Workers' output (engine and Ray Data tasks) reaches this console only with
+    # --verbose; it is always in the session's logs folder.
+    context = ray.init(log_to_driver=console.verbose(), include_dashboard=dashboard)
     _started_here = internals.ray_started_head()
+    quiet_vllm_on_the_driver()
     if not context.dashboard_url:
-        logger.info("Ray's dashboard is off. A local Ray the job starts has none unless asked (--ray-dashboard); "
-                    "or start Ray first with `ray start --head` and the job joins it.")
+        logger.info("Ray's dashboard is off. A local Ray the job starts has none unless asked "
+                    "(--ray-dashboard); or start Ray first with `ray start --head` and the job joins it.",
+                    extra={"log_file_only": True})
+    if not console.verbose():
+        logger.info("Ray's and vLLM's own log lines: %s/logs (--verbose shows them here)",
+                    context.address_info.get("session_dir") or "Ray's session folder")
+
+
+def quiet_console() -> None:
+    """Ray Data's progress bars and Ray's, Ray Data's and vLLM's INFO lines off the
+    console unless --verbose (factory/console.py); the log files keep them."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = console.verbose()
+    job_log = next((h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
+    console.quiet_libraries(job_log)
+
+
+def quiet_vllm_on_the_driver() -> None:
+    """vLLM imported on the driver from now on logs through the root logger, so its
+    INFO lines reach the job's log file, not the console. Called after ray.init: a
+    local Ray's workers (the engine) inherit the environment as it was then and keep
+    vLLM's own logging in Ray's log files."""
+    import os
+
+    if not console.verbose():
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 
 def configure_ray_data() -> None:
@@ -65,7 +96,6 @@ def configure_ray_data() -> None:
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
     # The V2 Parquet reader lists files in a task that always asks for a whole
     # CPU; once the engine actor holds its CPU on a small node that task never
     # schedules (seen on 2 cores: the run hangs at "ListFiles 0/1"). The V1

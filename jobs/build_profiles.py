@@ -9,57 +9,29 @@ See docs/facts-and-profiles.md ("User profiles from events") for the output and 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Optional, Sequence
-
-from pydantic import ValidationError
+from typing import Optional
 
 from factory import errors
-from factory.profiles.aggregate import ProfileSettings
+from factory.flags import FlagSet, parse_settings
 from factory.profiles.build import BuildResult, ProfileJobConfig, run
+
+# Every ProfileJobConfig field is a flag; the profile settings' too (--half-life-days, ...).
+FLAGS = FlagSet(ProfileJobConfig, inline={"settings": None})
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = errors.JobParser(prog="build_profiles",
-                                description="Build user profiles (the nightly job's --users) from events on Ray Data.")
-    p.add_argument("--events", required=True, help="Events Parquet file or folder (local or s3://).")
-    p.add_argument("--products", required=True, help="Product catalog Parquet (local or s3://).")
-    p.add_argument("--users", help="Optional users table: locale and loyalty_tier are taken from it.")
-    p.add_argument("--output", required=True, help="Output folder or s3://bucket/prefix.")
-    p.add_argument("--as-of", dest="as_of", help="Profile date, YYYY-MM-DD (default: today, UTC). "
-                   "Events after the end of this day are set aside as future_timestamp.")
-    p.add_argument("--half-life-days", dest="half_life_days", type=float, help="Interest half-life (default 30).")
-    p.add_argument("--recent-n", dest="recent_n", type=int, help="Entries per recent_* list (default 5).")
-    p.add_argument("--top-categories", dest="top_categories", type=int, help="Categories in interests (default 3).")
-    p.add_argument("--top-brands", dest="top_brands", type=int, help="Brands in interests (default 2).")
-    p.add_argument("--default-locale", dest="default_locale", help="Locale of users the users table lacks "
-                   "(default en-US).")
-    p.add_argument("--partitions", type=int, help="Output files (default: one per 250,000 events).")
-    p.add_argument("--s3-endpoint", dest="s3_endpoint", help="S3-compatible endpoint URL (MinIO, R2, ...).")
-    p.add_argument("--s3-region", dest="s3_region", help="S3 region (default us-east-1).")
-    p.add_argument("--s3-max-attempts", dest="s3_max_attempts", type=int, help="Tries per S3 request (default 10).")
+                         description="Build user profiles (the nightly job's --users) from events.")
+    FLAGS.add_to(p)
     return p
 
 
-_SETTINGS = ("half_life_days", "recent_n", "top_categories", "top_brands", "default_locale")
-_JOB = ("events", "products", "users", "output", "partitions", "s3_endpoint", "s3_region", "s3_max_attempts")
-
-
 def parse_config(argv: Optional[Sequence[str]] = None) -> ProfileJobConfig:
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    as_of = args["as_of"] or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    settings = {k: args[k] for k in _SETTINGS if args[k] is not None}
-    job = {k: args[k] for k in _JOB if args[k] is not None}
-    flags = errors.flag_names(parser)
-    try:
-        return ProfileJobConfig(**job, settings=ProfileSettings(as_of=as_of, **settings))
-    except ValidationError as exc:
-        given = {k: flags[k] for k, v in args.items() if v is not None and k in flags}
-        raise errors.UsageError(*errors.settings_lines(exc, ProfileJobConfig, given)) from None
+    return parse_settings(FLAGS, build_parser(), argv)
 
 
 def report(result: BuildResult) -> str:

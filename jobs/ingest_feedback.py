@@ -15,48 +15,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Optional, Sequence
-
-from pydantic import ValidationError
+from typing import Optional
 
 from factory import errors
 from factory.experiments.feedback import FeedbackJobConfig, IngestResult, run
+from factory.flags import FlagSet, parse_settings
+
+# Every FeedbackJobConfig field is a flag; --campaign repeats (or takes a comma list).
+FLAGS = FlagSet(FeedbackJobConfig, names={"campaigns": "--campaign"},
+                extra={"campaigns": {"action": "append"}})
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = errors.JobParser(prog="ingest_feedback",
-                         description="Join delivery events to published runs and write the feedback table, on Ray Data.")
-    p.add_argument("--events", required=True, help="Delivery events: Parquet file or folder (local or s3://), "
-                   "every event so far: row_id, event_type (impression, click, conversion), ts.")
-    p.add_argument("--runs", required=True, help="The nightly job's --output (its published manifests).")
-    p.add_argument("--output", required=True, help="Folder or s3://bucket/prefix for the feedback table.")
-    p.add_argument("--campaign", dest="campaigns", action="append",
-                   help="Only runs of this campaign (repeat, or a comma list). Default: every campaign.")
-    p.add_argument("--since", help="Only runs on or after this run date (YYYY-MM-DD).")
-    p.add_argument("--until", help="Only runs on or before this run date (YYYY-MM-DD).")
-    p.add_argument("--partitions", type=int, help="Buckets of the join (default: one per 1,000,000 events and rows).")
-    p.add_argument("--s3-endpoint", dest="s3_endpoint", help="S3-compatible endpoint URL (MinIO, R2, ...).")
-    p.add_argument("--s3-region", dest="s3_region", help="S3 region (default us-east-1).")
-    p.add_argument("--s3-max-attempts", dest="s3_max_attempts", type=int, help="Tries per S3 request (default 10).")
+                         description="Join delivery events to published runs and write the feedback table, "
+                         "on Ray Data.")
+    FLAGS.add_to(p)
     return p
 
 
-_FIELDS = ("events", "runs", "output", "since", "until", "partitions", "s3_endpoint", "s3_region", "s3_max_attempts")
-
-
 def parse_config(argv: Optional[Sequence[str]] = None) -> FeedbackJobConfig:
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    values = {k: args[k] for k in _FIELDS if args[k] is not None}
-    if args["campaigns"]:
-        values["campaigns"] = ",".join(args["campaigns"])
-    flags = errors.flag_names(parser)
-    try:
-        return FeedbackJobConfig(**values)
-    except ValidationError as exc:
-        given = {k: flags[k] for k, v in args.items() if v is not None and k in flags}
-        raise errors.UsageError(*errors.settings_lines(exc, FeedbackJobConfig, given)) from None
+    return parse_settings(FLAGS, build_parser(), argv)
 
 
 def report(result: IngestResult) -> str:

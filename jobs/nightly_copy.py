@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from factory import errors
+from factory import console, errors
 from factory.cli import JobRequest, parse_job
 from factory.config import JobConfig
 from factory.pipeline import RunResult, run
@@ -100,6 +100,7 @@ def dry_run_all(request: JobRequest) -> int:
 
 def execute(argv: Optional[Sequence[str]], log_file: Optional[Path]) -> int:
     request = parse_job(argv)
+    console.set_verbose(request.verbose)
     if not request.configs:
         print("No campaign is active on the run date: nothing to do.")
         return 0

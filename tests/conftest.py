@@ -56,6 +56,19 @@ def s3_server():
 
 
 @pytest.fixture
+def local_ray(s3_server):
+    """One local Ray for every test that needs one: the first starts it and the rest
+    reuse it (a start-up costs seconds on 2 cores). A test or job that stops Ray
+    (the two-node cluster's fixture, a job's own shutdown) makes the next one start
+    it again. s3_server first: Ray's workers inherit the S3 credentials at init."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+@pytest.fixture
 def s3_bucket(s3_server, request):
     import boto3
 

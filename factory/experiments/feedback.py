@@ -132,7 +132,9 @@ class FeedbackJobConfig(BaseModel):
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [value]
+        if isinstance(value, list):  # a repeated flag's entries may each be a comma list
+            value = [v.strip() for entry in value for v in str(entry).split(",") if v.strip()]
         return value
 
     @field_validator("campaigns")

@@ -67,8 +67,9 @@ class ProfileSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    as_of: dt.date = Field(description="The profile's date: events up to the end of this day (UTC) count; "
-                                       "later ones are rejected as future_timestamp.")
+    as_of: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).date(),
+                           description="The profile's date: events up to the end of this day (UTC) count; "
+                           "later ones are rejected as future_timestamp. Default: today (UTC).")
     half_life_days: float = Field(default=30.0, gt=0, le=3650,
                                   description="An event's interest weight halves every this many days.")
     recent_n: int = Field(default=5, ge=1, le=50,

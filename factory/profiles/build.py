@@ -70,7 +70,7 @@ class ProfileJobConfig(BaseModel):
     users: Optional[str] = Field(default=None, description="Optional users table: locale and loyalty_tier "
                                  "are taken from it (nothing else); its users get a profile even with no events.")
     output: str = Field(description="Output folder or s3://bucket/prefix: the nightly job's --users.")
-    settings: ProfileSettings
+    settings: ProfileSettings = Field(default_factory=ProfileSettings)
     partitions: Optional[int] = Field(default=None, ge=1, le=MAX_FILES,
                                       description=f"Output files; default one per {EVENTS_PER_FILE} events.")
     s3_endpoint: Optional[str] = Field(default=None, description="S3-compatible endpoint URL.")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,7 @@ def _run(script: str, tmp_path: Path, *args: str) -> dict:
     return printed
 
 
+@pytest.mark.slow  # the whole job on Ray Data: make test, not test-fast
 def test_cpu_side_pushes_every_pair_through_the_real_run(tmp_path):
     figures = _run("cpu_side.py", tmp_path, "--timeline", str(tmp_path / "timeline.json"))
     assert figures["pairs"] == 300

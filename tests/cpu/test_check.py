@@ -6,22 +6,11 @@ import datetime as dt
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from factory import columns as C
 from factory.inputs import USERS, malformed_reasons, read_lookup_table
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.storage import resolve
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """Staging runs as Ray tasks, one per product bucket."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _text(values) -> pa.Array:

@@ -49,6 +49,7 @@ def stand_in_model(tmp_path) -> str:
     return str(folder)
 
 
+@pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 def test_local_paths_are_refused_on_a_cluster_of_two_nodes(two_nodes, tmp_path, stand_in_model, capsys):
     from factory.cluster import check_shared_storage
 
@@ -66,6 +67,7 @@ def test_local_paths_are_refused_on_a_cluster_of_two_nodes(two_nodes, tmp_path, 
     assert not list((tmp_path / "out").rglob("*.parquet"))
 
 
+@pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server, s3_client, s3_bucket, sample_dir,
                                                             stand_in_model, monkeypatch):
     import ray
@@ -108,6 +110,7 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
     assert summary["progress"][-1]["rows_done"] == rows.num_rows
 
 
+@pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 @pytest.mark.parametrize("judge", [False, True], ids=["plain", "judged"])
 def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_nodes, s3_server, s3_client,
                                                                            s3_bucket, sample_dir, stand_in_model,
@@ -196,6 +199,7 @@ def _stand_in_judge_engine(ds):
     return ds.map_batches(reply, batch_format="pyarrow")
 
 
+@pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
                                                                sample_dir, stand_in_model, capsys):
     pairs, _ = owed_pairs(sample_dir, 30)
@@ -214,6 +218,7 @@ def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_se
     assert not s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/runs/").get("KeyCount")
 
 
+@pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 def test_the_bundled_model_is_converted_on_each_engine_node(two_nodes, tmp_path):
     """Not on the driver: on the node that will host the engine, at the driver's path."""
     from factory.cluster import place_model
@@ -227,6 +232,7 @@ def test_the_bundled_model_is_converted_on_each_engine_node(two_nodes, tmp_path)
         place_model(str(tmp_path / "nowhere"), "cpu", bundled=False)
 
 
+@pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 def test_cpu_stages_grow_with_the_cluster(two_nodes):
     from factory.cluster import MIN_STAGE_ACTORS, stage_actors
 

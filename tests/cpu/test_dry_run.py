@@ -64,13 +64,9 @@ def converted_model():
     return ensure_bundled_model()  # a setup step shared with the engine tests (cached)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_for_the_module():
-    """The dry runs here share one local Ray (the first starts it), shut down after them."""
-    import ray
-
-    yield
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def ray_for_the_module(local_ray):
+    """The dry runs here join the tests' shared local Ray (tests/conftest.py)."""
 
 
 @pytest.fixture
@@ -212,6 +208,7 @@ def test_gpu_hours_and_cost_follow_the_assumptions(sample_dir, tmp_path, no_engi
     assert drawn["engine_rows"] == 3 * t["engine_rows"] and drawn["gpu_hours"] == pytest.approx(3 * t["gpu_hours"])
 
 
+@pytest.mark.slow  # the whole job's dry run (test_job_errors runs one too): make test, not test-fast
 def test_job_prints_the_plan_and_exits_0(sample_dir, tmp_path, capsys, no_engine):
     argv = _inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(CONFIGS), "--dry-run"]
     assert job.main(argv + ["--json"]) == 0

@@ -101,16 +101,6 @@ EXPECTED_REJECTS = [("a.parquet", 0, "duplicate_event"), ("a.parquet", 10, "unkn
                     ("b.parquet", 6, "null_timestamp"), ("b.parquet", 7, "duplicate_event")]
 
 
-@pytest.fixture(scope="module")
-def local_ray(s3_server):
-    # s3_server first: Ray's workers inherit the environment (the S3 credentials) at init.
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _table(output: str, endpoint=None) -> tuple[pa.Table, dict]:
     return read_feedback(resolve(output, endpoint))
 

@@ -102,16 +102,6 @@ def _write_inputs(folder: Path) -> dict[str, str]:
             "users": str(folder / "users.parquet")}
 
 
-@pytest.fixture(scope="module")
-def local_ray(s3_server):
-    # s3_server first: Ray's workers inherit the environment (the S3 credentials) at init.
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _argv(paths: dict[str, str], output: str, *extra: str) -> list[str]:
     return ["--events", paths["events"], "--products", paths["products"], "--users", paths["users"],
             "--output", output, "--as-of", "2026-11-23", "--half-life-days", "7", *extra]

@@ -86,6 +86,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow  # a local Ray and a Ray LLM processor in their own process: make test, not test-fast
 @pytest.mark.parametrize("how", ["plain", "factory"])
 def test_the_idle_telemetry_actor_is_stopped_on_the_jobs_own_ray(how):
     done = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE, how], capture_output=True, text=True,
