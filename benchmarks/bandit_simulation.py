@@ -61,20 +61,29 @@ def run_size(args: argparse.Namespace, users: int) -> dict:
         ab_regret = served * sum(best - c for c in ctrs.values()) / len(ctrs)  # equal shares, every night
     finite = [r for r in reached if r != float("inf")]
     return {
-        "users_per_night": users, "seeds": args.seeds,
-        "nights_to_target": {"median": statistics.median(reached), "p90": percentile(reached, 0.9),
-                             "worst": max(reached), "never": len(reached) - len(finite)},
+        "users_per_night": users,
+        "seeds": args.seeds,
+        "nights_to_target": {
+            "median": statistics.median(reached),
+            "p90": percentile(reached, 0.9),
+            "worst": max(reached),
+            "never": len(reached) - len(finite),
+        },
         "regret_clicks": {"mean": round(statistics.mean(regrets), 1), "worst": round(max(regrets), 1)},
         "regret_share_of_best": round(statistics.mean(shares), 4),
         "ab_test_regret_clicks": round(ab_regret, 1),
-        "best_arm_share_last_night": {"mean": round(statistics.mean(last_share), 3),
-                                      "min": round(min(last_share), 3)},
+        "best_arm_share_last_night": {
+            "mean": round(statistics.mean(last_share), 3),
+            "min": round(min(last_share), 3),
+        },
     }
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, nargs="+", default=[2000, 5000, 20000], help="Users per night (sizes)")
+    p.add_argument(
+        "--users", type=int, nargs="+", default=[2000, 5000, 20000], help="Users per night (sizes)"
+    )
     p.add_argument("--nights", type=int, default=30)
     p.add_argument("--arms", type=int, default=3, help="Arms; one of them is the better one")
     p.add_argument("--base-ctr", type=float, default=0.02)
@@ -88,11 +97,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     started = time.time()
     figures = {
-        "command": ".venv/bin/python benchmarks/bandit_simulation.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                 else argv),
+        "command": ".venv/bin/python benchmarks/bandit_simulation.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cores": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "users")},
         "sizes": [run_size(args, users) for users in args.users],
     }

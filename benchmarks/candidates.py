@@ -45,8 +45,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-ARMS = {"baseline": (1, True), "K2": (2, True), "K4": (4, True), "K2-norepair": (2, False),
-        "K4-norepair": (4, False)}
+ARMS = {
+    "baseline": (1, True),
+    "K2": (2, True),
+    "K4": (4, True),
+    "K2-norepair": (2, False),
+    "K4-norepair": (4, False),
+}
 
 
 def part(arm: str, limit: int) -> dict:
@@ -61,9 +66,18 @@ def part(arm: str, limit: int) -> dict:
     from factory.storage import list_files
 
     k, repair = ARMS[arm]
-    config = build_config({}, {"output": tempfile.mkdtemp(prefix=f"bench-cand-{arm}-"), "limit": limit,
-                               "candidates": k, "quality.repair": repair, "progress_every_seconds": 30.0,
-                               "engine.device": "cpu", "run_date": "2026-12-04"})
+    config = build_config(
+        {},
+        {
+            "output": tempfile.mkdtemp(prefix=f"bench-cand-{arm}-"),
+            "limit": limit,
+            "candidates": k,
+            "quality.repair": repair,
+            "progress_every_seconds": 30.0,
+            "engine.device": "cpu",
+            "run_date": "2026-12-04",
+        },
+    )
     # Seconds of each pass: run_passes names the pass (progress.phase), then its writer call runs it.
     named: dict[str, float] = {}
     current, real_phase, real_write = ["?"], ProgressLog.phase, passes.write
@@ -78,6 +92,7 @@ def part(arm: str, limit: int) -> dict:
             return real_write(*args, **kwargs)
         finally:
             named[current[0]] = named.get(current[0], 0.0) + time.time() - start
+
     ProgressLog.phase, passes.write = phase, timed_write
     # The draws, read before the run deletes its work folder.
     draws, real_delete = [], driver.delete_dir_if_exists
@@ -85,9 +100,15 @@ def part(arm: str, limit: int) -> dict:
     def keep_draws(loc):
         folder = loc.join("candidates")
         for info in list_files(folder, ".parquet"):
-            draws.append(pq.read_table(folder.join(info.base_name).path, filesystem=folder.fs,
-                                       columns=[C.ROW_ID, "candidate", C.TEXT, C.STATUS]))
+            draws.append(
+                pq.read_table(
+                    folder.join(info.base_name).path,
+                    filesystem=folder.fs,
+                    columns=[C.ROW_ID, "candidate", C.TEXT, C.STATUS],
+                )
+            )
         return real_delete(loc)
+
     driver.delete_dir_if_exists = keep_draws
 
     t0 = time.time()
@@ -124,16 +145,27 @@ def part(arm: str, limit: int) -> dict:
         first_cached = int(pc.sum(pc.fill_null(first[C.NUM_CACHED_TOKENS], 0)).as_py() or 0)
     uncached = first_prompt - first_cached + repair_prompt - repair_cached
     return {
-        "part": arm, "candidates": k, "repair": repair, "owed_rows": n, "wall_s": round(wall, 1),
-        "pass_seconds": {name: round(s, 1) for name, s in named.items()}, "engine_s": round(engine_s, 1),
-        "first_pass_acceptance": round(first_pass / n, 4), "final_acceptance": round(final / n, 4),
-        "accepted": final, "repaired_rows": repaired.num_rows,
-        "accepted_per_engine_s": round(final / engine_s, 4), "accepted_per_wall_s": round(final / wall, 4),
-        "output_tokens": output_tokens, "output_tokens_per_accepted": round(output_tokens / max(1, final), 1),
+        "part": arm,
+        "candidates": k,
+        "repair": repair,
+        "owed_rows": n,
+        "wall_s": round(wall, 1),
+        "pass_seconds": {name: round(s, 1) for name, s in named.items()},
+        "engine_s": round(engine_s, 1),
+        "first_pass_acceptance": round(first_pass / n, 4),
+        "final_acceptance": round(final / n, 4),
+        "accepted": final,
+        "repaired_rows": repaired.num_rows,
+        "accepted_per_engine_s": round(final / engine_s, 4),
+        "accepted_per_wall_s": round(final / wall, 4),
+        "output_tokens": output_tokens,
+        "output_tokens_per_accepted": round(output_tokens / max(1, final), 1),
         "prompt_tokens_uncached_per_row": round(uncached / n, 1),
         "draw_prompt_cached_share": round(first_cached / first_prompt, 4) if first_prompt else None,
-        "candidates_summary": cand, "prefix_cache_hit_rate_kept_rows": work["prefix_cache_hit_rate"],
-        "draws_all_identical_share": None if same is None else round(same, 4), "differing_draws_example": example,
+        "candidates_summary": cand,
+        "prefix_cache_hit_rate_kept_rows": work["prefix_cache_hit_rate"],
+        "draws_all_identical_share": None if same is None else round(same, 4),
+        "differing_draws_example": example,
         "status": summary["quality"]["status"],
     }
 
@@ -151,28 +183,41 @@ def _child(arm: str, limit: int) -> dict:
 
 def report(runs: list[dict]) -> str:
     base = next(r for r in runs if r["part"] == "baseline")
-    cols = [("first_pass_acceptance", "first-pass acceptance"), ("final_acceptance", "final acceptance"),
-            ("accepted_per_engine_s", "accepted / engine-s"), ("accepted_per_wall_s", "accepted / run-s"),
-            ("output_tokens_per_accepted", "output tok / accepted"),
-            ("prompt_tokens_uncached_per_row", "uncached prompt tok / row")]
-    lines = ["| arm | rows | engine s | " + " | ".join(label for _, label in cols) + " | draws all identical |",
-             "|" + "---|" * (len(cols) + 4)]
+    cols = [
+        ("first_pass_acceptance", "first-pass acceptance"),
+        ("final_acceptance", "final acceptance"),
+        ("accepted_per_engine_s", "accepted / engine-s"),
+        ("accepted_per_wall_s", "accepted / run-s"),
+        ("output_tokens_per_accepted", "output tok / accepted"),
+        ("prompt_tokens_uncached_per_row", "uncached prompt tok / row"),
+    ]
+    lines = [
+        "| arm | rows | engine s | " + " | ".join(label for _, label in cols) + " | draws all identical |",
+        "|" + "---|" * (len(cols) + 4),
+    ]
     for r in runs:
         cells = []
         for key, _ in cols:
             v, b = r[key], base[key]
             cells.append(f"{v} ({v / b:.2f}x)" if b else f"{v}")
         same = r["draws_all_identical_share"]
-        lines.append(f"| {r['part']} | {r['owed_rows']} | {r['engine_s']} | " + " | ".join(cells)
-                     + f" | {'-' if same is None else same} |")
+        lines.append(
+            f"| {r['part']} | {r['owed_rows']} | {r['engine_s']} | "
+            + " | ".join(cells)
+            + f" | {'-' if same is None else same} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=40, help="bundled sample pairs to run (their first N)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each arm (interleaved); medians reported")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each arm (interleaved); medians reported"
+    )
     parser.add_argument("--smoke", action="store_true", help="4 pairs, baseline and K2: does it still run?")
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument("--part", choices=list(ARMS), help=argparse.SUPPRESS)
@@ -181,16 +226,32 @@ def main() -> None:
         print(json.dumps(part(args.part, args.limit)), flush=True)
         return
     limit, arms = (4, ["baseline", "K2"]) if args.smoke else (args.limit, args.arms.split(","))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {os.cpu_count()} cores, load {os.getloadavg()}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {os.cpu_count()} cores, load {os.getloadavg()}", flush=True
+    )
     runs = [_child(arm, limit) for _ in range(args.repeat) for arm in arms]
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2, ensure_ascii=False) + "\n")
     medians = []
     for arm in arms:
         mine = [r for r in runs if r["part"] == arm]
-        medians.append({**mine[0], **{key: sorted(r[key] for r in mine)[len(mine) // 2] for key in (
-            "first_pass_acceptance", "final_acceptance", "accepted_per_engine_s", "accepted_per_wall_s",
-            "output_tokens_per_accepted", "prompt_tokens_uncached_per_row", "engine_s")}})
+        medians.append(
+            {
+                **mine[0],
+                **{
+                    key: sorted(r[key] for r in mine)[len(mine) // 2]
+                    for key in (
+                        "first_pass_acceptance",
+                        "final_acceptance",
+                        "accepted_per_engine_s",
+                        "accepted_per_wall_s",
+                        "output_tokens_per_accepted",
+                        "prompt_tokens_uncached_per_row",
+                        "engine_s",
+                    )
+                },
+            }
+        )
     print(report(medians))
 
 

@@ -56,8 +56,11 @@ def cpu_times() -> dict[int, tuple[float, str]]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:  # gone meanwhile
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        out[int(name)] = ((int(fields[11]) + int(fields[12])) / TICK, cmd or stat[stat.find("(") + 1:stat.rfind(")")])
+        fields = stat[stat.rfind(")") + 2 :].split()
+        out[int(name)] = (
+            (int(fields[11]) + int(fields[12])) / TICK,
+            cmd or stat[stat.find("(") + 1 : stat.rfind(")")],
+        )
     return out
 
 
@@ -98,16 +101,25 @@ def measure(command: list[str]) -> dict:
             key = group_of(cmd, child.pid, pid)
             groups[key] = groups.get(key, 0.0) + used
     total = sum(groups.values())
-    return {"command": command, "exit_code": code, "wall_s": round(wall, 1), "cpu_s": round(total, 1),
-            "cores": round(total / wall, 2),
-            "groups": {k: {"cpu_s": round(v, 1), "cores": round(v / wall, 3)}
-                       for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}}
+    return {
+        "command": command,
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(total, 1),
+        "cores": round(total / wall, 2),
+        "groups": {
+            k: {"cpu_s": round(v, 1), "cores": round(v / wall, 3)}
+            for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+        },
+    }
 
 
 def main(args: argparse.Namespace) -> int:
     result = measure(args.command)
     lines = [f"wall {result['wall_s']} s, {result['cpu_s']} CPU s = {result['cores']} cores on average"]
-    lines += [f"  {g['cpu_s']:8.1f} s  {g['cores']:5.2f} cores  {name}" for name, g in result["groups"].items()]
+    lines += [
+        f"  {g['cpu_s']:8.1f} s  {g['cores']:5.2f} cores  {name}" for name, g in result["groups"].items()
+    ]
     print("\n".join(lines), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
@@ -116,7 +128,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     parsed = parser.parse_args()

@@ -37,8 +37,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import psutil
@@ -61,6 +62,7 @@ _USER_HASH = 7_919
 
 # --- Synthetic inputs -------------------------------------------------------------------
 
+
 def default_cache() -> Path:
     from factory.model import cache_root
 
@@ -71,8 +73,11 @@ def synthetic_inputs(n_pairs: int, cache: Path | None = None, seed: int = 11) ->
     """Pairs, users and products for ``n_pairs`` pairs, written once under
     ``cache/pairs-<N>`` (reused when complete). Returns their paths."""
     folder = (cache or default_cache()) / f"pairs-{n_pairs}-seed-{seed}"
-    paths = {"pairs": str(folder / "pairs"), "users": str(folder / "users.parquet"),
-             "products": str(folder / "products.parquet")}
+    paths = {
+        "pairs": str(folder / "pairs"),
+        "users": str(folder / "users.parquet"),
+        "products": str(folder / "products.parquet"),
+    }
     if (folder / "_COMPLETE").exists():
         return paths
     shutil.rmtree(folder, ignore_errors=True)
@@ -85,10 +90,12 @@ def synthetic_inputs(n_pairs: int, cache: Path | None = None, seed: int = 11) ->
     pq.write_table(pa.Table.from_pylist(users, schema=sample_data._USERS_SCHEMA), paths["users"])
     for start in range(0, n_pairs, PAIRS_PER_FILE):
         table = synthetic_pairs(range(start, min(n_pairs, start + PAIRS_PER_FILE)), users, products, seed)
-        pq.write_table(table, folder / "pairs" / f"part-{start // PAIRS_PER_FILE:04d}.parquet",
-                       row_group_size=ROW_GROUP)
-    (folder / "_COMPLETE").write_text(json.dumps({"pairs": n_pairs, "users": len(users),
-                                                  "products": len(products)}))
+        pq.write_table(
+            table, folder / "pairs" / f"part-{start // PAIRS_PER_FILE:04d}.parquet", row_group_size=ROW_GROUP
+        )
+    (folder / "_COMPLETE").write_text(
+        json.dumps({"pairs": n_pairs, "users": len(users), "products": len(products)})
+    )
     return paths
 
 
@@ -98,24 +105,29 @@ def synthetic_pairs(index: range, users: list[dict], products: list[dict], seed:
     campaign are drawn from a generator seeded by ``seed`` and the first index."""
     i = np.arange(index.start, index.stop, dtype=np.int64)
     n_users = len(users)
-    pools = {cur: np.array([k for k, p in enumerate(products) if p["currency"] == cur]) for cur in ("USD", "CNY")}
+    pools = {
+        cur: np.array([k for k, p in enumerate(products) if p["currency"] == cur]) for cur in ("USD", "CNY")
+    }
     zh_user = np.array([u[C.LOCALE] == "zh-CN" for u in users])
     user = i % n_users
     k = i // n_users
-    offset = (user * _USER_HASH + k * _STRIDE)
-    product = np.where(zh_user[user], pools["CNY"][offset % len(pools["CNY"])],
-                       pools["USD"][offset % len(pools["USD"])])
+    offset = user * _USER_HASH + k * _STRIDE
+    product = np.where(
+        zh_user[user], pools["CNY"][offset % len(pools["CNY"])], pools["USD"][offset % len(pools["USD"])]
+    )
     draw = np.random.default_rng([seed, index.start])
     channel = draw.integers(0, len(sample_data.CHANNELS), len(i))
     campaign = draw.integers(0, len(sample_data.CAMPAIGNS), len(i))
     user_ids = np.array([u[C.USER_ID] for u in users], dtype=object)
     product_ids = np.array([p[C.PRODUCT_ID] for p in products], dtype=object)
-    return pa.table({
-        C.USER_ID: pa.array(user_ids[user], pa.string()),
-        C.PRODUCT_ID: pa.array(product_ids[product], pa.string()),
-        C.CHANNEL: pa.array(np.array(sample_data.CHANNELS, dtype=object)[channel], pa.string()),
-        C.CAMPAIGN_ID: pa.array(np.array(sample_data.CAMPAIGNS, dtype=object)[campaign], pa.string()),
-    })
+    return pa.table(
+        {
+            C.USER_ID: pa.array(user_ids[user], pa.string()),
+            C.PRODUCT_ID: pa.array(product_ids[product], pa.string()),
+            C.CHANNEL: pa.array(np.array(sample_data.CHANNELS, dtype=object)[channel], pa.string()),
+            C.CAMPAIGN_ID: pa.array(np.array(sample_data.CAMPAIGNS, dtype=object)[campaign], pa.string()),
+        }
+    )
 
 
 # --- The echo engine ----------------------------------------------------------------------
@@ -128,8 +140,10 @@ _EN = {
     "email_subject": "Meet the {title}",
     "ad_headline": "Discover {brand}",
     "sms": "{title} is in stock now. Have a look in the app.",
-    "product_blurb": ("The {title} pairs everyday comfort with thoughtful design. A smart pick from {brand}, "
-                      "made to be used again and again."),
+    "product_blurb": (
+        "The {title} pairs everyday comfort with thoughtful design. A smart pick from {brand}, "
+        "made to be used again and again."
+    ),
 }
 _ZH = {
     "push": "{title}上新啦，快来看看吧。",
@@ -146,17 +160,21 @@ _EN_DRAWS = {
     "email_subject": ("Your {title} is here", "New: the {title}"),
     "ad_headline": ("Meet {brand}", "Try {brand}"),
     "sms": ("{title} just arrived. See it in the app.", "New in: {title}. Find it in the app."),
-    "product_blurb": ("The {title} brings comfort and careful design to every day. From {brand}, made to "
-                      "last and to be used often.", "Everyday comfort meets thoughtful design in the {title} "
-                      "from {brand}, built for daily use."),
+    "product_blurb": (
+        "The {title} brings comfort and careful design to every day. From {brand}, made to "
+        "last and to be used often.",
+        "Everyday comfort meets thoughtful design in the {title} from {brand}, built for daily use.",
+    ),
 }
 _ZH_DRAWS = {
     "push": ("{title}到货啦，点开看看。", "{title}新品，等你来看。"),
     "email_subject": ("{title}，新品到了", "新品推荐：{title}"),
     "ad_headline": ("{brand}新品", "{brand}上新"),
     "sms": ("{title}已到货，快来看看。", "{title}新品上市，欢迎选购。"),
-    "product_blurb": ("{title}，做工细致，设计简约，每天使用都很方便舒适，值得入手。",
-                      "{title}设计简约，做工用心，日常使用方便又舒适，推荐给你。"),
+    "product_blurb": (
+        "{title}，做工细致，设计简约，每天使用都很方便舒适，值得入手。",
+        "{title}设计简约，做工用心，日常使用方便又舒适，推荐给你。",
+    ),
 }
 # A copy the gate rejects (banned claim), for a small deterministic share of
 # first attempts; the repair prompt (it carries "Requirements:") gets a clean one.
@@ -172,8 +190,14 @@ def echo_flawed(row_id: str, draw: int | None, reject_share: float) -> bool:
     return int(key[-4:], 16) < reject_share * 0x10000
 
 
-def echo_copy(messages_json: str, channel: str, locale: str | None, row_id: str, reject_share: float,
-              draw: int | None = None) -> str:
+def echo_copy(
+    messages_json: str,
+    channel: str,
+    locale: str | None,
+    row_id: str,
+    reject_share: float,
+    draw: int | None = None,
+) -> str:
     prompt = json.loads(messages_json)[-1]["content"]
     m = _PRODUCT.search(prompt)
     title, brand = (m.group(1), m.group(2)) if m else ("this", "us")
@@ -196,15 +220,26 @@ class EchoEngine:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         messages = batch[C.MESSAGES].to_pylist()
-        draws = batch["candidate"].to_pylist() if "candidate" in batch.column_names else [None] * batch.num_rows
-        texts = [echo_copy(m, ch, loc, rid, self._reject_share, d) for m, ch, loc, rid, d in zip(
-            messages, batch[C.CHANNEL].to_pylist(), batch[C.LOCALE].to_pylist(), batch[C.ROW_ID].to_pylist(),
-            draws)]
+        draws = (
+            batch["candidate"].to_pylist() if "candidate" in batch.column_names else [None] * batch.num_rows
+        )
+        texts = [
+            echo_copy(m, ch, loc, rid, self._reject_share, d)
+            for m, ch, loc, rid, d in zip(
+                messages,
+                batch[C.CHANNEL].to_pylist(),
+                batch[C.LOCALE].to_pylist(),
+                batch[C.ROW_ID].to_pylist(),
+                draws,
+            )
+        ]
         out = batch.select([c for c in self._keep if c in batch.column_names])
-        return (out.append_column(C.TEXT, pa.array(texts, pa.string()))
-                .append_column(C.NUM_INPUT_TOKENS, pa.array([len(m) // 4 for m in messages], pa.int32()))
-                .append_column(C.NUM_OUTPUT_TOKENS, pa.array([len(t) // 4 + 1 for t in texts], pa.int32()))
-                .append_column(C.FINISH_REASON, pa.array(["stop"] * len(texts), pa.string())))
+        return (
+            out.append_column(C.TEXT, pa.array(texts, pa.string()))
+            .append_column(C.NUM_INPUT_TOKENS, pa.array([len(m) // 4 for m in messages], pa.int32()))
+            .append_column(C.NUM_OUTPUT_TOKENS, pa.array([len(t) // 4 + 1 for t in texts], pa.int32()))
+            .append_column(C.FINISH_REASON, pa.array(["stop"] * len(texts), pa.string()))
+        )
 
 
 def echo_generate_stage(reject_share: float) -> Callable:
@@ -212,9 +247,14 @@ def echo_generate_stage(reject_share: float) -> Callable:
 
     def build(engine, model_source, device, passthrough, cpu_stage_num_cpus, *args, **kwargs):
         def generate(ds):
-            return ds.map_batches(EchoEngine, fn_constructor_args=(tuple(passthrough), reject_share),
-                                  batch_format="pyarrow", num_cpus=cpu_stage_num_cpus,
-                                  compute=_actors())
+            return ds.map_batches(
+                EchoEngine,
+                fn_constructor_args=(tuple(passthrough), reject_share),
+                batch_format="pyarrow",
+                num_cpus=cpu_stage_num_cpus,
+                compute=_actors(),
+            )
+
         return generate
 
     return build
@@ -227,6 +267,7 @@ def _actors():
 
 
 # --- Measuring ----------------------------------------------------------------------------
+
 
 def reset_peak_rss() -> bool:
     """Reset this process's kernel-kept peak RSS (Linux); False where it cannot."""
@@ -312,8 +353,15 @@ class MemorySampler(threading.Thread):
         self.samples += 1
         self.timeline.append((time.time(), driver, total))
         if self._partial is not None and self.samples % 60 == 0:
-            self._partial.write_text(json.dumps({"elapsed_s": round(time.time() - self._began),
-                                                 **self.peaks_mib(), "cpu_seconds": self.cpu_seconds()}))
+            self._partial.write_text(
+                json.dumps(
+                    {
+                        "elapsed_s": round(time.time() - self._began),
+                        **self.peaks_mib(),
+                        "cpu_seconds": self.cpu_seconds(),
+                    }
+                )
+            )
 
     def peaks_mib(self) -> dict[str, Any]:
         mib = 2**20
@@ -360,6 +408,7 @@ class CallTimes:
                 return fn(*args, **kwargs)
             finally:
                 self.calls.append({"fn": name, "start": start, "end": time.time()})
+
         return timed
 
     def restore(self) -> None:
@@ -370,6 +419,7 @@ class CallTimes:
 def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[str, float]:
     """Pass 1 ends when the rows are staged; the pass-2 write and the repair
     write follow; publish is everything from the exactly-once check on."""
+
     def first(name, after=0.0):
         return next((c for c in calls if c["fn"] == name and c["start"] >= after), None)
 
@@ -378,8 +428,9 @@ def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[st
     if staged is None:
         return out
     out["pass1_s"] = staged["end"] - started
-    writes = sorted((c for c in calls if c["fn"] == "_write" and c["start"] >= staged["end"]),
-                    key=lambda c: c["start"])
+    writes = sorted(
+        (c for c in calls if c["fn"] == "_write" and c["start"] >= staged["end"]), key=lambda c: c["start"]
+    )
     reuse = first("_leader_rows", staged["end"])  # only the reuse pass (prompt dedup) joins leaders
     check = first("_check_exactly_once", staged["end"])
     if writes:
@@ -398,10 +449,12 @@ def phases(calls: list[dict[str, Any]], started: float, ended: float) -> dict[st
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def driver_peak_by_phase(calls: list[dict[str, Any]], timeline: list[tuple[float, int, int]], started: float,
-                         ended: float) -> dict[str, int]:
+def driver_peak_by_phase(
+    calls: list[dict[str, Any]], timeline: list[tuple[float, int, int]], started: float, ended: float
+) -> dict[str, int]:
     """The driver's peak RSS (MiB) in each phase: where its memory goes as
     the input grows. Phases as in ``phases``; the staging is inside pass 1."""
+
     def first(name, after=0.0):
         return next((c for c in calls if c["fn"] == name and c["start"] >= after), None)
 
@@ -409,10 +462,13 @@ def driver_peak_by_phase(calls: list[dict[str, Any]], timeline: list[tuple[float
     if staged is None:
         return {}
     check = first("_check_exactly_once", staged["end"])
-    spans = {"before_run": (0.0, started), "pass1_before_staging": (started, staged["start"]),
-             "staging": (staged["start"], staged["end"]),
-             "generation_passes": (staged["end"], check["start"] if check else ended),
-             "publish": (check["start"], ended) if check else None}
+    spans = {
+        "before_run": (0.0, started),
+        "pass1_before_staging": (started, staged["start"]),
+        "staging": (staged["start"], staged["end"]),
+        "generation_passes": (staged["end"], check["start"] if check else ended),
+        "publish": (check["start"], ended) if check else None,
+    }
     out = {}
     for name, span in spans.items():
         if span is None:
@@ -424,27 +480,50 @@ def driver_peak_by_phase(calls: list[dict[str, Any]], timeline: list[tuple[float
 
 def machine() -> dict[str, Any]:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 # --- The run ------------------------------------------------------------------------------
 
-def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: float,
-                  num_cpus: int | None, partial: Path | None = None,
-                  pairs_per_block: int | None = None, timeline: Path | None = None,
-                  two_nodes: bool = False) -> dict[str, Any]:
+
+def run_benchmark(
+    n_pairs: int,
+    cache: Path | None,
+    output: Path,
+    reject_share: float,
+    num_cpus: int | None,
+    partial: Path | None = None,
+    pairs_per_block: int | None = None,
+    timeline: Path | None = None,
+    two_nodes: bool = False,
+) -> dict[str, Any]:
     import ray
 
     from factory import pipeline
@@ -461,20 +540,35 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.json").write_text("{}")
     (model_dir / "model.safetensors").touch()
-    config = JobConfig(pairs=paths["pairs"], users=paths["users"], products=paths["products"],
-                       output=str(output / "out"), run_date=RUN_DATE, model=str(model_dir), force=True,
-                       engine={"device": "cpu"},
-                       # Both nodes of --two-nodes are raylets on this machine: its disk is shared.
-                       shared_filesystem=two_nodes)
+    config = JobConfig(
+        pairs=paths["pairs"],
+        users=paths["users"],
+        products=paths["products"],
+        output=str(output / "out"),
+        run_date=RUN_DATE,
+        model=str(model_dir),
+        force=True,
+        engine={"device": "cpu"},
+        # Both nodes of --two-nodes are raylets on this machine: its disk is shared.
+        shared_filesystem=two_nodes,
+    )
     passes.build_generate_stage = echo_generate_stage(reject_share)
     if pairs_per_block:  # an experiment: the pipeline's block size for the join onwards
         plan.MIN_ROWS_PER_BLOCK = plan.MAX_ROWS_PER_BLOCK = pairs_per_block
     # The labels are the phases' names (``phases``): pass 1's writes and the passes' share "_write".
-    times = CallTimes([(staging, "stage_rows", "_stage_rows"), (staging, "write", "_write"),
-                       (passes, "write", "_write"), (resume, "remaining", "remaining"),
-                       (finish, "check_exactly_once", "_check_exactly_once"), (finish, "summarize", "_summarize"),
-                       (finish, "settle_review_queue", "_settle_review_queue"),
-                       (passes, "_first_drafts", "joined_dataset"), (resume, "with_leaders", "_leader_rows")])
+    times = CallTimes(
+        [
+            (staging, "stage_rows", "_stage_rows"),
+            (staging, "write", "_write"),
+            (passes, "write", "_write"),
+            (resume, "remaining", "remaining"),
+            (finish, "check_exactly_once", "_check_exactly_once"),
+            (finish, "summarize", "_summarize"),
+            (finish, "settle_review_queue", "_settle_review_queue"),
+            (passes, "_first_drafts", "joined_dataset"),
+            (resume, "with_leaders", "_leader_rows"),
+        ]
+    )
     sampler = MemorySampler(partial=partial)
     sampler.start()
     # A local Ray of our own ("local"): without it ray.init joins any cluster
@@ -487,13 +581,19 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
         # A node Cluster adds gets a 75 MiB object store unless told (seen: Ray Data held
         # back on it, 260 rows/s); ray.init's own default is 30 % of the memory.
-        cluster.add_node(num_cpus=num_cpus or os.cpu_count(),
-                         object_store_memory=int(0.3 * psutil.virtual_memory().total))
+        cluster.add_node(
+            num_cpus=num_cpus or os.cpu_count(), object_store_memory=int(0.3 * psutil.virtual_memory().total)
+        )
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     ray_s = time.time() - t1
     exact_peak = reset_peak_rss()
     try:
@@ -509,11 +609,21 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         times.restore()
     wall = ended - started
     if timeline is not None:  # where in the run the memory goes, second by second
-        timeline.write_text(json.dumps({
-            "rss_mib": [[round(t - started, 1), round(d / 2**20), round(w / 2**20)] for t, d, w in sampler.timeline],
-            "rss_columns": ["seconds", "driver", "workers"],
-            "calls": [[c["fn"], round(c["start"] - started, 1), round(c["end"] - started, 1)] for c in times.calls],
-        }))
+        timeline.write_text(
+            json.dumps(
+                {
+                    "rss_mib": [
+                        [round(t - started, 1), round(d / 2**20), round(w / 2**20)]
+                        for t, d, w in sampler.timeline
+                    ],
+                    "rss_columns": ["seconds", "driver", "workers"],
+                    "calls": [
+                        [c["fn"], round(c["start"] - started, 1), round(c["end"] - started, 1)]
+                        for c in times.calls
+                    ],
+                }
+            )
+        )
     cpu = sampler.cpu_seconds()
     status = result.quality.get("status", {})
     return {
@@ -524,8 +634,9 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         "machine": host,  # load_avg_at_start tells whether the machine was quiet
         "pairs": n_pairs,
         "nodes": 2 if two_nodes else 1,
-        "pairs_per_block": plan.rows_per_block(n_pairs, config.engine.replicas,
-                                                   generate.concurrent_batches(config.engine)),
+        "pairs_per_block": plan.rows_per_block(
+            n_pairs, config.engine.replicas, generate.concurrent_batches(config.engine)
+        ),
         "rows_written": result.rows_written,
         "dead_letters": result.dead_letters,
         "rows_generated": result.rows_generated,
@@ -533,8 +644,12 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         "repairs": result.rows_generated + getattr(result, "rows_reused", 0) - result.rows_written,
         "status": status,
         "accepted_share": round(status.get("accepted", 0) / max(1, result.rows_written), 4),
-        "seconds": {"inputs": round(inputs_s, 1), "ray_init": round(ray_s, 1), "run": round(wall, 1),
-                    **phases(times.calls, started, ended)},
+        "seconds": {
+            "inputs": round(inputs_s, 1),
+            "ray_init": round(ray_s, 1),
+            "run": round(wall, 1),
+            **phases(times.calls, started, ended),
+        },
         "rows_per_s": round(result.rows_written / wall, 1),
         # CPU seconds of this process tree from Ray's start to the end (Ray's
         # own start-up included); rows per CPU-second x 2 is what 2 idle cores
@@ -546,11 +661,21 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
         # available (raised to any sample taken during the run: the kernel
         # updates it from per-thread counters that can lag a few pages), else
         # the sampled peak (also kept, as driver_peak_rss_sampled).
-        "memory_mib": {**sampler.peaks_mib(), "driver_peak_rss_sampled": sampler.peaks_mib()["driver_peak_rss"],
-                       "driver_peak_rss": (max([driver_peak, *(round(rss / 2**20) for t, rss, _ in sampler.timeline
-                                                               if started <= t <= ended)])
-                                           if driver_peak else sampler.peaks_mib()["driver_peak_rss"]),
-                       "driver_peak_rss_method": "VmHWM" if driver_peak else "sampled every 0.5 s"},
+        "memory_mib": {
+            **sampler.peaks_mib(),
+            "driver_peak_rss_sampled": sampler.peaks_mib()["driver_peak_rss"],
+            "driver_peak_rss": (
+                max(
+                    [
+                        driver_peak,
+                        *(round(rss / 2**20) for t, rss, _ in sampler.timeline if started <= t <= ended),
+                    ]
+                )
+                if driver_peak
+                else sampler.peaks_mib()["driver_peak_rss"]
+            ),
+            "driver_peak_rss_method": "VmHWM" if driver_peak else "sampled every 0.5 s",
+        },
         "driver_peak_mib_by_phase": driver_peak_by_phase(times.calls, sampler.timeline, started, ended),
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
@@ -558,23 +683,44 @@ def run_benchmark(n_pairs: int, cache: Path | None, output: Path, reject_share: 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=100_000, help="Synthetic pairs (= rows) to push through.")
+    parser.add_argument(
+        "--pairs", type=int, default=100_000, help="Synthetic pairs (= rows) to push through."
+    )
     parser.add_argument("--smoke", action="store_true", help="300 pairs: checks the benchmark runs (CI).")
-    parser.add_argument("--reject-share", type=float, default=0.03,
-                        help="Share of first drafts the echo engine writes to fail the gate.")
+    parser.add_argument(
+        "--reject-share",
+        type=float,
+        default=0.03,
+        help="Share of first drafts the echo engine writes to fail the gate.",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="Where synthetic inputs are kept (per N).")
-    parser.add_argument("--output", type=Path, default=None, help="Run output folder (default: a temp folder, "
-                                                                  "deleted afterwards).")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="Run output folder (default: a temp folder, deleted afterwards).",
+    )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
-    parser.add_argument("--pairs-per-block", type=int, default=None,
-                        help="Fix the rows per block of the generation pass (default: factory.pipeline.plan.rows_per_block).")
-    parser.add_argument("--two-nodes", action="store_true",
-                        help="Run on a local cluster of two nodes (ray.cluster_utils): a head without CPUs, "
-                             "as in production, and one worker node.")
+    parser.add_argument(
+        "--pairs-per-block",
+        type=int,
+        default=None,
+        help="Fix the rows per block of the generation pass (default: factory.pipeline.plan.rows_per_block).",
+    )
+    parser.add_argument(
+        "--two-nodes",
+        action="store_true",
+        help="Run on a local cluster of two nodes (ray.cluster_utils): a head without CPUs, "
+        "as in production, and one worker node.",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this file.")
-    parser.add_argument("--timeline", type=Path, default=None,
-                        help="Write the driver's and workers' RSS every 0.5 s, and the pipeline calls timed, "
-                             "to this JSON file.")
+    parser.add_argument(
+        "--timeline",
+        type=Path,
+        default=None,
+        help="Write the driver's and workers' RSS every 0.5 s, and the pipeline calls timed, "
+        "to this JSON file.",
+    )
     args = parser.parse_args(argv)
     n = 300 if args.smoke else args.pairs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -582,10 +728,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
     try:
-        figures = run_benchmark(n, args.cache, output, args.reject_share, args.num_cpus,
-                                partial=args.json.with_suffix(".partial.json") if args.json else None,
-                                pairs_per_block=args.pairs_per_block, timeline=args.timeline,
-                                two_nodes=args.two_nodes)
+        figures = run_benchmark(
+            n,
+            args.cache,
+            output,
+            args.reject_share,
+            args.num_cpus,
+            partial=args.json.with_suffix(".partial.json") if args.json else None,
+            pairs_per_block=args.pairs_per_block,
+            timeline=args.timeline,
+            two_nodes=args.two_nodes,
+        )
     finally:
         if args.output is None:
             shutil.rmtree(output, ignore_errors=True)

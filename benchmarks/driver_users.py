@@ -32,8 +32,12 @@ def main(args: argparse.Namespace) -> None:
 
     out = {"users_file": args.users, "start_mib": vm("VmHWM")}
     users, _ = inputs.read_lookup_table(resolve(args.users), inputs.USERS, C.USER_ID)
-    out.update(users=users.num_rows, arrow_mib=users.nbytes // 2**20, after_read_peak_mib=vm("VmHWM"),
-               after_read_rss_mib=vm("VmRSS"))
+    out.update(
+        users=users.num_rows,
+        arrow_mib=users.nbytes // 2**20,
+        after_read_peak_mib=vm("VmHWM"),
+        after_read_rss_mib=vm("VmRSS"),
+    )
     ray.init(num_cpus=1, include_dashboard=False)
     ray.put(users)
     out.update(after_put_peak_mib=vm("VmHWM"), after_put_rss_mib=vm("VmRSS"))
@@ -42,6 +46,8 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("users", help="A users Parquet file or folder.")
     main(parser.parse_args())

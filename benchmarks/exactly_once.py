@@ -37,7 +37,10 @@ def write_copies(folder: Path, rows: int, per_file: int) -> tuple[Attempt, Finge
     attempt = Attempt(resolve(str(folder)), 1)
     owed = Fingerprint()
     for start in range(0, rows, per_file):
-        ids = [hashlib.sha256(str(i).encode()).hexdigest()[:20] for i in range(start, min(rows, start + per_file))]
+        ids = [
+            hashlib.sha256(str(i).encode()).hexdigest()[:20]
+            for i in range(start, min(rows, start + per_file))
+        ]
         table = pa.table({C.ROW_ID: pa.array(ids), C.TEXT: pa.array(["x" * 60] * len(ids))})
         write_parquet(attempt.copies.join(f"part-{start // per_file:05d}.parquet"), stamp(table, {}))
         owed += Fingerprint.of(ids)
@@ -72,10 +75,14 @@ def main(args: argparse.Namespace) -> None:
         print(f"  every row id read:  {o * 1000:8.1f} ms  ({o / files * 1000:.2f} ms per file)")
         print(f"  footers only:       {n * 1000:8.1f} ms  ({n / files * 1000:.2f} ms per file)")
         print(f"  ratio (footers / ids): {n / o:.3f}")
-        ids_bytes = sum(read_parquet(attempt.copies.join(i.base_name), columns=[C.ROW_ID])[C.ROW_ID].nbytes
-                        for i in list_files(attempt.copies, ".parquet"))
-        print(f"  what the old check held: {ids_bytes / 2**20:.1f} MiB of row ids; the new one holds one "
-              f"fingerprint (three integers) and a footer at a time")
+        ids_bytes = sum(
+            read_parquet(attempt.copies.join(i.base_name), columns=[C.ROW_ID])[C.ROW_ID].nbytes
+            for i in list_files(attempt.copies, ".parquet")
+        )
+        print(
+            f"  what the old check held: {ids_bytes / 2**20:.1f} MiB of row ids; the new one holds one "
+            f"fingerprint (three integers) and a footer at a time"
+        )
 
 
 if __name__ == "__main__":

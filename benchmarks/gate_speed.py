@@ -56,19 +56,27 @@ def probe_batch(rows: int):
     from factory.quality.policy import QualityPolicy
     from factory.stages.gate import QualityGate
 
-    spec = yaml.safe_load((Path(__file__).parents[1] / "tests/cpu/gate_probe.yaml").read_text(encoding="utf-8"))
+    spec = yaml.safe_load(
+        (Path(__file__).parents[1] / "tests/cpu/gate_probe.yaml").read_text(encoding="utf-8")
+    )
     products = pa.Table.from_pylist([{C.PRODUCT_ID: k, **v} for k, v in spec["products"].items()])
     users = pa.Table.from_pylist([{C.USER_ID: k, **v} for k, v in spec["users"].items()])
     copies = [r for g in spec["hostile"].values() for r in g["copies"]] + spec["benign"]
     copies = (copies * (rows // len(copies) + 1))[:rows]
-    batch = pa.Table.from_pylist([{C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.TEXT: t,
-                                   C.LOCALE: spec["users"][u]["locale"]} for p, u, ch, t in copies])
+    batch = pa.Table.from_pylist(
+        [
+            {C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.TEXT: t, C.LOCALE: spec["users"][u]["locale"]}
+            for p, u, ch, t in copies
+        ]
+    )
     extra = {}
     if "offers" in inspect.signature(QualityGate).parameters:
         from factory.quality.policy import Offer
 
-        extra = {"offers": [Offer(**o) for o in spec["campaign"]["offers"]],
-                 "competitors": spec["campaign"]["competitors"]}
+        extra = {
+            "offers": [Offer(**o) for o in spec["campaign"]["offers"]],
+            "competitors": spec["campaign"]["competitors"],
+        }
     return batch, lambda: QualityGate(products, users, QualityPolicy(), load_templates(), **extra)
 
 
@@ -87,7 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
         paths, batch = gate_batch(args.rows, args.cache, args.reject_share)
 
         def new_gate():
-            return build_stages(paths, Path(tempfile.mkdtemp(prefix="gate-speed-")), args.reject_share)["QualityGate"]
+            return build_stages(paths, Path(tempfile.mkdtemp(prefix="gate-speed-")), args.reject_share)[
+                "QualityGate"
+            ]
+
     cpu, wall = [], []
     out = None
     for _ in range(args.repeat):
@@ -100,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "benchmark": "gate_speed",
         "factory": str(Path(factory.__file__).parent),
-        "copies": "probe" if args.probe else "synthetic", "rows": batch.num_rows, "repeat": args.repeat,
+        "copies": "probe" if args.probe else "synthetic",
+        "rows": batch.num_rows,
+        "repeat": args.repeat,
         "rows_per_cpu_s_median": round(batch.num_rows / statistics.median(cpu)),
         "rows_per_cpu_s_runs": [round(batch.num_rows / c) for c in cpu],
         "rows_per_s_wall_median": round(batch.num_rows / statistics.median(wall)),

@@ -38,10 +38,43 @@ PRODUCTS = 20_000
 CATEGORIES = 20
 BRANDS_PER_CATEGORY = 10
 ROWS_PER_FILE = 500_000
-QUERIES = [f"{w} {k}" for w in ("waterproof", "wireless", "vegan", "linen", "trail", "cast iron", "gift for",
-                                "lightweight", "organic", "smart")
-           for k in ("jacket", "earbuds", "sunscreen", "bedding", "shoes", "pan", "dad", "tent", "tea", "watch",
-                     "mask", "lamp", "socks", "bag", "bottle", "knife", "speaker", "candle", "vest", "serum")]
+QUERIES = [
+    f"{w} {k}"
+    for w in (
+        "waterproof",
+        "wireless",
+        "vegan",
+        "linen",
+        "trail",
+        "cast iron",
+        "gift for",
+        "lightweight",
+        "organic",
+        "smart",
+    )
+    for k in (
+        "jacket",
+        "earbuds",
+        "sunscreen",
+        "bedding",
+        "shoes",
+        "pan",
+        "dad",
+        "tent",
+        "tea",
+        "watch",
+        "mask",
+        "lamp",
+        "socks",
+        "bag",
+        "bottle",
+        "knife",
+        "speaker",
+        "candle",
+        "vest",
+        "serum",
+    )
+]
 PERSONAL = ["mail me at someone{}@example.com", "call +1 415 555 {:04d}", "order 12345{:07d}"]
 
 
@@ -49,12 +82,17 @@ def make_catalog(rng: np.random.Generator) -> pa.Table:
     cat = rng.integers(0, CATEGORIES, PRODUCTS)
     brand = cat * BRANDS_PER_CATEGORY + rng.integers(0, BRANDS_PER_CATEGORY, PRODUCTS)
     ids = [f"P{i:06d}" for i in range(PRODUCTS)]
-    return pa.table({
-        "product_id": ids, "title": [f"Brand{b} Product {i}" for i, b in enumerate(brand)],
-        "category": [f"category{c}" for c in cat], "brand": [f"Brand{b}" for b in brand],
-        "price": np.round(rng.uniform(5, 500, PRODUCTS), 2), "currency": ["USD"] * PRODUCTS,
-        "description": ["A product."] * PRODUCTS,
-    })
+    return pa.table(
+        {
+            "product_id": ids,
+            "title": [f"Brand{b} Product {i}" for i, b in enumerate(brand)],
+            "category": [f"category{c}" for c in cat],
+            "brand": [f"Brand{b}" for b in brand],
+            "price": np.round(rng.uniform(5, 500, PRODUCTS), 2),
+            "currency": ["USD"] * PRODUCTS,
+            "description": ["A product."] * PRODUCTS,
+        }
+    )
 
 
 def make_events(rng: np.random.Generator, n: int, catalog: pa.Table) -> pa.Table:
@@ -70,7 +108,9 @@ def make_events(rng: np.random.Generator, n: int, catalog: pa.Table) -> pa.Table
     personal = np.flatnonzero((kind == "search") & (rng.random(n) < 0.01))
     for i in personal:
         queries[i] = PERSONAL[i % len(PERSONAL)].format(i % 10_000)
-    end = int(dt.datetime.combine(AS_OF + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    end = int(
+        dt.datetime.combine(AS_OF + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc).timestamp()
+    )
     ts = (end - rng.integers(1, 90 * 86400, n)) * 1_000_000
     user_ids = np.char.add("U", np.char.zfill(user.astype(str), 8)).astype(object)
     is_search = kind == "search"
@@ -84,12 +124,15 @@ def make_events(rng: np.random.Generator, n: int, catalog: pa.Table) -> pa.Table
     product_ids[bad[fault == 3]] = "P999999"
     kind[bad[fault == 3]] = "view"
     is_search[bad[fault == 3]] = False
-    return pa.table({
-        "user_id": pa.array(user_ids, pa.string()), "event_type": pa.array(kind, pa.string()),
-        "product_id": pa.array(np.where(is_search, None, product_ids), pa.string()),
-        "query": pa.array(np.where(is_search, queries, None), pa.string()),
-        "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array(user_ids, pa.string()),
+            "event_type": pa.array(kind, pa.string()),
+            "product_id": pa.array(np.where(is_search, None, product_ids), pa.string()),
+            "query": pa.array(np.where(is_search, queries, None), pa.string()),
+            "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def write_inputs(folder: Path, n: int) -> dict[str, str]:
@@ -98,15 +141,28 @@ def write_inputs(folder: Path, n: int) -> dict[str, str]:
     events = make_events(rng, n, catalog)
     (folder / "events").mkdir(parents=True, exist_ok=True)
     for k, start in enumerate(range(0, n, ROWS_PER_FILE)):
-        pq.write_table(events.slice(start, ROWS_PER_FILE), folder / "events" / f"part-{k:04d}.parquet",
-                       row_group_size=125_000)
+        pq.write_table(
+            events.slice(start, ROWS_PER_FILE),
+            folder / "events" / f"part-{k:04d}.parquet",
+            row_group_size=125_000,
+        )
     pq.write_table(catalog, folder / "products.parquet")
     users = max(1, n // EVENTS_PER_USER)
-    pq.write_table(pa.table({"user_id": [f"U{i:08d}" for i in range(0, users, 2)],
-                             "locale": ["en-US"] * len(range(0, users, 2)),
-                             "loyalty_tier": ["gold"] * len(range(0, users, 2))}), folder / "users.parquet")
-    return {"events": str(folder / "events"), "products": str(folder / "products.parquet"),
-            "users": str(folder / "users.parquet")}
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [f"U{i:08d}" for i in range(0, users, 2)],
+                "locale": ["en-US"] * len(range(0, users, 2)),
+                "loyalty_tier": ["gold"] * len(range(0, users, 2)),
+            }
+        ),
+        folder / "users.parquet",
+    )
+    return {
+        "events": str(folder / "events"),
+        "products": str(folder / "products.parquet"),
+        "users": str(folder / "users.parquet"),
+    }
 
 
 class PeakMemory:
@@ -135,7 +191,7 @@ class PeakMemory:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -148,7 +204,9 @@ class PeakMemory:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=300_000)
-    ap.add_argument("--workdir", help="Where to write inputs and output (default: a temporary folder, removed).")
+    ap.add_argument(
+        "--workdir", help="Where to write inputs and output (default: a temporary folder, removed)."
+    )
     args = ap.parse_args()
 
     import ray
@@ -163,9 +221,20 @@ def main() -> int:
     try:
         with PeakMemory() as mem:
             t1 = time.time()
-            code = build_profiles.main(["--events", paths["events"], "--products", paths["products"],
-                                        "--users", paths["users"], "--output", str(folder / "profiles"),
-                                        "--as-of", AS_OF.isoformat()])
+            code = build_profiles.main(
+                [
+                    "--events",
+                    paths["events"],
+                    "--products",
+                    paths["products"],
+                    "--users",
+                    paths["users"],
+                    "--output",
+                    str(folder / "profiles"),
+                    "--as-of",
+                    AS_OF.isoformat(),
+                ]
+            )
             seconds = time.time() - t1
     finally:
         ray.shutdown()
@@ -174,14 +243,18 @@ def main() -> int:
         return code
     profiles = sum(pq.read_metadata(f).num_rows for f in (folder / "profiles").glob("part-*.parquet"))
     files = len(list((folder / "profiles").glob("part-*.parquet")))
-    gib = 1024 ** 3
+    gib = 1024**3
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / gib:.0f} GiB"
     print(f"\ngenerated {args.events:,} events in {generated:.1f} s under {folder}")
-    print("| events | profiles | files | build s | events/s | peak RSS driver+Ray | peak PSS driver+Ray | machine | date |")
+    print(
+        "| events | profiles | files | build s | events/s | peak RSS driver+Ray | peak PSS driver+Ray | machine | date |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
-    print(f"| {args.events:,} | {profiles:,} | {files} | {seconds:.1f} | {args.events / seconds:,.0f} | "
-          f"{mem.peak_rss / gib:.2f} GiB | {mem.peak_pss / gib:.2f} GiB | {machine} | "
-          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC |")
+    print(
+        f"| {args.events:,} | {profiles:,} | {files} | {seconds:.1f} | {args.events / seconds:,.0f} | "
+        f"{mem.peak_rss / gib:.2f} GiB | {mem.peak_pss / gib:.2f} GiB | {machine} | "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC |"
+    )
     if not args.workdir:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cpu_side import EchoEngine, RUN_DATE, machine, synthetic_inputs, _git_commit  # noqa: E402
+from cpu_side import RUN_DATE, EchoEngine, _git_commit, machine, synthetic_inputs  # noqa: E402
 
 from factory import columns as C  # noqa: E402
 from factory.config import JobConfig  # noqa: E402
@@ -60,10 +60,26 @@ def build_stages(paths: dict[str, str], out_dir: Path, reject_share: float) -> d
     users, products = pq.read_table(paths["users"]), pq.read_table(paths["products"])
     config = JobConfig()
     templates = load_templates()
-    keys = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
+    keys = [
+        C.ROW_ID,
+        C.USER_ID,
+        C.PRODUCT_ID,
+        C.CHANNEL,
+        C.CAMPAIGN_ID,
+        C.VARIANT,
+        C.LOCALE,
+        C.TEMPLATE_VERSION,
+    ]
     return {
-        "JoinProfiles": JoinProfiles(users, products, channels=config.channels, known_channels=list(templates),
-                                     variants=1, campaign=None, run_id="bench"),
+        "JoinProfiles": JoinProfiles(
+            users,
+            products,
+            channels=config.channels,
+            known_channels=list(templates),
+            variants=1,
+            campaign=None,
+            run_id="bench",
+        ),
         "RenderPrompts": RenderPrompts(templates),
         "EchoEngine": EchoEngine(keys + [C.MESSAGES, C.STOP, "brand"], reject_share),
         "QualityGate": QualityGate(products, users, config.quality, templates, draft=1),
@@ -78,7 +94,9 @@ def staged_pairs(paths: dict[str, str], rows: int) -> pa.Table:
     return pairs.append_column(C.VARIANT, pa.array([0] * pairs.num_rows, pa.int32()))
 
 
-def run(rows: int, cache: Path | None, reject_share: float, profile: str | None, repeat: int) -> dict[str, Any]:
+def run(
+    rows: int, cache: Path | None, reject_share: float, profile: str | None, repeat: int
+) -> dict[str, Any]:
     paths = synthetic_inputs(rows, cache)
     out_dir = Path(tempfile.mkdtemp(prefix="stage-micro-"))
     t0 = time.time()
@@ -107,12 +125,18 @@ def run(rows: int, cache: Path | None, reject_share: float, profile: str | None,
             best_cpu = min(best_cpu, time.process_time() - start_cpu)
         # CPU time of this process is the figure to compare on a shared
         # machine: wall time also counts the time other jobs held the core.
-        figures[name] = {"cpu_seconds": round(best_cpu, 3), "rows_per_cpu_s": round(batch.num_rows / best_cpu),
-                         "wall_seconds": round(best, 3), "rows_per_s": round(batch.num_rows / best),
-                         "rows_in": batch.num_rows, "digest": digest(out)}
+        figures[name] = {
+            "cpu_seconds": round(best_cpu, 3),
+            "rows_per_cpu_s": round(batch.num_rows / best_cpu),
+            "wall_seconds": round(best, 3),
+            "rows_per_s": round(batch.num_rows / best),
+            "rows_in": batch.num_rows,
+            "digest": digest(out),
+        }
         if name == "QualityGate":
-            figures[name]["status"] = dict(zip(*[x.to_pylist() for x in
-                                                 pa.compute.value_counts(out[C.STATUS]).flatten()]))
+            figures[name]["status"] = dict(
+                zip(*[x.to_pylist() for x in pa.compute.value_counts(out[C.STATUS]).flatten()])
+            )
         batch = out
     for name, prof in profiles.items():
         s = io.StringIO()
@@ -124,7 +148,9 @@ def run(rows: int, cache: Path | None, reject_share: float, profile: str | None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git_commit(),
         "machine": {**machine(), "note": "shared machine: other jobs ran on the same 2 cores"},
-        "rows": rows, "repeat": repeat, "setup_s": round(setup_s, 2),
+        "rows": rows,
+        "repeat": repeat,
+        "setup_s": round(setup_s, 2),
         "stages": figures,
     }
 
@@ -136,7 +162,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="300 rows: checks the benchmark runs (CI).")
     parser.add_argument("--repeat", type=int, default=1, help="Calls per stage; the fastest is reported.")
     parser.add_argument("--reject-share", type=float, default=0.03, help="As in cpu_side.py.")
-    parser.add_argument("--profile", choices=STAGES, default=None, help="Print this stage's cProfile to stderr.")
+    parser.add_argument(
+        "--profile", choices=STAGES, default=None, help="Print this stage's cProfile to stderr."
+    )
     parser.add_argument("--cache", type=Path, default=None, help="Where synthetic inputs are kept (per N).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this file.")
     args = parser.parse_args(argv)

@@ -24,9 +24,15 @@ from factory.prompts import load_templates  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", type=Path, required=True, help="A cpu_side.py inputs folder (pairs/, users.parquet).")
-    parser.add_argument("--pairs", type=int, default=100_000, help="Pairs in the bucket (the staging bucket's size).")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--inputs", type=Path, required=True, help="A cpu_side.py inputs folder (pairs/, users.parquet)."
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=100_000, help="Pairs in the bucket (the staging bucket's size)."
+    )
     args = parser.parse_args(argv)
     users = pq.read_table(args.inputs / "users.parquet")
     pairs = pa.concat_tables(pq.read_table(f) for f in sorted((args.inputs / "pairs").glob("*.parquet"))[:1])
@@ -35,13 +41,17 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     mine = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
     filtering = time.perf_counter() - started
-    print(f"bucket: {pairs.num_rows:,} pairs; users table: {users.num_rows:,}; the bucket's users: {mine.num_rows:,} "
-          f"(picked in {filtering * 1000:.0f} ms)")
+    print(
+        f"bucket: {pairs.num_rows:,} pairs; users table: {users.num_rows:,}; the bucket's users: {mine.num_rows:,} "
+        f"(picked in {filtering * 1000:.0f} ms)"
+    )
     for name, table in (("every user", users), ("the bucket's users", mine)):
         started = time.perf_counter()
         for f in fields:
             dedup.profile_signatures(table, f)
-        print(f"signatures over {name}: {time.perf_counter() - started:.1f} s ({len(fields)} template field sets)")
+        print(
+            f"signatures over {name}: {time.perf_counter() - started:.1f} s ({len(fields)} template field sets)"
+        )
     return 0
 
 

@@ -64,9 +64,14 @@ def make_inputs(folder: Path, rows: int) -> dict[str, str]:
     rng = random.Random(11)
     pairs = []
     for i in range(rows):
-        pairs.append({C.USER_ID: users[i % len(users)], C.PRODUCT_ID: rng.choice(products),
-                      C.CHANNEL: CHANNELS[i % len(CHANNELS)],  # every prefix of the file has the same mix
-                      C.CAMPAIGN_ID: "bench"})
+        pairs.append(
+            {
+                C.USER_ID: users[i % len(users)],
+                C.PRODUCT_ID: rng.choice(products),
+                C.CHANNEL: CHANNELS[i % len(CHANNELS)],  # every prefix of the file has the same mix
+                C.CAMPAIGN_ID: "bench",
+            }
+        )
     pairs_path = folder / f"pairs-{rows}.parquet"
     pq.write_table(pa.Table.from_pylist(pairs), pairs_path)
     return {"pairs": str(pairs_path), "users": paths.users, "products": paths.products}
@@ -77,9 +82,21 @@ def job_config(inputs: dict[str, str], rows: int, output: str, settings: dict | 
     off, so it makes one generation per row, as bare vLLM does."""
     from factory.config import build_config
 
-    return build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"], "products": inputs["products"],
-                             "output": output, "limit": rows, "dedup_prompts": False, "quality.repair": False,
-                             "progress_every_seconds": 30.0, "engine.device": "cpu", **(settings or {})})
+    return build_config(
+        {},
+        {
+            "pairs": inputs["pairs"],
+            "users": inputs["users"],
+            "products": inputs["products"],
+            "output": output,
+            "limit": rows,
+            "dedup_prompts": False,
+            "quality.repair": False,
+            "progress_every_seconds": 30.0,
+            "engine.device": "cpu",
+            **(settings or {}),
+        },
+    )
 
 
 def rendered(inputs: dict[str, str], rows: int):
@@ -90,7 +107,9 @@ def rendered(inputs: dict[str, str], rows: int):
 
     from factory.pipeline import prepare, prompt_stages
 
-    join, render = prompt_stages(prepare(job_config(inputs, rows, tempfile.mkdtemp(prefix="bench-rendered-"))))
+    join, render = prompt_stages(
+        prepare(job_config(inputs, rows, tempfile.mkdtemp(prefix="bench-rendered-")))
+    )
     return render(join(pq.read_table(inputs["pairs"]).slice(0, rows)))
 
 
@@ -130,8 +149,10 @@ def part_bare(inputs: dict[str, str], rows: int, small: int) -> dict:
     llm = LLM(model=str(ensure_bundled_model()), **engine_kwargs(engine, "cpu"))
     t1 = time.time()
     messages = [json.loads(m) for m in table[C.MESSAGES].to_pylist()]
-    sp = [SamplingParams(max_tokens=int(m), stop=list(s) or None, **params)
-          for m, s in zip(table[C.MAX_TOKENS].to_pylist(), table[C.STOP].to_pylist())]
+    sp = [
+        SamplingParams(max_tokens=int(m), stop=list(s) or None, **params)
+        for m, s in zip(table[C.MAX_TOKENS].to_pylist(), table[C.STOP].to_pylist())
+    ]
 
     def generate(n: int):
         llm.reset_prefix_cache()  # every call starts as cold as a fresh pipeline engine
@@ -139,7 +160,9 @@ def part_bare(inputs: dict[str, str], rows: int, small: int) -> dict:
         outs = llm.chat(messages[:n], sp[:n], use_tqdm=False)
         return outs, time.time() - started
 
-    generate(min(8, rows))  # first-call warm-up, kept out of both timings (a pipeline run's is in its fixed costs)
+    generate(
+        min(8, rows)
+    )  # first-call warm-up, kept out of both timings (a pipeline run's is in its fixed costs)
     outs, all_s = generate(rows)
     n_small = min(small, rows - 1)
     small_outs, small_s = generate(n_small)
@@ -148,31 +171,50 @@ def part_bare(inputs: dict[str, str], rows: int, small: int) -> dict:
     n_in = sum(len(o.prompt_token_ids) for o in outs)
     cached = sum(o.num_cached_tokens or 0 for o in outs)
     marginal_s = _marginal_seconds(all_s, small_s)
-    return {"part": "bare", "rows": len(outs), "startup_s": round(t1 - t0, 1), "generate_s": round(all_s, 1),
-            "rows_per_s": round(len(outs) / all_s, 3), "output_tokens": n_out,
-            "output_tokens_per_s": round(n_out / all_s, 1),
-            "small_rows": n_small, "small_generate_s": round(small_s, 1),
-            "marginal_rows_per_s": _finite(round((len(outs) - n_small) / marginal_s, 3)),
-            "marginal_output_tokens_per_s": _finite(round((n_out - n_out_small) / marginal_s, 1)),
-            "mean_prompt_tokens": round(n_in / len(outs), 1), "prefix_cache_hit_rate": round(cached / n_in, 4)}
+    return {
+        "part": "bare",
+        "rows": len(outs),
+        "startup_s": round(t1 - t0, 1),
+        "generate_s": round(all_s, 1),
+        "rows_per_s": round(len(outs) / all_s, 3),
+        "output_tokens": n_out,
+        "output_tokens_per_s": round(n_out / all_s, 1),
+        "small_rows": n_small,
+        "small_generate_s": round(small_s, 1),
+        "marginal_rows_per_s": _finite(round((len(outs) - n_small) / marginal_s, 3)),
+        "marginal_output_tokens_per_s": _finite(round((n_out - n_out_small) / marginal_s, 1)),
+        "mean_prompt_tokens": round(n_in / len(outs), 1),
+        "prefix_cache_hit_rate": round(cached / n_in, 4),
+    }
 
 
-def part_pipeline(inputs: dict[str, str], rows: int, dedup: bool = False, settings: dict | None = None) -> dict:
+def part_pipeline(
+    inputs: dict[str, str], rows: int, dedup: bool = False, settings: dict | None = None
+) -> dict:
     from factory.pipeline import run
 
-    config = job_config(inputs, rows, tempfile.mkdtemp(prefix="bench-out-"),
-                        {"dedup_prompts": dedup, **(settings or {})})
+    config = job_config(
+        inputs, rows, tempfile.mkdtemp(prefix="bench-out-"), {"dedup_prompts": dedup, **(settings or {})}
+    )
     t0 = time.time()
     result = run(config)
     wall = time.time() - t0
     summary = json.loads(Path(result.output_uri, "summary.json").read_text())
     work = summary["engine_work"]
-    return {"part": "pipeline", "rows": result.rows_written, "dedup": dedup, "wall_s": round(wall, 1),
-            "output_tokens": work["output_tokens"], "rows_generated": work["rows_generated"],
-            "rows_reused": work["rows_reused"], "tokens_saved_by_reuse": work["tokens_saved_by_reuse"],
-            "prefix_cache_hit_rate": work["prefix_cache_hit_rate"], "by_channel": work["by_channel"],
-            "first_draft_status": summary["quality"]["status"],  # repair is off: the gate on first drafts
-            "progress": summary.get("progress", [])}
+    return {
+        "part": "pipeline",
+        "rows": result.rows_written,
+        "dedup": dedup,
+        "wall_s": round(wall, 1),
+        "output_tokens": work["output_tokens"],
+        "rows_generated": work["rows_generated"],
+        "rows_reused": work["rows_reused"],
+        "tokens_saved_by_reuse": work["tokens_saved_by_reuse"],
+        "prefix_cache_hit_rate": work["prefix_cache_hit_rate"],
+        "by_channel": work["by_channel"],
+        "first_draft_status": summary["quality"]["status"],  # repair is off: the gate on first drafts
+        "progress": summary.get("progress", []),
+    }
 
 
 def part_hf(inputs: dict[str, str], rows: int) -> dict:
@@ -193,20 +235,39 @@ def part_hf(inputs: dict[str, str], rows: int) -> dict:
     n_out = 0
     torch.manual_seed(0)
     for messages, cap in zip(table[C.MESSAGES].to_pylist(), table[C.MAX_TOKENS].to_pylist()):
-        inputs = tok.apply_chat_template(json.loads(messages), add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True)
+        inputs = tok.apply_chat_template(
+            json.loads(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=int(cap), do_sample=True, pad_token_id=tok.eos_token_id,
-                                 **params)
+            out = model.generate(
+                **inputs, max_new_tokens=int(cap), do_sample=True, pad_token_id=tok.eos_token_id, **params
+            )
         n_out += out.shape[1] - inputs["input_ids"].shape[1]
     t2 = time.time()
-    return {"part": "hf", "rows": rows, "startup_s": round(t1 - t0, 1), "generate_s": round(t2 - t1, 1),
-            "rows_per_s": round(rows / (t2 - t1), 3), "output_tokens_per_s": round(n_out / (t2 - t1), 1)}
+    return {
+        "part": "hf",
+        "rows": rows,
+        "startup_s": round(t1 - t0, 1),
+        "generate_s": round(t2 - t1, 1),
+        "rows_per_s": round(rows / (t2 - t1), 3),
+        "output_tokens_per_s": round(n_out / (t2 - t1), 1),
+    }
 
 
 def _child(part: str, inputs_dir: Path, rows: int, total: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--part", part, "--inputs", str(inputs_dir), "--rows", str(rows),
-           "--total", str(total), *extra]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--part",
+        part,
+        "--inputs",
+        str(inputs_dir),
+        "--rows",
+        str(rows),
+        "--total",
+        str(total),
+        *extra,
+    ]
     print(f"# running: {' '.join(cmd[1:])}", flush=True)
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{"part"')]
@@ -237,11 +298,15 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for label, run in zip(("before", "after"), bare_runs):
-        lines.append(f"| bare vLLM `LLM.chat`, one call over all prompts ({label} the pipeline) | {run['rows']} | "
-                     f"{run['startup_s']} | {run['rows_per_s']:.2f} | {run['output_tokens_per_s']:.1f} | |")
+        lines.append(
+            f"| bare vLLM `LLM.chat`, one call over all prompts ({label} the pipeline) | {run['rows']} | "
+            f"{run['startup_s']} | {run['rows_per_s']:.2f} | {run['output_tokens_per_s']:.1f} | |"
+        )
         if has_marginal:
-            lines.append(f"| bare vLLM, marginal {run['small_rows']}->{run['rows']} rows ({label}) | {run['rows']} | | "
-                         f"{run['marginal_rows_per_s']:.2f} | {run['marginal_output_tokens_per_s']:.1f} | |")
+            lines.append(
+                f"| bare vLLM, marginal {run['small_rows']}->{run['rows']} rows ({label}) | {run['rows']} | | "
+                f"{run['marginal_rows_per_s']:.2f} | {run['marginal_output_tokens_per_s']:.1f} | |"
+            )
     lines += [
         f"| factory pipeline, marginal {small['rows']}->{big['rows']} rows | {big['rows']} | "
         f"{big['wall_s'] - steady_s * big['rows'] / rows:.0f} (fixed costs) | {pipe_rows_s:.2f} | {pipe_tok_s:.1f} | "
@@ -250,9 +315,12 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
         f"| HF `model.generate`, one prompt at a time | {hf['rows']} | {hf['startup_s']} | {hf['rows_per_s']:.2f} | "
         f"{hf['output_tokens_per_s']:.1f} | {hf['rows_per_s'] / one_rows:.2f}, {hf['output_tokens_per_s'] / one_tok:.2f} |",
         "",
-        (f"bare vLLM before / after the pipeline: {bare_runs[0]['rows_per_s']:.2f} / {bare_runs[-1]['rows_per_s']:.2f} "
-         f"rows/s (drift {100 * (bare_runs[-1]['rows_per_s'] / bare_runs[0]['rows_per_s'] - 1):+.1f} %; more than "
-         "a few % means the machine's speed moved during the run)") if len(bare_runs) > 1
+        (
+            f"bare vLLM before / after the pipeline: {bare_runs[0]['rows_per_s']:.2f} / {bare_runs[-1]['rows_per_s']:.2f} "
+            f"rows/s (drift {100 * (bare_runs[-1]['rows_per_s'] / bare_runs[0]['rows_per_s'] - 1):+.1f} %; more than "
+            "a few % means the machine's speed moved during the run)"
+        )
+        if len(bare_runs) > 1
         else "bare vLLM ran once (--bare-once): machine drift is not measured",
         "pipeline / bare vLLM (mean of before and after), target >= 0.90:",
         f"  against one call over all prompts: {pipe_rows_s / one_rows:.2f}x rows/s, {pipe_tok_s / one_tok:.2f}x "
@@ -263,11 +331,16 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
         f"prefix-cache hit rate: bare {first['prefix_cache_hit_rate']}, pipeline {big['prefix_cache_hit_rate']}; "
         f"mean prompt tokens: bare {first['mean_prompt_tokens']}",
         "pipeline prompt/output tokens per channel: " + json.dumps(big["by_channel"]),
-        "RATIOS " + json.dumps({"one_call_rows": _finite(round(pipe_rows_s / one_rows, 3)),
-                                "one_call_tokens": _finite(round(pipe_tok_s / one_tok, 3)),
-                                "marginal_rows": _finite(round(pipe_rows_s / marg_rows, 3)),
-                                "marginal_tokens": _finite(round(pipe_tok_s / marg_tok, 3)),
-                                "hf": _finite(round(pipe_rows_s / hf["rows_per_s"], 2))}),
+        "RATIOS "
+        + json.dumps(
+            {
+                "one_call_rows": _finite(round(pipe_rows_s / one_rows, 3)),
+                "one_call_tokens": _finite(round(pipe_tok_s / one_tok, 3)),
+                "marginal_rows": _finite(round(pipe_rows_s / marg_rows, 3)),
+                "marginal_tokens": _finite(round(pipe_tok_s / marg_tok, 3)),
+                "hf": _finite(round(pipe_rows_s / hf["rows_per_s"], 2)),
+            }
+        ),
     ]
     return "\n".join(lines)
 
@@ -285,16 +358,21 @@ def _setting(text: str) -> tuple[str, object]:
 def main(args: argparse.Namespace) -> None:
     if args.part:
         inputs = json.loads((Path(args.inputs) / "inputs.json").read_text())
-        result = {"bare": lambda: part_bare(inputs, args.rows, args.small),
-                  "pipeline": lambda: part_pipeline(inputs, args.rows, settings=dict(args.set)),
-                  "hf": lambda: part_hf(inputs, args.rows)}[args.part]()
+        result = {
+            "bare": lambda: part_bare(inputs, args.rows, args.small),
+            "pipeline": lambda: part_pipeline(inputs, args.rows, settings=dict(args.set)),
+            "hf": lambda: part_hf(inputs, args.rows),
+        }[args.part]()
         print(json.dumps(result), flush=True)
         return
     n1, n2, n_hf = (8, 16, 2) if args.smoke else (args.small, args.rows, args.hf_rows)
     folder = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     inputs = make_inputs(folder, n2)
     (folder / "inputs.json").write_text(json.dumps(inputs))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} machine: {os.cpu_count()} cores; inputs in {folder}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S')} machine: {os.cpu_count()} cores; inputs in {folder}",
+        flush=True,
+    )
     bare_args = ["--small", str(n1)]
     bare = _child("bare", folder, n2, n2, bare_args)
     sets = [a for key, value in args.set for a in ("--set", f"{key}={json.dumps(value)}")]
@@ -309,17 +387,30 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process: this guard is required
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1250, help="N2: rows of the large run (and of bare vLLM)")
     parser.add_argument("--small", type=int, default=250, help="N1: rows of the small pipeline run")
-    parser.add_argument("--hf-rows", dest="hf_rows", type=int, default=40, help="prompts for the per-row loop")
+    parser.add_argument(
+        "--hf-rows", dest="hf_rows", type=int, default=40, help="prompts for the per-row loop"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: does the script still run?")
     parser.add_argument("--markdown", help="also write the table to this file")
-    parser.add_argument("--bare-once", action="store_true",
-                        help="run bare vLLM only before the pipeline, not again after it (faster, blind to drift)")
-    parser.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
-                        help="a pipeline setting for both pipeline runs, as the job's config keys "
-                        "(e.g. engine.max_concurrent_batches=16); repeatable")
+    parser.add_argument(
+        "--bare-once",
+        action="store_true",
+        help="run bare vLLM only before the pipeline, not again after it (faster, blind to drift)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="KEY=VALUE",
+        help="a pipeline setting for both pipeline runs, as the job's config keys "
+        "(e.g. engine.max_concurrent_batches=16); repeatable",
+    )
     parser.add_argument("--part", choices=["bare", "pipeline", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)

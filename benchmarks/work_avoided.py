@@ -69,9 +69,17 @@ def count(inputs: dict[str, str]) -> dict:
 
     # The job's own prepare and stages: its templates and lookup tables, with
     # the catalog's facts on each product, as the prompts the engine would get.
-    plan = prepare(build_config({}, {"pairs": inputs["pairs"], "users": inputs["users"],
-                                     "products": inputs["products"],
-                                     "output": tempfile.mkdtemp(prefix="bench-dedup-plan-")}))
+    plan = prepare(
+        build_config(
+            {},
+            {
+                "pairs": inputs["pairs"],
+                "users": inputs["users"],
+                "products": inputs["products"],
+                "output": tempfile.mkdtemp(prefix="bench-dedup-plan-"),
+            },
+        )
+    )
     join, render = prompt_stages(plan)
     joined = join(pq.read_table(inputs["pairs"]))
     rendered = render(joined)
@@ -84,50 +92,86 @@ def count(inputs: dict[str, str]) -> dict:
     for key, prompt in zip(keys, prompts):
         assert first.setdefault(key, prompt) == prompt, "a dedup key joined two different prompts"
     tok = AutoTokenizer.from_pretrained(str(ensure_bundled_model()))
-    tokens = [len(tok.apply_chat_template(json.loads(p), add_generation_prompt=True, tokenize=True,
-                                          return_dict=False)) for p in prompts]
+    tokens = [
+        len(
+            tok.apply_chat_template(
+                json.loads(p), add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for p in prompts
+    ]
     followers = [i for i, x in enumerate(lead) if x is not None]
     caps = rendered[C.MAX_TOKENS].to_pylist()
-    return {"rows": len(keys), "distinct_prompts": len(set(keys)),
-            "identical_share": round(len(followers) / len(keys), 4),
-            "prompt_tokens": sum(tokens), "prompt_tokens_saved": sum(tokens[i] for i in followers),
-            "output_token_cap_saved": sum(caps[i] for i in followers),
-            "rows_per_channel": dict(Counter(joined[C.CHANNEL].to_pylist()))}
+    return {
+        "rows": len(keys),
+        "distinct_prompts": len(set(keys)),
+        "identical_share": round(len(followers) / len(keys), 4),
+        "prompt_tokens": sum(tokens),
+        "prompt_tokens_saved": sum(tokens[i] for i in followers),
+        "output_token_cap_saved": sum(caps[i] for i in followers),
+        "rows_per_channel": dict(Counter(joined[C.CHANNEL].to_pylist())),
+    }
 
 
 def run_job(inputs: dict[str, str], dedup_on: bool) -> dict:
     out = tempfile.mkdtemp(prefix="bench-dedup-")
-    cmd = [sys.executable, str(HERE.parent / "jobs" / "nightly_copy.py"), "--pairs", inputs["pairs"],
-           "--users", inputs["users"], "--products", inputs["products"], "--output", out, "--no-repair",
-           "--run-date", "2026-01-01", "--dedup" if dedup_on else "--no-dedup"]
+    cmd = [
+        sys.executable,
+        str(HERE.parent / "jobs" / "nightly_copy.py"),
+        "--pairs",
+        inputs["pairs"],
+        "--users",
+        inputs["users"],
+        "--products",
+        inputs["products"],
+        "--output",
+        out,
+        "--no-repair",
+        "--run-date",
+        "2026-01-01",
+        "--dedup" if dedup_on else "--no-dedup",
+    ]
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - t0
     summary = json.loads(next(Path(out).glob("runs/*/*/attempt=*/summary.json")).read_text())
     work = summary["engine_work"]
-    return {"dedup": dedup_on, "wall_s": round(wall, 1), "rows": summary["rows_written"],
-            "rows_generated": work["rows_generated"], "rows_reused": work["rows_reused"],
-            "tokens_saved_by_reuse": work["tokens_saved_by_reuse"], "output_tokens": work["output_tokens"],
-            "prefix_cache_hit_rate": work["prefix_cache_hit_rate"]}
+    return {
+        "dedup": dedup_on,
+        "wall_s": round(wall, 1),
+        "rows": summary["rows_written"],
+        "rows_generated": work["rows_generated"],
+        "rows_reused": work["rows_reused"],
+        "tokens_saved_by_reuse": work["tokens_saved_by_reuse"],
+        "output_tokens": work["output_tokens"],
+        "prefix_cache_hit_rate": work["prefix_cache_hit_rate"],
+    }
 
 
 def main(args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-segments-"))
     inputs = make_inputs(folder, args.users, args.segments, args.products)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {args.users} users in {args.segments} segments, "
-          f"{args.products} products each, 5 channels; inputs in {folder}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {args.users} users in {args.segments} segments, "
+        f"{args.products} products each, 5 channels; inputs in {folder}",
+        flush=True,
+    )
     counts = count(inputs)
     print(json.dumps(counts), flush=True)
     if args.run:
         on, off = run_job(inputs, True), run_job(inputs, False)
         print(json.dumps(on), flush=True)
         print(json.dumps(off), flush=True)
-        print(f"wall time with dedup / without: {on['wall_s'] / off['wall_s']:.2f}; "
-              f"engine rows {on['rows_generated']} vs {off['rows_generated']}")
+        print(
+            f"wall time with dedup / without: {on['wall_s'] / off['wall_s']:.2f}; "
+            f"engine rows {on['rows_generated']} vs {off['rows_generated']}"
+        )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--products", type=int, default=3, help="products per segment")

@@ -34,9 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Optional, TextIO
 
 from factory.errors import UsageError
 from factory.storage import Location
@@ -51,7 +52,13 @@ TAIL_LINES = 20  # last lines of a child's output kept for the summary of a fail
 
 # Statuses in the summary (the JSON's "status"; the table says more, e.g. the exit code).
 PUBLISHED, SKIPPED, FAILED, INTERRUPTED, NOT_RUN, DRY_RUN = (
-    "published", "skipped", "failed", "interrupted", "not_run", "dry_run")
+    "published",
+    "skipped",
+    "failed",
+    "interrupted",
+    "not_run",
+    "dry_run",
+)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Flags the backfill sets itself for each date; giving them to be passed through is a mistake.
@@ -75,8 +82,15 @@ def parse_date(text: str, flag: str) -> dt.date:
         raise PlanError(f"{flag}: {text!r} is not a date (expected YYYY-MM-DD)") from None
 
 
-def plan_dates(start: Optional[str] = None, end: Optional[str] = None, dates: Optional[str] = None, *,
-               today: dt.date, max_dates: int = DEFAULT_MAX_DATES, allow_future: bool = False) -> list[dt.date]:
+def plan_dates(
+    start: Optional[str] = None,
+    end: Optional[str] = None,
+    dates: Optional[str] = None,
+    *,
+    today: dt.date,
+    max_dates: int = DEFAULT_MAX_DATES,
+    allow_future: bool = False,
+) -> list[dt.date]:
     """The dates to run, oldest first: ``start``..``end`` inclusive, or a comma list."""
     if dates is not None and (start is not None or end is not None):
         raise PlanError("give either --start/--end or --dates, not both")
@@ -98,8 +112,10 @@ def plan_dates(start: Optional[str] = None, end: Optional[str] = None, dates: Op
         raise PlanError(f"{len(days)} dates: more than --max-dates {max_dates}")
     future = [d for d in days if d > today]
     if future and not allow_future:
-        raise PlanError(f"{future[0]} is after today ({today}); {len(future)} future date(s). "
-                        "Pass --allow-future to run them anyway")
+        raise PlanError(
+            f"{future[0]} is after today ({today}); {len(future)} future date(s). "
+            "Pass --allow-future to run them anyway"
+        )
     return days
 
 
@@ -107,11 +123,16 @@ def subset_label(base: str, user_ids: Optional[Sequence[str]], product_ids: Opti
     """``<base>.subset-<8 hex>``: the same id lists (any order, any repeats) give the same
     label, so a subset backfill never lands on the nightly run of a date, and its rerun
     finds its own runs again."""
-    canonical = json.dumps({"users": sorted(set(user_ids)) if user_ids is not None else None,
-                            "products": sorted(set(product_ids)) if product_ids is not None else None},
-                           sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        {
+            "users": sorted(set(user_ids)) if user_ids is not None else None,
+            "products": sorted(set(product_ids)) if product_ids is not None else None,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
-    return f"{base[:_NAME_MAX - len(SUBSET_MARK) - 8]}{SUBSET_MARK}{digest}"
+    return f"{base[: _NAME_MAX - len(SUBSET_MARK) - 8]}{SUBSET_MARK}{digest}"
 
 
 def _ids(value: Optional[str], flag: str) -> Optional[list[str]]:
@@ -190,16 +211,25 @@ class Backfill:
             raise PlanError(f"invalid configuration for the nightly job on {day}: {exc}") from None
         if len(configs) != 1:  # e.g. --campaigns-dir without --campaign: every active campaign
             names = ", ".join(c.campaign_label for c in configs) or "none"
-            raise PlanError(f"{day}: the nightly job would make {len(configs)} runs ({names}); a backfill "
-                            "regenerates one campaign: name it with --campaign")
+            raise PlanError(
+                f"{day}: the nightly job would make {len(configs)} runs ({names}); a backfill "
+                "regenerates one campaign: name it with --campaign"
+            )
         config = configs[0]
         output = resolve(config.output, **config.storage_options())
         return Target(config.run_id, run_location(output, config.run_date, config.campaign_label))
 
 
-def build_backfill(dates: Sequence[dt.date], *, campaign: Optional[str] = None, run_label: Optional[str] = None,
-                   only_users: Optional[str] = None, only_products: Optional[str] = None, force: bool = False,
-                   passthrough: Sequence[str] = ()) -> Backfill:
+def build_backfill(
+    dates: Sequence[dt.date],
+    *,
+    campaign: Optional[str] = None,
+    run_label: Optional[str] = None,
+    only_users: Optional[str] = None,
+    only_products: Optional[str] = None,
+    force: bool = False,
+    passthrough: Sequence[str] = (),
+) -> Backfill:
     """A Backfill with the subset label derived when ids are given and no label is."""
     for arg in passthrough:
         flag = arg.split("=", 1)[0]
@@ -221,8 +251,11 @@ class Redactor:
 
     def __init__(self, env: Optional[dict[str, str]] = None):
         env = os.environ if env is None else env
-        self._secrets = sorted({v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= _SECRET_MIN_LEN},
-                               key=len, reverse=True)
+        self._secrets = sorted(
+            {v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= _SECRET_MIN_LEN},
+            key=len,
+            reverse=True,
+        )
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -248,7 +281,9 @@ class DateResult:
         if self.status == SKIPPED:
             return "skipped (already published)"
         if self.status == FAILED:
-            return f"failed (exit {self.exit_code})" if self.exit_code else f"failed ({self.error or 'see log'})"
+            return (
+                f"failed (exit {self.exit_code})" if self.exit_code else f"failed ({self.error or 'see log'})"
+            )
         if self.status == INTERRUPTED:
             return "interrupted"
         if self.status == NOT_RUN:
@@ -282,9 +317,17 @@ def _read_published(target: Target) -> tuple[Optional[int], Optional[int], Optio
 class Executor:
     """Runs the dates of a Backfill, at most ``concurrency`` child processes at a time."""
 
-    def __init__(self, backfill: Backfill, job_command: Optional[Sequence[str]] = None, *, concurrency: int = 1,
-                 out: TextIO = sys.stdout, grace_seconds: float = DEFAULT_GRACE_SECONDS, poll_seconds: float = 0.2,
-                 targets: Optional[dict[dt.date, Target]] = None):
+    def __init__(
+        self,
+        backfill: Backfill,
+        job_command: Optional[Sequence[str]] = None,
+        *,
+        concurrency: int = 1,
+        out: TextIO = sys.stdout,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        poll_seconds: float = 0.2,
+        targets: Optional[dict[dt.date, Target]] = None,
+    ):
         if concurrency < 1:
             raise PlanError(f"--concurrency must be at least 1, not {concurrency}")
         self.backfill = backfill
@@ -344,8 +387,10 @@ class Executor:
                     del running[day]
             if self._stop_requested is not None and running:
                 if term_sent_at is None:
-                    self.say(f"[backfill] stopping ({self._stop_requested}): terminating {len(running)} running "
-                             f"date(s), launching no more")
+                    self.say(
+                        f"[backfill] stopping ({self._stop_requested}): terminating {len(running)} running "
+                        f"date(s), launching no more"
+                    )
                     for child in running.values():
                         _signal_group(child.proc, signal.SIGTERM)
                     term_sent_at = time.monotonic()
@@ -379,8 +424,15 @@ class Executor:
             self.say(f"[{day}] cannot read the run's state at {target.run.uri}: {exc}")
             return DateResult(day.isoformat(), FAILED, target.run_id, error=f"state unreadable: {exc}")
         self.say(f"[{day}] skipped: {target.run_id} is already published (attempt {attempt}, {rows} rows)")
-        return DateResult(day.isoformat(), SKIPPED, target.run_id, rows=rows, attempt=attempt, manifest=manifest,
-                          seconds=0.0)
+        return DateResult(
+            day.isoformat(),
+            SKIPPED,
+            target.run_id,
+            rows=rows,
+            attempt=attempt,
+            manifest=manifest,
+            seconds=0.0,
+        )
 
     def _launch(self, day: dt.date, target: Target) -> _Child:
         cmd = self.command(day)
@@ -391,8 +443,17 @@ class Executor:
         env.setdefault("PYTHONUNBUFFERED", "1")  # lines reach the log as they happen
         # Own session: a Ctrl-C in the terminal reaches the backfill, which decides what the
         # children get; and a signal to the group reaches a child's local Ray and engine too.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, text=True, errors="replace", bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
         tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
         pump = threading.Thread(target=self._pump, args=(day, proc, tail), daemon=True)
         pump.start()
@@ -408,8 +469,14 @@ class Executor:
     def _finish(self, day: dt.date, child: _Child, interrupted: bool) -> DateResult:
         child.pump.join(timeout=30)
         code = child.proc.returncode
-        result = DateResult(day.isoformat(), FAILED, child.target.run_id, exit_code=code,
-                            seconds=round(time.monotonic() - child.started, 1), tail=list(child.tail))
+        result = DateResult(
+            day.isoformat(),
+            FAILED,
+            child.target.run_id,
+            exit_code=code,
+            seconds=round(time.monotonic() - child.started, 1),
+            tail=list(child.tail),
+        )
         if code == 0 and self.backfill.dry_run:
             result.status = DRY_RUN
         elif code == 0:
@@ -424,8 +491,10 @@ class Executor:
                     result.error = "exit 0 but no published manifest"
         elif interrupted:
             result.status = INTERRUPTED
-        self.say(f"[{day}] {result.detail} after {result.seconds:.0f} s"
-                 + (f": {result.error}" if result.error else ""))
+        self.say(
+            f"[{day}] {result.detail} after {result.seconds:.0f} s"
+            + (f": {result.error}" if result.error else "")
+        )
         return result
 
 
@@ -439,8 +508,15 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def summarize(backfill: Backfill, results: Sequence[DateResult], *, started_at: str, seconds: float,
-              concurrency: int, stopped: Optional[str]) -> dict[str, Any]:
+def summarize(
+    backfill: Backfill,
+    results: Sequence[DateResult],
+    *,
+    started_at: str,
+    seconds: float,
+    concurrency: int,
+    stopped: Optional[str],
+) -> dict[str, Any]:
     counts = collections.Counter(r.status for r in results)
     return {
         "campaign": backfill.campaign,
@@ -468,27 +544,46 @@ _ERROR_LINE = re.compile(r"^(error: |[\w.]*(Error|Exception)\b)")
 def _reason(tail: Sequence[str]) -> str:
     """The child's last error line (the job prints ``error: ...``; a crash ends in an
     exception line), else its last line."""
-    return next((line for line in reversed(tail) if _ERROR_LINE.match(line)), tail[-1] if tail else "no output")
+    return next(
+        (line for line in reversed(tail) if _ERROR_LINE.match(line)), tail[-1] if tail else "no output"
+    )
 
 
 def format_table(summary: dict[str, Any]) -> str:
     rows = [("date", "status", "rows", "seconds", "manifest")]
     for r in summary["dates"]:
-        rows.append((r["date"], DateResult(**r).detail, "" if r["rows"] is None else str(r["rows"]),
-                     "" if r["seconds"] is None else f"{r['seconds']:.0f}", r["manifest"] or ""))
+        rows.append(
+            (
+                r["date"],
+                DateResult(**r).detail,
+                "" if r["rows"] is None else str(r["rows"]),
+                "" if r["seconds"] is None else f"{r['seconds']:.0f}",
+                r["manifest"] or "",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join([*(row[i].ljust(widths[i]) if i != 2 else row[i].rjust(widths[i]) for i in range(4)),
-                        row[4]]).rstrip() for row in rows]
+    lines = [
+        "  ".join(
+            [*(row[i].ljust(widths[i]) if i != 2 else row[i].rjust(widths[i]) for i in range(4)), row[4]]
+        ).rstrip()
+        for row in rows
+    ]
     c = summary["counts"]
-    head = (f"Backfill of {summary['run_label']}: {len(summary['dates'])} date(s), {c[PUBLISHED]} published, "
-            f"{c[SKIPPED]} skipped (already published), {c[FAILED]} failed"
-            + (f", {c[INTERRUPTED]} interrupted, {c[NOT_RUN]} not run ({summary['stopped']})"
-               if summary["stopped"] else "")
-            + f" in {summary['seconds']:.0f} s")
+    head = (
+        f"Backfill of {summary['run_label']}: {len(summary['dates'])} date(s), {c[PUBLISHED]} published, "
+        f"{c[SKIPPED]} skipped (already published), {c[FAILED]} failed"
+        + (
+            f", {c[INTERRUPTED]} interrupted, {c[NOT_RUN]} not run ({summary['stopped']})"
+            if summary["stopped"]
+            else ""
+        )
+        + f" in {summary['seconds']:.0f} s"
+    )
     failed = [r for r in summary["dates"] if r["status"] in (FAILED, INTERRUPTED)]
     notes = [f"  {r['date']}: {r['error'] or _reason(r['tail'])}" for r in failed]
-    return "\n".join([head, *lines] + (["failed dates (rerun the same command to resume them):", *notes]
-                                       if notes else []))
+    return "\n".join(
+        [head, *lines] + (["failed dates (rerun the same command to resume them):", *notes] if notes else [])
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -498,38 +593,58 @@ def build_parser():
     from factory.errors import JobParser
 
     p = JobParser(
-        prog="backfill_campaign", allow_abbrev=False,
+        prog="backfill_campaign",
+        allow_abbrev=False,
         description="Regenerate a campaign for past dates: one nightly_copy.py run per date (its own process, "
         "its own run id), skipping dates already published. Idempotent: rerun the same command and failed dates "
         "resume. Every other flag (after '--' or not known here) goes to the nightly job unchanged, e.g. "
         "-- --output s3://bucket/nightly --pairs ... --channels push,sms.",
         epilog="Exit status: 0 every date published or skipped; 1 a date failed (the table says which; rerun "
-        "to resume); 2 bad arguments, found before any date runs; 130 stopped by Ctrl-C/SIGTERM.")
+        "to resume); 2 bad arguments, found before any date runs; 130 stopped by Ctrl-C/SIGTERM.",
+    )
     when = p.add_argument_group("dates")
     when.add_argument("--start", help="First date, YYYY-MM-DD (inclusive).")
     when.add_argument("--end", help="Last date, YYYY-MM-DD (inclusive).")
     when.add_argument("--dates", help="Comma list of dates instead of --start/--end.")
-    when.add_argument("--max-dates", type=int, default=DEFAULT_MAX_DATES,
-                      help=f"Refuse more dates than this (default {DEFAULT_MAX_DATES}).")
+    when.add_argument(
+        "--max-dates",
+        type=int,
+        default=DEFAULT_MAX_DATES,
+        help=f"Refuse more dates than this (default {DEFAULT_MAX_DATES}).",
+    )
     when.add_argument("--allow-future", action="store_true", help="Allow dates after today.")
     what = p.add_argument_group("what to regenerate")
     what.add_argument("--campaign", help="The campaign (default: every pair, run labelled 'all').")
     what.add_argument("--only-users", help="Only these users: comma list or @file (one id per line).")
     what.add_argument("--only-products", help="Only these products: comma list or @file (one id per line).")
-    what.add_argument("--run-label", help="Name of the runs instead of the campaign. Default with --only-users/"
-                      "--only-products: <campaign>.subset-<8 hex of the ids' sha256>, so a subset never lands on "
-                      "the nightly run of a date.")
-    what.add_argument("--force", action="store_true",
-                      help="Regenerate published dates too, each as a new attempt (passed to every date).")
+    what.add_argument(
+        "--run-label",
+        help="Name of the runs instead of the campaign. Default with --only-users/"
+        "--only-products: <campaign>.subset-<8 hex of the ids' sha256>, so a subset never lands on "
+        "the nightly run of a date.",
+    )
+    what.add_argument(
+        "--force",
+        action="store_true",
+        help="Regenerate published dates too, each as a new attempt (passed to every date).",
+    )
     how = p.add_argument_group("how")
-    how.add_argument("--concurrency", type=int, default=1,
-                     help="Dates run at the same time (default 1). On one machine each run starts its own local "
-                     "Ray and engine, so more than one needs the memory and cores for that; on a Ray cluster set "
-                     "RAY_ADDRESS and every run attaches to the same cluster, sharing its engines' capacity.")
+    how.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="Dates run at the same time (default 1). On one machine each run starts its own local "
+        "Ray and engine, so more than one needs the memory and cores for that; on a Ray cluster set "
+        "RAY_ADDRESS and every run attaches to the same cluster, sharing its engines' capacity.",
+    )
     how.add_argument("--summary-json", help="Also write the summary as JSON to this local file.")
-    how.add_argument("--grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
-                     help="After Ctrl-C/SIGTERM, how long running dates get to stop before they are killed "
-                     f"(default {DEFAULT_GRACE_SECONDS:.0f}).")
+    how.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=DEFAULT_GRACE_SECONDS,
+        help="After Ctrl-C/SIGTERM, how long running dates get to stop before they are killed "
+        f"(default {DEFAULT_GRACE_SECONDS:.0f}).",
+    )
     return p
 
 
@@ -538,7 +653,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argv = list(argv)
     if "--" in argv:
         i = argv.index("--")
-        return argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1 :]
     return argv, []
 
 
@@ -549,33 +664,60 @@ def _refuse_unknown_flags(parser, unknown: Sequence[str]) -> None:
     nightly = {s for a in nightly_parser()._actions for s in a.option_strings}
     typos = [w for w in parser.unknown_flags([w for w in unknown if w.split("=")[0] not in nightly])]
     if typos:
-        raise PlanError(f"unknown argument(s): {', '.join(typos)} (neither the backfill nor the nightly job has it)")
+        raise PlanError(
+            f"unknown argument(s): {', '.join(typos)} (neither the backfill nor the nightly job has it)"
+        )
 
 
-def main(argv: Optional[Sequence[str]] = None, *, job_command: Optional[Sequence[str]] = None,
-         today: Optional[dt.date] = None, out: TextIO = sys.stdout) -> int:
+def main(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    job_command: Optional[Sequence[str]] = None,
+    today: Optional[dt.date] = None,
+    out: TextIO = sys.stdout,
+) -> int:
     own, after = split_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(own)
     try:
         _refuse_unknown_flags(parser, unknown)
-        dates = plan_dates(args.start, args.end, args.dates, today=today or dt.date.today(),
-                           max_dates=args.max_dates, allow_future=args.allow_future)
-        backfill = build_backfill(dates, campaign=args.campaign, run_label=args.run_label,
-                                  only_users=args.only_users, only_products=args.only_products, force=args.force,
-                                  passthrough=[*unknown, *after])
+        dates = plan_dates(
+            args.start,
+            args.end,
+            args.dates,
+            today=today or dt.date.today(),
+            max_dates=args.max_dates,
+            allow_future=args.allow_future,
+        )
+        backfill = build_backfill(
+            dates,
+            campaign=args.campaign,
+            run_label=args.run_label,
+            only_users=args.only_users,
+            only_products=args.only_products,
+            force=args.force,
+            passthrough=[*unknown, *after],
+        )
         # Every date's arguments through the nightly job's own checks, before any date runs.
         targets = {d: backfill.target(d) for d in dates}
-        executor = Executor(backfill, job_command, concurrency=args.concurrency, out=out,
-                            grace_seconds=args.grace_seconds, targets=targets)
+        executor = Executor(
+            backfill,
+            job_command,
+            concurrency=args.concurrency,
+            out=out,
+            grace_seconds=args.grace_seconds,
+            targets=targets,
+        )
     except PlanError as exc:
         from factory.errors import report
 
         return report(exc)
     first = targets[dates[0]]
-    executor.say(f"[backfill] {len(dates)} date(s) {dates[0]}..{dates[-1]} of run label {backfill.label} "
-                 f"under {first.run.uri.rsplit('/runs/', 1)[0]}, concurrency {args.concurrency}"
-                 + (", --force" if backfill.force else ""))
+    executor.say(
+        f"[backfill] {len(dates)} date(s) {dates[0]}..{dates[-1]} of run label {backfill.label} "
+        f"under {first.run.uri.rsplit('/runs/', 1)[0]}, concurrency {args.concurrency}"
+        + (", --force" if backfill.force else "")
+    )
 
     def on_signal(signum, _frame):
         executor.stop(signal.Signals(signum).name)
@@ -590,8 +732,14 @@ def main(argv: Optional[Sequence[str]] = None, *, job_command: Optional[Sequence
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    summary = summarize(backfill, results, started_at=started_at, seconds=time.monotonic() - t0,
-                        concurrency=args.concurrency, stopped=executor.stopped)
+    summary = summarize(
+        backfill,
+        results,
+        started_at=started_at,
+        seconds=time.monotonic() - t0,
+        concurrency=args.concurrency,
+        stopped=executor.stopped,
+    )
     executor.say("\n" + format_table(summary))
     if args.summary_json:
         path = Path(args.summary_json)

@@ -50,7 +50,8 @@ In the run (``--candidates K``, wired in factory/pipeline/passes.py):
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,17 +88,21 @@ def rank_candidates(table: pa.Table, keep: int, group_by: Sequence[str]) -> pa.T
     if table.num_rows == 0:
         return table.append_column(CANDIDATE_RANK, pa.array([], pa.int32()))
     status = np.array([STATUS_ORDER.get(s, len(STATUS_ORDER)) for s in table[C.STATUS].to_pylist()])
-    keys = pa.table({
-        **{f"__g{i}": table[c] for i, c in enumerate(group_by)},
-        "__status": status,
-        "__fidelity": -_column(table, C.NUMERIC_FIDELITY, 1.0),
-        "__coverage": -_column(table, ATTRIBUTE_COVERAGE, 0.0),
-        "__fit": -(length_fit(table[C.COPY_LENGTH], table[C.COPY_LENGTH_LIMIT])
-                   if C.COPY_LENGTH in table.column_names and C.COPY_LENGTH_LIMIT in table.column_names
-                   else np.zeros(table.num_rows)),
-        "__candidate": table[CANDIDATE],
-        "__pos": np.arange(table.num_rows),
-    })
+    keys = pa.table(
+        {
+            **{f"__g{i}": table[c] for i, c in enumerate(group_by)},
+            "__status": status,
+            "__fidelity": -_column(table, C.NUMERIC_FIDELITY, 1.0),
+            "__coverage": -_column(table, ATTRIBUTE_COVERAGE, 0.0),
+            "__fit": -(
+                length_fit(table[C.COPY_LENGTH], table[C.COPY_LENGTH_LIMIT])
+                if C.COPY_LENGTH in table.column_names and C.COPY_LENGTH_LIMIT in table.column_names
+                else np.zeros(table.num_rows)
+            ),
+            "__candidate": table[CANDIDATE],
+            "__pos": np.arange(table.num_rows),
+        }
+    )
     order = keys.sort_by([(c, "ascending") for c in keys.column_names if c != "__pos"])
     groups = [order[f"__g{i}"].to_numpy(zero_copy_only=False) for i in range(len(group_by))]
     starts = np.ones(order.num_rows, dtype=bool)
@@ -115,6 +120,7 @@ def rank_candidates(table: pa.Table, keep: int, group_by: Sequence[str]) -> pa.T
 
 # --------------------------------------------------------------------------- in the run
 
+
 def draw_numbers(variants: pa.Array | np.ndarray, candidates: int, copies: int) -> np.ndarray:
     """How many draws each owed row of these variants makes: (pair, channel)'s
     ``candidates`` draws dealt to its ``copies`` variants, draw d to variant d mod copies."""
@@ -129,7 +135,9 @@ def draw_candidates(batch: pa.Table, candidates: int, copies: int) -> pa.Table:
     counts = draw_numbers(variant, candidates, copies)
     take = np.repeat(np.arange(batch.num_rows), counts)
     within = np.arange(take.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    return batch.take(pa.array(take)).append_column(CANDIDATE, pa.array(variant[take] + copies * within, pa.int32()))
+    return batch.take(pa.array(take)).append_column(
+        CANDIDATE, pa.array(variant[take] + copies * within, pa.int32())
+    )
 
 
 def gather(ds, partitions: int):
@@ -150,8 +158,9 @@ class ChooseCandidates:
         import ray
 
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
-        self._products = products.select([c for c in (C.PRODUCT_ID, "attributes", "selling_points")
-                                          if c in products.column_names])
+        self._products = products.select(
+            [c for c in (C.PRODUCT_ID, "attributes", "selling_points") if c in products.column_names]
+        )
         self._counter = counter
 
     def __call__(self, block: pa.Table) -> pa.Table:
@@ -160,7 +169,9 @@ class ChooseCandidates:
 
         coverage = attribute_coverage_rows(block.select([C.TEXT, C.PRODUCT_ID]), self._products)
         block = block.append_column(ATTRIBUTE_COVERAGE, pa.array(coverage, mask=np.isnan(coverage)))
-        kept = rank_candidates(block, 1, [C.ROW_ID]).drop_columns([ATTRIBUTE_COVERAGE, CANDIDATE_RANK, CANDIDATE])
+        kept = rank_candidates(block, 1, [C.ROW_ID]).drop_columns(
+            [ATTRIBUTE_COVERAGE, CANDIDATE_RANK, CANDIDATE]
+        )
         if self._counter is not None:  # rows only: the draws' tokens were counted as they were drawn
             count_finished(kept.drop_columns([C.NUM_OUTPUT_TOKENS]), self._counter)
         return kept
@@ -179,8 +190,11 @@ def count_draw_tokens(batch: pa.Table, counter: Any) -> pa.Table:
 # summary shows what the extra draws cost: output tokens, and prompt tokens
 # the prefix cache did not serve.
 CANDIDATE_COUNTS = b"copy_factory.candidate_counts"
-_SUMS = {"prompt_tokens": C.NUM_INPUT_TOKENS, "cached_prompt_tokens": C.NUM_CACHED_TOKENS,
-         "output_tokens": C.NUM_OUTPUT_TOKENS}
+_SUMS = {
+    "prompt_tokens": C.NUM_INPUT_TOKENS,
+    "cached_prompt_tokens": C.NUM_CACHED_TOKENS,
+    "output_tokens": C.NUM_OUTPUT_TOKENS,
+}
 
 
 class CandidateFooter:

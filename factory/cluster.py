@@ -56,7 +56,8 @@ def check_shared_storage(paths: dict[str, Optional[str]], shared_filesystem: boo
         f"{flags}: a local path, and this Ray cluster has {len(nodes)} nodes: workers on the other nodes would "
         "read and write their own disks",
         "give a shared store (s3://bucket/prefix), or pass --shared-filesystem if the path is on a filesystem "
-        "every node mounts (NFS, EFS, Lustre)")
+        "every node mounts (NFS, EFS, Lustre)",
+    )
 
 
 def stage_actors(configured: Optional[int]) -> int:
@@ -88,8 +89,12 @@ def _prepare_model_here(path: str, bundled: bool) -> dict[str, Any]:
     already = (here / "config.json").is_file()
     if bundled:
         model.ensure_bundled_model(here)
-    return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "present": (here / "config.json").is_file(), "converted": bundled and not already}
+    return {
+        "node": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "present": (here / "config.json").is_file(),
+        "converted": bundled and not already,
+    }
 
 
 def place_model(model_source: str, device: str, bundled: bool) -> list[dict[str, Any]]:
@@ -106,14 +111,21 @@ def place_model(model_source: str, device: str, bundled: bool) -> list[dict[str,
     if len(alive_nodes()) <= 1 or not nodes:
         return []
     task = ray.remote(num_cpus=0)(_prepare_model_here)
-    reports = ray.get([task.options(scheduling_strategy=_on_node(n["NodeID"])).remote(model_source, bundled)
-                       for n in nodes])
+    reports = ray.get(
+        [task.options(scheduling_strategy=_on_node(n["NodeID"])).remote(model_source, bundled) for n in nodes]
+    )
     missing = [r["host"] for r in reports if not r["present"]]
     if missing:
-        raise UsageError(f"--model {model_source}: not on node(s) {', '.join(missing)} of the cluster",
-                         "put the folder at the same path on every node (or on a shared filesystem), or give "
-                         "s3://bucket/prefix, which every engine node downloads")
+        raise UsageError(
+            f"--model {model_source}: not on node(s) {', '.join(missing)} of the cluster",
+            "put the folder at the same path on every node (or on a shared filesystem), or give "
+            "s3://bucket/prefix, which every engine node downloads",
+        )
     converted = sum(r["converted"] for r in reports)
-    logger.info("Model at %s on %d engine node(s)%s", model_source, len(reports),
-                f" (converted the bundled model on {converted})" if converted else "")
+    logger.info(
+        "Model at %s on %d engine node(s)%s",
+        model_source,
+        len(reports),
+        f" (converted the bundled model on {converted})" if converted else "",
+    )
     return reports

@@ -23,18 +23,31 @@ UNKNOWN_CHANNEL = "unknown_channel"
 # The pair again, or a pair whose rows an earlier pair in file order already owes.
 DUPLICATE_PAIR = "duplicate_pair"
 
-SCHEMA = pa.schema([
-    (C.RUN_ID, pa.string()), (C.RUN_DATE, pa.date32()), (C.CAMPAIGN_ID, pa.string()),
-    (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()), (C.CHANNEL, pa.string()),
-    (C.REASON, pa.string()), (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()),
-])
+SCHEMA = pa.schema(
+    [
+        (C.RUN_ID, pa.string()),
+        (C.RUN_DATE, pa.date32()),
+        (C.CAMPAIGN_ID, pa.string()),
+        (C.USER_ID, pa.string()),
+        (C.PRODUCT_ID, pa.string()),
+        (C.CHANNEL, pa.string()),
+        (C.REASON, pa.string()),
+        (C.SOURCE, pa.string()),
+        (C.SOURCE_ROW, pa.int64()),
+    ]
+)
 
 
 def rows(run_id: str, run_date, n: int, **columns) -> pa.Table:
     """``n`` dead-letter rows in ``SCHEMA``: run provenance added, absent columns null."""
-    values = {C.RUN_ID: pa.array([run_id] * n, pa.string()), C.RUN_DATE: pa.array([run_date] * n, pa.date32()),
-              **columns}
-    return pa.table([values[f.name] if f.name in values else pa.nulls(n, f.type) for f in SCHEMA], schema=SCHEMA)
+    values = {
+        C.RUN_ID: pa.array([run_id] * n, pa.string()),
+        C.RUN_DATE: pa.array([run_date] * n, pa.date32()),
+        **columns,
+    }
+    return pa.table(
+        [values[f.name] if f.name in values else pa.nulls(n, f.type) for f in SCHEMA], schema=SCHEMA
+    )
 
 
 def shape(table: pa.Table) -> pa.Table:

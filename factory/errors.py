@@ -23,8 +23,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 
@@ -116,8 +117,8 @@ def storage_failure(exc: BaseException) -> Optional[StorageError]:
         if isinstance(cause, OSError) and any(m in str(cause) for m in _STORAGE_MARKERS):
             text = _first_line(str(cause))
             found = _PYARROW_OBJECT.search(text)
-            uri = (f"s3://{found['bucket']}/{found['key'] or ''}".rstrip("/") if found else "S3")
-            return StorageError(uri, text[found.end():].lstrip(": ") if found else text)
+            uri = f"s3://{found['bucket']}/{found['key'] or ''}".rstrip("/") if found else "S3"
+            return StorageError(uri, text[found.end() :].lstrip(": ") if found else text)
     return None
 
 
@@ -136,6 +137,7 @@ def _first_line(text: str) -> str:
 
 # --------------------------------------------------------------------------- settings in the user's words
 
+
 def nearest(word: str, known: Iterable[str]) -> Optional[str]:
     """The known name closest to ``word``, if any is close. Compared without
     leading dashes: every flag shares "--", which made "--candidates" look
@@ -145,14 +147,28 @@ def nearest(word: str, known: Iterable[str]) -> Optional[str]:
     return bare[found[0]] if found else None
 
 
-_BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
-           "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
-_KINDS = {"int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
-          "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-          "bool_type": "true or false", "string_type": "text", "list_type": "a list",
-          "dict_type": "a mapping of settings", "model_type": "a mapping of settings",
-          "date_parsing": "a date (YYYY-MM-DD)", "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
-          "date_type": "a date (YYYY-MM-DD)"}
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "more than"),
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "less than"),
+}
+_KINDS = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "int_type": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a mapping of settings",
+    "model_type": "a mapping of settings",
+    "date_parsing": "a date (YYYY-MM-DD)",
+    "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
+    "date_type": "a date (YYYY-MM-DD)",
+}
 
 
 def _shown(value: Any) -> str:
@@ -183,12 +199,16 @@ def problem(err: dict[str, Any], known: Sequence[str] = (), hints: Optional[dict
     else:
         message = f"{err['msg']} (got {_shown(value)})"
     if isinstance(value, bool) and kind != "value_error":
-        message += "; YAML reads unquoted off/on/no/yes as true/false: write \"off\""
+        message += '; YAML reads unquoted off/on/no/yes as true/false: write "off"'
     return message
 
 
-def validation_lines(exc, where: Callable[[tuple], str], known: Callable[[tuple], Sequence[str]],
-                     hints: Optional[dict[str, str]] = None) -> list[str]:
+def validation_lines(
+    exc,
+    where: Callable[[tuple], str],
+    known: Callable[[tuple], Sequence[str]],
+    hints: Optional[dict[str, str]] = None,
+) -> list[str]:
     """One line per pydantic error: ``where(loc)`` names the flag or file, then the problem."""
     lines = []
     for err in exc.errors():
@@ -198,9 +218,13 @@ def validation_lines(exc, where: Callable[[tuple], str], known: Callable[[tuple]
     return lines
 
 
-def settings_lines(exc, model: type, flags: Optional[dict[str, str]] = None,
-                   files: Sequence[tuple[Any, dict[tuple, int]]] = (), hints: Optional[dict[str, str]] = None,
-                   ) -> list[str]:
+def settings_lines(
+    exc,
+    model: type,
+    flags: Optional[dict[str, str]] = None,
+    files: Sequence[tuple[Any, dict[tuple, int]]] = (),
+    hints: Optional[dict[str, str]] = None,
+) -> list[str]:
     """A settings model's ValidationError in the user's words. Each error names
     where its value came from: ``flags`` (setting path -> the flag the user
     gave), else the first of ``files`` ((path, lines), highest precedence
@@ -240,6 +264,7 @@ def known_fields(model: type, prefix: tuple) -> list[str]:
 
 # --------------------------------------------------------------------------- YAML with lines
 
+
 def load_yaml_lines(path: str | Path, what: str = "a config file") -> tuple[dict[str, Any], dict[tuple, int]]:
     """A YAML mapping and the line of each key path (``("engine", "replicas") -> 7``).
     Raises UsageError naming the file (and line) when it cannot be read as one."""
@@ -262,7 +287,9 @@ def load_yaml_lines(path: str | Path, what: str = "a config file") -> tuple[dict
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: {what} is a mapping of settings (key: value lines), not {type(data).__name__}")
+        raise UsageError(
+            f"{path}: {what} is a mapping of settings (key: value lines), not {type(data).__name__}"
+        )
     lines: dict[tuple, int] = {}
 
     def walk(n, at: tuple) -> None:
@@ -288,6 +315,7 @@ def line_of(lines: dict[tuple, int], loc: tuple) -> Optional[int]:
 
 
 # --------------------------------------------------------------------------- flags
+
 
 class JobParser(argparse.ArgumentParser):
     """argparse with one-line errors: no usage dump, the nearest flag for a typo."""
@@ -330,6 +358,7 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- the end of every job
+
 
 def log_dir() -> Path:
     """Where jobs write their log files: ``COPY_FACTORY_LOG_DIR``, else the cache's ``logs/``."""
@@ -381,8 +410,9 @@ def setup_logging(job: str) -> Optional[Path]:
             handler.filters = [f for f in handler.filters if not isinstance(f, OwnLinesOnly)]
             handler.addFilter(OwnLinesOnly((*OWN_LOGGERS, job)))
     for handler in root.handlers:  # handlers other code set up (a test runner's) skip file-only records too
-        if not isinstance(handler, logging.FileHandler) and \
-                not any(isinstance(f, _ConsoleFilter) for f in handler.filters):
+        if not isinstance(handler, logging.FileHandler) and not any(
+            isinstance(f, _ConsoleFilter) for f in handler.filters
+        ):
             handler.addFilter(_ConsoleFilter())
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = log_dir() / f"{job}-{stamp}-{os.getpid()}.log"
@@ -407,8 +437,11 @@ def report(exc: BaseException, log_file: Optional[Path] = None) -> int:
         lines = _usage_lines(exc)
     else:
         failed = storage_failure(exc) if code == EXIT_FAILED else None
-        lines = ([f"storage failed on {failed.uri}: {failed.answer}"] if failed
-                 else str(exc).splitlines() or [type(exc).__name__])
+        lines = (
+            [f"storage failed on {failed.uri}: {failed.answer}"]
+            if failed
+            else str(exc).splitlines() or [type(exc).__name__]
+        )
         logger.error("%s", lines[0], exc_info=exc, extra={"log_file_only": True})
         if log_file is not None:
             lines.append(f"full traceback in {log_file}")

@@ -38,7 +38,7 @@ class Fingerprint:
     mixed: int = 0  # sum of a mix of each id's bits
 
     @classmethod
-    def of(cls, ids) -> "Fingerprint":
+    def of(cls, ids) -> Fingerprint:
         """The fingerprint of ``ids`` (hex row ids: an Arrow array or a list)."""
         values = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
         if not values:
@@ -48,15 +48,16 @@ class Fingerprint:
         mixed = _splitmix64(head ^ _splitmix64(tail))
         return cls(len(values), int(head.sum(dtype=np.uint64)), int(mixed.sum(dtype=np.uint64)))
 
-    def __add__(self, other: "Fingerprint") -> "Fingerprint":
-        return Fingerprint(self.rows + other.rows, (self.head + other.head) & _MASK,
-                           (self.mixed + other.mixed) & _MASK)
+    def __add__(self, other: Fingerprint) -> Fingerprint:
+        return Fingerprint(
+            self.rows + other.rows, (self.head + other.head) & _MASK, (self.mixed + other.mixed) & _MASK
+        )
 
     def text(self) -> str:
         return f"{self.rows}:{self.head:016x}:{self.mixed:016x}"
 
     @classmethod
-    def parse(cls, text: Optional[bytes | str]) -> Optional["Fingerprint"]:
+    def parse(cls, text: Optional[bytes | str]) -> Optional[Fingerprint]:
         if not text:
             return None
         rows, head, mixed = (text.decode() if isinstance(text, bytes) else text).split(":")

@@ -51,16 +51,17 @@ class CopyStats:
     work: WorkTally = field(default_factory=WorkTally)
 
     @classmethod
-    def of(cls, written: pa.Table, carried: Optional[pa.Table] = None) -> "CopyStats":
+    def of(cls, written: pa.Table, carried: Optional[pa.Table] = None) -> CopyStats:
         """The stats of ``written`` (output rows); ``carried`` is the same rows
         before the writer shaped them (they may carry what a reuse saved)."""
         stats = cls()
-        stats.quality.add(written.select(list(VERDICT_COLUMNS) + [c for c in JUDGE_COLUMNS
-                                                                  if c in written.column_names]))
+        stats.quality.add(
+            written.select(list(VERDICT_COLUMNS) + [c for c in JUDGE_COLUMNS if c in written.column_names])
+        )
         stats.work.add(written.select(list(WORK_COLUMNS)), written if carried is None else carried)
         return stats
 
-    def __iadd__(self, other: "CopyStats") -> "CopyStats":
+    def __iadd__(self, other: CopyStats) -> CopyStats:
         self.quality += other.quality
         self.work += other.work
         return self
@@ -69,7 +70,7 @@ class CopyStats:
         return json.dumps({"quality": self.quality.state(), "work": self.work.state()}, separators=(",", ":"))
 
     @classmethod
-    def parse(cls, text: bytes | str) -> "CopyStats":
+    def parse(cls, text: bytes | str) -> CopyStats:
         state = json.loads(text)
         return cls(QualityTally.from_state(state["quality"]), WorkTally.from_state(state["work"]))
 
@@ -133,14 +134,19 @@ def read_footers(folder: Location) -> list[Footer]:
 
 def fingerprint(footer: Footer) -> Fingerprint:
     found = Fingerprint.parse(footer.entries.get(FINGERPRINT))
-    return found if found is not None else Fingerprint.of(read_parquet(footer.loc, columns=[C.ROW_ID])[C.ROW_ID])
+    return (
+        found if found is not None else Fingerprint.of(read_parquet(footer.loc, columns=[C.ROW_ID])[C.ROW_ID])
+    )
 
 
 def file_stats(f: Footer) -> CopyStats:
     """One copies file's stats."""
     text = f.entries.get(COPY_STATS)
-    return CopyStats.parse(text) if text else CopyStats.of(
-        read_parquet(f.loc, columns=list(dict.fromkeys(VERDICT_COLUMNS + WORK_COLUMNS))))
+    return (
+        CopyStats.parse(text)
+        if text
+        else CopyStats.of(read_parquet(f.loc, columns=list(dict.fromkeys(VERDICT_COLUMNS + WORK_COLUMNS))))
+    )
 
 
 def copy_stats(footers: list[Footer]) -> CopyStats:

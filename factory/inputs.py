@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.errors import UsageError
 from factory import columns as C
+from factory.errors import UsageError
 from factory.storage import Location, retry_io
 
 logger = logging.getLogger(__name__)
@@ -46,14 +45,25 @@ class Contract:
         return self.required + self.optional
 
 
-PAIRS = Contract("pairs", C.PAIRS_REQUIRED, C.PAIRS_OPTIONAL,
-                 string_fields=C.PAIRS_REQUIRED + C.PAIRS_OPTIONAL)
-USERS = Contract("users", C.USERS_REQUIRED, C.USERS_OPTIONAL,
-                 string_fields=(C.USER_ID, C.LOCALE, "age_band", "loyalty_tier"),
-                 list_fields=C.USERS_LIST_FIELDS)
-PRODUCTS = Contract("products", C.PRODUCTS_REQUIRED, C.PRODUCTS_OPTIONAL,
-                    string_fields=(C.PRODUCT_ID, "title", "category", "brand", "currency", "description"),
-                    list_fields=("selling_points",), numeric_fields=("price",), json_fields=("attributes",))
+PAIRS = Contract(
+    "pairs", C.PAIRS_REQUIRED, C.PAIRS_OPTIONAL, string_fields=C.PAIRS_REQUIRED + C.PAIRS_OPTIONAL
+)
+USERS = Contract(
+    "users",
+    C.USERS_REQUIRED,
+    C.USERS_OPTIONAL,
+    string_fields=(C.USER_ID, C.LOCALE, "age_band", "loyalty_tier"),
+    list_fields=C.USERS_LIST_FIELDS,
+)
+PRODUCTS = Contract(
+    "products",
+    C.PRODUCTS_REQUIRED,
+    C.PRODUCTS_OPTIONAL,
+    string_fields=(C.PRODUCT_ID, "title", "category", "brand", "currency", "description"),
+    list_fields=("selling_points",),
+    numeric_fields=("price",),
+    json_fields=("attributes",),
+)
 
 
 @dataclass
@@ -74,8 +84,9 @@ class TableReport:
 MAX_KEY_BYTES = 256
 
 
-def malformed_reasons(column: pa.ChunkedArray | pa.Array, name: str, max_bytes: int = MAX_KEY_BYTES,
-                      required: bool = True) -> list[Optional[str]]:
+def malformed_reasons(
+    column: pa.ChunkedArray | pa.Array, name: str, max_bytes: int = MAX_KEY_BYTES, required: bool = True
+) -> list[Optional[str]]:
     """Per value: why it cannot be a key (``null_<name>``, ``invalid_utf8_<name>``,
     ``too_long_<name>``, ``control_characters_<name>``), or None."""
     if isinstance(column, pa.ChunkedArray):
@@ -99,7 +110,9 @@ def malformed_reasons(column: pa.ChunkedArray | pa.Array, name: str, max_bytes: 
     except (pa.ArrowInvalid, pa.ArrowException):
         bad_utf8 = True
     try:
-        needs_scan = bad_utf8 or bool(pc.any(pc.match_substring_regex(raw, pattern=r"[\x00-\x1f\x7f]")).as_py())
+        needs_scan = bad_utf8 or bool(
+            pc.any(pc.match_substring_regex(raw, pattern=r"[\x00-\x1f\x7f]")).as_py()
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         needs_scan = True
     if needs_scan:
@@ -116,8 +129,6 @@ def malformed_reasons(column: pa.ChunkedArray | pa.Array, name: str, max_bytes: 
     return reasons
 
 
-
-
 def list_parquet_files(loc: Location, name: str) -> list[str]:
     """The Parquet files at a file or folder location, sorted for determinism."""
     try:
@@ -131,9 +142,11 @@ def list_parquet_files(loc: Location, name: str) -> list[str]:
     from pyarrow.fs import FileSelector
 
     files = sorted(
-        f.path for f in loc.fs.get_file_info(FileSelector(loc.path, recursive=True))
-        if f.type.name == "File" and f.path.endswith(".parquet")
-        and not any(part.startswith(("_", ".")) for part in f.path[len(loc.path):].split("/"))
+        f.path
+        for f in loc.fs.get_file_info(FileSelector(loc.path, recursive=True))
+        if f.type.name == "File"
+        and f.path.endswith(".parquet")
+        and not any(part.startswith(("_", ".")) for part in f.path[len(loc.path) :].split("/"))
     )
     if not files:
         raise InputError(f"{name}: no .parquet files under {loc.uri}")
@@ -169,7 +182,9 @@ def check_schema(loc: Location, contract: Contract) -> ParquetInput:
     for path in files:
         shown = _display(loc, path)
         try:
-            meta = retry_io(pq.read_metadata, path, filesystem=loc.fs, attempts=loc.s3.max_attempts if loc.s3 else 1)
+            meta = retry_io(
+                pq.read_metadata, path, filesystem=loc.fs, attempts=loc.s3.max_attempts if loc.s3 else 1
+            )
             schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # unreadable, truncated, not Parquet
             raise InputError(f"{contract.name}: cannot read {shown}: {exc}") from exc
@@ -192,22 +207,35 @@ def _check_fields(schema: pa.Schema, contract: Contract, shown: str) -> None:
         if col not in names:
             continue
         typ = schema.field(col).type
-        if col in contract.string_fields and not (pa.types.is_string(typ) or pa.types.is_large_string(typ)
-                                                   or pa.types.is_null(typ)):
+        if col in contract.string_fields and not (
+            pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)
+        ):
             raise InputError(f"{contract.name}: {shown}: column {col!r} must be a string, found {typ}")
-        if col in contract.list_fields and not (
-            (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and
-            (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type))
-        ) and not pa.types.is_null(typ):
-            raise InputError(f"{contract.name}: {shown}: column {col!r} must be a list of strings, found {typ}")
-        if col in contract.numeric_fields and not (pa.types.is_integer(typ) or pa.types.is_floating(typ)
-                                                    or pa.types.is_decimal(typ)):
+        if (
+            col in contract.list_fields
+            and not (
+                (pa.types.is_list(typ) or pa.types.is_large_list(typ))
+                and (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type))
+            )
+            and not pa.types.is_null(typ)
+        ):
+            raise InputError(
+                f"{contract.name}: {shown}: column {col!r} must be a list of strings, found {typ}"
+            )
+        if col in contract.numeric_fields and not (
+            pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
+        ):
             raise InputError(f"{contract.name}: {shown}: column {col!r} must be numeric, found {typ}")
-        if col in contract.json_fields and not (pa.types.is_map(typ) or pa.types.is_struct(typ)
-                                                 or pa.types.is_string(typ) or pa.types.is_large_string(typ)
-                                                 or pa.types.is_null(typ)):
-            raise InputError(f"{contract.name}: {shown}: column {col!r} must be a map, struct or JSON string, "
-                             f"found {typ}")
+        if col in contract.json_fields and not (
+            pa.types.is_map(typ)
+            or pa.types.is_struct(typ)
+            or pa.types.is_string(typ)
+            or pa.types.is_large_string(typ)
+            or pa.types.is_null(typ)
+        ):
+            raise InputError(
+                f"{contract.name}: {shown}: column {col!r} must be a map, struct or JSON string, found {typ}"
+            )
 
 
 def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.Table, TableReport]:
@@ -229,8 +257,13 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
         sources.extend([_display(loc, path)] * table.num_rows)
         rows.extend(range(table.num_rows))
     report = TableReport(contract.name, rows_read=sum(t.num_rows for t in tables))
-    keys = pa.chunked_array([t[key].cast(pa.binary()) if key in t.column_names else pa.nulls(t.num_rows, pa.binary())
-                             for t in tables], pa.binary())
+    keys = pa.chunked_array(
+        [
+            t[key].cast(pa.binary()) if key in t.column_names else pa.nulls(t.num_rows, pa.binary())
+            for t in tables
+        ],
+        pa.binary(),
+    )
     reasons = malformed_reasons(keys, key)
     seen: set = set()
     for i, value in enumerate(keys.to_pylist()):
@@ -243,9 +276,16 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
         if r is not None:
             report.problems[r] = report.problems.get(r, 0) + 1
             shown = keys[i].as_py()
-            report.rejects.append({key: _shown_key(shown), "reason": r, "source": sources[i], "source_row": rows[i]})
-    table = _conform(pa.concat_tables([_conform_raw(t, contract) for t in tables], promote_options="permissive")
-                     if len(tables) > 1 else _conform_raw(tables[0], contract), contract, report)
+            report.rejects.append(
+                {key: _shown_key(shown), "reason": r, "source": sources[i], "source_row": rows[i]}
+            )
+    table = _conform(
+        pa.concat_tables([_conform_raw(t, contract) for t in tables], promote_options="permissive")
+        if len(tables) > 1
+        else _conform_raw(tables[0], contract),
+        contract,
+        report,
+    )
     table = table.take(pa.array(keep, pa.int64()))
     report.rows_kept = table.num_rows
     for problem, count in report.problems.items():
@@ -296,8 +336,9 @@ def _valid_text(column: pa.ChunkedArray, name: str, report: Optional[TableReport
     """``column`` with any broken UTF-8 replaced (U+FFFD), counted in ``report``."""
     typ = column.type
     is_text = pa.types.is_string(typ) or pa.types.is_large_string(typ)
-    is_text_list = pa.types.is_list(typ) and (pa.types.is_string(typ.value_type)
-                                              or pa.types.is_large_string(typ.value_type))
+    is_text_list = pa.types.is_list(typ) and (
+        pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
+    )
     if not (is_text or is_text_list):
         return column
     try:
@@ -319,8 +360,11 @@ def _valid_text(column: pa.ChunkedArray, name: str, report: Optional[TableReport
 
     binary = column.cast(pa.list_(pa.binary()) if is_text_list else pa.binary())
     for value in binary.to_pylist():
-        fixed.append([repair(v) for v in value] if is_text_list and value is not None else
-                     (None if value is None else repair(value)))
+        fixed.append(
+            [repair(v) for v in value]
+            if is_text_list and value is not None
+            else (None if value is None else repair(value))
+        )
     if report is not None:
         report.repaired_text[name] = report.repaired_text.get(name, 0) + count
     return pa.chunked_array([pa.array(fixed, pa.list_(pa.string()) if is_text_list else pa.string())])

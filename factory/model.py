@@ -56,18 +56,26 @@ def resolve_model(model: str, storage: Optional[dict[str, Any]] = None) -> str:
     # "org/name" is a hub id; something path-like, or a folder that is there, is a local model.
     if model.startswith(("/", "./", "../", "~")) or path.exists():
         if not path.exists():
-            raise UsageError(f"--model {model}: no such model folder",
-                             "give a Hugging Face model folder (config.json, tokenizer, weights), or leave "
-                             "--model out for the bundled model")
+            raise UsageError(
+                f"--model {model}: no such model folder",
+                "give a Hugging Face model folder (config.json, tokenizer, weights), or leave "
+                "--model out for the bundled model",
+            )
         if not path.is_dir():
-            raise UsageError(f"--model {model}: this is a file, not a model folder",
-                             "give the folder that holds config.json, the tokenizer and the weights")
+            raise UsageError(
+                f"--model {model}: this is a file, not a model folder",
+                "give the folder that holds config.json, the tokenizer and the weights",
+            )
         if not (path / "config.json").is_file():
-            raise UsageError(f"--model {model}: not a model folder (no config.json in it)",
-                             "give the folder that holds config.json, the tokenizer and the weights")
+            raise UsageError(
+                f"--model {model}: not a model folder (no config.json in it)",
+                "give the folder that holds config.json, the tokenizer and the weights",
+            )
         if not any(next(path.glob(pattern), None) for pattern in MODEL_WEIGHTS):
-            raise UsageError(f"--model {model}: no weights in the folder (no {', '.join(MODEL_WEIGHTS)})",
-                             "copy the model's weights into it, or give the folder that holds them")
+            raise UsageError(
+                f"--model {model}: no weights in the folder (no {', '.join(MODEL_WEIGHTS)})",
+                "copy the model's weights into it, or give the folder that holds them",
+            )
         return str(path)
     return model
 
@@ -83,8 +91,10 @@ def _check_s3_model(model: str, storage: dict[str, Any]) -> None:
     check_place(model, "--model", storage)
     loc = resolve(model, **storage)
     if loc.fs.get_file_info(loc.join("config.json").path).type.name != "File":
-        raise UsageError(f"--model {model}: not a model folder (no config.json under it)",
-                         "give the s3:// prefix that holds config.json, the tokenizer and the weights")
+        raise UsageError(
+            f"--model {model}: not a model folder (no config.json under it)",
+            "give the s3:// prefix that holds config.json, the tokenizer and the weights",
+        )
 
 
 def ensure_bundled_model(target: Path | None = None) -> Path:

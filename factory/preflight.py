@@ -34,8 +34,11 @@ _FIX = {
     "PermanentRedirect": "the bucket is in another region: set --s3-region",
     "AuthorizationHeaderMalformed": "the bucket is in another region: set --s3-region",
 }
-_SAYS = {"NoSuchBucket": "bucket {bucket!r} does not exist", "AccessDenied": "access denied ({action})",
-         "AllAccessDisabled": "access denied ({action})"}
+_SAYS = {
+    "NoSuchBucket": "bucket {bucket!r} does not exist",
+    "AccessDenied": "access denied ({action})",
+    "AllAccessDisabled": "access denied ({action})",
+}
 
 
 def check_place(uri: Optional[str], flag: str, storage: dict[str, Any], *, write: bool = False) -> None:
@@ -55,17 +58,23 @@ def check_local_folder(loc: Location, flag: str) -> None:
     """A local folder the job will write: not a file, and makeable or writable."""
     path = Path(loc.path)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {loc.uri}: this is a file, not a folder",
-                         "give a folder (it is created if missing) or s3://bucket/prefix")
+        raise UsageError(
+            f"{flag} {loc.uri}: this is a file, not a folder",
+            "give a folder (it is created if missing) or s3://bucket/prefix",
+        )
     parent = path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UsageError(f"{flag} {loc.uri}: {parent} is a file, so the folder cannot be made there",
-                         "give a folder path whose parents are folders")
+        raise UsageError(
+            f"{flag} {loc.uri}: {parent} is a file, so the folder cannot be made there",
+            "give a folder path whose parents are folders",
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {loc.uri}: no permission to write in {parent}",
-                         "give a folder this user may write, or s3://bucket/prefix")
+        raise UsageError(
+            f"{flag} {loc.uri}: no permission to write in {parent}",
+            "give a folder this user may write, or s3://bucket/prefix",
+        )
 
 
 def _quick_client(options: S3Options):
@@ -75,8 +84,9 @@ def _quick_client(options: S3Options):
 
     config = Config(retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=20)
     # A session of its own: boto3's default one keeps the credentials it found first.
-    return boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, region_name=options.region,
-                                          config=config)
+    return boto3.session.Session().client(
+        "s3", endpoint_url=options.endpoint_url, region_name=options.region, config=config
+    )
 
 
 def _endpoint(loc: Location) -> str:
@@ -87,14 +97,21 @@ def check_s3(loc: Location, flag: str, *, write: bool = False) -> None:
     """One listing of the prefix (endpoint, credentials, bucket, read right);
     with ``write`` a probe object put and deleted under it."""
     import boto3
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
-                                     NoCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
 
     options = loc.s3 or S3Options()
     if boto3.session.Session(region_name=options.region).get_credentials() is None:
-        raise UsageError(f"{flag} {loc.uri}: no S3 credentials found",
-                         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an "
-                         "instance role provides them")
+        raise UsageError(
+            f"{flag} {loc.uri}: no S3 credentials found",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an "
+            "instance role provides them",
+        )
     bucket, _, key = loc.path.partition("/")
     client = _quick_client(options)
     action = "s3:ListBucket"
@@ -107,21 +124,29 @@ def check_s3(loc: Location, flag: str, *, write: bool = False) -> None:
             action = "s3:DeleteObject"  # the job deletes its own work files as it goes
             client.delete_object(Bucket=bucket, Key=probe)
     except (EndpointConnectionError, ConnectTimeoutError) as exc:
-        raise UsageError(f"{flag} {loc.uri}: nothing answers at the S3 endpoint {_endpoint(loc)} ({_reason(exc)})",
-                         "check --s3-endpoint and that the store is up") from None
+        raise UsageError(
+            f"{flag} {loc.uri}: nothing answers at the S3 endpoint {_endpoint(loc)} ({_reason(exc)})",
+            "check --s3-endpoint and that the store is up",
+        ) from None
     except NoCredentialsError:
-        raise UsageError(f"{flag} {loc.uri}: no S3 credentials found",
-                         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+        raise UsageError(
+            f"{flag} {loc.uri}: no S3 credentials found",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+        ) from None
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         code = {"403": "AccessDenied", "404": "NoSuchBucket"}.get(code, code)
         says = _SAYS.get(code, "the store answered {code}").format(bucket=bucket, action=action, code=code)
-        fix = _FIX.get(code, "{message}").format(action=action, message=error.get("Message") or "see the store's docs")
+        fix = _FIX.get(code, "{message}").format(
+            action=action, message=error.get("Message") or "see the store's docs"
+        )
         raise UsageError(f"{flag} {loc.uri}: {says} (endpoint {_endpoint(loc)})", fix) from None
     except BotoCoreError as exc:
-        raise UsageError(f"{flag} {loc.uri}: cannot use the S3 endpoint {_endpoint(loc)}: {exc}",
-                         "check --s3-endpoint and --s3-region") from None
+        raise UsageError(
+            f"{flag} {loc.uri}: cannot use the S3 endpoint {_endpoint(loc)}: {exc}",
+            "check --s3-endpoint and --s3-region",
+        ) from None
 
 
 def _reason(exc: Exception) -> str:
@@ -146,6 +171,8 @@ def check_engine_kwargs(kwargs: dict[str, Any], flag: str = "--engine-kwargs") -
     for key in kwargs:
         if key not in known:
             hint = nearest(key, known)
-            raise UsageError(f"{flag}: vLLM has no engine argument {key!r}"
-                             + (f" (did you mean {hint!r}?)" if hint else ""),
-                             "see vLLM's engine arguments for the release in use")
+            raise UsageError(
+                f"{flag}: vLLM has no engine argument {key!r}"
+                + (f" (did you mean {hint!r}?)" if hint else ""),
+                "see vLLM's engine arguments for the release in use",
+            )

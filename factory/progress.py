@@ -76,7 +76,7 @@ class ProgressLog:
         self._started = 0.0
         self._phase = "starting"
 
-    def __enter__(self) -> "ProgressLog":
+    def __enter__(self) -> ProgressLog:
         import ray
 
         self.counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
@@ -126,5 +126,7 @@ class ProgressLog:
         left = max(self.total - done, 0)
         eta = _duration(left / rate) if rate > 0 else "unknown"
         share = f"{100 * done / self.total:.0f}%" if self.total else "-"
-        return (f"progress [{point['phase']}]: {done:,}/{self.total:,} rows ({share}) | {rate:.1f} rows/s | "
-                f"{tokens_rate:.0f} output tok/s | elapsed {_duration(elapsed)} | ETA {eta}")
+        return (
+            f"progress [{point['phase']}]: {done:,}/{self.total:,} rows ({share}) | {rate:.1f} rows/s | "
+            f"{tokens_rate:.0f} output tok/s | elapsed {_duration(elapsed)} | ETA {eta}"
+        )

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -49,8 +50,17 @@ OFFERS_LINE = "Offers you may mention, as written: {}. Make no other offer."
 MAX_FIELD_CHARS = 400
 MAX_LIST_ITEMS = 5
 
-LANGUAGES = {"en": "English", "zh": "Simplified Chinese", "de": "German", "fr": "French",
-             "es": "Spanish", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pt": "Portuguese"}
+LANGUAGES = {
+    "en": "English",
+    "zh": "Simplified Chinese",
+    "de": "German",
+    "fr": "French",
+    "es": "Spanish",
+    "it": "Italian",
+    "ja": "Japanese",
+    "nl": "Dutch",
+    "pt": "Portuguese",
+}
 
 _ANGLE_BRACKETS = str.maketrans({"<": "‹", ">": "›"})
 
@@ -84,11 +94,11 @@ class PromptTemplate:
     # The version of the file alone; ``version`` also covers the brand voice and offers.
     file_version: str = ""
 
-    def with_brand_voice(self, voice: str | None) -> "PromptTemplate":
+    def with_brand_voice(self, voice: str | None) -> PromptTemplate:
         """This template for a campaign with this brand voice (offers kept)."""
         return self.with_campaign(voice, self.offers)
 
-    def with_campaign(self, voice: str | None, offers: Sequence[str] = ()) -> "PromptTemplate":
+    def with_campaign(self, voice: str | None, offers: Sequence[str] = ()) -> PromptTemplate:
         """This template for a campaign with this brand voice and these
         offers. The version covers both: the same file with another voice or
         other offers is another prompt, and the output rows must say so."""
@@ -98,14 +108,20 @@ class PromptTemplate:
             return replace(self, brand_voice="", offers=(), version=file_version, file_version=file_version)
         key = f"{file_version}\x00{voice}" + ("".join(f"\x00{o}" for o in offers) if offers else "")
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return replace(self, brand_voice=voice, offers=offers, version=f"{self.channel}@{digest}",
-                       file_version=file_version)
+        return replace(
+            self,
+            brand_voice=voice,
+            offers=offers,
+            version=f"{self.channel}@{digest}",
+            file_version=file_version,
+        )
 
     def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one row. ``values`` may hold more than the template
         names; only the named fields are formatted in."""
-        context = {name: format_value(name, values.get(name)) for name in self.fields
-                   if name not in CAMPAIGN_FIELDS}
+        context = {
+            name: format_value(name, values.get(name)) for name in self.fields if name not in CAMPAIGN_FIELDS
+        }
         if BRAND_VOICE in self.fields:
             context[BRAND_VOICE] = format_brand_voice(self.brand_voice)
         if OFFERS in self.fields:
@@ -183,8 +199,9 @@ def format_offers(offers: Sequence[str]) -> str:
     return OFFERS_LINE.format("; ".join(parts)) if parts else ""
 
 
-def apply_campaign(templates: Mapping[str, PromptTemplate], voice: str | None, offers: Sequence[str],
-                   channels: Iterable[str]) -> dict[str, PromptTemplate]:
+def apply_campaign(
+    templates: Mapping[str, PromptTemplate], voice: str | None, offers: Sequence[str], channels: Iterable[str]
+) -> dict[str, PromptTemplate]:
     """The templates for a run with this brand voice and these declared
     offers (their text). A voice or offers the run's templates cannot carry
     is a mistake, not something to drop silently: an offer the model is never
@@ -193,11 +210,14 @@ def apply_campaign(templates: Mapping[str, PromptTemplate], voice: str | None, o
     for value, field in ((voice, BRAND_VOICE), (offers, OFFERS)):
         if not value:
             continue
-        missing = [templates[c].source for c in channels if c in templates and field not in templates[c].fields]
+        missing = [
+            templates[c].source for c in channels if c in templates and field not in templates[c].fields
+        ]
         if missing:
             raise TemplateError(
                 f"{field} is set but {', '.join(missing)} has no {{{field}}} placeholder in 'system'; "
-                "add it on a line of its own")
+                "add it on a line of its own"
+            )
     return {c: t.with_campaign(voice, offers) for c, t in templates.items()}
 
 
@@ -236,8 +256,10 @@ def load_template(path: Path) -> PromptTemplate:
                     f"(allowed: {', '.join(sorted(ALLOWED_FIELDS))})"
                 )
             if name in CAMPAIGN_FIELDS and part != "system":
-                raise TemplateError(f"{path}: placeholder {{{name}}} belongs in 'system' (one value per "
-                                    "campaign, so the prompt prefix the engine caches stays shared)")
+                raise TemplateError(
+                    f"{path}: placeholder {{{name}}} belongs in 'system' (one value per "
+                    "campaign, so the prompt prefix the engine caches stays shared)"
+                )
             fields.add(name)
     examples = []
     for i, ex in enumerate(spec.get("examples") or []):

@@ -26,7 +26,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,8 +37,17 @@ from factory.storage import Location, put_bytes
 
 REPORT = "report.html"
 # What render_report reads from the copies (read only these from the files).
-REPORT_COLUMNS = (C.ROW_ID, C.CHANNEL, C.LOCALE, C.STATUS, C.REASONS, C.TEXT, C.COPY_LENGTH, C.COPY_LENGTH_LIMIT,
-                  C.PRODUCT_ID)
+REPORT_COLUMNS = (
+    C.ROW_ID,
+    C.CHANNEL,
+    C.LOCALE,
+    C.STATUS,
+    C.REASONS,
+    C.TEXT,
+    C.COPY_LENGTH,
+    C.COPY_LENGTH_LIMIT,
+    C.PRODUCT_ID,
+)
 SAMPLES_PER_CHANNEL = 6
 # Untrusted text is cut for display: the page stays readable and small.
 MAX_COPY_CHARS = 600
@@ -122,19 +132,26 @@ def _count(value: Any) -> int:
 
 
 def _svg(width: int, height: int, label: str, body: str, chart: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-            f'height="{height}" role="img" aria-label="{esc(label)}" data-chart="{esc(chart)}">'
-            f"<title>{esc(label)}</title>{body}</svg>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{esc(label)}" data-chart="{esc(chart)}">'
+        f"<title>{esc(label)}</title>{body}</svg>"
+    )
 
 
 def _figure(chart: str, caption: str, content: str) -> str:
-    return (f'<figure class="chart" id="chart-{esc(chart)}" data-chart="{esc(chart)}">'
-            f"<figcaption>{caption}</figcaption>{content}</figure>")
+    return (
+        f'<figure class="chart" id="chart-{esc(chart)}" data-chart="{esc(chart)}">'
+        f"<figcaption>{caption}</figcaption>{content}</figure>"
+    )
 
 
 def _legend(items: Iterable[tuple[str, str]]) -> str:
-    return '<div class="legend">' + "".join(f'<span><i style="background:{color}"></i>{esc(name)}</span>'
-                                            for name, color in items) + "</div>"
+    return (
+        '<div class="legend">'
+        + "".join(f'<span><i style="background:{color}"></i>{esc(name)}</span>' for name, color in items)
+        + "</div>"
+    )
 
 
 def _empty(message: str) -> str:
@@ -153,7 +170,11 @@ def key_figures(summary: Mapping[str, Any]) -> str:
     review = quality.get("review_queue") or {}
     seconds = summary.get("seconds")
     rows = summary.get("rows_written")
-    rate = rows / seconds if isinstance(rows, int) and isinstance(seconds, (int, float)) and seconds > 0 else None
+    rate = (
+        rows / seconds
+        if isinstance(rows, int) and isinstance(seconds, (int, float)) and seconds > 0
+        else None
+    )
     figures = [
         (fmt_int(rows), "rows written"),
         (fmt_share(after.get(C.ACCEPTED)), f"accepted (before repair {fmt_share(before.get(C.ACCEPTED))})"),
@@ -171,9 +192,15 @@ def key_figures(summary: Mapping[str, Any]) -> str:
     judge = quality.get("judge")
     if judge:  # --judge: the model judge's verdict mix and what it cost
         figures += [
-            (fmt_share(judge.get("flagged_share")), f"flagged by the judge, of {fmt_int(judge.get('judged'))} judged "
-             f"({fmt_share(judge.get('judged_share'))} of rows)"),
-            (fmt_int(judge.get("tokens")), f"judge tokens ({fmt_num(judge.get('tokens_per_judged_row'), 0)} a row)"),
+            (
+                fmt_share(judge.get("flagged_share")),
+                f"flagged by the judge, of {fmt_int(judge.get('judged'))} judged "
+                f"({fmt_share(judge.get('judged_share'))} of rows)",
+            ),
+            (
+                fmt_int(judge.get("tokens")),
+                f"judge tokens ({fmt_num(judge.get('tokens_per_judged_row'), 0)} a row)",
+            ),
         ]
     cells = "".join(f'<div class="figure"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for v, k in figures)
     return f'<section class="figures" id="figures">{cells}</section>'
@@ -194,23 +221,30 @@ def status_chart(status_by_channel: Mapping[str, Mapping[str, Any]]) -> str:
         counts = {s: _count((status_by_channel[channel] or {}).get(s)) for s in C.STATUSES}
         total = sum(counts.values())
         y = top + i * row_h
-        parts.append(f'<g class="bar" data-channel="{esc(channel)}" data-total="{total}">'
-                     f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{esc(channel)}</text>')
+        parts.append(
+            f'<g class="bar" data-channel="{esc(channel)}" data-total="{total}">'
+            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{esc(channel)}</text>'
+        )
         x = float(label_w)
         for status in C.STATUSES:
             n = counts[status]
             if not n:
                 continue
             w = bar_w * n / total
-            parts.append(f'<rect class="seg" data-status="{status}" data-count="{n}" x="{x:.2f}" y="{y}" '
-                         f'width="{w:.2f}" height="{row_h - 6}" fill="{STATUS_COLORS[status]}">'
-                         f"<title>{esc(channel)}: {n:,} {status} ({100 * n / total:.1f}%)</title></rect>")
+            parts.append(
+                f'<rect class="seg" data-status="{status}" data-count="{n}" x="{x:.2f}" y="{y}" '
+                f'width="{w:.2f}" height="{row_h - 6}" fill="{STATUS_COLORS[status]}">'
+                f"<title>{esc(channel)}: {n:,} {status} ({100 * n / total:.1f}%)</title></rect>"
+            )
             x += w
         shares = " / ".join(f"{100 * counts[s] / total:.0f}%" if total else "0%" for s in C.STATUSES)
         parts.append(f'<text x="{label_w + bar_w + 6}" y="{y + 15}">{total:,} rows · {shares}</text></g>')
     svg = _svg(label_w + bar_w + 170, height, "Status mix per channel", "".join(parts), "status")
-    return _figure("status", "Status mix per channel (all rows; shares accepted / review / rejected)",
-                   _legend((s, STATUS_COLORS[s]) for s in C.STATUSES) + svg)
+    return _figure(
+        "status",
+        "Status mix per channel (all rows; shares accepted / review / rejected)",
+        _legend((s, STATUS_COLORS[s]) for s in C.STATUSES) + svg,
+    )
 
 
 # --- Rejection reasons ---------------------------------------------------------------
@@ -219,7 +253,9 @@ def status_chart(status_by_channel: Mapping[str, Mapping[str, Any]]) -> str:
 def reasons_chart(reasons: Mapping[str, Any], before: Optional[Mapping[str, Any]] = None) -> str:
     """One bar per reason code (final verdicts), with the count before repair beside it."""
     before = before or {}
-    names = sorted(set(reasons) | set(before), key=lambda r: (-_count(reasons.get(r)), -_count(before.get(r)), r))
+    names = sorted(
+        set(reasons) | set(before), key=lambda r: (-_count(reasons.get(r)), -_count(before.get(r)), r)
+    )
     if not names:
         return _figure("reasons", "Rejection and review reasons", _empty("no reasons: every row passed"))
     top = nice_max(max(max(_count(reasons.get(r)) for r in names), max(_count(before.get(r)) for r in names)))
@@ -229,18 +265,22 @@ def reasons_chart(reasons: Mapping[str, Any], before: Optional[Mapping[str, Any]
     for i, reason in enumerate(names):
         y = 6 + i * row_h
         after_n, before_n = _count(reasons.get(reason)), _count(before.get(reason))
-        parts.append(f'<g class="bar" data-reason="{esc(reason)}" data-count="{after_n}" data-before="{before_n}">'
-                     f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{esc(reason)}</text>'
-                     f'<rect class="before" x="{label_w}" y="{y + 1}" width="{bar_w * before_n / top:.2f}" '
-                     f'height="{row_h - 4}" fill="{BEFORE_COLOR}"><title>{esc(reason)}: {before_n:,} before repair'
-                     f"</title></rect>"
-                     f'<rect class="after" x="{label_w}" y="{y + 5}" width="{bar_w * after_n / top:.2f}" '
-                     f'height="{row_h - 12}" fill="{AFTER_COLOR}"><title>{esc(reason)}: {after_n:,} after repair'
-                     f"</title></rect>"
-                     f'<text x="{label_w + bar_w + 6}" y="{y + 14}">{after_n:,} (before repair {before_n:,})</text></g>')
+        parts.append(
+            f'<g class="bar" data-reason="{esc(reason)}" data-count="{after_n}" data-before="{before_n}">'
+            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{esc(reason)}</text>'
+            f'<rect class="before" x="{label_w}" y="{y + 1}" width="{bar_w * before_n / top:.2f}" '
+            f'height="{row_h - 4}" fill="{BEFORE_COLOR}"><title>{esc(reason)}: {before_n:,} before repair'
+            f"</title></rect>"
+            f'<rect class="after" x="{label_w}" y="{y + 5}" width="{bar_w * after_n / top:.2f}" '
+            f'height="{row_h - 12}" fill="{AFTER_COLOR}"><title>{esc(reason)}: {after_n:,} after repair'
+            f"</title></rect>"
+            f'<text x="{label_w + bar_w + 6}" y="{y + 14}">{after_n:,} (before repair {before_n:,})</text></g>'
+        )
     svg = _svg(label_w + bar_w + 170, height, "Rejection and review reasons", "".join(parts), "reasons")
     caption = "Reasons on final verdicts (a row can have several), and on the first draft before repair"
-    return _figure("reasons", caption, _legend((("after repair", AFTER_COLOR), ("before repair", BEFORE_COLOR))) + svg)
+    return _figure(
+        "reasons", caption, _legend((("after repair", AFTER_COLOR), ("before repair", BEFORE_COLOR))) + svg
+    )
 
 
 # --- Copy length per channel against its limit ----------------------------------------
@@ -248,9 +288,12 @@ def reasons_chart(reasons: Mapping[str, Any], before: Optional[Mapping[str, Any]
 
 def _limit_specs(summary: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     """Per channel, the configured (unit, max) of the length limit."""
-    limits = (((summary.get("config") or {}).get("quality") or {}).get("limits") or {})
-    return {ch: (str(spec.get("unit") or ""), spec.get("max")) for ch, spec in limits.items()
-            if isinstance(spec, Mapping)}
+    limits = ((summary.get("config") or {}).get("quality") or {}).get("limits") or {}
+    return {
+        ch: (str(spec.get("unit") or ""), spec.get("max"))
+        for ch, spec in limits.items()
+        if isinstance(spec, Mapping)
+    }
 
 
 def _histogram(lengths: Sequence[int], limit: Optional[int]) -> tuple[int, list[tuple[int, int, int, int]]]:
@@ -266,7 +309,9 @@ def _histogram(lengths: Sequence[int], limit: Optional[int]) -> tuple[int, list[
         b = bins.setdefault(k, [0, 0])
         b[1 if limit is not None and n > limit else 0] += 1
     last = (upper - start) // width
-    return width, [(start + k * width, start + (k + 1) * width - 1, *bins.get(k, [0, 0])) for k in range(last + 1)]
+    return width, [
+        (start + k * width, start + (k + 1) * width - 1, *bins.get(k, [0, 0])) for k in range(last + 1)
+    ]
 
 
 def length_panel(channel: str, lengths: list[int], limit: Optional[int], limits_seen: int, unit: str) -> str:
@@ -277,36 +322,47 @@ def length_panel(channel: str, lengths: list[int], limit: Optional[int], limits_
     xmax = bins[-1][1] + 1
     xmin = bins[0][0]
     scale = plot_w / (xmax - xmin)
-    parts = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{top_pad + 8}" text-anchor="end">{ymax:g}</text>',
-             f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{h - 6}">{max(xmin, 0)}</text>',
-             f'<text x="{left + plot_w}" y="{h - 6}" text-anchor="end">{xmax - 1} {esc(unit)}</text>']
+    parts = [
+        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
+        f'<text x="{left - 4}" y="{top_pad + 8}" text-anchor="end">{ymax:g}</text>',
+        f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
+        f'<text x="{left}" y="{h - 6}">{max(xmin, 0)}</text>',
+        f'<text x="{left + plot_w}" y="{h - 6}" text-anchor="end">{xmax - 1} {esc(unit)}</text>',
+    ]
     for lo, hi, within, over in bins:
         n = within + over
         x = left + (lo - xmin) * scale
         bar_h = plot_h * n / ymax
         color = OVER_COLOR if over else WITHIN_COLOR
-        parts.append(f'<rect class="bin" data-lo="{max(lo, 0)}" data-hi="{hi}" data-count="{n}" data-over="{over}" '
-                     f'x="{x + 0.5:.2f}" y="{top_pad + plot_h - bar_h:.2f}" width="{max(scale * width - 1, 0.5):.2f}" '
-                     f'height="{bar_h:.2f}" fill="{color}"><title>{max(lo, 0)}–{hi} {esc(unit)}: {n:,} copies'
-                     f"</title></rect>")
+        parts.append(
+            f'<rect class="bin" data-lo="{max(lo, 0)}" data-hi="{hi}" data-count="{n}" data-over="{over}" '
+            f'x="{x + 0.5:.2f}" y="{top_pad + plot_h - bar_h:.2f}" width="{max(scale * width - 1, 0.5):.2f}" '
+            f'height="{bar_h:.2f}" fill="{color}"><title>{max(lo, 0)}–{hi} {esc(unit)}: {n:,} copies'
+            f"</title></rect>"
+        )
     if limit is not None:
         lx = left + (limit + 1 - xmin) * scale
-        parts.append(f'<line class="limit" data-limit="{limit}" x1="{lx:.2f}" y1="{top_pad - 4}" x2="{lx:.2f}" '
-                     f'y2="{top_pad + plot_h}" stroke="#000" stroke-dasharray="4 3"/>'
-                     f'<text x="{lx:.2f}" y="{top_pad - 7}" text-anchor="middle">limit {limit}</text>')
+        parts.append(
+            f'<line class="limit" data-limit="{limit}" x1="{lx:.2f}" y1="{top_pad - 4}" x2="{lx:.2f}" '
+            f'y2="{top_pad + plot_h}" stroke="#000" stroke-dasharray="4 3"/>'
+            f'<text x="{lx:.2f}" y="{top_pad - 7}" text-anchor="middle">limit {limit}</text>'
+        )
     over_n = sum(o for *_, o in bins)
     ordered = sorted(lengths)
-    median, p95 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    median, p95 = (
+        ordered[len(ordered) // 2],
+        ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
+    )
     note = f"{len(lengths):,} copies · median {median} · p95 {p95}"
     if limit is not None:
-        note += f" · <span class=\"{'over' if over_n else ''}\">{over_n:,} over the limit of {limit}</span>"
+        note += f' · <span class="{"over" if over_n else ""}">{over_n:,} over the limit of {limit}</span>'
         if limits_seen > 1:
             note += f" (limits vary by row; the largest, {limit}, is drawn)"
     svg = _svg(w, h, f"Copy length, {channel}", "".join(parts), "length")
-    return (f'<div class="panel" data-channel="{esc(channel)}" data-rows="{len(lengths)}" data-over="{over_n}">'
-            f"<h3>{esc(channel)}</h3>{svg}<div class=\"sub\">{note}</div></div>")
+    return (
+        f'<div class="panel" data-channel="{esc(channel)}" data-rows="{len(lengths)}" data-over="{over_n}">'
+        f'<h3>{esc(channel)}</h3>{svg}<div class="sub">{note}</div></div>'
+    )
 
 
 def length_charts(copies: pa.Table, specs: Mapping[str, tuple[str, Any]]) -> str:
@@ -326,7 +382,9 @@ def length_charts(copies: pa.Table, specs: Mapping[str, tuple[str, Any]]) -> str
         unit, configured_max = specs.get(channel, ("", None))
         # Name the unit only when the rows' limit is the configured one (SMS rows
         # carry their limit in characters while the config counts segments).
-        panels.append(length_panel(channel, values, limit, len(seen), unit if configured_max == limit else ""))
+        panels.append(
+            length_panel(channel, values, limit, len(seen), unit if configured_max == limit else "")
+        )
     caption += f"; {measured.num_rows:,} rows measured"
     return _figure("length", esc(caption), '<div class="grid">' + "".join(panels) + "</div>")
 
@@ -346,33 +404,55 @@ def _clean_progress(progress: Any) -> list[dict[str, Any]]:
         if not (math.isfinite(t) and math.isfinite(rows)) or t < 0 or rows < 0:
             continue
         tokens = p.get("output_tokens")
-        tokens = tokens if isinstance(tokens, (int, float)) and math.isfinite(tokens) and tokens >= 0 else None
-        points.append({"t": float(t), "rows_done": float(rows), "output_tokens": tokens,
-                       "phase": str(p.get("phase") or "")})
+        tokens = (
+            tokens if isinstance(tokens, (int, float)) and math.isfinite(tokens) and tokens >= 0 else None
+        )
+        points.append(
+            {
+                "t": float(t),
+                "rows_done": float(rows),
+                "output_tokens": tokens,
+                "phase": str(p.get("phase") or ""),
+            }
+        )
     return sorted(points, key=lambda p: p["t"])
 
 
-def _line_panel(chart: str, title: str, xs: list[float], ys: list[float], phases: list[str], unit: str,
-                colors: Mapping[str, str]) -> str:
+def _line_panel(
+    chart: str,
+    title: str,
+    xs: list[float],
+    ys: list[float],
+    phases: list[str],
+    unit: str,
+    colors: Mapping[str, str],
+) -> str:
     w, h, left, bottom, top_pad = 500, 180, 54, 24, 10
     plot_w, plot_h = w - left - 12, h - bottom - top_pad
     xmax = nice_max(max(xs)) if xs and max(xs) > 0 else 1.0
     ymax = nice_max(max(ys)) if ys and max(ys) > 0 else 1.0
     pts = [(left + plot_w * x / xmax, top_pad + plot_h - plot_h * y / ymax) for x, y in zip(xs, ys)]
-    parts = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
-             f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{top_pad + 8}" text-anchor="end">{ymax:,.6g}</text>',
-             f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{h - 6}">0</text>',
-             f'<text x="{left + plot_w}" y="{h - 6}" text-anchor="end">{xmax / 60:.3g} min</text>',
-             f'<text x="{left + 6}" y="{top_pad + 10}">{esc(unit)}</text>']
+    parts = [
+        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
+        f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#999"/>',
+        f'<text x="{left - 4}" y="{top_pad + 8}" text-anchor="end">{ymax:,.6g}</text>',
+        f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
+        f'<text x="{left}" y="{h - 6}">0</text>',
+        f'<text x="{left + plot_w}" y="{h - 6}" text-anchor="end">{xmax / 60:.3g} min</text>',
+        f'<text x="{left + 6}" y="{top_pad + 10}">{esc(unit)}</text>',
+    ]
     if len(pts) > 1:
-        parts.append('<polyline class="line" fill="none" stroke="#1565c0" stroke-width="1.5" points="'
-                     + " ".join(f"{x:.2f},{y:.2f}" for x, y in pts) + '"/>')
+        parts.append(
+            '<polyline class="line" fill="none" stroke="#1565c0" stroke-width="1.5" points="'
+            + " ".join(f"{x:.2f},{y:.2f}" for x, y in pts)
+            + '"/>'
+        )
     for (px, py), x, y, phase in zip(pts, xs, ys, phases):
-        parts.append(f'<circle class="point" data-t="{x:g}" data-value="{y:.6g}" cx="{px:.2f}" cy="{py:.2f}" r="3.5" '
-                     f'fill="{colors.get(phase, PHASE_COLORS[0])}"><title>{x / 60:.1f} min'
-                     f"{' · ' + esc(phase) if phase else ''}: {y:,.1f} {esc(unit)}</title></circle>")
+        parts.append(
+            f'<circle class="point" data-t="{x:g}" data-value="{y:.6g}" cx="{px:.2f}" cy="{py:.2f}" r="3.5" '
+            f'fill="{colors.get(phase, PHASE_COLORS[0])}"><title>{x / 60:.1f} min'
+            f"{' · ' + esc(phase) if phase else ''}: {y:,.1f} {esc(unit)}</title></circle>"
+        )
     return f"<div><h3>{esc(title)}</h3>{_svg(w, h, title, ''.join(parts), chart)}</div>"
 
 
@@ -394,8 +474,17 @@ def throughput_chart(progress: Any) -> str:
             dt = p["t"] - prev_t
             rates.append(max(p["output_tokens"] - prev_tok, 0.0) / dt if dt > 0 else 0.0)
             prev_t, prev_tok = p["t"], p["output_tokens"]
-        panels.append(_line_panel("throughput-tokens", "Output tokens per second", [p["t"] for p in token_points],
-                                  rates, [p["phase"] for p in token_points], "tok/s", colors))
+        panels.append(
+            _line_panel(
+                "throughput-tokens",
+                "Output tokens per second",
+                [p["t"] for p in token_points],
+                rates,
+                [p["phase"] for p in token_points],
+                "tok/s",
+                colors,
+            )
+        )
     last = points[-1]
     if last["t"] > 0:
         caption += f"; mean {last['rows_done'] / last['t']:.2f} rows/s over {last['t'] / 60:.1f} min"
@@ -434,7 +523,9 @@ def _first_by_row_id(table: pa.Table, k: int) -> list[int]:
         return []
     if C.ROW_ID not in table.column_names:
         return table["__pos"].to_pylist()[:k]
-    top = table.take(pc.select_k_unstable(table, k=min(k, table.num_rows), sort_keys=[(C.ROW_ID, "ascending")]))
+    top = table.take(
+        pc.select_k_unstable(table, k=min(k, table.num_rows), sort_keys=[(C.ROW_ID, "ascending")])
+    )
     return top.sort_by([(C.ROW_ID, "ascending")])["__pos"].to_pylist()
 
 
@@ -449,8 +540,10 @@ def pick_samples(copies: pa.Table, per_channel: int) -> list[dict[str, Any]]:
     chosen: list[int] = []
     for channel in sorted(v for v in pc.unique(keys[C.CHANNEL]).to_pylist() if v is not None):
         in_channel = keys.filter(pc.equal(keys[C.CHANNEL], channel))
-        by_status = [_first_by_row_id(in_channel.filter(pc.equal(in_channel[C.STATUS], s)), per_channel)
-                     for s in C.STATUSES]
+        by_status = [
+            _first_by_row_id(in_channel.filter(pc.equal(in_channel[C.STATUS], s)), per_channel)
+            for s in C.STATUSES
+        ]
         picked: list[int] = []
         for i in range(per_channel):
             for group in by_status:
@@ -464,8 +557,11 @@ def pick_samples(copies: pa.Table, per_channel: int) -> list[dict[str, Any]]:
 def _product_facts(products: pa.Table, ids: set[str]) -> dict[str, dict[str, Any]]:
     if not ids or products is None or products.num_rows == 0 or C.PRODUCT_ID not in products.column_names:
         return {}
-    wanted = [c for c in (C.PRODUCT_ID, "title", "brand", "category", "price", "currency", "attributes")
-              if c in products.column_names]
+    wanted = [
+        c
+        for c in (C.PRODUCT_ID, "title", "brand", "category", "price", "currency", "attributes")
+        if c in products.column_names
+    ]
     ids_array = pa.array(sorted(ids), type=products.schema.field(C.PRODUCT_ID).type)
     rows = products.select(wanted).filter(pc.is_in(products[C.PRODUCT_ID], value_set=ids_array))
     facts: dict[str, dict[str, Any]] = {}
@@ -479,8 +575,10 @@ def samples_table(copies: pa.Table, products: pa.Table, per_channel: int) -> str
     if not samples:
         return '<section id="samples">' + _empty("no copies") + "</section>"
     facts = _product_facts(products, {s.get(C.PRODUCT_ID) for s in samples if s.get(C.PRODUCT_ID)})
-    head = ("<tr><th>channel</th><th>locale</th><th>status</th><th>copy</th><th>length / limit</th>"
-            "<th>product</th><th>price</th><th>key attributes</th></tr>")
+    head = (
+        "<tr><th>channel</th><th>locale</th><th>status</th><th>copy</th><th>length / limit</th>"
+        "<th>product</th><th>price</th><th>key attributes</th></tr>"
+    )
     body = []
     for s in samples:
         status = s.get(C.STATUS) or ""
@@ -502,54 +600,81 @@ def samples_table(copies: pa.Table, products: pa.Table, per_channel: int) -> str
             f'<td class="facts"><b>{esc(title)}</b><br>{esc(brand)}{" · " if brand and category else ""}'
             f"{esc(category)}<br><small>{esc(clip(s.get(C.PRODUCT_ID), 64))}</small></td>"
             f'<td class="num">{esc(_price_text(product.get("price"), product.get("currency")))}</td>'
-            f'<td class="facts">{esc(_attributes_text(product.get("attributes")))}</td></tr>')
-    note = (f"Up to {per_channel} copies a channel, accepted, review and rejected in turn, with the product facts "
-            "they were written from (copy text is the model's output, shown as plain text).")
-    return (f'<section id="samples"><p class="sub">{esc(note)}</p>'
-            f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>")
+            f'<td class="facts">{esc(_attributes_text(product.get("attributes")))}</td></tr>'
+        )
+    note = (
+        f"Up to {per_channel} copies a channel, accepted, review and rejected in turn, with the product facts "
+        "they were written from (copy text is the model's output, shown as plain text)."
+    )
+    return (
+        f'<section id="samples"><p class="sub">{esc(note)}</p>'
+        f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></section>"
+    )
 
 
 # --- The page ---------------------------------------------------------------------------
 
 
-def render_report(summary: Mapping[str, Any], copies: pa.Table, products: pa.Table,
-                  progress: Optional[list[dict[str, Any]]] = None, *,
-                  samples_per_channel: int = SAMPLES_PER_CHANNEL, experiments: Sequence[Any] = ()) -> str:
+def render_report(
+    summary: Mapping[str, Any],
+    copies: pa.Table,
+    products: pa.Table,
+    progress: Optional[list[dict[str, Any]]] = None,
+    *,
+    samples_per_channel: int = SAMPLES_PER_CHANNEL,
+    experiments: Sequence[Any] = (),
+) -> str:
     """The run report as one HTML document (no I/O). ``progress`` defaults to
     ``summary["progress"]``; missing or empty, the throughput chart says so.
     ``experiments``: ExperimentViews (factory/experiments/report.py) for the
     Experiments section; none, no section."""
     missing = [c for c in (C.CHANNEL, C.STATUS) if c not in copies.column_names]
     if missing:
-        raise ValueError(f"render_report: the copies table has no column {', '.join(missing)} "
-                         f"(read the columns in factory.report.REPORT_COLUMNS)")
+        raise ValueError(
+            f"render_report: the copies table has no column {', '.join(missing)} "
+            f"(read the columns in factory.report.REPORT_COLUMNS)"
+        )
     if progress is None:
         progress = summary.get("progress")
     quality = summary.get("quality") or {}
     run_id = summary.get("run_id") or "run"
-    subtitle = " · ".join(esc(x) for x in (
-        f"date {summary.get('run_date', '—')}", f"campaign {summary.get('campaign', '—')}",
-        f"attempt {summary.get('attempt', '—')}", f"model {clip(summary.get('model', '—'), 120)}",
-        f"device {summary.get('device', '—')}"))
+    subtitle = " · ".join(
+        esc(x)
+        for x in (
+            f"date {summary.get('run_date', '—')}",
+            f"campaign {summary.get('campaign', '—')}",
+            f"attempt {summary.get('attempt', '—')}",
+            f"model {clip(summary.get('model', '—'), 120)}",
+            f"device {summary.get('device', '—')}",
+        )
+    )
     sections = [
-        f"<h1>Copy factory run {esc(run_id)}</h1><p class=\"sub\">{subtitle}</p>",
+        f'<h1>Copy factory run {esc(run_id)}</h1><p class="sub">{subtitle}</p>',
         key_figures(summary),
-        "<h2>Status mix</h2>", status_chart(quality.get("status_by_channel") or {}),
+        "<h2>Status mix</h2>",
+        status_chart(quality.get("status_by_channel") or {}),
         "<h2>Rejection reasons</h2>",
-        reasons_chart(quality.get("reasons") or {}, (quality.get("before_repair") or {}).get("reasons") or {}),
-        "<h2>Copy length</h2>", length_charts(copies, _limit_specs(summary)),
-        "<h2>Throughput</h2>", throughput_chart(progress),
+        reasons_chart(
+            quality.get("reasons") or {}, (quality.get("before_repair") or {}).get("reasons") or {}
+        ),
+        "<h2>Copy length</h2>",
+        length_charts(copies, _limit_specs(summary)),
+        "<h2>Throughput</h2>",
+        throughput_chart(progress),
         _experiments(experiments),
-        "<h2>Sample copies</h2>", samples_table(copies, products, samples_per_channel),
-        '<footer>Generated by copy-factory from summary.json and the run\'s copies. '
+        "<h2>Sample copies</h2>",
+        samples_table(copies, products, samples_per_channel),
+        "<footer>Generated by copy-factory from summary.json and the run's copies. "
         "Self-contained: no scripts, no external resources.</footer>",
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<meta name="referrer" content="no-referrer"><meta name="viewport" content="width=device-width">'
-            '<link rel="icon" href="data:,">'
-            f"<title>Run report {esc(run_id)}</title><style>{CSS}</style></head>"
-            f"<body><main>{''.join(sections)}</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="referrer" content="no-referrer"><meta name="viewport" content="width=device-width">'
+        '<link rel="icon" href="data:,">'
+        f"<title>Run report {esc(run_id)}</title><style>{CSS}</style></head>"
+        f"<body><main>{''.join(sections)}</main></body></html>\n"
+    )
 
 
 def _experiments(views: Sequence[Any]) -> str:
@@ -560,8 +685,14 @@ def _experiments(views: Sequence[Any]) -> str:
     return experiments_section(views)
 
 
-def write_report(run_dir: Location, summary: Mapping[str, Any], copies: pa.Table, products: pa.Table,
-                 progress: Optional[list[dict[str, Any]]] = None, experiments: Sequence[Any] = ()) -> dict[str, Any]:
+def write_report(
+    run_dir: Location,
+    summary: Mapping[str, Any],
+    copies: pa.Table,
+    products: pa.Table,
+    progress: Optional[list[dict[str, Any]]] = None,
+    experiments: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Render and write ``report.html`` into ``run_dir`` (beside summary.json)."""
     data = render_report(summary, copies, products, progress, experiments=experiments).encode("utf-8")
     target = run_dir.join(REPORT)

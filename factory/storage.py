@@ -36,9 +36,14 @@ logger = logging.getLogger(__name__)
 # Errors pyarrow's S3 client surfaces for faults worth another try (the same
 # markers Ray Data retries its own reads on), and their local equivalents.
 TRANSIENT_MARKERS = (
-    "AWS Error INTERNAL_FAILURE", "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN",
-    "AWS Error SERVICE_UNAVAILABLE", "AWS Error UNKNOWN (HTTP status 503)", "AWS Error UNKNOWN (HTTP status 500)",
-    "Connection reset", "timed out",
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error SLOW_DOWN",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "AWS Error UNKNOWN (HTTP status 503)",
+    "AWS Error UNKNOWN (HTTP status 500)",
+    "Connection reset",
+    "timed out",
 )
 
 
@@ -56,7 +61,9 @@ class S3Options:
 
     @property
     def endpoint_url(self) -> Optional[str]:
-        endpoint = self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = (
+            self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"
         return endpoint or None
@@ -71,7 +78,7 @@ class Location:
     uri: str
     s3: Optional[S3Options] = field(default=None)
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         sep = "/"
         path = sep.join([self.path.rstrip(sep), *[p.strip(sep) for p in parts]])
         uri = sep.join([self.uri.rstrip(sep), *[p.strip(sep) for p in parts]])
@@ -87,8 +94,10 @@ class Location:
 
 
 def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
-    kwargs: dict = {"region": options.region,
-                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)}
+    kwargs: dict = {
+        "region": options.region,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
+    }
     endpoint = options.endpoint_url
     if endpoint:
         parsed = urlparse(endpoint)
@@ -97,12 +106,18 @@ def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve(uri: str, s3_endpoint: Optional[str] = None, s3_region: str = "us-east-1", *,
-            s3_sse: Optional[str] = None, s3_sse_kms_key_id: Optional[str] = None,
-            s3_max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Location:
+def resolve(
+    uri: str,
+    s3_endpoint: Optional[str] = None,
+    s3_region: str = "us-east-1",
+    *,
+    s3_sse: Optional[str] = None,
+    s3_sse_kms_key_id: Optional[str] = None,
+    s3_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Location:
     if uri.startswith("s3://"):
         options = S3Options(s3_endpoint, s3_region, s3_sse, s3_sse_kms_key_id, s3_max_attempts)
-        return Location(s3_filesystem(options), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"), options)
+        return Location(s3_filesystem(options), uri[len("s3://") :].rstrip("/"), uri.rstrip("/"), options)
     if "://" in uri:
         raise UsageError(f"{uri}: only local paths and s3:// URIs are supported")
     path = os.path.abspath(os.path.expanduser(uri))
@@ -114,8 +129,11 @@ def _client(options: S3Options):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": options.max_attempts, "mode": "standard"},
-                    connect_timeout=10, read_timeout=60)
+    config = Config(
+        retries={"max_attempts": options.max_attempts, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+    )
     return boto3.client("s3", endpoint_url=options.endpoint_url, region_name=options.region, config=config)
 
 
@@ -134,11 +152,15 @@ def encryption(loc: Location) -> dict[str, str]:
     options = loc.s3 or S3Options()
     if not options.sse:
         return {}
-    return {"ServerSideEncryption": options.sse,
-            **({"SSEKMSKeyId": options.sse_kms_key_id} if options.sse_kms_key_id else {})}
+    return {
+        "ServerSideEncryption": options.sse,
+        **({"SSEKMSKeyId": options.sse_kms_key_id} if options.sse_kms_key_id else {}),
+    }
 
 
-def put_bytes(loc: Location, data: bytes, *, exclusive: bool = False, content_type: Optional[str] = None) -> int:
+def put_bytes(
+    loc: Location, data: bytes, *, exclusive: bool = False, content_type: Optional[str] = None
+) -> int:
     """Write ``data`` whole to ``loc`` (never a partial object or file).
 
     ``exclusive`` fails with AlreadyExists if something is there already."""
@@ -194,11 +216,19 @@ def retry_io(fn, *args, attempts: int = DEFAULT_MAX_ATTEMPTS, **kwargs):
             return fn(*args, **kwargs)
         except OSError as exc:
             message = str(exc)
-            if attempt == attempts or isinstance(exc, FileNotFoundError) or \
-                    not any(m in message for m in TRANSIENT_MARKERS):
+            if (
+                attempt == attempts
+                or isinstance(exc, FileNotFoundError)
+                or not any(m in message for m in TRANSIENT_MARKERS)
+            ):
                 raise
-            logger.warning("Transient storage error, try %d of %d in %.1f s: %s", attempt + 1, attempts, delay,
-                           message.splitlines()[0][:200])
+            logger.warning(
+                "Transient storage error, try %d of %d in %.1f s: %s",
+                attempt + 1,
+                attempts,
+                delay,
+                message.splitlines()[0][:200],
+            )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -213,6 +243,7 @@ def _attempts(loc: Location) -> int:
 def read_bytes(loc: Location) -> bytes:
     """The whole object or file; FileNotFoundError if it is not there,
     StorageError (naming it) if the store keeps failing."""
+
     def read() -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
             return f.read()
@@ -246,10 +277,21 @@ def write_parquet(loc: Location, table: pa.Table) -> int:
 
 def list_files(loc: Location, suffix: str = "") -> list[pafs.FileInfo]:
     """Files under ``loc`` (recursively), sorted by path; none if it does not exist."""
-    infos = _naming(loc, retry_io, loc.fs.get_file_info,
-                    pafs.FileSelector(loc.path, recursive=True, allow_not_found=True), attempts=_attempts(loc))
-    return sorted((i for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
-                   and not i.base_name.startswith(".")), key=lambda i: i.path)
+    infos = _naming(
+        loc,
+        retry_io,
+        loc.fs.get_file_info,
+        pafs.FileSelector(loc.path, recursive=True, allow_not_found=True),
+        attempts=_attempts(loc),
+    )
+    return sorted(
+        (
+            i
+            for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(suffix) and not i.base_name.startswith(".")
+        ),
+        key=lambda i: i.path,
+    )
 
 
 def delete_dir_if_exists(loc: Location) -> None:
@@ -258,7 +300,9 @@ def delete_dir_if_exists(loc: Location) -> None:
         # keeps the parent "directory" alive); delete the keys directly.
         bucket, prefix = _bucket_key(loc)
         client = s3_client(loc)
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+        )
         for page in pages:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:

@@ -24,14 +24,16 @@ from factory.experiments.feedback import FeedbackJobConfig, IngestResult, run
 from factory.flags import FlagSet, parse_settings
 
 # Every FeedbackJobConfig field is a flag; --campaign repeats (or takes a comma list).
-FLAGS = FlagSet(FeedbackJobConfig, names={"campaigns": "--campaign"},
-                extra={"campaigns": {"action": "append"}})
+FLAGS = FlagSet(
+    FeedbackJobConfig, names={"campaigns": "--campaign"}, extra={"campaigns": {"action": "append"}}
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = errors.JobParser(prog="ingest_feedback",
-                         description="Join delivery events to published runs and write the feedback table, "
-                         "on Ray Data.")
+    p = errors.JobParser(
+        prog="ingest_feedback",
+        description="Join delivery events to published runs and write the feedback table, on Ray Data.",
+    )
     FLAGS.add_to(p)
     return p
 
@@ -43,15 +45,18 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> FeedbackJobConfig:
 def report(result: IngestResult) -> str:
     reasons = "  ".join(f"{r}={n}" for r, n in result.rejected_by_reason.items()) or "none"
     totals = "  ".join(f"{k}={v}" for k, v in result.totals.items())
-    return "\n".join([
-        "",
-        f"Feedback table written in {result.seconds:.0f} s: {result.keys} key(s) from {result.runs} published run(s)",
-        f"  table:      {result.table_uri}",
-        f"  events:     {result.events_read} read, {result.events_counted} counted, {result.events_rejected} set aside",
-        f"  counted:    {totals}",
-        f"  set aside:  {reasons}" + (f"   ({result.output_uri}/rejects/)" if result.events_rejected else ""),
-        f"  summary:    {result.summary_uri}",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"Feedback table written in {result.seconds:.0f} s: {result.keys} key(s) from {result.runs} published run(s)",
+            f"  table:      {result.table_uri}",
+            f"  events:     {result.events_read} read, {result.events_counted} counted, {result.events_rejected} set aside",
+            f"  counted:    {totals}",
+            f"  set aside:  {reasons}"
+            + (f"   ({result.output_uri}/rejects/)" if result.events_rejected else ""),
+            f"  summary:    {result.summary_uri}",
+        ]
+    )
 
 
 def execute(argv: Optional[Sequence[str]]) -> int:

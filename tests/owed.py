@@ -18,19 +18,25 @@ def owed_pairs(sample_dir: Path, n: int, channels=CHANNELS) -> tuple[pa.Table, C
     """English pairs, and the (user, product, channel, variant) rows they owe."""
     users = pq.read_table(sample_dir / "users.parquet")
     en = {u[C.USER_ID] for u in users.to_pylist() if u[C.LOCALE] != "zh-CN"}
-    pairs = [p for p in pq.read_table(sample_dir / "pairs.parquet").to_pylist()
-             if p[C.USER_ID] in en and p[C.PRODUCT_ID] < "P09000"][:n]
+    pairs = [
+        p
+        for p in pq.read_table(sample_dir / "pairs.parquet").to_pylist()
+        if p[C.USER_ID] in en and p[C.PRODUCT_ID] < "P09000"
+    ][:n]
     expected = Counter()
     for p in pairs:
-        for ch in ([p[C.CHANNEL]] if p[C.CHANNEL] else channels):
+        for ch in [p[C.CHANNEL]] if p[C.CHANNEL] else channels:
             if ch in channels:
                 expected[(p[C.USER_ID], p[C.PRODUCT_ID], ch, 0)] += 1
     return pa.Table.from_pylist(pairs, schema=pq.read_schema(sample_dir / "pairs.parquet")), expected
 
 
 def upload_inputs(client, bucket: str, prefix: str, pairs: pa.Table, sample_dir: Path) -> None:
-    for name, table in (("pairs.parquet", pairs), ("users.parquet", pq.read_table(sample_dir / "users.parquet")),
-                        ("products.parquet", pq.read_table(sample_dir / "products.parquet"))):
+    for name, table in (
+        ("pairs.parquet", pairs),
+        ("users.parquet", pq.read_table(sample_dir / "users.parquet")),
+        ("products.parquet", pq.read_table(sample_dir / "products.parquet")),
+    ):
         buf = io.BytesIO()
         pq.write_table(table, buf)
         client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=buf.getvalue())

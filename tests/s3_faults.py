@@ -14,8 +14,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-_SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
+_SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
@@ -48,7 +50,9 @@ class FaultyS3Proxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(_SLOWDOWN)))
                     self.end_headers()
-                    if self.command != "HEAD":  # a HEAD answer has no body: one would be read as the next answer
+                    if (
+                        self.command != "HEAD"
+                    ):  # a HEAD answer has no body: one would be read as the next answer
                         self.wfile.write(_SLOWDOWN)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
@@ -94,7 +98,7 @@ class FaultyS3Proxy:
         host, port = self._server.server_address
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "FaultyS3Proxy":
+    def __enter__(self) -> FaultyS3Proxy:
         self._thread.start()
         return self
 

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 
@@ -51,7 +52,7 @@ from factory import columns as C
 from factory.experiments.config import HOLDOUT
 
 UNITS = 1_000_000  # the non-holdout users in millionths: shares are kept to six decimals
-_SPACE = 2 ** 64
+_SPACE = 2**64
 
 EXPERIMENT_ID, ARM = C.EXPERIMENT_ID, C.ARM
 
@@ -76,7 +77,7 @@ def to_units(shares: Mapping[str, float]) -> dict[str, int]:
     exact = {a: UNITS * s / total for a, s in shares.items()}
     units = {a: int(x) for a, x in exact.items()}
     order = sorted(shares, key=lambda a: (-(exact[a] - units[a]), list(shares).index(a)))
-    for a in order[:UNITS - sum(units.values())]:
+    for a in order[: UNITS - sum(units.values())]:
         units[a] += 1
     return units
 
@@ -88,7 +89,7 @@ class Layout:
     intervals: tuple[tuple[int, int, str], ...]
 
     @classmethod
-    def contiguous(cls, shares: Mapping[str, float]) -> "Layout":
+    def contiguous(cls, shares: Mapping[str, float]) -> Layout:
         """One interval per arm, in the order given: the first night."""
         start, out = 0, []
         for arm, n in to_units(shares).items():
@@ -106,7 +107,7 @@ class Layout:
     def shares(self) -> dict[str, float]:
         return {arm: n / UNITS for arm, n in self.units().items()}
 
-    def rebalance(self, shares: Mapping[str, float]) -> "Layout":
+    def rebalance(self, shares: Mapping[str, float]) -> Layout:
         """This layout moved to ``shares`` with the fewest users moved (see the
         module's docstring). Arms not in ``shares`` give up all they hold; new
         arms take their part of the freed pieces."""
@@ -145,7 +146,7 @@ class Layout:
         return [[s, e, a] for s, e, a in self.intervals]
 
     @classmethod
-    def from_json(cls, value: Sequence[Sequence[Any]]) -> "Layout":
+    def from_json(cls, value: Sequence[Sequence[Any]]) -> Layout:
         layout = cls(tuple((int(s), int(e), str(a)) for s, e, a in value))
         layout.check()
         return layout
@@ -201,17 +202,28 @@ class AssignArms:
     def __call__(self, batch: pa.Table) -> pa.Table:
         users = batch[C.USER_ID].to_pylist()
         arms = [self._assigner.arm_of(u) for u in users]
-        batch = batch.append_column(EXPERIMENT_ID, pa.array([self._assigner.experiment_id] * len(users), pa.string()))
+        batch = batch.append_column(
+            EXPERIMENT_ID, pa.array([self._assigner.experiment_id] * len(users), pa.string())
+        )
         return batch.append_column(ARM, pa.array(arms, pa.string()))
 
 
 # The published holdout file: one row per (pair, channel) a holdout user would
 # have received. Its row ids are where downstream reports holdout outcomes.
-HOLDOUT_SCHEMA = pa.schema([
-    (C.ROW_ID, pa.string()), (C.RUN_ID, pa.string()), (C.RUN_DATE, pa.date32()), (C.CAMPAIGN_ID, pa.string()),
-    (EXPERIMENT_ID, pa.string()), (ARM, pa.string()), (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()),
-    (C.CHANNEL, pa.string()), (C.LOCALE, pa.string()),
-])
+HOLDOUT_SCHEMA = pa.schema(
+    [
+        (C.ROW_ID, pa.string()),
+        (C.RUN_ID, pa.string()),
+        (C.RUN_DATE, pa.date32()),
+        (C.CAMPAIGN_ID, pa.string()),
+        (EXPERIMENT_ID, pa.string()),
+        (ARM, pa.string()),
+        (C.USER_ID, pa.string()),
+        (C.PRODUCT_ID, pa.string()),
+        (C.CHANNEL, pa.string()),
+        (C.LOCALE, pa.string()),
+    ]
+)
 
 
 def holdout_row_id(run_id: str, campaign: Optional[str], user: str, product: str, channel: str) -> str:
@@ -234,11 +246,28 @@ class HoldoutRows:
 
         rows = batch.filter(pc.and_(pc.equal(batch[ARM], HOLDOUT), pc.equal(batch[C.VARIANT], 0)))
         n = rows.num_rows
-        ids = [holdout_row_id(self._run_id, c, u, p, ch) for c, u, p, ch in zip(
-            rows[C.CAMPAIGN_ID].to_pylist(), rows[C.USER_ID].to_pylist(), rows[C.PRODUCT_ID].to_pylist(),
-            rows[C.CHANNEL].to_pylist())]
+        ids = [
+            holdout_row_id(self._run_id, c, u, p, ch)
+            for c, u, p, ch in zip(
+                rows[C.CAMPAIGN_ID].to_pylist(),
+                rows[C.USER_ID].to_pylist(),
+                rows[C.PRODUCT_ID].to_pylist(),
+                rows[C.CHANNEL].to_pylist(),
+            )
+        ]
         locale = rows[C.LOCALE] if C.LOCALE in rows.column_names else pa.nulls(n, pa.string())
-        return pa.table([pa.array(ids, pa.string()), pa.array([self._run_id] * n, pa.string()),
-                         pa.array([self._run_date] * n, pa.date32()), rows[C.CAMPAIGN_ID], rows[EXPERIMENT_ID],
-                         rows[ARM], rows[C.USER_ID], rows[C.PRODUCT_ID], rows[C.CHANNEL], locale.cast(pa.string())],
-                        schema=HOLDOUT_SCHEMA)
+        return pa.table(
+            [
+                pa.array(ids, pa.string()),
+                pa.array([self._run_id] * n, pa.string()),
+                pa.array([self._run_date] * n, pa.date32()),
+                rows[C.CAMPAIGN_ID],
+                rows[EXPERIMENT_ID],
+                rows[ARM],
+                rows[C.USER_ID],
+                rows[C.PRODUCT_ID],
+                rows[C.CHANNEL],
+                locale.cast(pa.string()),
+            ],
+            schema=HOLDOUT_SCHEMA,
+        )

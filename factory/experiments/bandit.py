@@ -30,8 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -61,14 +62,24 @@ def arm_stats(feedback: Optional[pa.Table], campaign_id: str, experiment_id: str
     feedback table's other keys. The table is an aggregate: small."""
     if feedback is None or feedback.num_rows == 0:
         return {}
-    rows = feedback.filter(pc.and_(pc.equal(feedback[C.CAMPAIGN_ID], campaign_id),
-                                   pc.equal(feedback[EXPERIMENT_ID], experiment_id)))
+    rows = feedback.filter(
+        pc.and_(
+            pc.equal(feedback[C.CAMPAIGN_ID], campaign_id), pc.equal(feedback[EXPERIMENT_ID], experiment_id)
+        )
+    )
     if rows.num_rows == 0:
         return {}
     sums = rows.group_by(ARM).aggregate([(IMPRESSIONS, "sum"), (CLICKS, "sum"), (CONVERSIONS, "sum")])
-    return {arm: ArmStats(int(i), int(c), int(v)) for arm, i, c, v in zip(
-        sums[ARM].to_pylist(), sums[f"{IMPRESSIONS}_sum"].to_pylist(), sums[f"{CLICKS}_sum"].to_pylist(),
-        sums[f"{CONVERSIONS}_sum"].to_pylist()) if arm is not None}
+    return {
+        arm: ArmStats(int(i), int(c), int(v))
+        for arm, i, c, v in zip(
+            sums[ARM].to_pylist(),
+            sums[f"{IMPRESSIONS}_sum"].to_pylist(),
+            sums[f"{CLICKS}_sum"].to_pylist(),
+            sums[f"{CONVERSIONS}_sum"].to_pylist(),
+        )
+        if arm is not None
+    }
 
 
 def allocation_seed(experiment_id: str, run_date: dt.date, counts: Mapping[str, Mapping[str, int]]) -> int:
@@ -104,26 +115,49 @@ class Allocation:
 
     def record(self) -> dict[str, Any]:
         """The manifest's ``experiment.allocation``."""
-        return {"experiment_id": self.experiment_id, "run_date": self.run_date.isoformat(), "method": self.method,
-                "metric": self.metric,
-                "holdout": self.holdout, "floor": self.floor, "seed": self.seed, "draws": self.draws,
-                "inputs": self.inputs, "feedback": self.feedback, "p_best": self.p_best, "shares": self.shares,
-                "layout": self.layout.to_json(), "continues": self.continues}
+        return {
+            "experiment_id": self.experiment_id,
+            "run_date": self.run_date.isoformat(),
+            "method": self.method,
+            "metric": self.metric,
+            "holdout": self.holdout,
+            "floor": self.floor,
+            "seed": self.seed,
+            "draws": self.draws,
+            "inputs": self.inputs,
+            "feedback": self.feedback,
+            "p_best": self.p_best,
+            "shares": self.shares,
+            "layout": self.layout.to_json(),
+            "continues": self.continues,
+        }
 
 
-def allocate(experiment: ExperimentConfig, run_date: dt.date, stats: Mapping[str, ArmStats],
-             previous: Optional[Mapping[str, Any]] = None, feedback: Optional[dict[str, Any]] = None,
-             draws: int = DRAWS) -> Allocation:
+def allocate(
+    experiment: ExperimentConfig,
+    run_date: dt.date,
+    stats: Mapping[str, ArmStats],
+    previous: Optional[Mapping[str, Any]] = None,
+    feedback: Optional[dict[str, Any]] = None,
+    draws: int = DRAWS,
+) -> Allocation:
     """The night's allocation. ``stats``: per arm counts (``arm_stats``);
     ``previous``: the last published night's ``experiment.allocation`` record
     (its layout is rebalanced; ignored when it belongs to another experiment);
     ``feedback``: where the stats came from, for the record (uri, digest, as of)."""
     arms = experiment.arm_names
     metric = experiment.metric
-    counts = {a: {"impressions": stats.get(a, ArmStats()).impressions,
-                  "successes": stats.get(a, ArmStats()).successes(metric)} for a in arms}
-    inputs = {a: {**c, "alpha": 1 + c["successes"], "beta": 1 + c["impressions"] - c["successes"]}
-              for a, c in counts.items()}
+    counts = {
+        a: {
+            "impressions": stats.get(a, ArmStats()).impressions,
+            "successes": stats.get(a, ArmStats()).successes(metric),
+        }
+        for a in arms
+    }
+    inputs = {
+        a: {**c, "alpha": 1 + c["successes"], "beta": 1 + c["impressions"] - c["successes"]}
+        for a, c in counts.items()
+    }
     seed, best = None, {}
     if experiment.allocation == "fixed":
         method, shares = "fixed", experiment.initial_shares()
@@ -135,11 +169,24 @@ def allocate(experiment: ExperimentConfig, run_date: dt.date, stats: Mapping[str
         spread = 1 - len(arms) * experiment.floor
         shares = {a: experiment.floor + spread * best[a] for a in arms}
     same = previous and previous.get("experiment_id") == experiment.experiment_id and previous.get("layout")
-    layout = (Layout.from_json(previous["layout"]).rebalance(shares) if same else Layout.contiguous(shares))
+    layout = Layout.from_json(previous["layout"]).rebalance(shares) if same else Layout.contiguous(shares)
     exact = {a: n / UNITS for a, n in to_units(shares).items()}
-    return Allocation(experiment.experiment_id, run_date, method, metric, exact, layout, experiment.holdout,
-                      experiment.floor, seed, draws if seed is not None else None, best, inputs, feedback,
-                      previous.get("run_id") if same else None)
+    return Allocation(
+        experiment.experiment_id,
+        run_date,
+        method,
+        metric,
+        exact,
+        layout,
+        experiment.holdout,
+        experiment.floor,
+        seed,
+        draws if seed is not None else None,
+        best,
+        inputs,
+        feedback,
+        previous.get("run_id") if same else None,
+    )
 
 
 def previous_allocation(manifest: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:

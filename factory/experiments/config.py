@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,21 +59,35 @@ class ArmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="The arm's name: the output rows' arm value. Letters, digits, '_', '-', '.'.")
+    name: str = Field(
+        description="The arm's name: the output rows' arm value. Letters, digits, '_', '-', '.'."
+    )
     brand_voice: Optional[str] = Field(
-        default=None, max_length=BRAND_VOICE_MAX_CHARS,
-        description="The arm's tone / brand voice (instead of the campaign's). Default: the campaign's.")
+        default=None,
+        max_length=BRAND_VOICE_MAX_CHARS,
+        description="The arm's tone / brand voice (instead of the campaign's). Default: the campaign's.",
+    )
     templates: Optional[str] = Field(
-        default=None, description="A folder of prompt templates for this arm (relative to the working directory, "
-        "like --templates); channels it has no template for use the campaign's. Default: the campaign's templates.")
-    sampling: ArmSampling = Field(default_factory=ArmSampling, description="Temperature and top_p of this arm.")
+        default=None,
+        description="A folder of prompt templates for this arm (relative to the working directory, "
+        "like --templates); channels it has no template for use the campaign's. Default: the campaign's templates.",
+    )
+    sampling: ArmSampling = Field(
+        default_factory=ArmSampling, description="Temperature and top_p of this arm."
+    )
     variant: Optional[int] = Field(
-        default=None, ge=0, description="Serve this variant (0-based) of the campaign's variants to the arm's "
-        "users, instead of all of them.")
+        default=None,
+        ge=0,
+        description="Serve this variant (0-based) of the campaign's variants to the arm's "
+        "users, instead of all of them.",
+    )
     share: Optional[float] = Field(
-        default=None, gt=0, le=1,
+        default=None,
+        gt=0,
+        le=1,
         description="Share of the experiment's non-holdout users. allocation fixed: every night; thompson: the "
-        "first night (before any feedback). Give every arm's share or none (equal shares).")
+        "first night (before any feedback). Give every arm's share or none (equal shares).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -98,21 +113,32 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment_id: str = Field(description="The experiment's id: the output rows' experiment_id, the key of its "
-                                           "assignment and feedback. A new id starts a new experiment.")
+    experiment_id: str = Field(
+        description="The experiment's id: the output rows' experiment_id, the key of its "
+        "assignment and feedback. A new id starts a new experiment."
+    )
     description: Optional[str] = Field(default=None, description="For people.")
     metric: Literal["click", "conversion"] = Field(
-        default="click", description="What an arm is judged by: clicks or conversions per impression.")
+        default="click", description="What an arm is judged by: clicks or conversions per impression."
+    )
     holdout: float = Field(
-        default=0.0, ge=0.0, le=MAX_HOLDOUT,
+        default=0.0,
+        ge=0.0,
+        le=MAX_HOLDOUT,
         description="Share of the campaign's users who get no copy (listed in the run's holdout file), to "
-        f"measure lift. At most {MAX_HOLDOUT}. Fixed for the experiment's life.")
+        f"measure lift. At most {MAX_HOLDOUT}. Fixed for the experiment's life.",
+    )
     allocation: Literal["thompson", "fixed"] = Field(
-        default="thompson", description="thompson: each night's shares follow the feedback (Thompson "
-        "sampling); fixed: the arms' shares as written.")
+        default="thompson",
+        description="thompson: each night's shares follow the feedback (Thompson "
+        "sampling); fixed: the arms' shares as written.",
+    )
     floor: float = Field(
-        default=0.05, ge=0.0, le=0.5,
-        description="thompson: every arm keeps at least this share of the non-holdout users (exploration).")
+        default=0.05,
+        ge=0.0,
+        le=0.5,
+        description="thompson: every arm keeps at least this share of the non-holdout users (exploration).",
+    )
     arms: list[ArmConfig] = Field(description="Two or more arms.")
 
     @field_validator("experiment_id")
@@ -138,10 +164,12 @@ class ExperimentConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _floor_fits(self) -> "ExperimentConfig":
+    def _floor_fits(self) -> ExperimentConfig:
         if self.allocation == "thompson" and self.floor * len(self.arms) > 1 + SHARE_TOLERANCE:
-            raise ValueError(f"floor {self.floor:g} for each of {len(self.arms)} arms is more than all the "
-                             f"traffic; at most {1 / len(self.arms):.4g}")
+            raise ValueError(
+                f"floor {self.floor:g} for each of {len(self.arms)} arms is more than all the "
+                f"traffic; at most {1 / len(self.arms):.4g}"
+            )
         return self
 
     def initial_shares(self) -> dict[str, float]:
@@ -155,8 +183,13 @@ class ExperimentConfig(BaseModel):
         return [a.name for a in self.arms]
 
 
-def arm_definitions(experiment: ExperimentConfig, channels: Sequence[str], templates: Mapping[str, Any],
-                    brand_voice: Optional[str], load=None) -> dict[str, dict[str, Any]]:
+def arm_definitions(
+    experiment: ExperimentConfig,
+    channels: Sequence[str],
+    templates: Mapping[str, Any],
+    brand_voice: Optional[str],
+    load=None,
+) -> dict[str, dict[str, Any]]:
     """Per arm, what it means: per channel the template file's version, the
     voice, the sampling and the variant (``templates``: the campaign's, by
     channel; ``brand_voice``: the campaign's). ``load`` loads an arm's folder
@@ -173,17 +206,23 @@ def arm_definitions(experiment: ExperimentConfig, channels: Sequence[str], templ
             try:
                 own = load(arm.templates)
             except Exception as exc:  # noqa: BLE001 - a template error is a line for the user
-                raise ValueError(f"arms.{i} ({arm.name}): templates {arm.templates}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise ValueError(
+                    f"arms.{i} ({arm.name}): templates {arm.templates}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from None
             if not any(c in own for c in channels):
-                raise ValueError(f"arms.{i} ({arm.name}): templates {arm.templates} has no template for any of "
-                                 f"the campaign's channels ({', '.join(channels)})")
+                raise ValueError(
+                    f"arms.{i} ({arm.name}): templates {arm.templates} has no template for any of "
+                    f"the campaign's channels ({', '.join(channels)})"
+                )
         chosen = {c: own.get(c) or templates[c] for c in channels if c in own or c in templates}
         voice = arm.brand_voice if arm.brand_voice is not None else brand_voice
         lacking = [c for c, t in chosen.items() if arm.brand_voice and BRAND_VOICE not in t.fields]
         if lacking:
-            raise ValueError(f"arms.{i} ({arm.name}): brand_voice never reaches the model: the template(s) of "
-                             f"{', '.join(lacking)} have no {{{BRAND_VOICE}}} placeholder in 'system'")
+            raise ValueError(
+                f"arms.{i} ({arm.name}): brand_voice never reaches the model: the template(s) of "
+                f"{', '.join(lacking)} have no {{{BRAND_VOICE}}} placeholder in 'system'"
+            )
         versions = {c: t.file_version or t.version for c, t in chosen.items()}
         out[arm.name] = {
             "templates": dict(sorted(versions.items())),
@@ -207,22 +246,37 @@ def same_arms(definitions: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for name, definition in definitions.items():
         fp = fingerprint(definition)
         if fp in by_print:
-            problems.append(f"arms {by_print[fp]!r} and {name!r} mean the same (same templates, voice, sampling "
-                            "and variant): make them differ, or drop one")
+            problems.append(
+                f"arms {by_print[fp]!r} and {name!r} mean the same (same templates, voice, sampling "
+                "and variant): make them differ, or drop one"
+            )
         by_print.setdefault(fp, name)
     return problems
 
 
-def manifest_record(experiment: ExperimentConfig, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def manifest_record(
+    experiment: ExperimentConfig, definitions: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
     """What a run's manifest keeps of the experiment's declaration (``experiment.declaration``):
     enough for ``check_unchanged`` on the next night."""
-    return {"experiment_id": experiment.experiment_id, "metric": experiment.metric, "holdout": experiment.holdout,
-            "allocation": experiment.allocation, "floor": experiment.floor,
-            "arms": {name: {"fingerprint": fingerprint(d), "definition": dict(d)} for name, d in definitions.items()}}
+    return {
+        "experiment_id": experiment.experiment_id,
+        "metric": experiment.metric,
+        "holdout": experiment.holdout,
+        "allocation": experiment.allocation,
+        "floor": experiment.floor,
+        "arms": {
+            name: {"fingerprint": fingerprint(d), "definition": dict(d)} for name, d in definitions.items()
+        },
+    }
 
 
-def check_unchanged(previous: Optional[Mapping[str, Any]], experiment: ExperimentConfig,
-                    definitions: Mapping[str, Mapping[str, Any]], where: str = "experiment") -> list[str]:
+def check_unchanged(
+    previous: Optional[Mapping[str, Any]],
+    experiment: ExperimentConfig,
+    definitions: Mapping[str, Mapping[str, Any]],
+    where: str = "experiment",
+) -> list[str]:
     """Problems (one line each) if this declaration changes what the previous
     run's (``previous``: its manifest's ``experiment.declaration``) meant
     under the same experiment id. A new id, or no previous run, is always fine.
@@ -233,19 +287,29 @@ def check_unchanged(previous: Optional[Mapping[str, Any]], experiment: Experimen
     problems = []
     for key in ("holdout", "metric"):
         if previous.get(key) != getattr(experiment, key):
-            problems.append(f"{where}.{key}: was {previous.get(key)!r} in experiment {experiment.experiment_id!r}, "
-                            f"now {getattr(experiment, key)!r}" + restart)
+            problems.append(
+                f"{where}.{key}: was {previous.get(key)!r} in experiment {experiment.experiment_id!r}, "
+                f"now {getattr(experiment, key)!r}" + restart
+            )
     for name, definition in definitions.items():
         before = (previous.get("arms") or {}).get(name)
         if not before:
             continue
         old = before.get("definition") or {}
-        changed = [f"{k} was {old.get(k)!r}, now {definition.get(k)!r}"
-                   for k in ("brand_voice", "sampling", "variant") if old.get(k) != definition.get(k)]
+        changed = [
+            f"{k} was {old.get(k)!r}, now {definition.get(k)!r}"
+            for k in ("brand_voice", "sampling", "variant")
+            if old.get(k) != definition.get(k)
+        ]
         old_t, new_t = old.get("templates") or {}, definition.get("templates") or {}
-        changed += [f"the {c} template was {old_t[c]}, now {new_t[c]}" for c in sorted(set(old_t) & set(new_t))
-                    if old_t[c] != new_t[c]]
+        changed += [
+            f"the {c} template was {old_t[c]}, now {new_t[c]}"
+            for c in sorted(set(old_t) & set(new_t))
+            if old_t[c] != new_t[c]
+        ]
         if changed:
-            problems.append(f"{where}: arm {name!r} of experiment {experiment.experiment_id!r} now means something "
-                            f"else ({'; '.join(changed)})" + restart)
+            problems.append(
+                f"{where}: arm {name!r} of experiment {experiment.experiment_id!r} now means something "
+                f"else ({'; '.join(changed)})" + restart
+            )
     return problems

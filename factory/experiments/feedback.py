@@ -64,16 +64,33 @@ from factory.errors import Failed, UsageError
 from factory.experiments.assign import ARM, EXPERIMENT_ID
 from factory.experiments.config import HOLDOUT
 from factory.experiments.stats import wilson
-from factory.experiments.table import (CLICK, CLICKS, CONVERSION, CONVERSIONS, COUNTS, EVENT_TYPES, FEEDBACK_SCHEMA,
-                                       FIRST_EVENT_AT, FORMAT, IMPRESSION, IMPRESSIONS, KEY, LAST_EVENT_AT, REJECTS,
-                                       SUMMARY, TABLE, digest)
+from factory.experiments.table import (
+    CLICK,
+    CLICKS,
+    CONVERSION,
+    CONVERSIONS,
+    COUNTS,
+    EVENT_TYPES,
+    FEEDBACK_SCHEMA,
+    FIRST_EVENT_AT,
+    FORMAT,
+    IMPRESSION,
+    IMPRESSIONS,
+    KEY,
+    LAST_EVENT_AT,
+    REJECTS,
+    SUMMARY,
+    TABLE,
+    digest,
+)
 from factory.storage import DEFAULT_MAX_ATTEMPTS, Location, list_files, put_bytes, resolve, write_parquet
 
 logger = logging.getLogger(__name__)
 
 EVENT_TYPE, TS = "event_type", "ts"
-EVENTS = inputs.Contract("delivery events", required=(C.ROW_ID, EVENT_TYPE, TS), optional=(),
-                         string_fields=(C.ROW_ID, EVENT_TYPE))
+EVENTS = inputs.Contract(
+    "delivery events", required=(C.ROW_ID, EVENT_TYPE, TS), optional=(), string_fields=(C.ROW_ID, EVENT_TYPE)
+)
 ROWS_PER_BUCKET = 1_000_000  # the automatic number of buckets: one per this many events and rows
 MAX_BUCKETS = 4096
 
@@ -88,22 +105,44 @@ WITHOUT_IMPRESSION = "{}_without_impression"
 # published row (its key columns set), kind 1 an event (reason set when bad).
 _KIND, _BUCKET = "__kind", "__bucket"
 ROW, EVENT = 0, 1
-JOINED = pa.schema([
-    (_KIND, pa.int8()), (_BUCKET, pa.int32()), (C.ROW_ID, pa.string()), (EVENT_TYPE, pa.string()), (TS, pa.int64()),
-    (C.REASON, pa.string()), (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()),
-    *[(k, pa.string()) for k in KEY],
-])
-REJECTS_SCHEMA = pa.schema([
-    (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()), (C.REASON, pa.string()), (C.ROW_ID, pa.string()),
-    (EVENT_TYPE, pa.string()), (TS, pa.timestamp("us", tz="UTC")),
-])
+JOINED = pa.schema(
+    [
+        (_KIND, pa.int8()),
+        (_BUCKET, pa.int32()),
+        (C.ROW_ID, pa.string()),
+        (EVENT_TYPE, pa.string()),
+        (TS, pa.int64()),
+        (C.REASON, pa.string()),
+        (C.SOURCE, pa.string()),
+        (C.SOURCE_ROW, pa.int64()),
+        *[(k, pa.string()) for k in KEY],
+    ]
+)
+REJECTS_SCHEMA = pa.schema(
+    [
+        (C.SOURCE, pa.string()),
+        (C.SOURCE_ROW, pa.int64()),
+        (C.REASON, pa.string()),
+        (C.ROW_ID, pa.string()),
+        (EVENT_TYPE, pa.string()),
+        (TS, pa.timestamp("us", tz="UTC")),
+    ]
+)
 # What a bucket hands on: counts per key (kind "counts"), and one row of its own figures (kind "stats").
 _KEY_TEXT = "__key"
-PARTIAL = pa.schema([
-    ("__what", pa.string()), (_KEY_TEXT, pa.string()), *[(k, pa.string()) for k in KEY],
-    *[(c, pa.int64()) for c in COUNTS], ("__first", pa.int64()), ("__last", pa.int64()),
-    ("__events", pa.int64()), ("__rejected", pa.int64()), ("__reasons", pa.string()),
-])
+PARTIAL = pa.schema(
+    [
+        ("__what", pa.string()),
+        (_KEY_TEXT, pa.string()),
+        *[(k, pa.string()) for k in KEY],
+        *[(c, pa.int64()) for c in COUNTS],
+        ("__first", pa.int64()),
+        ("__last", pa.int64()),
+        ("__events", pa.int64()),
+        ("__rejected", pa.int64()),
+        ("__reasons", pa.string()),
+    ]
+)
 # Published columns read from each run's files; absent ones (runs before experiments) are null.
 PUBLISHED_COLUMNS = (C.ROW_ID, C.CAMPAIGN_ID, EXPERIMENT_ID, ARM, C.TEMPLATE_VERSION, C.CHANNEL, C.LOCALE)
 # The files of a manifest that hold rows events can be about.
@@ -115,17 +154,31 @@ class FeedbackJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    events: str = Field(description="Delivery events: Parquet file or folder (local or s3://), every event so far.")
-    runs: str = Field(description="The nightly job's --output: its published runs (manifests) are what events join to.")
-    output: str = Field(description="Folder or s3://bucket/prefix for the feedback table, rejects and summary.")
-    campaigns: Optional[list[str]] = Field(default=None, description="Only runs of these campaigns. Default: all.")
+    events: str = Field(
+        description="Delivery events: Parquet file or folder (local or s3://), every event so far."
+    )
+    runs: str = Field(
+        description="The nightly job's --output: its published runs (manifests) are what events join to."
+    )
+    output: str = Field(
+        description="Folder or s3://bucket/prefix for the feedback table, rejects and summary."
+    )
+    campaigns: Optional[list[str]] = Field(
+        default=None, description="Only runs of these campaigns. Default: all."
+    )
     since: Optional[dt.date] = Field(default=None, description="Only runs on or after this run date.")
     until: Optional[dt.date] = Field(default=None, description="Only runs on or before this run date.")
-    partitions: Optional[int] = Field(default=None, ge=1, le=MAX_BUCKETS,
-                                      description=f"Buckets; default one per {ROWS_PER_BUCKET:,} events and rows.")
+    partitions: Optional[int] = Field(
+        default=None,
+        ge=1,
+        le=MAX_BUCKETS,
+        description=f"Buckets; default one per {ROWS_PER_BUCKET:,} events and rows.",
+    )
     s3_endpoint: Optional[str] = Field(default=None, description="S3-compatible endpoint URL.")
     s3_region: str = Field(default="us-east-1", description="S3 region.")
-    s3_max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=50, description="Tries per S3 request.")
+    s3_max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS, ge=1, le=50, description="Tries per S3 request."
+    )
     cpu_stage_num_cpus: float = Field(default=0.25, gt=0, le=8, description="CPUs reserved per task.")
 
     @field_validator("campaigns", mode="before")
@@ -210,7 +263,9 @@ def check_events(loc: Location) -> inputs.ParquetInput:
         typ = inputs.retry_io(pq.read_schema, path, filesystem=loc.fs, attempts=attempts).field(TS).type
         if not pa.types.is_timestamp(typ):
             shown = f"s3://{path}" if loc.is_s3 else path
-            raise inputs.InputError(f"delivery events: {shown}: column {TS!r} must be a timestamp, found {typ}")
+            raise inputs.InputError(
+                f"delivery events: {shown}: column {TS!r} must be a timestamp, found {typ}"
+            )
     return checked
 
 
@@ -221,7 +276,7 @@ def child_folders(loc: Location, prefix: str) -> list[tuple[str, Location]]:
     for info in infos:
         name = info.path.rstrip("/").rsplit("/", 1)[-1]
         if info.type == pafs.FileType.Directory and name.startswith(prefix):
-            out.append((name[len(prefix):], loc.join(name)))
+            out.append((name[len(prefix) :], loc.join(name)))
     return sorted(out)
 
 
@@ -246,8 +301,14 @@ def published_runs(runs: Location, config: FeedbackJobConfig) -> list[PublishedR
                 continue
             base = run.join(f"attempt={manifest['attempt']:04d}")
             listed = [f for kind in MANIFEST_KINDS for f in (manifest.get("files") or {}).get(kind) or []]
-            out.append(PublishedRun(manifest["run_id"], base.join("manifest.json").uri,
-                                    [base.join(f["path"]).path for f in listed], sum(f.get("rows", 0) for f in listed)))
+            out.append(
+                PublishedRun(
+                    manifest["run_id"],
+                    base.join("manifest.json").uri,
+                    [base.join(f["path"]).path for f in listed],
+                    sum(f.get("rows", 0) for f in listed),
+                )
+            )
     return out
 
 
@@ -255,7 +316,9 @@ def prepare(config: FeedbackJobConfig) -> Plan:
     """Every check that can fail on the stores or the inputs' shape, before Ray starts."""
     from factory.preflight import check_place
 
-    storage = dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_max_attempts=config.s3_max_attempts)
+    storage = dict(
+        s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_max_attempts=config.s3_max_attempts
+    )
     check_place(config.events, "--events", storage)
     check_place(config.runs, "--runs", storage)
     check_place(config.output, "--output", storage, write=True)
@@ -263,10 +326,18 @@ def prepare(config: FeedbackJobConfig) -> Plan:
     runs_loc = config.resolve(config.runs)
     runs = published_runs(runs_loc, config)
     if not runs:
-        scope = "".join([f" of campaign(s) {', '.join(config.campaigns)}" if config.campaigns else "",
-                         f" from {config.since}" if config.since else "", f" to {config.until}" if config.until else ""])
-        raise UsageError(f"--runs {runs_loc.uri}: no published runs{scope} (a run is published when its "
-                         "attempt has manifest.json)", "give the nightly job's --output, or widen --since/--until")
+        scope = "".join(
+            [
+                f" of campaign(s) {', '.join(config.campaigns)}" if config.campaigns else "",
+                f" from {config.since}" if config.since else "",
+                f" to {config.until}" if config.until else "",
+            ]
+        )
+        raise UsageError(
+            f"--runs {runs_loc.uri}: no published runs{scope} (a run is published when its "
+            "attempt has manifest.json)",
+            "give the nightly job's --output, or widen --since/--until",
+        )
     total = events.rows + sum(r.rows for r in runs)
     buckets = config.partitions or max(1, min(MAX_BUCKETS, -(-total // ROWS_PER_BUCKET)))
     return Plan(config, events, runs, runs_loc, config.resolve(config.output), buckets)
@@ -284,7 +355,7 @@ def _shown(value: Optional[bytes]) -> Optional[str]:
     if value is None:
         return None
     text = value.decode("utf-8", "replace")
-    return text if len(text.encode()) <= inputs.MAX_KEY_BYTES else text[:inputs.MAX_KEY_BYTES] + "…"
+    return text if len(text.encode()) <= inputs.MAX_KEY_BYTES else text[: inputs.MAX_KEY_BYTES] + "…"
 
 
 def _micros(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,7 +372,10 @@ class ReadEvents:
         self._fs, self._display, self._buckets = fs, dict(display), buckets
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        tables = [self.read(p, int(g), int(f)) for p, g, f in zip(batch["file"], batch["row_group"], batch["first_row"])]
+        tables = [
+            self.read(p, int(g), int(f))
+            for p, g, f in zip(batch["file"], batch["row_group"], batch["first_row"])
+        ]
         return pa.concat_tables(tables)
 
     def read(self, path: str, group: int, first: int) -> pa.Table:
@@ -320,17 +394,26 @@ class ReadEvents:
         good = [r is None for r in reasons]
         rows = np.arange(first, first + n)
         nulls = pa.nulls(n, pa.string())
-        return pa.table({
-            _KIND: pa.array(np.full(n, EVENT, np.int8)),
-            _BUCKET: pa.array([bucket_of(v, int(r), self._buckets) for v, r in zip(ids_raw, rows)], pa.int32()),
-            C.ROW_ID: pa.array([v.decode() if ok else _shown(v) for v, ok in zip(ids_raw, good)], pa.string()),
-            EVENT_TYPE: pa.array([v.decode() if ok else _shown(v) for v, ok in zip(types_raw, good)], pa.string()),
-            TS: pa.array(ts, pa.int64(), mask=null_ts),
-            C.REASON: pa.array(reasons, pa.string()),
-            C.SOURCE: pa.array([self._display.get(path, path)] * n, pa.string()),
-            C.SOURCE_ROW: pa.array(rows, pa.int64()),
-            **{k: nulls for k in KEY},
-        }, schema=JOINED)
+        return pa.table(
+            {
+                _KIND: pa.array(np.full(n, EVENT, np.int8)),
+                _BUCKET: pa.array(
+                    [bucket_of(v, int(r), self._buckets) for v, r in zip(ids_raw, rows)], pa.int32()
+                ),
+                C.ROW_ID: pa.array(
+                    [v.decode() if ok else _shown(v) for v, ok in zip(ids_raw, good)], pa.string()
+                ),
+                EVENT_TYPE: pa.array(
+                    [v.decode() if ok else _shown(v) for v, ok in zip(types_raw, good)], pa.string()
+                ),
+                TS: pa.array(ts, pa.int64(), mask=null_ts),
+                C.REASON: pa.array(reasons, pa.string()),
+                C.SOURCE: pa.array([self._display.get(path, path)] * n, pa.string()),
+                C.SOURCE_ROW: pa.array(rows, pa.int64()),
+                **{k: nulls for k in KEY},
+            },
+            schema=JOINED,
+        )
 
 
 class ReadPublished:
@@ -350,12 +433,22 @@ class ReadPublished:
         ids = table[C.ROW_ID].cast(pa.string())
         cols = {k: (table[k].cast(pa.string()) if k in present else pa.nulls(n, pa.string())) for k in KEY}
         nulls = pa.nulls(n, pa.string())
-        return pa.table({
-            _KIND: pa.array(np.full(n, ROW, np.int8)),
-            _BUCKET: pa.array([bucket_of(v, 0, self._buckets) for v in ids.cast(pa.binary()).to_pylist()], pa.int32()),
-            C.ROW_ID: ids, EVENT_TYPE: nulls, TS: pa.nulls(n, pa.int64()), C.REASON: nulls,
-            C.SOURCE: nulls, C.SOURCE_ROW: pa.nulls(n, pa.int64()), **cols,
-        }, schema=JOINED)
+        return pa.table(
+            {
+                _KIND: pa.array(np.full(n, ROW, np.int8)),
+                _BUCKET: pa.array(
+                    [bucket_of(v, 0, self._buckets) for v in ids.cast(pa.binary()).to_pylist()], pa.int32()
+                ),
+                C.ROW_ID: ids,
+                EVENT_TYPE: nulls,
+                TS: pa.nulls(n, pa.int64()),
+                C.REASON: nulls,
+                C.SOURCE: nulls,
+                C.SOURCE_ROW: pa.nulls(n, pa.int64()),
+                **cols,
+            },
+            schema=JOINED,
+        )
 
 
 def key_text(values) -> str:
@@ -376,8 +469,15 @@ class JoinBucket:
         keys: dict[str, tuple] = {}
         for r in rows.select([C.ROW_ID, *KEY]).to_pylist():
             keys.setdefault(r[C.ROW_ID], tuple(r[k] for k in KEY))  # a row id listed twice counts once
-        events = events.sort_by([(C.ROW_ID, "ascending"), (EVENT_TYPE, "ascending"), (TS, "ascending"),
-                                 (C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")])
+        events = events.sort_by(
+            [
+                (C.ROW_ID, "ascending"),
+                (EVENT_TYPE, "ascending"),
+                (TS, "ascending"),
+                (C.SOURCE, "ascending"),
+                (C.SOURCE_ROW, "ascending"),
+            ]
+        )
         reasons = events[C.REASON].to_pylist()
         ids, types, ts = events[C.ROW_ID].to_pylist(), events[EVENT_TYPE].to_pylist(), events[TS].to_pylist()
         seen: set[tuple[str, str]] = set()
@@ -410,10 +510,27 @@ class JoinBucket:
         for r in reasons:
             if r is not None:
                 by_reason[r] = by_reason.get(r, 0) + 1
-        out = [{"__what": "counts", _KEY_TEXT: key_text(k), **dict(zip(KEY, k)), IMPRESSIONS: c[0], CLICKS: c[1],
-                CONVERSIONS: c[2], "__first": c[3], "__last": c[4]} for k, c in counts.items()]
-        out.append({"__what": "stats", "__events": events.num_rows, "__rejected": rejected,
-                    "__reasons": json.dumps(by_reason, sort_keys=True)})
+        out = [
+            {
+                "__what": "counts",
+                _KEY_TEXT: key_text(k),
+                **dict(zip(KEY, k)),
+                IMPRESSIONS: c[0],
+                CLICKS: c[1],
+                CONVERSIONS: c[2],
+                "__first": c[3],
+                "__last": c[4],
+            }
+            for k, c in counts.items()
+        ]
+        out.append(
+            {
+                "__what": "stats",
+                "__events": events.num_rows,
+                "__rejected": rejected,
+                "__reasons": json.dumps(by_reason, sort_keys=True),
+            }
+        )
         return pa.Table.from_pylist(out, schema=PARTIAL)
 
     def _write_rejects(self, bucket: int, events: pa.Table, reasons: list[Optional[str]]) -> int:
@@ -422,8 +539,17 @@ class JoinBucket:
         if rows.num_rows == 0:
             return 0
         rows = rows.sort_by([(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")])
-        table = pa.table([rows[C.SOURCE], rows[C.SOURCE_ROW], rows["__why"], rows[C.ROW_ID], rows[EVENT_TYPE],
-                          rows[TS].cast(pa.timestamp("us", tz="UTC"))], schema=REJECTS_SCHEMA)
+        table = pa.table(
+            [
+                rows[C.SOURCE],
+                rows[C.SOURCE_ROW],
+                rows["__why"],
+                rows[C.ROW_ID],
+                rows[EVENT_TYPE],
+                rows[TS].cast(pa.timestamp("us", tz="UTC")),
+            ],
+            schema=REJECTS_SCHEMA,
+        )
         write_parquet(self._output.join(REJECTS, f"part-{bucket:05d}.parquet"), table)
         return rows.num_rows
 
@@ -433,12 +559,24 @@ def combine(group: pa.Table) -> pa.Table:
     first = group.slice(0, 1).to_pylist()[0]
     n = {c: int(pc.sum(group[c]).as_py() or 0) for c in COUNTS}
     ctr, cvr = wilson(n[CLICKS], n[IMPRESSIONS]), wilson(n[CONVERSIONS], n[IMPRESSIONS])
-    row = {**{k: first[k] for k in KEY}, **n,
-           "ctr": ctr.value, "ctr_low": ctr.low, "ctr_high": ctr.high,
-           "cvr": cvr.value, "cvr_low": cvr.low, "cvr_high": cvr.high,
-           FIRST_EVENT_AT: pc.min(group["__first"]).as_py(), LAST_EVENT_AT: pc.max(group["__last"]).as_py()}
-    return pa.Table.from_pylist([row], schema=pa.schema([*FEEDBACK_SCHEMA][:-2] + [(FIRST_EVENT_AT, pa.int64()),
-                                                                                  (LAST_EVENT_AT, pa.int64())]))
+    row = {
+        **{k: first[k] for k in KEY},
+        **n,
+        "ctr": ctr.value,
+        "ctr_low": ctr.low,
+        "ctr_high": ctr.high,
+        "cvr": cvr.value,
+        "cvr_low": cvr.low,
+        "cvr_high": cvr.high,
+        FIRST_EVENT_AT: pc.min(group["__first"]).as_py(),
+        LAST_EVENT_AT: pc.max(group["__last"]).as_py(),
+    }
+    return pa.Table.from_pylist(
+        [row],
+        schema=pa.schema(
+            [*FEEDBACK_SCHEMA][:-2] + [(FIRST_EVENT_AT, pa.int64()), (LAST_EVENT_AT, pa.int64())]
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -450,7 +588,7 @@ def _clear_output(output: Location) -> None:
 
     delete_file(output.join(SUMMARY))
     for info in list_files(output):
-        rel = info.path[len(output.path):].lstrip("/")
+        rel = info.path[len(output.path) :].lstrip("/")
         if rel == TABLE or rel.startswith(REJECTS + "/"):
             delete_file(output.join(rel))
 
@@ -475,22 +613,48 @@ def run(config: FeedbackJobConfig) -> IngestResult:
     files = [{"file": f} for r in plan.runs for f in r.files]
     parts = []
     if items:
-        parts.append(ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ReadEvents(ev.loc.fs, display, plan.buckets), batch_size=1, batch_format="numpy", num_cpus=light))
+        parts.append(
+            ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                ReadEvents(ev.loc.fs, display, plan.buckets),
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=light,
+            )
+        )
     if files:
-        parts.append(ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
-            ReadPublished(plan.runs_loc.fs, plan.buckets), batch_size=1, batch_format="numpy", num_cpus=light))
+        parts.append(
+            ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+                ReadPublished(plan.runs_loc.fs, plan.buckets),
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=light,
+            )
+        )
     if not parts:  # no events and no published rows: an empty table, said so in the summary
         return _finish(plan, FEEDBACK_SCHEMA.empty_table(), [], started)
     joined = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    partials = joined.groupby(_BUCKET, num_partitions=plan.buckets).map_groups(
-        JoinBucket, fn_constructor_kwargs=dict(output=plan.output), batch_format="pyarrow", num_cpus=light,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_actors())).materialize()
-    stats = partials.map_batches(_only("stats"), batch_format="pyarrow", num_cpus=light).select_columns(
-        ["__events", "__rejected", "__reasons"]).take_all()
+    partials = (
+        joined.groupby(_BUCKET, num_partitions=plan.buckets)
+        .map_groups(
+            JoinBucket,
+            fn_constructor_kwargs=dict(output=plan.output),
+            batch_format="pyarrow",
+            num_cpus=light,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_actors()),
+        )
+        .materialize()
+    )
+    stats = (
+        partials.map_batches(_only("stats"), batch_format="pyarrow", num_cpus=light)
+        .select_columns(["__events", "__rejected", "__reasons"])
+        .take_all()
+    )
     counts = partials.map_batches(_only("counts"), batch_format="pyarrow", num_cpus=light)
-    final = (counts.groupby(_KEY_TEXT).map_groups(combine, batch_format="pyarrow", num_cpus=light)
-             if counts.count() else None)
+    final = (
+        counts.groupby(_KEY_TEXT).map_groups(combine, batch_format="pyarrow", num_cpus=light)
+        if counts.count()
+        else None
+    )
     table = _final_table(final.to_arrow_refs() if final is not None else [])
     return _finish(plan, table, stats, started)
 
@@ -528,8 +692,12 @@ def _final_table(refs) -> pa.Table:
         return FEEDBACK_SCHEMA.empty_table()
     table = pa.concat_tables(parts)
     table = table.sort_by([(k, "ascending", "at_start") for k in KEY])
-    arrays = [table[f.name].cast(f.type) if f.name not in (FIRST_EVENT_AT, LAST_EVENT_AT)
-              else table[f.name].cast(pa.timestamp("us", tz="UTC")) for f in FEEDBACK_SCHEMA]
+    arrays = [
+        table[f.name].cast(f.type)
+        if f.name not in (FIRST_EVENT_AT, LAST_EVENT_AT)
+        else table[f.name].cast(pa.timestamp("us", tz="UTC"))
+        for f in FEEDBACK_SCHEMA
+    ]
     return pa.table(arrays, schema=FEEDBACK_SCHEMA)
 
 
@@ -540,8 +708,10 @@ def _finish(plan: Plan, table: pa.Table, stats: list[dict], started: float) -> I
     totals = {c: int(pc.sum(table[c]).as_py() or 0) for c in COUNTS}
     counted = sum(totals.values())
     if seen != read or counted + rejected != read:
-        raise IncompleteIngest(f"{read} events read but {seen} reached the join, {counted} counted and {rejected} "
-                               "set aside; no summary written, rerun the ingest")
+        raise IncompleteIngest(
+            f"{read} events read but {seen} reached the join, {counted} counted and {rejected} "
+            "set aside; no summary written, rerun the ingest"
+        )
     reasons: dict[str, int] = {}
     for s in stats:
         for reason, n in json.loads(s["__reasons"] or "{}").items():
@@ -551,24 +721,54 @@ def _finish(plan: Plan, table: pa.Table, stats: list[dict], started: float) -> I
     data = sink.getvalue().to_pybytes()
     put_bytes(plan.output.join(TABLE), data)
     result = IngestResult(
-        output_uri=plan.output.uri, table_uri=plan.output.join(TABLE).uri, summary_uri=plan.output.join(SUMMARY).uri,
-        keys=table.num_rows, events_read=read, events_counted=counted, events_rejected=rejected,
-        rejected_by_reason=dict(sorted(reasons.items())), runs=len(plan.runs),
-        published_rows=sum(r.rows for r in plan.runs), seconds=round(time.time() - started, 3), totals=totals)
+        output_uri=plan.output.uri,
+        table_uri=plan.output.join(TABLE).uri,
+        summary_uri=plan.output.join(SUMMARY).uri,
+        keys=table.num_rows,
+        events_read=read,
+        events_counted=counted,
+        events_rejected=rejected,
+        rejected_by_reason=dict(sorted(reasons.items())),
+        runs=len(plan.runs),
+        published_rows=sum(r.rows for r in plan.runs),
+        seconds=round(time.time() - started, 3),
+        totals=totals,
+    )
     summary = {
-        "format": FORMAT, "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "format": FORMAT,
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "table": {"file": TABLE, "rows": table.num_rows, "bytes": len(data), "sha256": digest(data)},
-        "events": {"uri": plan.events.loc.uri, "files": len(plan.events.files), "read": read, "counted": counted,
-                   "rejected": rejected, "rejected_by_reason": result.rejected_by_reason,
-                   "rejects": f"{plan.output.uri}/{REJECTS}/" if rejected else None},
+        "events": {
+            "uri": plan.events.loc.uri,
+            "files": len(plan.events.files),
+            "read": read,
+            "counted": counted,
+            "rejected": rejected,
+            "rejected_by_reason": result.rejected_by_reason,
+            "rejects": f"{plan.output.uri}/{REJECTS}/" if rejected else None,
+        },
         "totals": totals,
-        "runs": {"uri": plan.runs_loc.uri, "count": len(plan.runs), "rows": result.published_rows,
-                 "manifests": [{"run_id": r.run_id, "manifest": r.manifest} for r in plan.runs]},
-        "settings": plan.config.model_dump(mode="json", exclude={"s3_endpoint"}), "buckets": plan.buckets,
+        "runs": {
+            "uri": plan.runs_loc.uri,
+            "count": len(plan.runs),
+            "rows": result.published_rows,
+            "manifests": [{"run_id": r.run_id, "manifest": r.manifest} for r in plan.runs],
+        },
+        "settings": plan.config.model_dump(mode="json", exclude={"s3_endpoint"}),
+        "buckets": plan.buckets,
         "seconds": result.seconds,
     }
-    put_bytes(plan.output.join(SUMMARY), json.dumps(summary, indent=2, sort_keys=True).encode(),
-              content_type="application/json")
-    logger.info("Feedback: %d key(s) from %d of %d events (%d set aside) in %.1f s", table.num_rows, counted, read,
-                rejected, result.seconds)
+    put_bytes(
+        plan.output.join(SUMMARY),
+        json.dumps(summary, indent=2, sort_keys=True).encode(),
+        content_type="application/json",
+    )
+    logger.info(
+        "Feedback: %d key(s) from %d of %d events (%d set aside) in %.1f s",
+        table.num_rows,
+        counted,
+        read,
+        rejected,
+        result.seconds,
+    )
     return result

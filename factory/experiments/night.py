@@ -51,13 +51,21 @@ class NightPlan:
     @property
     def assign_args(self) -> dict[str, Any]:
         """The AssignArms stage's arguments."""
-        return {"experiment_id": self.allocation["experiment_id"], "holdout": self.allocation["holdout"],
-                "layout": self.allocation["layout"]}
+        return {
+            "experiment_id": self.allocation["experiment_id"],
+            "holdout": self.allocation["holdout"],
+            "layout": self.allocation["layout"],
+        }
 
     def manifest_record(self) -> dict[str, Any]:
         """The manifest's ``experiment``: what was declared, how traffic was shared and why."""
-        return {"experiment_id": self.declaration["experiment_id"], "declaration": self.declaration,
-                "allocation": self.allocation, "allocation_source": self.source, "holdout_files": HOLDOUT_DIR + "/"}
+        return {
+            "experiment_id": self.declaration["experiment_id"],
+            "declaration": self.declaration,
+            "allocation": self.allocation,
+            "allocation_source": self.source,
+            "holdout_files": HOLDOUT_DIR + "/",
+        }
 
 
 def previous_manifest(output: Location, campaign: str, run_date: dt.date) -> Optional[dict[str, Any]]:
@@ -65,7 +73,11 @@ def previous_manifest(output: Location, campaign: str, run_date: dt.date) -> Opt
     from factory.experiments.feedback import child_folders
     from factory.publish import published_manifest
 
-    days = [(d, loc) for d, loc in child_folders(output.join("runs"), "date=") if _is_date(d) and d < run_date.isoformat()]
+    days = [
+        (d, loc)
+        for d, loc in child_folders(output.join("runs"), "date=")
+        if _is_date(d) and d < run_date.isoformat()
+    ]
     for _, day in sorted(days, reverse=True):
         manifest = published_manifest(day.join(f"campaign={campaign}"))
         if manifest is not None:
@@ -91,16 +103,29 @@ def _feedback_stats(feedback: Optional[Location], campaign: str, experiment_id: 
     except FileNotFoundError:
         return {}, None
     except (ValueError, KeyError, OSError) as exc:
-        raise UsageError(f"--feedback {feedback.uri}: cannot use the feedback table: {exc}",
-                         "rerun jobs/ingest_feedback.py, or leave --feedback out to use the declared shares") from None
-    source = {"uri": feedback.join(SUMMARY).uri, "sha256": summary["table"]["sha256"],
-              "written_at": summary.get("written_at"), "events_counted": summary.get("events", {}).get("counted")}
+        raise UsageError(
+            f"--feedback {feedback.uri}: cannot use the feedback table: {exc}",
+            "rerun jobs/ingest_feedback.py, or leave --feedback out to use the declared shares",
+        ) from None
+    source = {
+        "uri": feedback.join(SUMMARY).uri,
+        "sha256": summary["table"]["sha256"],
+        "written_at": summary.get("written_at"),
+        "events_counted": summary.get("events", {}).get("counted"),
+    }
     return arm_stats(table, campaign, experiment_id), source
 
 
-def plan_night(campaign, run_date: dt.date, output: Location, attempt_base: Location,
-               feedback: Optional[Location] = None, published: Optional[dict[str, Any]] = None,
-               where: Optional[str] = None, pin: bool = True) -> NightPlan:
+def plan_night(
+    campaign,
+    run_date: dt.date,
+    output: Location,
+    attempt_base: Location,
+    feedback: Optional[Location] = None,
+    published: Optional[dict[str, Any]] = None,
+    where: Optional[str] = None,
+    pin: bool = True,
+) -> NightPlan:
     """This night's experiment plan for ``campaign`` (a CampaignConfig with an
     experiment). ``attempt_base``: the attempt's prefix; ``published``: this
     run's published manifest, when a ``--force`` rerun replaces it; ``pin``
@@ -109,8 +134,12 @@ def plan_night(campaign, run_date: dt.date, output: Location, attempt_base: Loca
     definitions = campaign.arm_definitions
     declaration = manifest_record(experiment, definitions)
     before = previous_manifest(output, campaign.campaign_id, run_date)
-    problems = check_unchanged(((before or {}).get("experiment") or {}).get("declaration"), experiment, definitions,
-                               where or f"campaign {campaign.campaign_id}: experiment")
+    problems = check_unchanged(
+        ((before or {}).get("experiment") or {}).get("declaration"),
+        experiment,
+        definitions,
+        where or f"campaign {campaign.campaign_id}: experiment",
+    )
     if problems:
         raise UsageError(*problems)
     pinned_loc = attempt_base.join(PINNED)
@@ -128,13 +157,17 @@ def plan_night(campaign, run_date: dt.date, output: Location, attempt_base: Loca
     if not pin:
         return NightPlan(declaration, record, source)
     try:
-        put_bytes(pinned_loc, json.dumps(record, indent=2).encode(), exclusive=True, content_type="application/json")
+        put_bytes(
+            pinned_loc, json.dumps(record, indent=2).encode(), exclusive=True, content_type="application/json"
+        )
     except AlreadyExists:  # another process of this attempt pinned first: use theirs
         return NightPlan(declaration, json.loads(read_bytes(pinned_loc)), "pinned")
     return NightPlan(declaration, record, source)
 
 
-def allocation_history(output: Location, campaign: str, experiment_id: str, up_to: dt.date) -> list[dict[str, Any]]:
+def allocation_history(
+    output: Location, campaign: str, experiment_id: str, up_to: dt.date
+) -> list[dict[str, Any]]:
     """The allocation records of ``experiment_id`` in the campaign's published
     nights up to ``up_to`` (manifests only): the report's night-by-night chart."""
     from factory.experiments.feedback import child_folders
@@ -144,8 +177,9 @@ def allocation_history(output: Location, campaign: str, experiment_id: str, up_t
     for day, loc in child_folders(output.join("runs"), "date="):
         if not _is_date(day) or day > up_to.isoformat():
             continue
-        record = (((published_manifest(loc.join(f"campaign={campaign}")) or {}).get("experiment") or {})
-                  .get("allocation"))
+        record = ((published_manifest(loc.join(f"campaign={campaign}")) or {}).get("experiment") or {}).get(
+            "allocation"
+        )
         if record and record.get("experiment_id") == experiment_id:
             out.append(record)
     return out

@@ -65,7 +65,9 @@ class SimulationResult:
 
     @property
     def best_possible_clicks(self) -> float:
-        return sum(sum(v for a, v in n.users.items() if a != HOLDOUT) * self.ctrs[self.best] for n in self.nights)
+        return sum(
+            sum(v for a, v in n.users.items() if a != HOLDOUT) * self.ctrs[self.best] for n in self.nights
+        )
 
 
 def experiment_for(ctrs: dict[str, float], holdout: float, floor: float) -> ExperimentConfig:
@@ -73,8 +75,9 @@ def experiment_for(ctrs: dict[str, float], holdout: float, floor: float) -> Expe
     return ExperimentConfig(experiment_id="simulation", holdout=holdout, floor=floor, arms=arms)
 
 
-def simulate(ctrs: dict[str, float], nights: int, users: int, holdout: float = 0.05, floor: float = 0.05,
-             seed: int = 0) -> SimulationResult:
+def simulate(
+    ctrs: dict[str, float], nights: int, users: int, holdout: float = 0.05, floor: float = 0.05, seed: int = 0
+) -> SimulationResult:
     experiment = experiment_for(ctrs, holdout, floor)
     best = max(ctrs, key=ctrs.get)
     rng = np.random.default_rng(seed)

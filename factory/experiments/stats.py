@@ -38,7 +38,9 @@ def wilson(successes: int, trials: int, z: float = Z95) -> Interval:
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
-def lift(arm_successes: int, arm_trials: int, base_successes: int, base_trials: int, z: float = Z95) -> Interval:
+def lift(
+    arm_successes: int, arm_trials: int, base_successes: int, base_trials: int, z: float = Z95
+) -> Interval:
     """The arm's rate over the baseline's (the holdout's), minus one, with the Katz
     log interval. None when either side has no trials."""
     if arm_trials <= 0 or base_trials <= 0:

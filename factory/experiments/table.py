@@ -57,8 +57,10 @@ def read_feedback(output, summary: Optional[dict[str, Any]] = None) -> tuple[pa.
     summary = summary or json.loads(read_bytes(output.join(SUMMARY)))
     data = read_bytes(output.join(summary["table"]["file"]))
     if digest(data) != summary["table"]["sha256"]:
-        raise ValueError(f"{output.join(summary['table']['file']).uri}: not the table {output.join(SUMMARY).uri} "
-                         "names (an ingest is rewriting it?); read again after it finishes")
+        raise ValueError(
+            f"{output.join(summary['table']['file']).uri}: not the table {output.join(SUMMARY).uri} "
+            "names (an ingest is rewriting it?); read again after it finishes"
+        )
     import pyarrow.parquet as pq
 
     return pq.read_table(pa.BufferReader(data)), summary

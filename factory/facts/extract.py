@@ -24,8 +24,9 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +36,13 @@ from pydantic import ValidationError
 from factory import columns as C
 from factory.config import EngineConfig
 from factory.facts import store as S
-from factory.facts.schema import MAX_POINT_CHARS, MAX_POINTS, UNIT_NAMES, ProductFacts, engine_json_schema_text
+from factory.facts.schema import (
+    MAX_POINT_CHARS,
+    MAX_POINTS,
+    UNIT_NAMES,
+    ProductFacts,
+    engine_json_schema_text,
+)
 from factory.prompts import format_price, format_value
 from factory.quality import pii
 from factory.quality.rules import _INJECTION, _PLACEHOLDER, _URL, number_values
@@ -63,16 +70,23 @@ SYSTEM = (
     "product data says. No prices, discounts, links, e-mail addresses or phone numbers."
 )
 EXAMPLE_PRODUCT = {
-    "title": "Alder & Co. Insulated Water Bottle", "brand": "Alder & Co.", "category": "outdoor",
-    "price": 29.0, "currency": "EUR",
+    "title": "Alder & Co. Insulated Water Bottle",
+    "brand": "Alder & Co.",
+    "category": "outdoor",
+    "price": 29.0,
+    "currency": "EUR",
     "description": "Double-wall stainless steel bottle that keeps drinks cold for 24 hours. Holds 750 ml. "
-                   "Leak-proof bamboo lid. Dishwasher safe.",
+    "Leak-proof bamboo lid. Dishwasher safe.",
     "attributes": '{"color": "forest green", "capacity": "750ML"}',
     "selling_points": ["Leak-proof", "Dishwasher safe"],
 }
 EXAMPLE_REPLY = {
-    "selling_points": ["Keeps drinks cold for 24 hours", "Leak-proof bamboo lid", "Dishwasher safe",
-                       "Double-wall stainless steel"],
+    "selling_points": [
+        "Keeps drinks cold for 24 hours",
+        "Leak-proof bamboo lid",
+        "Dishwasher safe",
+        "Double-wall stainless steel",
+    ],
     "attributes": [{"name": "color", "value": "forest green"}, {"name": "capacity", "value": "750 ml"}],
     "materials": ["stainless steel", "bamboo"],
 }
@@ -81,9 +95,21 @@ _SCHEMA_KEYS = frozenset({"selling_points", "selling points", "attributes", "mat
 
 # Bumped whenever the post-filter's rules change (the stored rows say which version made them).
 _FILTER_VERSION = "2"
-EXTRACTOR_VERSION = "facts@" + hashlib.sha256("\n".join(
-    [SYSTEM, json.dumps(EXAMPLE_PRODUCT, sort_keys=True), json.dumps(EXAMPLE_REPLY, sort_keys=True),
-     engine_json_schema_text(), str(MAX_TOKENS), _FILTER_VERSION]).encode()).hexdigest()[:12]
+EXTRACTOR_VERSION = (
+    "facts@"
+    + hashlib.sha256(
+        "\n".join(
+            [
+                SYSTEM,
+                json.dumps(EXAMPLE_PRODUCT, sort_keys=True),
+                json.dumps(EXAMPLE_REPLY, sort_keys=True),
+                engine_json_schema_text(),
+                str(MAX_TOKENS),
+                _FILTER_VERSION,
+            ]
+        ).encode()
+    ).hexdigest()[:12]
+)
 
 # A model code glued to letters (IPX7, A4, USB3): the gate's number rule skips
 # these, so they must appear in the record as written.
@@ -94,11 +120,14 @@ _TOKEN = regex.compile(r"[^\W_]+")
 
 # --- Prompt -----------------------------------------------------------------------------
 
+
 def product_block(record: Mapping[str, Any]) -> str:
     """The product as the extractor sees it: the prompts' untrusted-text rules
     (one line per field, angle brackets neutralized, long text cut)."""
-    lines = [f"{name}: {format_value(name, record.get(name))}"
-             for name in ("title", "brand", "category", "description", "attributes", "selling_points")]
+    lines = [
+        f"{name}: {format_value(name, record.get(name))}"
+        for name in ("title", "brand", "category", "description", "attributes", "selling_points")
+    ]
     lines.insert(3, f"price: {format_price(record.get('price'), record.get('currency'))}")
     reviews = record.get("review_snippets")
     if reviews is not None and len(reviews):
@@ -112,12 +141,16 @@ def build_messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": product_block(EXAMPLE_PRODUCT)},
-        {"role": "assistant", "content": json.dumps(EXAMPLE_REPLY, ensure_ascii=False, separators=(",", ":"))},
+        {
+            "role": "assistant",
+            "content": json.dumps(EXAMPLE_REPLY, ensure_ascii=False, separators=(",", ":")),
+        },
         {"role": "user", "content": product_block(record)},
     ]
 
 
 # --- Checking a reply -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Support:
@@ -127,7 +160,7 @@ class Support:
     text: str  # lower-cased record text (reviews excluded: customers' claims are not the product's)
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> "Support":
+    def from_record(cls, record: Mapping[str, Any]) -> Support:
         facts = RecordFacts.from_record(record)
         return cls(numbers=facts.numbers, text=facts.source)
 
@@ -164,8 +197,11 @@ def ungrounded_point(point: str, support: Support) -> bool:
 def ungrounded_value(value: str, support: Support) -> bool:
     """An attribute value or material with a word the record does not contain
     (numbers are the number rule's business; unit names are normalized forms)."""
-    return any(t.lower() not in support.text for t in _TOKEN.findall(value)
-               if not t.isdigit() and t not in UNIT_NAMES)
+    return any(
+        t.lower() not in support.text
+        for t in _TOKEN.findall(value)
+        if not t.isdigit() and t not in UNIT_NAMES
+    )
 
 
 def filter_facts(facts: ProductFacts, support: Support) -> tuple[ProductFacts, list[str]]:
@@ -201,8 +237,9 @@ def filter_facts(facts: ProductFacts, support: Support) -> tuple[ProductFacts, l
     return kept, dropped
 
 
-def check_reply(text: str, num_generated: int, record: Mapping[str, Any],
-                max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+def check_reply(
+    text: str, num_generated: int, record: Mapping[str, Any], max_tokens: int = MAX_TOKENS
+) -> dict[str, Any]:
     """A reply as a store row's status, facts, reason and dropped codes."""
     try:
         facts = ProductFacts.model_validate_json(text)
@@ -218,11 +255,17 @@ def check_reply(text: str, num_generated: int, record: Mapping[str, Any],
         return {S.STATUS: S.FAILED, S.FACTS: None, S.REASON: reason, S.DROPPED: []}
     kept, dropped = filter_facts(facts, Support.from_record(record))
     if not kept.selling_points:
-        return {S.STATUS: S.FAILED, S.FACTS: None, S.REASON: "no_supported_selling_points", S.DROPPED: dropped}
+        return {
+            S.STATUS: S.FAILED,
+            S.FACTS: None,
+            S.REASON: "no_supported_selling_points",
+            S.DROPPED: dropped,
+        }
     return {S.STATUS: S.OK, S.FACTS: kept.to_json(), S.REASON: None, S.DROPPED: dropped}
 
 
 # --- Planning ----------------------------------------------------------------------------
+
 
 @dataclass
 class ExtractionReport:
@@ -238,7 +281,9 @@ class ExtractionReport:
     facts: Optional[pa.Table] = None  # product_id, content_hash, status, facts, reason per product
 
 
-def plan(products: pa.Table, facts_store: S.FactsStore, retry_failed: bool = False) -> tuple[pa.Table, pa.Table]:
+def plan(
+    products: pa.Table, facts_store: S.FactsStore, retry_failed: bool = False
+) -> tuple[pa.Table, pa.Table]:
     """(products with their content hash that need extraction, stored rows for the rest)."""
     hashed = S.with_content_hash(products)
     stored = facts_store.read([*S.KEY, S.STATUS, S.FACTS, S.REASON])
@@ -248,28 +293,36 @@ def plan(products: pa.Table, facts_store: S.FactsStore, retry_failed: bool = Fal
     current = list(zip(hashed[C.PRODUCT_ID].to_pylist(), hashed[S.CONTENT_HASH].to_pylist()))
     todo = pa.array([k not in known for k in current], pa.bool_())
     wanted = set(current)
-    reused = stored.filter(pa.array([k in wanted for k in zip(stored[C.PRODUCT_ID].to_pylist(),
-                                                                 stored[S.CONTENT_HASH].to_pylist())], pa.bool_()))
+    reused = stored.filter(
+        pa.array(
+            [k in wanted for k in zip(stored[C.PRODUCT_ID].to_pylist(), stored[S.CONTENT_HASH].to_pylist())],
+            pa.bool_(),
+        )
+    )
     return hashed.filter(todo), reused
 
 
 # --- Running the engine ------------------------------------------------------------------
 
+
 def _request_rows(todo: pa.Table) -> pa.Table:
     """product_id, content_hash and the canonical content: the chat is built
     from it on the workers (and the checks compare against it), so the driver
     ships each product's text once, not a chat per row."""
-    return pa.table({
-        C.PRODUCT_ID: todo[C.PRODUCT_ID],
-        S.CONTENT_HASH: todo[S.CONTENT_HASH],
-        _SOURCE: pa.array([S.canonical_json(r) for r in todo.to_pylist()], pa.string()),
-    })
+    return pa.table(
+        {
+            C.PRODUCT_ID: todo[C.PRODUCT_ID],
+            S.CONTENT_HASH: todo[S.CONTENT_HASH],
+            _SOURCE: pa.array([S.canonical_json(r) for r in todo.to_pylist()], pa.string()),
+        }
+    )
 
 
 def _to_request(row: dict[str, Any], schema_text: str, max_tokens: int) -> dict[str, Any]:
     row["messages"] = build_messages(json.loads(row[_SOURCE]))
     row["sampling_params"] = {
-        "max_tokens": max_tokens, "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
         "structured_outputs": {"json": schema_text},
     }
     return row
@@ -277,8 +330,9 @@ def _to_request(row: dict[str, Any], schema_text: str, max_tokens: int) -> dict[
 
 def _from_response(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     record = json.loads(row[_SOURCE])
-    checked = check_reply(row.get("generated_text") or "", int(row.get("num_generated_tokens") or 0), record,
-                          max_tokens)
+    checked = check_reply(
+        row.get("generated_text") or "", int(row.get("num_generated_tokens") or 0), record, max_tokens
+    )
     return {C.PRODUCT_ID: row[C.PRODUCT_ID], S.CONTENT_HASH: row[S.CONTENT_HASH], **checked}
 
 
@@ -288,13 +342,21 @@ def facts_engine(engine: EngineConfig) -> EngineConfig:
     free whitespace, which a small model can fill its whole budget with."""
     from vllm.config import StructuredOutputsConfig
 
-    kwargs = {"structured_outputs_config": StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
-              **engine.engine_kwargs}
+    kwargs = {
+        "structured_outputs_config": StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+        **engine.engine_kwargs,
+    }
     return engine.model_copy(update={"engine_kwargs": kwargs, "temperature": 0.0})
 
 
-def run_engine(todo: pa.Table, engine: EngineConfig, model_source: str, device: str,
-               cpu_stage_num_cpus: float = 0.25, max_tokens: int = MAX_TOKENS) -> Iterator[pa.Table]:
+def run_engine(
+    todo: pa.Table,
+    engine: EngineConfig,
+    model_source: str,
+    device: str,
+    cpu_stage_num_cpus: float = 0.25,
+    max_tokens: int = MAX_TOKENS,
+) -> Iterator[pa.Table]:
     """Checked rows (product_id, content_hash, status, facts, reason, dropped), batch by batch."""
     import ray
 
@@ -305,8 +367,11 @@ def run_engine(todo: pa.Table, engine: EngineConfig, model_source: str, device: 
     blocks = [requests.slice(i, ROWS_PER_BLOCK) for i in range(0, requests.num_rows, ROWS_PER_BLOCK)]
     config = build_processor_config(facts_engine(engine), model_source, device, cpu_stage_num_cpus)
     processor = build_engine_processor(
-        config, device,
-        preprocess=functools.partial(_to_request, schema_text=engine_json_schema_text(), max_tokens=max_tokens),
+        config,
+        device,
+        preprocess=functools.partial(
+            _to_request, schema_text=engine_json_schema_text(), max_tokens=max_tokens
+        ),
         postprocess=functools.partial(_from_response, max_tokens=max_tokens),
         cpu_stage_num_cpus=cpu_stage_num_cpus,
     )
@@ -319,15 +384,27 @@ def run_engine(todo: pa.Table, engine: EngineConfig, model_source: str, device: 
 
 # --- The whole step ----------------------------------------------------------------------
 
-def extract_facts(products: pa.Table, facts_store: S.FactsStore, engine: EngineConfig, model_source: str,
-                  device: str = "auto", *, model_name: Optional[str] = None, retry_failed: bool = False,
-                  cpu_stage_num_cpus: float = 0.25, rows_per_part: int = ROWS_PER_PART) -> ExtractionReport:
+
+def extract_facts(
+    products: pa.Table,
+    facts_store: S.FactsStore,
+    engine: EngineConfig,
+    model_source: str,
+    device: str = "auto",
+    *,
+    model_name: Optional[str] = None,
+    retry_failed: bool = False,
+    cpu_stage_num_cpus: float = 0.25,
+    rows_per_part: int = ROWS_PER_PART,
+) -> ExtractionReport:
     """Facts for every product in ``products``: reused when its content is
     unchanged, extracted (and stored) when not. Starts the engine only when
     something needs extracting. ``device``: cpu, gpu or auto (ask the cluster)."""
     todo, reused = plan(products, facts_store, retry_failed)
     report = ExtractionReport(products=products.num_rows, reused=reused.num_rows)
-    logger.info("Facts: %d product(s), %d reused, %d to extract", products.num_rows, reused.num_rows, todo.num_rows)
+    logger.info(
+        "Facts: %d product(s), %d reused, %d to extract", products.num_rows, reused.num_rows, todo.num_rows
+    )
     fresh: list[pa.Table] = []
     if todo.num_rows:
         device = _resolve_device(engine, device)
@@ -377,12 +454,27 @@ def _stamped(batch: pa.Table, stamp: Mapping[str, str]) -> pa.Table:
     return S.facts_rows({**r, **stamp, S.EXTRACTED_AT: at} for r in rows)
 
 
-def ensure_facts(products: pa.Table, store_location: Location, engine: EngineConfig, model_source: str,
-                 device: str, *, model_name: Optional[str] = None, cpu_stage_num_cpus: float = 0.25) -> pa.Table:
+def ensure_facts(
+    products: pa.Table,
+    store_location: Location,
+    engine: EngineConfig,
+    model_source: str,
+    device: str,
+    *,
+    model_name: Optional[str] = None,
+    cpu_stage_num_cpus: float = 0.25,
+) -> pa.Table:
     """product_id -> facts JSON (null when extraction failed) for the products'
     current content, extracting only what changed. For the nightly pipeline."""
-    report = extract_facts(products, S.FactsStore(store_location), engine, model_source, device,
-                           model_name=model_name, cpu_stage_num_cpus=cpu_stage_num_cpus)
+    report = extract_facts(
+        products,
+        S.FactsStore(store_location),
+        engine,
+        model_source,
+        device,
+        model_name=model_name,
+        cpu_stage_num_cpus=cpu_stage_num_cpus,
+    )
     table = report.facts
     return pa.table({C.PRODUCT_ID: table[C.PRODUCT_ID], S.FACTS: table[S.FACTS]})
 
@@ -409,10 +501,15 @@ def attach_facts(products: pa.Table, facts: pa.Table) -> pa.Table:
     """``products`` plus a ``facts`` column (JSON, ``ProductFacts``' shape):
     the extracted facts, else facts from the catalog's selling points, else null."""
     found = dict(zip(facts[C.PRODUCT_ID].to_pylist(), facts[S.FACTS].to_pylist()))
-    points = (products["selling_points"].to_pylist() if "selling_points" in products.column_names
-              else [None] * products.num_rows)
-    column = [found.get(pid) or catalog_facts({"selling_points": sp})
-              for pid, sp in zip(products[C.PRODUCT_ID].to_pylist(), points)]
+    points = (
+        products["selling_points"].to_pylist()
+        if "selling_points" in products.column_names
+        else [None] * products.num_rows
+    )
+    column = [
+        found.get(pid) or catalog_facts({"selling_points": sp})
+        for pid, sp in zip(products[C.PRODUCT_ID].to_pylist(), points)
+    ]
     if S.FACTS in products.column_names:
         products = products.drop_columns([S.FACTS])
     return products.append_column(S.FACTS, pa.array(column, pa.string()))

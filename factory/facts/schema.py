@@ -34,7 +34,9 @@ MAX_MATERIAL_CHARS = 32
 # with vLLM and with transformers, greedy).
 POINT_PATTERN = r'^[^{}<>\[\]"\\]{1,%d}$' % MAX_POINT_CHARS
 SellingPoint = Annotated[str, StringConstraints(strip_whitespace=True, pattern=POINT_PATTERN)]
-Material = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MATERIAL_CHARS)]
+Material = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MATERIAL_CHARS)
+]
 
 # Unit spellings -> one canonical form ("10KG", "10 kgs", "10 kilograms" -> "10 kg").
 _UNITS = {
@@ -90,10 +92,16 @@ class Attribute(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
-                      description="Attribute name, e.g. material, color, capacity, waterproof_rating.")
-    value: str = Field(min_length=1, max_length=MAX_VALUE_CHARS,
-                       description="Its value as the product text states it, e.g. recycled nylon, 10000 mm.")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="Attribute name, e.g. material, color, capacity, waterproof_rating.",
+    )
+    value: str = Field(
+        min_length=1,
+        max_length=MAX_VALUE_CHARS,
+        description="Its value as the product text states it, e.g. recycled nylon, 10000 mm.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -118,12 +126,16 @@ class ProductFacts(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     selling_points: list[SellingPoint] = Field(
-        min_length=1, max_length=MAX_POINTS,
-        description="Short factual selling points, each stated in the product text.")
+        min_length=1,
+        max_length=MAX_POINTS,
+        description="Short factual selling points, each stated in the product text.",
+    )
     attributes: list[Attribute] = Field(
-        default_factory=list, max_length=MAX_ATTRIBUTES, description="Normalized attributes.")
+        default_factory=list, max_length=MAX_ATTRIBUTES, description="Normalized attributes."
+    )
     materials: list[Material] = Field(
-        default_factory=list, max_length=MAX_MATERIALS, description="Materials the product is made of.")
+        default_factory=list, max_length=MAX_MATERIALS, description="Materials the product is made of."
+    )
 
     @field_validator("selling_points", "materials", mode="before")
     @classmethod
@@ -147,8 +159,10 @@ class ProductFacts(BaseModel):
         # A name or value that normalizes to nothing ("!!", "  ") loses that
         # attribute, not the whole reply.
         def empty(a: Any) -> bool:
-            return isinstance(a, dict) and any(isinstance(a.get(k), str) and not normalize_name(a[k])
-                                               for k in ("name", "value"))
+            return isinstance(a, dict) and any(
+                isinstance(a.get(k), str) and not normalize_name(a[k]) for k in ("name", "value")
+            )
+
         return [a for a in v if not empty(a)] if isinstance(v, list) else v
 
     @field_validator("attributes")

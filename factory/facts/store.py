@@ -23,7 +23,8 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,20 +49,31 @@ OK, FAILED = "ok", "failed"
 # Product fields the extractor reads, in the order the hash sees them.
 # ``review_snippets`` is optional (list<string>); a column that is absent or
 # empty hashes the same as no column, so adding it changes no hash.
-CONTENT_FIELDS = ("title", "brand", "category", "price", "currency", "description", "attributes",
-                  "selling_points", "review_snippets")
+CONTENT_FIELDS = (
+    "title",
+    "brand",
+    "category",
+    "price",
+    "currency",
+    "description",
+    "attributes",
+    "selling_points",
+    "review_snippets",
+)
 
-FACTS_SCHEMA = pa.schema([
-    (C.PRODUCT_ID, pa.string()),
-    (CONTENT_HASH, pa.string()),
-    (STATUS, pa.string()),  # ok | failed
-    (FACTS, pa.string()),  # ProductFacts as JSON; null when failed
-    (REASON, pa.string()),  # why it failed; null when ok
-    (DROPPED, pa.list_(pa.string())),  # what the post-filter removed, as codes (never the text)
-    (MODEL, pa.string()),
-    (EXTRACTOR_VERSION, pa.string()),
-    (EXTRACTED_AT, pa.timestamp("us", tz="UTC")),
-])
+FACTS_SCHEMA = pa.schema(
+    [
+        (C.PRODUCT_ID, pa.string()),
+        (CONTENT_HASH, pa.string()),
+        (STATUS, pa.string()),  # ok | failed
+        (FACTS, pa.string()),  # ProductFacts as JSON; null when failed
+        (REASON, pa.string()),  # why it failed; null when ok
+        (DROPPED, pa.list_(pa.string())),  # what the post-filter removed, as codes (never the text)
+        (MODEL, pa.string()),
+        (EXTRACTOR_VERSION, pa.string()),
+        (EXTRACTED_AT, pa.timestamp("us", tz="UTC")),
+    ]
+)
 KEY = (C.PRODUCT_ID, CONTENT_HASH)
 
 
@@ -110,8 +122,10 @@ def content_hash(record: Mapping[str, Any]) -> str:
 
 def with_content_hash(products: pa.Table) -> pa.Table:
     """``products`` plus a ``content_hash`` column."""
-    hashes = [content_hash(r) for r in products.select(
-        [c for c in CONTENT_FIELDS if c in products.column_names]).to_pylist()]
+    hashes = [
+        content_hash(r)
+        for r in products.select([c for c in CONTENT_FIELDS if c in products.column_names]).to_pylist()
+    ]
     if CONTENT_HASH in products.column_names:
         products = products.drop_columns([CONTENT_HASH])
     return products.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
@@ -119,15 +133,19 @@ def with_content_hash(products: pa.Table) -> pa.Table:
 
 def facts_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts) as a table of the store's schema; missing fields null."""
-    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in FACTS_SCHEMA} for r in rows], schema=FACTS_SCHEMA)
+    return pa.Table.from_pylist(
+        [{f.name: r.get(f.name) for f in FACTS_SCHEMA} for r in rows], schema=FACTS_SCHEMA
+    )
 
 
 def part_name(table: pa.Table) -> str:
     """``part-<digest>.parquet``: the digest of the keys, statuses and facts the part holds."""
     h = hashlib.sha256()
-    for pid, chash, status, facts in sorted(zip(*(table[c].to_pylist() for c in (*KEY, STATUS, FACTS))),
-                                            key=lambda r: (r[0], r[1], r[2], r[3] or "")):
-        h.update(f"{pid}\0{chash}\0{status}\0{facts or ''}\n".encode("utf-8"))
+    for pid, chash, status, facts in sorted(
+        zip(*(table[c].to_pylist() for c in (*KEY, STATUS, FACTS))),
+        key=lambda r: (r[0], r[1], r[2], r[3] or ""),
+    ):
+        h.update(f"{pid}\0{chash}\0{status}\0{facts or ''}\n".encode())
     return f"part-{h.hexdigest()[:24]}.parquet"
 
 

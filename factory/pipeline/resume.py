@@ -36,8 +36,10 @@ class Written:
 
 
 def already_written(attempt: Attempt) -> Written:
-    return Written(copies=sum(f.rows for f in read_footers(attempt.copies)),
-                   queued=sum(f.rows for f in read_footers(attempt.repair_queue)))
+    return Written(
+        copies=sum(f.rows for f in read_footers(attempt.copies)),
+        queued=sum(f.rows for f in read_footers(attempt.repair_queue)),
+    )
 
 
 @dataclass
@@ -49,8 +51,9 @@ class Remaining:
     rows: int
 
 
-def remaining(attempt: Attempt, source: Location, written: list[Location], resumed: bool, num_cpus: float,
-              name: str) -> Remaining:
+def remaining(
+    attempt: Attempt, source: Location, written: list[Location], resumed: bool, num_cpus: float, name: str
+) -> Remaining:
     """The rows of ``source`` whose ``row_id`` is not in ``written``. A
     process that began the attempt has written none of them: ``source`` as
     it is. A resumed one anti-joins on Ray Data into ``_work/remaining/<name>``."""
@@ -64,9 +67,13 @@ def remaining(attempt: Attempt, source: Location, written: list[Location], resum
     into = attempt.work.join("remaining", name)
     delete_dir_if_exists(into)  # an earlier resumed process's: stale now
     ids = read(written_files, attempt.base, num_cpus, columns=[C.ROW_ID])
-    still = read(mine.files, source, num_cpus).join(ids, join_type="left_anti", on=(C.ROW_ID,),
-                                                    num_partitions=join_partitions(mine.rows),
-                                                    aggregator_ray_remote_args={"num_cpus": num_cpus})
+    still = read(mine.files, source, num_cpus).join(
+        ids,
+        join_type="left_anti",
+        on=(C.ROW_ID,),
+        num_partitions=join_partitions(mine.rows),
+        aggregator_ray_remote_args={"num_cpus": num_cpus},
+    )
     files = write(still, {name: Sink(into)}, num_cpus)
     return Remaining(into, [into.join(f["file"]).path for f in files], sum(f["rows"] for f in files))
 
@@ -81,5 +88,10 @@ def with_leaders(followers, copies: Location, num_cpus: float, rows: int):
     # LLM's engine stage, which the judge's pass runs these rows through).
     leaders = leaders.drop_columns([c for c in OWN_COLUMNS if c != C.ROW_ID] + list(PROVENANCE_COLUMNS))
     return followers.select_columns(list(OWN_COLUMNS)).join(
-        leaders, join_type="left_outer", on=(C.DEDUP_OF,), right_on=(C.ROW_ID,), num_partitions=join_partitions(rows),
-        aggregator_ray_remote_args={"num_cpus": num_cpus})
+        leaders,
+        join_type="left_outer",
+        on=(C.DEDUP_OF,),
+        right_on=(C.ROW_ID,),
+        num_partitions=join_partitions(rows),
+        aggregator_ray_remote_args={"num_cpus": num_cpus},
+    )

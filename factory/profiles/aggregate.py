@@ -17,8 +17,9 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,18 +45,20 @@ INACTIVE, OCCASIONAL, REGULAR, FREQUENT = "inactive", "occasional", "regular", "
 # sensitive attributes (age_band, anything else in the users table) are not
 # on it, so they cannot reach the output whatever the inputs carry.
 INTEREST_SCORE_TYPE = pa.struct([("kind", pa.string()), ("name", pa.string()), ("score", pa.float64())])
-PROFILE_SCHEMA = pa.schema([
-    (C.USER_ID, pa.string()),
-    (C.LOCALE, pa.string()),
-    ("interests", pa.list_(pa.string())),
-    ("recent_views", pa.list_(pa.string())),
-    ("recent_searches", pa.list_(pa.string())),
-    ("recent_purchases", pa.list_(pa.string())),
-    (LOYALTY_TIER, pa.string()),
-    (INTEREST_SCORES, pa.list_(INTEREST_SCORE_TYPE)),
-    (PRICE_BAND, pa.string()),
-    (ACTIVITY_LEVEL, pa.string()),
-])
+PROFILE_SCHEMA = pa.schema(
+    [
+        (C.USER_ID, pa.string()),
+        (C.LOCALE, pa.string()),
+        ("interests", pa.list_(pa.string())),
+        ("recent_views", pa.list_(pa.string())),
+        ("recent_searches", pa.list_(pa.string())),
+        ("recent_purchases", pa.list_(pa.string())),
+        (LOYALTY_TIER, pa.string()),
+        (INTEREST_SCORES, pa.list_(INTEREST_SCORE_TYPE)),
+        (PRICE_BAND, pa.string()),
+        (ACTIVITY_LEVEL, pa.string()),
+    ]
+)
 PROFILE_FIELDS = tuple(PROFILE_SCHEMA.names)
 
 MICROS_PER_DAY = 86_400_000_000
@@ -67,22 +70,34 @@ class ProfileSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    as_of: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).date(),
-                           description="The profile's date: events up to the end of this day (UTC) count; "
-                           "later ones are rejected as future_timestamp. Default: today (UTC).")
-    half_life_days: float = Field(default=30.0, gt=0, le=3650,
-                                  description="An event's interest weight halves every this many days.")
-    recent_n: int = Field(default=5, ge=1, le=50,
-                          description="Entries kept in recent_views, recent_searches and recent_purchases.")
+    as_of: dt.date = Field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).date(),
+        description="The profile's date: events up to the end of this day (UTC) count; "
+        "later ones are rejected as future_timestamp. Default: today (UTC).",
+    )
+    half_life_days: float = Field(
+        default=30.0, gt=0, le=3650, description="An event's interest weight halves every this many days."
+    )
+    recent_n: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Entries kept in recent_views, recent_searches and recent_purchases.",
+    )
     top_categories: int = Field(default=3, ge=0, le=20, description="Categories kept in interests.")
-    top_brands: int = Field(default=2, ge=0, le=20, description="Brands kept in interests (after the categories).")
+    top_brands: int = Field(
+        default=2, ge=0, le=20, description="Brands kept in interests (after the categories)."
+    )
     weights: dict[str, float] = Field(
         default_factory=lambda: {VIEW: 1.0, ADD_TO_CART: 3.0, PURCHASE: 5.0},
-        description="Interest weight per product event type (search has no product, so no weight).")
-    activity_window_days: int = Field(default=30, ge=1, le=365,
-                                      description="Days before the as-of date's end counted for activity_level.")
-    default_locale: str = Field(default="en-US",
-                                description="Locale of a user the users table does not know.")
+        description="Interest weight per product event type (search has no product, so no weight).",
+    )
+    activity_window_days: int = Field(
+        default=30, ge=1, le=365, description="Days before the as-of date's end counted for activity_level."
+    )
+    default_locale: str = Field(
+        default="en-US", description="Locale of a user the users table does not know."
+    )
 
     @property
     def cutoff_micros(self) -> int:
@@ -100,8 +115,9 @@ class Event(NamedTuple):
     query: Optional[str] = None
 
     @classmethod
-    def at(cls, event_type: str, when: str, product_id: Optional[str] = None,
-           query: Optional[str] = None) -> "Event":
+    def at(
+        cls, event_type: str, when: str, product_id: Optional[str] = None, query: Optional[str] = None
+    ) -> Event:
         """An event at an ISO time (UTC unless it says otherwise); for tests and examples."""
         stamp = dt.datetime.fromisoformat(when)
         if stamp.tzinfo is None:
@@ -132,8 +148,13 @@ def _order_key(event: Event) -> tuple:
     return (-event.ts, event.event_type, event.product_id or "", event.query or "")
 
 
-def build_profile(user_id: str, events: Iterable[Event], catalog: Mapping[str, ProductFacts],
-                  settings: ProfileSettings, user: Optional[UserFacts] = None) -> dict:
+def build_profile(
+    user_id: str,
+    events: Iterable[Event],
+    catalog: Mapping[str, ProductFacts],
+    settings: ProfileSettings,
+    user: Optional[UserFacts] = None,
+) -> dict:
     """The profile row of one user. ``events`` are accepted events (known
     type, known product, not in the future); any order."""
     ordered = sorted(events, key=_order_key)
@@ -153,8 +174,9 @@ def build_profile(user_id: str, events: Iterable[Event], catalog: Mapping[str, P
     }
 
 
-def interest_scores(ordered: Sequence[Event], catalog: Mapping[str, ProductFacts],
-                    settings: ProfileSettings) -> list[dict]:
+def interest_scores(
+    ordered: Sequence[Event], catalog: Mapping[str, ProductFacts], settings: ProfileSettings
+) -> list[dict]:
     """Top categories, then top brands, by recency-weighted score (ties by name)."""
     cutoff = settings.cutoff_micros
     by_kind: dict[str, dict[str, float]] = {"category": {}, "brand": {}}
@@ -174,8 +196,9 @@ def interest_scores(ordered: Sequence[Event], catalog: Mapping[str, ProductFacts
     return out
 
 
-def recent_titles(ordered: Sequence[Event], event_type: str, catalog: Mapping[str, ProductFacts],
-                  n: int) -> list[str]:
+def recent_titles(
+    ordered: Sequence[Event], event_type: str, catalog: Mapping[str, ProductFacts], n: int
+) -> list[str]:
     """The last ``n`` distinct product titles of one event type, newest first."""
     out, seen = [], set()
     for e in ordered:
@@ -222,9 +245,13 @@ def price_band(ordered: Sequence[Event], catalog: Mapping[str, ProductFacts]) ->
     user bought (each purchase event counts); None with no priced purchase.
     Percentiles are within the product's category and currency, so a band
     means the same in USD and CNY."""
-    found = [catalog[e.product_id].price_percentile for e in ordered
-             if e.event_type == PURCHASE and e.product_id in catalog
-             and catalog[e.product_id].price_percentile is not None]
+    found = [
+        catalog[e.product_id].price_percentile
+        for e in ordered
+        if e.event_type == PURCHASE
+        and e.product_id in catalog
+        and catalog[e.product_id].price_percentile is not None
+    ]
     if not found:
         return None
     median = statistics.median(found)
@@ -246,9 +273,12 @@ def activity_level(ordered: Sequence[Event], settings: ProfileSettings) -> str:
     return REGULAR if len(days) <= 9 else FREQUENT
 
 
-def price_percentiles(product_ids: Sequence[str], categories: Sequence[Optional[str]],
-                      currencies: Sequence[Optional[str]], prices: Sequence[Optional[float]]
-                      ) -> dict[str, Optional[float]]:
+def price_percentiles(
+    product_ids: Sequence[str],
+    categories: Sequence[Optional[str]],
+    currencies: Sequence[Optional[str]],
+    prices: Sequence[Optional[float]],
+) -> dict[str, Optional[float]]:
     """Mid-rank percentile of each product's price within its (category,
     currency): (cheaper + equal / 2) / count, equal counting itself. Prices
     10, 20, 30 give 1/6, 1/2, 5/6."""
@@ -275,8 +305,10 @@ def catalog_facts(products: pa.Table) -> dict[str, ProductFacts]:
     ids = products[C.PRODUCT_ID].to_pylist()
     cats, brands = products["category"].to_pylist(), products["brand"].to_pylist()
     pct = price_percentiles(ids, cats, products["currency"].to_pylist(), products["price"].to_pylist())
-    return {pid: ProductFacts(title, cat, brand, pct[pid])
-            for pid, title, cat, brand in zip(ids, products["title"].to_pylist(), cats, brands)}
+    return {
+        pid: ProductFacts(title, cat, brand, pct[pid])
+        for pid, title, cat, brand in zip(ids, products["title"].to_pylist(), cats, brands)
+    }
 
 
 def profiles_table(rows: list[dict]) -> pa.Table:

@@ -35,13 +35,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.cluster import stage_actors
-from factory.errors import Failed
 from factory import columns as C
 from factory import inputs
+from factory.cluster import stage_actors
+from factory.errors import Failed
 from factory.profiles import events as E
-from factory.profiles.aggregate import (LOYALTY_TIER, ProfileSettings, UserFacts, build_profile, catalog_facts,
-                                        profiles_table)
+from factory.profiles.aggregate import (
+    LOYALTY_TIER,
+    ProfileSettings,
+    UserFacts,
+    build_profile,
+    catalog_facts,
+    profiles_table,
+)
 from factory.ray_session import start_or_join
 from factory.storage import DEFAULT_MAX_ATTEMPTS, Location, list_files, put_bytes, resolve, write_parquet
 
@@ -53,11 +59,18 @@ EVENTS_PER_FILE = 250_000  # the automatic number of output files: one per this 
 MAX_FILES = 4096
 CATALOG_COLUMNS = (C.PRODUCT_ID, "title", "category", "brand", "price", "currency")
 
-PARTITION_STATS = pa.schema([
-    ("bucket", pa.int32()), ("profiles", pa.int64()), ("users_with_events", pa.int64()),
-    ("events_used", pa.int64()), ("rejected", pa.int64()), ("rejected_by_reason", pa.string()),
-    ("file", pa.string()), ("bytes", pa.int64()),
-])
+PARTITION_STATS = pa.schema(
+    [
+        ("bucket", pa.int32()),
+        ("profiles", pa.int64()),
+        ("users_with_events", pa.int64()),
+        ("events_used", pa.int64()),
+        ("rejected", pa.int64()),
+        ("rejected_by_reason", pa.string()),
+        ("file", pa.string()),
+        ("bytes", pa.int64()),
+    ]
+)
 
 
 class ProfileJobConfig(BaseModel):
@@ -67,17 +80,27 @@ class ProfileJobConfig(BaseModel):
 
     events: str = Field(description="Events Parquet file or folder (local or s3://).")
     products: str = Field(description="Product catalog Parquet (the nightly job's products contract).")
-    users: Optional[str] = Field(default=None, description="Optional users table: locale and loyalty_tier "
-                                 "are taken from it (nothing else); its users get a profile even with no events.")
+    users: Optional[str] = Field(
+        default=None,
+        description="Optional users table: locale and loyalty_tier "
+        "are taken from it (nothing else); its users get a profile even with no events.",
+    )
     output: str = Field(description="Output folder or s3://bucket/prefix: the nightly job's --users.")
     settings: ProfileSettings = Field(default_factory=ProfileSettings)
-    partitions: Optional[int] = Field(default=None, ge=1, le=MAX_FILES,
-                                      description=f"Output files; default one per {EVENTS_PER_FILE} events.")
+    partitions: Optional[int] = Field(
+        default=None,
+        ge=1,
+        le=MAX_FILES,
+        description=f"Output files; default one per {EVENTS_PER_FILE} events.",
+    )
     s3_endpoint: Optional[str] = Field(default=None, description="S3-compatible endpoint URL.")
     s3_region: str = Field(default="us-east-1", description="S3 region.")
-    s3_max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=50, description="Tries per S3 request.")
-    cpu_stage_num_cpus: float = Field(default=0.25, gt=0, le=8,
-                                      description="CPUs reserved per task: small, so stages share a small node.")
+    s3_max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS, ge=1, le=50, description="Tries per S3 request."
+    )
+    cpu_stage_num_cpus: float = Field(
+        default=0.25, gt=0, le=8, description="CPUs reserved per task: small, so stages share a small node."
+    )
 
     def resolve(self, uri: str) -> Location:
         try:
@@ -121,12 +144,20 @@ def prepare(config: ProfileJobConfig) -> Plan:
     """Every check that can fail on the stores or the input's shape, before Ray starts."""
     from factory.preflight import check_place
 
-    storage = dict(s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_max_attempts=config.s3_max_attempts)
-    for flag, uri in (("--events", config.events), ("--products", config.products), ("--users", config.users)):
+    storage = dict(
+        s3_endpoint=config.s3_endpoint, s3_region=config.s3_region, s3_max_attempts=config.s3_max_attempts
+    )
+    for flag, uri in (
+        ("--events", config.events),
+        ("--products", config.products),
+        ("--users", config.users),
+    ):
         check_place(uri, flag, storage)
     check_place(config.output, "--output", storage, write=True)
     events = E.check_events_schema(config.resolve(config.events))
-    products, report = inputs.read_lookup_table(config.resolve(config.products), inputs.PRODUCTS, C.PRODUCT_ID)
+    products, report = inputs.read_lookup_table(
+        config.resolve(config.products), inputs.PRODUCTS, C.PRODUCT_ID
+    )
     problems = {"products": report.problems} if report.problems else {}
     partitions = config.partitions or max(1, min(MAX_FILES, -(-events.rows // EVENTS_PER_FILE)))
     users = _users_table(None, partitions)
@@ -135,19 +166,38 @@ def prepare(config: ProfileJobConfig) -> Plan:
         users = _users_table(table, partitions)
         if report.problems:
             problems["users"] = report.problems
-    return Plan(config, events, products.select(list(CATALOG_COLUMNS)), users, config.resolve(config.output),
-                partitions, problems)
+    return Plan(
+        config,
+        events,
+        products.select(list(CATALOG_COLUMNS)),
+        users,
+        config.resolve(config.output),
+        partitions,
+        problems,
+    )
 
 
 def _users_table(table: Optional[pa.Table], partitions: int) -> pa.Table:
     """Only locale and loyalty tier leave the users table (age band and the
     rest are never copied), with each user's bucket."""
     if table is None:
-        return pa.table({C.USER_ID: pa.array([], pa.string()), C.LOCALE: pa.array([], pa.string()),
-                         LOYALTY_TIER: pa.array([], pa.string()), E.BUCKET: pa.array([], pa.int32())})
+        return pa.table(
+            {
+                C.USER_ID: pa.array([], pa.string()),
+                C.LOCALE: pa.array([], pa.string()),
+                LOYALTY_TIER: pa.array([], pa.string()),
+                E.BUCKET: pa.array([], pa.int32()),
+            }
+        )
     ids = table[C.USER_ID]
-    return pa.table({C.USER_ID: ids, C.LOCALE: table[C.LOCALE], LOYALTY_TIER: table[LOYALTY_TIER],
-                     E.BUCKET: pa.array([E.bucket_of(u, partitions) for u in ids.to_pylist()], pa.int32())})
+    return pa.table(
+        {
+            C.USER_ID: ids,
+            C.LOCALE: table[C.LOCALE],
+            LOYALTY_TIER: table[LOYALTY_TIER],
+            E.BUCKET: pa.array([E.bucket_of(u, partitions) for u in ids.to_pylist()], pa.int32()),
+        }
+    )
 
 
 class BuildPartition:
@@ -170,14 +220,23 @@ class BuildPartition:
     def build(self, bucket: int, checked: pa.Table) -> dict[str, Any]:
         accepted = checked.filter(pc.is_null(checked[C.REASON]))
         known = self._users.filter(pc.equal(self._users[E.BUCKET], bucket))
-        facts = {u: UserFacts(loc, tier) for u, loc, tier in zip(
-            known[C.USER_ID].to_pylist(), known[C.LOCALE].to_pylist(), known[LOYALTY_TIER].to_pylist())}
+        facts = {
+            u: UserFacts(loc, tier)
+            for u, loc, tier in zip(
+                known[C.USER_ID].to_pylist(), known[C.LOCALE].to_pylist(), known[LOYALTY_TIER].to_pylist()
+            )
+        }
         users, spans, cols = E.group_by_user(accepted)
-        profiles = [build_profile(u, E.events_of(cols, s, e), self._catalog, self._settings, facts.get(u))
-                    for u, (s, e) in zip(users, spans)]
+        profiles = [
+            build_profile(u, E.events_of(cols, s, e), self._catalog, self._settings, facts.get(u))
+            for u, (s, e) in zip(users, spans)
+        ]
         with_events = set(users)
-        profiles += [build_profile(u, [], self._catalog, self._settings, f)
-                     for u, f in facts.items() if u not in with_events]
+        profiles += [
+            build_profile(u, [], self._catalog, self._settings, f)
+            for u, f in facts.items()
+            if u not in with_events
+        ]
         profiles.sort(key=lambda p: p[C.USER_ID])
         name, size = f"part-{bucket:05d}.parquet", 0
         if profiles:
@@ -185,17 +244,27 @@ class BuildPartition:
         rejected = E.rejected_rows(checked)
         if rejected.num_rows:
             write_parquet(self._output.join(REJECTED_DIR, name), rejected)
-        return {"bucket": bucket, "profiles": len(profiles), "users_with_events": len(users),
-                "events_used": accepted.num_rows, "rejected": rejected.num_rows,
-                "rejected_by_reason": json.dumps(E.reason_counts(checked), sort_keys=True),
-                "file": name if profiles else None, "bytes": size}
+        return {
+            "bucket": bucket,
+            "profiles": len(profiles),
+            "users_with_events": len(users),
+            "events_used": accepted.num_rows,
+            "rejected": rejected.num_rows,
+            "rejected_by_reason": json.dumps(E.reason_counts(checked), sort_keys=True),
+            "file": name if profiles else None,
+            "bytes": size,
+        }
 
 
 def _clear_output(output: Location) -> None:
     """Remove what an earlier build left (its file count may differ); nothing else."""
     for info in list_files(output):
-        rel = info.path[len(output.path):].lstrip("/")
-        ours = (rel.startswith("part-") and "/" not in rel) or rel.startswith(REJECTED_DIR + "/") or rel == SUMMARY
+        rel = info.path[len(output.path) :].lstrip("/")
+        ours = (
+            (rel.startswith("part-") and "/" not in rel)
+            or rel.startswith(REJECTED_DIR + "/")
+            or rel == SUMMARY
+        )
         if ours:
             output.fs.delete_file(info.path)
 
@@ -217,8 +286,13 @@ def run(config: ProfileJobConfig) -> BuildResult:
     _clear_output(plan.output)
     settings = config.settings.model_dump(mode="json")
     catalog_ref, users_ref = ray.put(plan.catalog), ray.put(plan.users)
-    builder_args = dict(catalog=catalog_ref, users=users_ref, settings=settings, output=plan.output,
-                        partitions=plan.partitions)
+    builder_args = dict(
+        catalog=catalog_ref,
+        users=users_ref,
+        settings=settings,
+        output=plan.output,
+        partitions=plan.partitions,
+    )
     stats = _run_dataset(plan, builder_args) if plan.events.rows else []
     done = {s["bucket"] for s in stats}
     missing = [b for b in range(plan.partitions) if b not in done]
@@ -238,16 +312,31 @@ def _run_dataset(plan: Plan, builder_args: dict) -> list[dict]:
     items = E.read_items(checked)
     display = {f: (f"s3://{f}" if checked.loc.is_s3 else f) for f in checked.files}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(E.ReadEvents(checked.loc.fs, checked.names, display), batch_size=1,
-                        batch_format="numpy", num_cpus=light)
     ds = ds.map_batches(
-        E.CheckEvents, fn_constructor_kwargs=dict(product_ids=ray.put(plan.catalog[C.PRODUCT_ID].combine_chunks()),
-                                                  cutoff_micros=plan.config.settings.cutoff_micros,
-                                                  partitions=plan.partitions),
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(None)), num_cpus=light)
+        E.ReadEvents(checked.loc.fs, checked.names, display),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=light,
+    )
+    ds = ds.map_batches(
+        E.CheckEvents,
+        fn_constructor_kwargs=dict(
+            product_ids=ray.put(plan.catalog[C.PRODUCT_ID].combine_chunks()),
+            cutoff_micros=plan.config.settings.cutoff_micros,
+            partitions=plan.partitions,
+        ),
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(None)),
+        num_cpus=light,
+    )
     grouped = ds.groupby(E.BUCKET, num_partitions=plan.partitions)
-    out = grouped.map_groups(BuildPartition, fn_constructor_kwargs=builder_args, batch_format="pyarrow",
-                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(None)), num_cpus=light)
+    out = grouped.map_groups(
+        BuildPartition,
+        fn_constructor_kwargs=builder_args,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=stage_actors(None)),
+        num_cpus=light,
+    )
     return out.take_all()
 
 
@@ -255,25 +344,45 @@ def _finish(plan: Plan, stats: list[dict], started: float) -> BuildResult:
     read = plan.events.rows
     used, rejected = sum(s["events_used"] for s in stats), sum(s["rejected"] for s in stats)
     if used + rejected != read:
-        raise IncompleteBuild(f"{read} events read but {used} used and {rejected} set aside; "
-                              f"no summary written, rerun the build")
+        raise IncompleteBuild(
+            f"{read} events read but {used} used and {rejected} set aside; "
+            f"no summary written, rerun the build"
+        )
     reasons: dict[str, int] = {}
     for s in stats:
         for reason, n in json.loads(s["rejected_by_reason"]).items():
             reasons[reason] = reasons.get(reason, 0) + n
     summary_loc = plan.output.join(SUMMARY)
     result = BuildResult(
-        output_uri=plan.output.uri, summary_uri=summary_loc.uri, partitions=plan.partitions,
-        events_read=read, events_used=used, events_rejected=rejected, rejected_by_reason=dict(sorted(reasons.items())),
-        profiles=sum(s["profiles"] for s in stats), users_with_events=sum(s["users_with_events"] for s in stats),
+        output_uri=plan.output.uri,
+        summary_uri=summary_loc.uri,
+        partitions=plan.partitions,
+        events_read=read,
+        events_used=used,
+        events_rejected=rejected,
+        rejected_by_reason=dict(sorted(reasons.items())),
+        profiles=sum(s["profiles"] for s in stats),
+        users_with_events=sum(s["users_with_events"] for s in stats),
         files=[{"file": s["file"], "rows": s["profiles"], "bytes": s["bytes"]} for s in stats if s["file"]],
-        seconds=round(time.time() - started, 3), table_problems=plan.table_problems,
+        seconds=round(time.time() - started, 3),
+        table_problems=plan.table_problems,
     )
     config = plan.config
-    summary = {**asdict(result), "settings": config.settings.model_dump(mode="json"),
-               "inputs": {"events": config.events, "products": config.products, "users": config.users},
-               "rejected_events": f"{plan.output.uri}/{REJECTED_DIR}/" if result.events_rejected else None}
-    put_bytes(summary_loc, json.dumps(summary, indent=2, sort_keys=True).encode(), content_type="application/json")
-    logger.info("Profiles: %d users from %d of %d events (%d set aside) in %.1f s", result.profiles,
-                result.events_used, result.events_read, result.events_rejected, result.seconds)
+    summary = {
+        **asdict(result),
+        "settings": config.settings.model_dump(mode="json"),
+        "inputs": {"events": config.events, "products": config.products, "users": config.users},
+        "rejected_events": f"{plan.output.uri}/{REJECTED_DIR}/" if result.events_rejected else None,
+    }
+    put_bytes(
+        summary_loc, json.dumps(summary, indent=2, sort_keys=True).encode(), content_type="application/json"
+    )
+    logger.info(
+        "Profiles: %d users from %d of %d events (%d set aside) in %.1f s",
+        result.profiles,
+        result.events_used,
+        result.events_read,
+        result.events_rejected,
+        result.seconds,
+    )
     return result

@@ -29,8 +29,12 @@ QUERY = "query"
 TS = "ts"
 BUCKET = "__bucket"  # the output file (hash partition) a user's rows go to
 
-EVENTS = inputs.Contract("events", required=(C.USER_ID, EVENT_TYPE, TS), optional=(C.PRODUCT_ID, QUERY),
-                         string_fields=(C.USER_ID, EVENT_TYPE, C.PRODUCT_ID, QUERY))
+EVENTS = inputs.Contract(
+    "events",
+    required=(C.USER_ID, EVENT_TYPE, TS),
+    optional=(C.PRODUCT_ID, QUERY),
+    string_fields=(C.USER_ID, EVENT_TYPE, C.PRODUCT_ID, QUERY),
+)
 
 # Reasons an event is set aside: stable codes to group by. Malformed user ids
 # get inputs.malformed_reasons' codes (null_user_id, invalid_utf8_user_id, ...).
@@ -43,18 +47,32 @@ MISSING_QUERY = "missing_query"
 
 # The rows after the check: accepted events have reason, source and
 # source_row null (they are not needed any more, and cost memory).
-CHECKED_SCHEMA = pa.schema([
-    (C.USER_ID, pa.string()), (EVENT_TYPE, pa.string()), (C.PRODUCT_ID, pa.string()), (QUERY, pa.string()),
-    (TS, pa.int64()), (C.REASON, pa.string()), (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()),
-    (BUCKET, pa.int32()),
-])
+CHECKED_SCHEMA = pa.schema(
+    [
+        (C.USER_ID, pa.string()),
+        (EVENT_TYPE, pa.string()),
+        (C.PRODUCT_ID, pa.string()),
+        (QUERY, pa.string()),
+        (TS, pa.int64()),
+        (C.REASON, pa.string()),
+        (C.SOURCE, pa.string()),
+        (C.SOURCE_ROW, pa.int64()),
+        (BUCKET, pa.int32()),
+    ]
+)
 # What is kept of a rejected event: where to find it, why, and its keys. Not
 # the query: it may hold personal data, and the source row is one look away.
-REJECTED_SCHEMA = pa.schema([
-    (C.SOURCE, pa.string()), (C.SOURCE_ROW, pa.int64()), (C.REASON, pa.string()),
-    (C.USER_ID, pa.string()), (EVENT_TYPE, pa.string()), (C.PRODUCT_ID, pa.string()),
-    (TS, pa.timestamp("us", tz="UTC")),
-])
+REJECTED_SCHEMA = pa.schema(
+    [
+        (C.SOURCE, pa.string()),
+        (C.SOURCE_ROW, pa.int64()),
+        (C.REASON, pa.string()),
+        (C.USER_ID, pa.string()),
+        (EVENT_TYPE, pa.string()),
+        (C.PRODUCT_ID, pa.string()),
+        (TS, pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 def check_events_schema(loc, name: str = "events") -> inputs.ParquetInput:
@@ -148,8 +166,9 @@ def _text_or_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return column.cast(pa.string())
     except pa.ArrowInvalid:
         values = column.cast(pa.binary()).to_pylist()
-        return pa.chunked_array([pa.array([None if v is None else v.decode("utf-8", "replace") for v in values],
-                                          pa.string())])
+        return pa.chunked_array(
+            [pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())]
+        )
 
 
 def _shown(value: Optional[bytes]) -> Optional[str]:
@@ -158,7 +177,11 @@ def _shown(value: Optional[bytes]) -> Optional[str]:
         return None
     text = value.decode("utf-8", "replace")
     data = text.encode()
-    return text if len(data) <= inputs.MAX_KEY_BYTES else data[:inputs.MAX_KEY_BYTES].decode("utf-8", "ignore") + "…"
+    return (
+        text
+        if len(data) <= inputs.MAX_KEY_BYTES
+        else data[: inputs.MAX_KEY_BYTES].decode("utf-8", "ignore") + "…"
+    )
 
 
 def check_events(batch: pa.Table, product_ids: pa.Array, cutoff_micros: int, partitions: int) -> pa.Table:
@@ -169,11 +192,15 @@ def check_events(batch: pa.Table, product_ids: pa.Array, cutoff_micros: int, par
     products_raw = batch[C.PRODUCT_ID].cast(pa.binary())
     ts = _micros(batch[TS])
     null_ts = ts == np.iinfo(np.int64).min
-    known_type = pc.fill_null(pc.is_in(types_raw, value_set=pa.array([t.encode() for t in EVENT_TYPES],
-                                                                     pa.binary())), False)
+    known_type = pc.fill_null(
+        pc.is_in(types_raw, value_set=pa.array([t.encode() for t in EVENT_TYPES], pa.binary())), False
+    )
     known_product = pc.fill_null(pc.is_in(products_raw, value_set=product_ids.cast(pa.binary())), False)
-    types = [t.decode("utf-8", "replace") if t is not None else None for t in types_raw.to_pylist()] \
-        if not pc.all(known_type).as_py() else batch[EVENT_TYPE].cast(pa.string()).to_pylist()
+    types = (
+        [t.decode("utf-8", "replace") if t is not None else None for t in types_raw.to_pylist()]
+        if not pc.all(known_type).as_py()
+        else batch[EVENT_TYPE].cast(pa.string()).to_pylist()
+    )
     known_type, known_product = known_type.to_pylist(), known_product.to_pylist()
     blank_product = pc.fill_null(pc.equal(pc.binary_length(products_raw), 0), True).to_pylist()
     query = _text_or_null(batch[QUERY])
@@ -198,46 +225,69 @@ def check_events(batch: pa.Table, product_ids: pa.Array, cutoff_micros: int, par
     return _checked_table(batch, reasons, types, ts, null_ts, query, partitions)
 
 
-def _checked_table(batch: pa.Table, reasons: list[Optional[str]], types: list, ts: np.ndarray,
-                   null_ts: np.ndarray, query: pa.ChunkedArray, partitions: int) -> pa.Table:
+def _checked_table(
+    batch: pa.Table,
+    reasons: list[Optional[str]],
+    types: list,
+    ts: np.ndarray,
+    null_ts: np.ndarray,
+    query: pa.ChunkedArray,
+    partitions: int,
+) -> pa.Table:
     bad = np.array([r is not None for r in reasons], dtype=bool)
     users_raw = batch[C.USER_ID].cast(pa.binary()).to_pylist()
     rows = batch[C.SOURCE_ROW].to_numpy()
-    buckets = [bucket_of(u, partitions) if u is not None else int(rows[i]) % partitions
-               for i, u in enumerate(users_raw)]
+    buckets = [
+        bucket_of(u, partitions) if u is not None else int(rows[i]) % partitions
+        for i, u in enumerate(users_raw)
+    ]
     if bad.any():
         # Rejected rows must still be valid, bounded text in the set-aside file.
-        users = [(_shown(u) if bad[i] else u.decode()) if u is not None else None for i, u in enumerate(users_raw)]
-        products = [(_shown(p) if bad[i] else p.decode()) if p is not None else None
-                    for i, p in enumerate(batch[C.PRODUCT_ID].cast(pa.binary()).to_pylist())]
+        users = [
+            (_shown(u) if bad[i] else u.decode()) if u is not None else None for i, u in enumerate(users_raw)
+        ]
+        products = [
+            (_shown(p) if bad[i] else p.decode()) if p is not None else None
+            for i, p in enumerate(batch[C.PRODUCT_ID].cast(pa.binary()).to_pylist())
+        ]
         types = [_shown(t.encode()) if (bad[i] and t is not None) else t for i, t in enumerate(types)]
         user_col, product_col = pa.array(users, pa.string()), pa.array(products, pa.string())
     else:
         user_col, product_col = batch[C.USER_ID].cast(pa.string()), batch[C.PRODUCT_ID].cast(pa.string())
     bad_arr = pa.array(bad)
     none_str = pa.nulls(len(bad), pa.string())
-    return pa.table({
-        C.USER_ID: user_col,
-        EVENT_TYPE: pa.array(types, pa.string()),
-        C.PRODUCT_ID: product_col,
-        QUERY: pc.if_else(bad_arr, none_str, query),  # a rejected event's query is never carried on
-        TS: pa.array(ts, pa.int64(), mask=null_ts),
-        C.REASON: pa.array(reasons, pa.string()),
-        C.SOURCE: pc.if_else(bad_arr, batch[C.SOURCE], none_str),
-        C.SOURCE_ROW: pc.if_else(bad_arr, batch[C.SOURCE_ROW], pa.nulls(len(bad), pa.int64())),
-        BUCKET: pa.array(buckets, pa.int32()),
-    }, schema=CHECKED_SCHEMA)
+    return pa.table(
+        {
+            C.USER_ID: user_col,
+            EVENT_TYPE: pa.array(types, pa.string()),
+            C.PRODUCT_ID: product_col,
+            QUERY: pc.if_else(bad_arr, none_str, query),  # a rejected event's query is never carried on
+            TS: pa.array(ts, pa.int64(), mask=null_ts),
+            C.REASON: pa.array(reasons, pa.string()),
+            C.SOURCE: pc.if_else(bad_arr, batch[C.SOURCE], none_str),
+            C.SOURCE_ROW: pc.if_else(bad_arr, batch[C.SOURCE_ROW], pa.nulls(len(bad), pa.int64())),
+            BUCKET: pa.array(buckets, pa.int32()),
+        },
+        schema=CHECKED_SCHEMA,
+    )
 
 
 def rejected_rows(checked: pa.Table) -> pa.Table:
     """The set-aside rows of a checked table, sorted by file and row."""
     rows = checked.filter(pc.is_valid(checked[C.REASON]))
     rows = rows.sort_by([(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")])
-    return pa.table({
-        C.SOURCE: rows[C.SOURCE], C.SOURCE_ROW: rows[C.SOURCE_ROW], C.REASON: rows[C.REASON],
-        C.USER_ID: rows[C.USER_ID], EVENT_TYPE: rows[EVENT_TYPE], C.PRODUCT_ID: rows[C.PRODUCT_ID],
-        TS: rows[TS].cast(pa.timestamp("us", tz="UTC")),
-    }, schema=REJECTED_SCHEMA)
+    return pa.table(
+        {
+            C.SOURCE: rows[C.SOURCE],
+            C.SOURCE_ROW: rows[C.SOURCE_ROW],
+            C.REASON: rows[C.REASON],
+            C.USER_ID: rows[C.USER_ID],
+            EVENT_TYPE: rows[EVENT_TYPE],
+            C.PRODUCT_ID: rows[C.PRODUCT_ID],
+            TS: rows[TS].cast(pa.timestamp("us", tz="UTC")),
+        },
+        schema=REJECTED_SCHEMA,
+    )
 
 
 def reason_counts(checked: pa.Table) -> dict[str, int]:
@@ -259,5 +309,12 @@ def group_by_user(accepted: pa.Table) -> tuple[list[str], list[tuple[int, int]],
 
 
 def events_of(cols: dict[str, list], start: int, end: int) -> list[Event]:
-    return [Event(t, ts, p, q) for t, ts, p, q in zip(cols[EVENT_TYPE][start:end], cols[TS][start:end],
-                                                      cols[C.PRODUCT_ID][start:end], cols[QUERY][start:end])]
+    return [
+        Event(t, ts, p, q)
+        for t, ts, p, q in zip(
+            cols[EVENT_TYPE][start:end],
+            cols[TS][start:end],
+            cols[C.PRODUCT_ID][start:end],
+            cols[QUERY][start:end],
+        )
+    ]

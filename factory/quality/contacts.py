@@ -36,18 +36,105 @@ from dataclasses import dataclass
 import regex
 
 # Suffixes that are no English word: a spelled or spaced dot before one is a link.
-_PLAIN_SUFFIXES = ("com", "net", "org", "cn", "io", "ly", "gl", "gd", "cc", "info", "biz", "xyz", "hk", "tw",
-                   "uk", "ru", "jp", "kr", "sg", "au", "ca", "tk", "ml", "ga", "cf", "im", "gov", "edu")
+_PLAIN_SUFFIXES = (
+    "com",
+    "net",
+    "org",
+    "cn",
+    "io",
+    "ly",
+    "gl",
+    "gd",
+    "cc",
+    "info",
+    "biz",
+    "xyz",
+    "hk",
+    "tw",
+    "uk",
+    "ru",
+    "jp",
+    "kr",
+    "sg",
+    "au",
+    "ca",
+    "tk",
+    "ml",
+    "ga",
+    "cf",
+    "im",
+    "gov",
+    "edu",
+)
 # Suffixes that are also words ("polka dot top"): a link only with a path after them.
-_WORD_SUFFIXES = ("co", "me", "to", "tv", "us", "de", "fr", "it", "in", "top", "shop", "store", "site", "online",
-                  "link", "club", "vip", "app", "live", "life", "fun", "one", "win", "pro", "id", "at", "page")
+_WORD_SUFFIXES = (
+    "co",
+    "me",
+    "to",
+    "tv",
+    "us",
+    "de",
+    "fr",
+    "it",
+    "in",
+    "top",
+    "shop",
+    "store",
+    "site",
+    "online",
+    "link",
+    "club",
+    "vip",
+    "app",
+    "live",
+    "life",
+    "fun",
+    "one",
+    "win",
+    "pro",
+    "id",
+    "at",
+    "page",
+)
 # Hosts whose only use is to hide where a link goes.
-SHORT_HOSTS = frozenset({
-    "bit.ly", "bitly.com", "tinyurl.com", "goo.gl", "ow.ly", "t.co", "t.cn", "dwz.cn", "url.cn", "suo.im",
-    "is.gd", "v.gd", "cutt.ly", "rebrand.ly", "shorturl.at", "tiny.cc", "buff.ly", "lnkd.in", "t.me", "wa.me",
-    "s.id", "u.nu", "rb.gy", "bl.ink", "short.io", "tr.ee", "linktr.ee", "qr.net", "sohu.gg", "c.tb.cn",
-    "m.tb.cn", "e.tb.cn", "3.cn", "u.jd.com",
-})
+SHORT_HOSTS = frozenset(
+    {
+        "bit.ly",
+        "bitly.com",
+        "tinyurl.com",
+        "goo.gl",
+        "ow.ly",
+        "t.co",
+        "t.cn",
+        "dwz.cn",
+        "url.cn",
+        "suo.im",
+        "is.gd",
+        "v.gd",
+        "cutt.ly",
+        "rebrand.ly",
+        "shorturl.at",
+        "tiny.cc",
+        "buff.ly",
+        "lnkd.in",
+        "t.me",
+        "wa.me",
+        "s.id",
+        "u.nu",
+        "rb.gy",
+        "bl.ink",
+        "short.io",
+        "tr.ee",
+        "linktr.ee",
+        "qr.net",
+        "sohu.gg",
+        "c.tb.cn",
+        "m.tb.cn",
+        "e.tb.cn",
+        "3.cn",
+        "u.jd.com",
+    }
+)
 
 # Reserved for examples and tests (RFC 2606): never a real suffix, always a link.
 _RESERVED = frozenset({"example", "test", "invalid", "localhost"})
@@ -56,17 +143,30 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = regex.compile(
     r"(?<![a-z0-9@.-])(?P<scheme>(?:https?|hxxps?)\s*:\s*//\s*)?(?P<www>www\s*\.\s*)?"
     r"(?P<host>(?:" + _LABEL + r"[.。])+(?:" + _LABEL + r"|xn--[a-z0-9-]+))(?![a-z0-9-])(?P<path>/[^\s]*)?",
-    regex.IGNORECASE)
+    regex.IGNORECASE,
+)
 _DOT_WORD = r"(?:dot|d0t|dót|点|點|句点|\.|。)"
 # A disguised separator: bracketed, spelled out, spaced on both sides, or 点 / 。.
-_DISGUISED_SEP = (r"(?:\s*[(\[{<（【]\s*" + _DOT_WORD + r"\s*[)\]}>）】]\s*"
-                  r"|\s+(?:dot|d0t|dót)\s+|\s*(?:点|點|句点)\s*|\s+[.。]\s*|[.。]\s+)")
+_DISGUISED_SEP = (
+    r"(?:\s*[(\[{<（【]\s*" + _DOT_WORD + r"\s*[)\]}>）】]\s*"
+    r"|\s+(?:dot|d0t|dót)\s+|\s*(?:点|點|句点)\s*|\s+[.。]\s*|[.。]\s+)"
+)
 _DISGUISED = regex.compile(
-    r"(?<![a-z0-9@])(?P<label>" + _LABEL + r")" + _DISGUISED_SEP
-    + r"(?:(?P<plain>" + "|".join(_PLAIN_SUFFIXES) + r")(?![a-z0-9-])"
-    + r"|(?P<word>" + "|".join(_WORD_SUFFIXES) + r")(?=\s*(?:/|斜杠|slash)))",
-    regex.IGNORECASE)
-_SCHEME = regex.compile(r"(?i)\b(?:h\s?t\s?t\s?p\s?s?|hxxps?)\s*(?::|colon|冒号)\s*(?:/|slash|斜杠)\s*(?:/|slash|斜杠)")
+    r"(?<![a-z0-9@])(?P<label>"
+    + _LABEL
+    + r")"
+    + _DISGUISED_SEP
+    + r"(?:(?P<plain>"
+    + "|".join(_PLAIN_SUFFIXES)
+    + r")(?![a-z0-9-])"
+    + r"|(?P<word>"
+    + "|".join(_WORD_SUFFIXES)
+    + r")(?=\s*(?:/|斜杠|slash)))",
+    regex.IGNORECASE,
+)
+_SCHEME = regex.compile(
+    r"(?i)\b(?:h\s?t\s?t\s?p\s?s?|hxxps?)\s*(?::|colon|冒号)\s*(?:/|slash|斜杠)\s*(?:/|slash|斜杠)"
+)
 _SPACED_LETTERS = regex.compile(r"(?<![\w])(?:[a-z0-9@.](?:\s|$)){4,}", regex.IGNORECASE)
 # Cheap first tests, in Python on the copy's tokens: most copy has no link,
 # and a regex with no literal to anchor on costs 5-40 us a row.
@@ -94,19 +194,42 @@ def _spaced_run(words: list[str]) -> bool:
             return True
     return False
 
+
 _AT_FORMS = r"(?:@|\(\s*at\s*\)|\[\s*at\s*\]|\{\s*at\s*\}|<\s*at\s*>|（\s*at\s*）|\bat\b|艾特|圈a|小老鼠)"
 _AT_BEFORE = regex.compile(r"[\w.+-]+\s*" + _AT_FORMS + r"\s*$", regex.IGNORECASE)
 # "Shop at harbor.com" is a link; "jane at gmail.com" an address: the word
 # "at" makes an e-mail address only before a mail provider.
 _AT_SIGN_BEFORE = regex.compile(r"[\w.+-]+\s*(?!\bat\b)" + _AT_FORMS + r"\s*$", regex.IGNORECASE)
-_MAIL_DOMAINS = frozenset("gmail googlemail hotmail outlook yahoo icloud qq 163 126 foxmail sina sohu aliyun yeah "
-                          "protonmail proton live msn aol".split())
-_PROVIDERS = ("gmail", "googlemail", "hotmail", "outlook", "yahoo", "icloud", "qq", "163", "126", "foxmail", "sina",
-              "sohu", "aliyun", "yeah", "protonmail", "proton", "live", "msn", "aol")
+_MAIL_DOMAINS = frozenset(
+    "gmail googlemail hotmail outlook yahoo icloud qq 163 126 foxmail sina sohu aliyun yeah "
+    "protonmail proton live msn aol".split()
+)
+_PROVIDERS = (
+    "gmail",
+    "googlemail",
+    "hotmail",
+    "outlook",
+    "yahoo",
+    "icloud",
+    "qq",
+    "163",
+    "126",
+    "foxmail",
+    "sina",
+    "sohu",
+    "aliyun",
+    "yeah",
+    "protonmail",
+    "proton",
+    "live",
+    "msn",
+    "aol",
+)
 # Anchored on the at-form, with the name before it as a lookbehind: starting
 # from every word of the copy cost ~40 us a row.
 _MAIL_PROVIDER = regex.compile(
-    r"(?<=[\w.+-]\s{0,3})" + _AT_FORMS + r"\s*(?:" + "|".join(_PROVIDERS) + r")(?![a-z0-9])", regex.IGNORECASE)
+    r"(?<=[\w.+-]\s{0,3})" + _AT_FORMS + r"\s*(?:" + "|".join(_PROVIDERS) + r")(?![a-z0-9])", regex.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -167,7 +290,7 @@ def find_links(norm: str) -> list[Link]:
 
 
 def _after_at(view: str, start: int, domain: str) -> bool:
-    before = view[max(0, start - 40):start]
+    before = view[max(0, start - 40) : start]
     pattern = _AT_BEFORE if domain in _MAIL_DOMAINS else _AT_SIGN_BEFORE
     return bool(pattern.search(before))
 
@@ -182,9 +305,11 @@ def spelled_email(norm: str) -> bool:
 
 
 # --- Messaging handles ---------------------------------------------------------------------
-_PLATFORM = (r"(?:we\s?chat|weixin|wechat\s?id|whats\s?app|telegram|tele\s?gram|signal|viber|kakao\s?talk|"
-             r"kakao|snapchat|snap|instagram|insta|ig|tiktok|douyin|facebook|messenger|line|qq|vx|wx|tg|"
-             r"微信|威信|薇信|徽信|维信|v信|微x|卫星|扣扣|企鹅号?|抖音号?|小红书号?|飞机号?|纸飞机|电报|钉钉)")
+_PLATFORM = (
+    r"(?:we\s?chat|weixin|wechat\s?id|whats\s?app|telegram|tele\s?gram|signal|viber|kakao\s?talk|"
+    r"kakao|snapchat|snap|instagram|insta|ig|tiktok|douyin|facebook|messenger|line|qq|vx|wx|tg|"
+    r"微信|威信|薇信|徽信|维信|v信|微x|卫星|扣扣|企鹅号?|抖音号?|小红书号?|飞机号?|纸飞机|电报|钉钉)"
+)
 _HANDLE = regex.compile(
     # A platform, then an id: "WeChat: harbor_deals88", "微信号 hd8888", "QQ 123456789", "LINE ID @shop".
     r"(?<![a-z0-9])" + _PLATFORM + r"\s*(?:号|账号|id|handle|用户名)?\s*[:：=]?\s*@?(?=[\w.-]*\d|[\w.-]*_|@)"
@@ -198,7 +323,8 @@ _HANDLE = regex.compile(
     r"|私信|私聊|私我|扫码加|扫码添加|扫一扫加"
     # Slang that only ever means a messaging account.
     r"|v信|薇信|威信|徽信|维信|微x|卫星号|扣扣号|企鹅号|飞机号|纸飞机|电报群",
-    regex.IGNORECASE)
+    regex.IGNORECASE,
+)
 _SOCIAL = regex.compile(r"(?<![\w@.])@[A-Za-z][\w.]{2,29}(?![\w@])(?!\.[a-z])")
 
 
@@ -206,7 +332,8 @@ _SOCIAL = regex.compile(r"(?<![\w@.])@[A-Za-z][\w.]{2,29}(?![\w@])(?!\.[a-z])")
 # Chinese or a "+") skips the regex, which costs ~20 us a row.
 _HANDLE_WORDS = frozenset(
     "chat wechat weixin whatsapp whats telegram tele signal viber kakao kakaotalk snapchat snap instagram insta "
-    "ig tiktok douyin facebook messenger line qq vx wx tg dm pm inbox dms slide".split())
+    "ig tiktok douyin facebook messenger line qq vx wx tg dm pm inbox dms slide".split()
+)
 
 
 def find_handle(norm: str) -> str | None:
@@ -229,7 +356,8 @@ _NAME_PART = regex.compile(r"[a-z]{3,}")
 _NOT_NAMES = frozenset(
     "mail email info shop store sales service support team hello contact admin user test official love fan fans "
     "the and real its not work home life style news club vip cool happy lucky best baby girl boy king queen star "
-    "online web net box office".split())
+    "online web net box office".split()
+)
 
 
 def profile_names(profile_text: str) -> frozenset[str]:
@@ -240,5 +368,6 @@ def profile_names(profile_text: str) -> frozenset[str]:
         return frozenset()
     locals_ = [m.group(1).lower() for m in _PROFILE_EMAIL.finditer(profile_text)]
     rest = _PROFILE_EMAIL.sub(" ", profile_text.lower())
-    return frozenset(p for local in locals_ for p in _NAME_PART.findall(local)
-                     if p not in _NOT_NAMES and p not in rest)
+    return frozenset(
+        p for local in locals_ for p in _NAME_PART.findall(local) if p not in _NOT_NAMES and p not in rest
+    )

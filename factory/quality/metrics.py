@@ -153,8 +153,9 @@ def _dense(*cols: np.ndarray) -> np.ndarray:
 # --- Distinct-n ---------------------------------------------------------------------------
 
 
-def _distinct(keys: np.ndarray, ch: np.ndarray, n_ch: int,
-              dense: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+def _distinct(
+    keys: np.ndarray, ch: np.ndarray, n_ch: int, dense: bool = False
+) -> tuple[np.ndarray, np.ndarray, int]:
     """n-gram totals per channel, distinct n-grams per channel, distinct n-grams overall.
 
     `dense`: the keys already are 0..m-1 with every value used (token ids).
@@ -237,8 +238,15 @@ def _product_facts(products: pa.Table, wanted: pa.Array) -> dict[str, list[tuple
     return facts
 
 
-def _coverage(pids: pa.Array, facts: dict, vocab: pa.Array, ids: np.ndarray, tok_row: np.ndarray,
-              bigrams: np.ndarray, bigram_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _coverage(
+    pids: pa.Array,
+    facts: dict,
+    vocab: pa.Array,
+    ids: np.ndarray,
+    tok_row: np.ndarray,
+    bigrams: np.ndarray,
+    bigram_row: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per copy: its product's fact count, and how many of those facts it names.
 
     Copy and fact units become the same integer keys (token id; V + bigram key),
@@ -297,8 +305,9 @@ def _coverage(pids: pa.Array, facts: dict, vocab: pa.Array, ids: np.ndarray, tok
     if matched.num_rows == 0:
         return n_facts, named
     n_all = len(need)
-    row_fact, units_seen = np.unique(matched["row"].to_numpy() * n_all + matched["fact"].to_numpy(),
-                                     return_counts=True)
+    row_fact, units_seen = np.unique(
+        matched["row"].to_numpy() * n_all + matched["fact"].to_numpy(), return_counts=True
+    )
     is_named = 2 * units_seen >= np.asarray(need)[row_fact % n_all]  # at least half of the fact's units
     return n_facts, np.bincount(row_fact[is_named] // n_all, minlength=k)
 
@@ -355,8 +364,9 @@ def _pairs_within(keys: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(first), np.concatenate(second)
 
 
-def _mean_dissimilarity(g: np.ndarray, u: np.ndarray, row: np.ndarray, ids: np.ndarray, starts: np.ndarray,
-                        n_groups: int) -> np.ndarray:
+def _mean_dissimilarity(
+    g: np.ndarray, u: np.ndarray, row: np.ndarray, ids: np.ndarray, starts: np.ndarray, n_groups: int
+) -> np.ndarray:
     """Per group: mean 1 - Jaccard(token sets) over pairs of copies of different users.
 
     The copies come sorted by group, at most GROUP_CAP per group, so every pair
@@ -391,11 +401,22 @@ def _mean_dissimilarity(g: np.ndarray, u: np.ndarray, row: np.ndarray, ids: np.n
     return np.bincount(g[a], weights=dissim, minlength=n_groups) / np.bincount(g[a], minlength=n_groups)
 
 
-def _personalization(pid: pa.Array, user: pa.Array, ch: np.ndarray, n_ch: int, text: pa.Array,
-                     ids: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+def _personalization(
+    pid: pa.Array,
+    user: pa.Array,
+    ch: np.ndarray,
+    n_ch: int,
+    text: pa.Array,
+    ids: np.ndarray,
+    starts: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Per channel: groups measured, copies in them, size-weighted dissimilarity, identical copies."""
-    out = {"groups": np.zeros(n_ch), "copies": np.zeros(n_ch), "weighted": np.zeros(n_ch),
-           "identical": np.zeros(n_ch)}
+    out = {
+        "groups": np.zeros(n_ch),
+        "copies": np.zeros(n_ch),
+        "weighted": np.zeros(n_ch),
+        "identical": np.zeros(n_ch),
+    }
     p = pc.fill_null(pid.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     u_enc = user.dictionary_encode()
     by_id = np.empty(len(u_enc.dictionary), dtype=np.int64)  # users ranked by id, not by first sight
@@ -475,8 +496,10 @@ def corpus_figures(copies: pa.Table, products: pa.Table, max_rows: int = 200_000
     if n:
         status = pc.fill_null(_array(copies, "status", pa.string()), UNKNOWN)
         counts = pc.value_counts(status)
-        status_share = {v: _r(c / n) for v, c in sorted(zip(counts.field("values").to_pylist(),
-                                                             counts.field("counts").to_pylist()))}
+        status_share = {
+            v: _r(c / n)
+            for v, c in sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+        }
 
     fid = _array(copies, "numeric_fidelity", pa.float64()).to_numpy(zero_copy_only=False)
     has_num = ~np.isnan(fid)  # null -> NaN
@@ -488,8 +511,9 @@ def corpus_figures(copies: pa.Table, products: pa.Table, max_rows: int = 200_000
         "fully_supported_share": _share(int((fid >= 1.0).sum()), with_numbers),
     }
 
-    within = pc.less_equal(_array(copies, "copy_length", pa.int64()),
-                           _array(copies, "copy_length_limit", pa.int64()))  # null: unknown
+    within = pc.less_equal(
+        _array(copies, "copy_length", pa.int64()), _array(copies, "copy_length_limit", pa.int64())
+    )  # null: unknown
     len_measured = filled_np & ~within.is_null().to_numpy(zero_copy_only=False)
     len_ok = len_measured & pc.fill_null(within, False).to_numpy(zero_copy_only=False)
 
@@ -537,8 +561,10 @@ def corpus_figures(copies: pa.Table, products: pa.Table, max_rows: int = 200_000
         "length_compliance": _div(per_channel(codes[len_ok]), per_channel(codes[len_measured])),
         "numeric_fidelity_mean": _div(per_channel(codes, fid), fid_n),
     }
-    by_channel = {channels[c]: {name: values[c] for name, values in columns.items()}
-                  for c in sorted(range(n_ch), key=channels.__getitem__)}
+    by_channel = {
+        channels[c]: {name: values[c] for name, values in columns.items()}
+        for c in sorted(range(n_ch), key=channels.__getitem__)
+    }
 
     return {
         "rows": int(rows),

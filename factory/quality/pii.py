@@ -14,7 +14,8 @@ import regex
 
 EMAIL = regex.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = regex.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w])")
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w])"
+)
 _CN_MOBILE = regex.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
 _ID_NUMBERS = (
     ("national ID number", regex.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])")),
@@ -22,8 +23,10 @@ _ID_NUMBERS = (
     ("long identifier number", regex.compile(r"(?<!\d|\d[.,])\d{9,}(?!\d|[.,]\d)")),
 )
 _STREET = (
-    regex.compile(r"\b\d{1,5}\s+(?:[A-Z][\w'-]*\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|"
-                  r"Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Close|Square)\b\.?"),
+    regex.compile(
+        r"\b\d{1,5}\s+(?:[A-Z][\w'-]*\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|"
+        r"Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Close|Square)\b\.?"
+    ),
     regex.compile(r"\p{Han}{2,}(?:路|街|大道|巷|弄)\s*\d+\s*号"),
 )
 _DIGIT = regex.compile(r"\d")
@@ -33,17 +36,25 @@ _LOOSE_DIGITS = regex.compile(r"\+?\(?\d(?:[\s.\-–—·/()]{0,3}\d){6,15}")
 _PHONE_REGIONS = ("CN", "US", "GB")
 # Digits spelled out: no copy needs seven in a row, a phone number written so a filter misses it does.
 _HAN_DIGITS = regex.compile(r"[〇零一二三四五六七八九幺两](?:[\s\-—–·]?[〇零一二三四五六七八九幺两]){6,}")
-_WORD_DIGITS = regex.compile(r"(?i)(?:\b(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)\b[\s,.-]*){7,}")
+_WORD_DIGITS = regex.compile(
+    r"(?i)(?:\b(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)\b[\s,.-]*){7,}"
+)
 _MEASURE = regex.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+")
 
 
 def _phones(text: str) -> list[regex.Match]:
     found = list(_CN_MOBILE.finditer(text))
-    found += [m for m in _PHONE.finditer(text)
-              if sum(ch.isdigit() for ch in m.group(0)) >= 8 and not _MEASURE.fullmatch(m.group(0).strip())]
+    found += [
+        m
+        for m in _PHONE.finditer(text)
+        if sum(ch.isdigit() for ch in m.group(0)) >= 8 and not _MEASURE.fullmatch(m.group(0).strip())
+    ]
     if not found:
-        found = [m for m in _LOOSE_DIGITS.finditer(text) if _MEASURE.fullmatch(m.group(0).strip()) is None
-                 and _dialable(m.group(0))]
+        found = [
+            m
+            for m in _LOOSE_DIGITS.finditer(text)
+            if _MEASURE.fullmatch(m.group(0).strip()) is None and _dialable(m.group(0))
+        ]
     return found
 
 

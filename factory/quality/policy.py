@@ -104,12 +104,17 @@ class Offer(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: OfferKind = Field(description="discount (any price reduction, sale price, coupon or code), "
-                                        "free_shipping, warranty, bogo (buy one get one), money_back "
-                                        "(refunds, free returns) or gift (a free gift with purchase).")
-    text: str = Field(min_length=3, max_length=MAX_OFFER_CHARS,
-                      description="The offer as copy may state it; shown to the model in the system prompt. "
-                      "Its numbers (20%, 50 USD) become numbers the copy may use.")
+    kind: OfferKind = Field(
+        description="discount (any price reduction, sale price, coupon or code), "
+        "free_shipping, warranty, bogo (buy one get one), money_back "
+        "(refunds, free returns) or gift (a free gift with purchase)."
+    )
+    text: str = Field(
+        min_length=3,
+        max_length=MAX_OFFER_CHARS,
+        description="The offer as copy may state it; shown to the model in the system prompt. "
+        "Its numbers (20%, 50 USD) become numbers the copy may use.",
+    )
 
     @field_validator("text")
     @classmethod
@@ -123,8 +128,10 @@ class Offer(BaseModel):
 class ChannelLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    unit: Unit = Field(description="How the channel counts: graphemes, display_width "
-                                   "(wide characters count 2, as ad platforms do) or sms_segments.")
+    unit: Unit = Field(
+        description="How the channel counts: graphemes, display_width "
+        "(wide characters count 2, as ad platforms do) or sms_segments."
+    )
     max: int = Field(gt=0, description="Most units allowed (for sms_segments: segments).")
     min: int = Field(default=1, ge=0, description="Fewest graphemes a usable copy has.")
     single_line: bool = Field(default=True, description="Copy must be one line (one option, not a list).")
@@ -153,17 +160,28 @@ class QualityPolicy(BaseModel):
 
     limits: dict[str, ChannelLimits] = Field(
         default_factory=dict,
-        description="Per-channel limits; a channel named here overrides the default only in the keys given.")
+        description="Per-channel limits; a channel named here overrides the default only in the keys given.",
+    )
     banned_terms: list[str] = Field(default_factory=list, description="Extra terms that reject a copy.")
-    risky_terms: list[str] = Field(default_factory=list, description="Extra terms that send a copy to review.")
+    risky_terms: list[str] = Field(
+        default_factory=list, description="Extra terms that send a copy to review."
+    )
     allowed_terms: list[str] = Field(
         default_factory=list,
-        description="Terms that never trip the lexicon in this campaign (a sub-brand, a slogan).")
+        description="Terms that never trip the lexicon in this campaign (a sub-brand, a slogan).",
+    )
     severity: dict[str, Severity] = Field(
-        default_factory=dict, description="Per reason code: reject, review or off.")
-    repair: bool = Field(default=True, description="Regenerate rejected rows once, with the reasons fed back.")
+        default_factory=dict, description="Per reason code: reject, review or off."
+    )
+    repair: bool = Field(
+        default=True, description="Regenerate rejected rows once, with the reasons fed back."
+    )
     repair_temperature: float = Field(
-        default=0.8, ge=0.0, le=2.0, description="Sampling temperature of the repair attempt (a different draw).")
+        default=0.8,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature of the repair attempt (a different draw).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -20,16 +20,25 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import regex
 
 from factory.quality import contacts, pii
 from factory.quality import policy as P
 from factory.quality.policy import Offer, QualityPolicy, load_lexicon
-from factory.quality.text import (display_width, graphemes, han_share, invisible_kinds, lookalike_words, normalize,
-                                  sms_size, strip_invisible)
+from factory.quality.text import (
+    display_width,
+    graphemes,
+    han_share,
+    invisible_kinds,
+    lookalike_words,
+    normalize,
+    sms_size,
+    strip_invisible,
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,9 @@ _CLOCK = regex.compile(
     r"(?<![\d.,])(?:[01]?\d|2[0-3])[:：][0-5]\d(?:\s?[ap]\.?m\.?)?(?![\d])"
     r"|(?<![\d.,])(?:1[0-2]|0?\d)\s?[ap]\.?m\.?(?![a-z])"
     r"|(?<![\d.,])(?:[01]?\d|2[0-4])\s?点(?:半|[0-5]?\d分)?"
-    r"|(?<=\bat\s)(?:1[0-2]|0?\d)(?=\s*(?:[,;:!?]|$|o'clock))", regex.IGNORECASE)
+    r"|(?<=\bat\s)(?:1[0-2]|0?\d)(?=\s*(?:[,;:!?]|$|o'clock))",
+    regex.IGNORECASE,
+)
 
 
 def number_values(text: str) -> list[tuple[str, frozenset[float]]]:
@@ -115,25 +126,41 @@ class ProductFacts:
     phrases: tuple[str, ...] = ()
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> "ProductFacts":
+    def from_record(cls, record: Mapping[str, Any]) -> ProductFacts:
         title, brand = str(record.get("title") or ""), str(record.get("brand") or "")
         attributes = _flatten(record.get("attributes"))
         points = _flatten(record.get("selling_points"))
         # Extracted facts (factory.facts): every value in them was checked
         # against the record, but they add normalized forms ("10000 mm").
         extracted = _flatten(record.get("facts"))
-        parts = [title, brand, str(record.get("category") or ""), str(record.get("description") or ""),
-                 *attributes, *points, *extracted]
+        parts = [
+            title,
+            brand,
+            str(record.get("category") or ""),
+            str(record.get("description") or ""),
+            *attributes,
+            *points,
+            *extracted,
+        ]
         numbers = {v for part in parts for _, values in number_values(part) for v in values}
         price = record.get("price")
         if price is not None and not (isinstance(price, float) and math.isnan(price)):
             numbers.add(round(float(price), 2))
         facts = tuple(points + attributes + extracted)
         trusted = normalize("\n".join(facts)).lower()
-        phrases = sorted({p.strip() for p in trusted.split("\n") if len(p.strip()) >= 4}, key=len, reverse=True)
-        return cls(title=title, brand=brand, source="\n".join(parts).lower(), numbers=frozenset(numbers),
-                   facts=facts, trusted=trusted, category=str(record.get("category") or "").lower(),
-                   phrases=tuple(phrases))
+        phrases = sorted(
+            {p.strip() for p in trusted.split("\n") if len(p.strip()) >= 4}, key=len, reverse=True
+        )
+        return cls(
+            title=title,
+            brand=brand,
+            source="\n".join(parts).lower(),
+            numbers=frozenset(numbers),
+            facts=facts,
+            trusted=trusted,
+            category=str(record.get("category") or "").lower(),
+            phrases=tuple(phrases),
+        )
 
 
 @dataclass
@@ -178,22 +205,28 @@ class Measures:
 
 _URL = regex.compile(
     r"(?i)\b(?:https?://|www\.)[^\s<>\"']+|\b(?:[a-z0-9-]+\.)+(?:com|net|org|io|co|shop|store|cn|uk|de|fr|info|"
-    r"biz|xyz|top|app|site|online|link|example)\b(?:/[^\s<>\"']*)?")
+    r"biz|xyz|top|app|site|online|link|example)\b(?:/[^\s<>\"']*)?"
+)
 _INJECTION = regex.compile(
     r"(?i)\b(?:ignore|disregard|forget)\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?(?:previous|prior|above|earlier|"
     r"preceding)\s+(?:instructions?|prompts?|rules|directions)|\bsystem\s+prompt\b|\byou\s+are\s+now\b|"
     r"\bnew\s+instructions?\b|\bdeveloper\s+mode\b|\bjailbreak|"
-    r"(?:忽略|无视|忘记)(?:之前|以上|前面|上述|先前)?的?(?:所有)?(?:指令|指示|提示|要求|规则)|系统提示|新的?指令")
+    r"(?:忽略|无视|忘记)(?:之前|以上|前面|上述|先前)?的?(?:所有)?(?:指令|指示|提示|要求|规则)|系统提示|新的?指令"
+)
 _REFUSAL = regex.compile(
     r"(?i)\b(?:as an ai|as a language model|as an assistant|i(?:'| a)m sorry|i(?:'| a)m unable|i cannot|"
     r"i can(?:'|no)t|i won'?t|i do not have|i don'?t have (?:enough|any) information)\b|"
-    r"作为(?:一个)?(?:AI|人工智能|语言模型|助手)|我无法|我不能|抱歉")
+    r"作为(?:一个)?(?:AI|人工智能|语言模型|助手)|我无法|我不能|抱歉"
+)
 _PLACEHOLDER = regex.compile(
     r"^requirements?\b|</?product>|\{[a-z_]+\}|\[(?:product(?: name)?|brand(?: name)?|name|title|price|customer(?: name)?|"
-    r"user(?: name)?|first name|link|url)\]|\bplaceholder\b", regex.IGNORECASE)
+    r"user(?: name)?|first name|link|url)\]|\bplaceholder\b",
+    regex.IGNORECASE,
+)
 _CHATTER = regex.compile(
     r"(?i)^\W*(?:sure|certainly|of course|okay|ok|absolutely|here(?:'s| is| are)|below is|this is a)\b|"
-    r"^\W*(?:好的|当然|以下是|这是)")
+    r"^\W*(?:好的|当然|以下是|这是)"
+)
 _LIST_MARKER = regex.compile(r"(?im)(?:^|\s)(?:1[.)]\s|option\s*1\b|①)")
 _WORD = regex.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 _LATIN_WORD = regex.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -202,15 +235,81 @@ _CHAR_LOOP = regex.compile(r"(.)\1{5,}")
 _LETTER = regex.compile(r"\p{L}")
 
 _MATERIALS_EN = (
-    "cotton", "linen", "wool", "merino", "cashmere", "alpaca", "silk", "leather", "suede", "denim", "nylon",
-    "polyester", "spandex", "elastane", "bamboo", "oak", "walnut", "teak", "wooden", "steel", "stainless steel",
-    "aluminium", "aluminum", "titanium", "copper", "brass", "ceramic", "porcelain", "glass", "marble",
-    "granite", "plastic", "rubber", "silicone", "carbon fiber", "carbon fibre", "fleece", "velvet", "canvas",
-    "jute", "rattan", "seagrass", "cast iron", "clay", "gore-tex", "mesh",
+    "cotton",
+    "linen",
+    "wool",
+    "merino",
+    "cashmere",
+    "alpaca",
+    "silk",
+    "leather",
+    "suede",
+    "denim",
+    "nylon",
+    "polyester",
+    "spandex",
+    "elastane",
+    "bamboo",
+    "oak",
+    "walnut",
+    "teak",
+    "wooden",
+    "steel",
+    "stainless steel",
+    "aluminium",
+    "aluminum",
+    "titanium",
+    "copper",
+    "brass",
+    "ceramic",
+    "porcelain",
+    "glass",
+    "marble",
+    "granite",
+    "plastic",
+    "rubber",
+    "silicone",
+    "carbon fiber",
+    "carbon fibre",
+    "fleece",
+    "velvet",
+    "canvas",
+    "jute",
+    "rattan",
+    "seagrass",
+    "cast iron",
+    "clay",
+    "gore-tex",
+    "mesh",
 )
-_MATERIALS_ZH = ("纯棉", "棉", "亚麻", "羊毛", "羊绒", "真丝", "丝绸", "皮革", "真皮", "牛皮", "尼龙", "涤纶",
-                 "竹", "实木", "橡木", "胡桃木", "不锈钢", "铝合金", "钛", "铜", "陶瓷", "玻璃", "大理石",
-                 "硅胶", "碳纤维", "羽绒")
+_MATERIALS_ZH = (
+    "纯棉",
+    "棉",
+    "亚麻",
+    "羊毛",
+    "羊绒",
+    "真丝",
+    "丝绸",
+    "皮革",
+    "真皮",
+    "牛皮",
+    "尼龙",
+    "涤纶",
+    "竹",
+    "实木",
+    "橡木",
+    "胡桃木",
+    "不锈钢",
+    "铝合金",
+    "钛",
+    "铜",
+    "陶瓷",
+    "玻璃",
+    "大理石",
+    "硅胶",
+    "碳纤维",
+    "羽绒",
+)
 
 
 def _latin(term: str) -> bool:
@@ -270,7 +369,7 @@ class TermMatcher:
             if not self._first_words.isdisjoint(words):
                 for n, table in self._latin.items():
                     for i in range(len(words) - n + 1):
-                        key = tuple(words[i:i + n])
+                        key = tuple(words[i : i + n])
                         if key in table:
                             found.append(" ".join(key))
         if self._han is not None and not lowered.isascii():  # every Chinese term has a Han character
@@ -306,21 +405,29 @@ def _lower_words(pattern: regex.Pattern, text: str) -> list[str]:
 
 def _shingles(text: str, n: int = 4) -> set[tuple[str, ...]]:
     words = _lower_words(_WORD, text)
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 class RuleBook:
     """All rules, compiled once (per gate actor) from the policy, the lexicon,
     the templates' fixed text and the catalog's brand names."""
 
-    def __init__(self, policy: QualityPolicy, prompt_texts: Sequence[str] = (),
-                 example_products: Sequence[str] = (), brands: Iterable[str] = (),
-                 lexicon: Mapping[str, Any] | None = None, offers: Sequence[Offer] = (),
-                 competitors: Sequence[str] = ()):
+    def __init__(
+        self,
+        policy: QualityPolicy,
+        prompt_texts: Sequence[str] = (),
+        example_products: Sequence[str] = (),
+        brands: Iterable[str] = (),
+        lexicon: Mapping[str, Any] | None = None,
+        offers: Sequence[Offer] = (),
+        competitors: Sequence[str] = (),
+    ):
         self.policy = policy
         lex = lexicon or load_lexicon()
         allowed = {t.lower() for t in policy.allowed_terms}
-        banned = [t for lang in ("zh", "en") for t in lex.get("banned", {}).get(lang, [])] + policy.banned_terms
+        banned = [
+            t for lang in ("zh", "en") for t in lex.get("banned", {}).get(lang, [])
+        ] + policy.banned_terms
         risky = [t for lang in ("zh", "en") for t in lex.get("risky", {}).get(lang, [])] + policy.risky_terms
         self._banned = TermMatcher(t for t in banned if t.lower() not in allowed)
         self._risky = TermMatcher(t for t in risky if t.lower() not in allowed)
@@ -344,8 +451,15 @@ class RuleBook:
         self._declared = frozenset(o.kind for o in offers)
         offer_text = normalize("\n".join(o.text for o in offers)).lower()
         self._offer_numbers = frozenset(v for _, values in number_values(offer_text) for v in values)
-        self._offer_terms = frozenset(t for m in (self._banned, self._risky, *self._offer_kinds.values())
-                                      for t in m.find(offer_text)) if offers else frozenset()
+        self._offer_terms = (
+            frozenset(
+                t
+                for m in (self._banned, self._risky, *self._offer_kinds.values())
+                for t in m.find(offer_text)
+            )
+            if offers
+            else frozenset()
+        )
         self._allowed = sorted(allowed, key=len, reverse=True)
         self._materials = TermMatcher(_MATERIALS_EN + _MATERIALS_ZH)
         # Four-word runs of the prompts' own wording: copy that contains one
@@ -382,9 +496,21 @@ class RuleBook:
         self._length(copy, m)
         copy.masked = self._mask(copy.norm, copy.product)
         copy.words = tokens(copy.masked)
-        for rule in (self._disguised, self._truncated, self._artifacts, self._repetition, self._language,
-                     self._claims, self._offers, self._health, self._rankings, self._personal_data, self._foreign,
-                     self._competitor, self._materials_rule):
+        for rule in (
+            self._disguised,
+            self._truncated,
+            self._artifacts,
+            self._repetition,
+            self._language,
+            self._claims,
+            self._offers,
+            self._health,
+            self._rankings,
+            self._personal_data,
+            self._foreign,
+            self._competitor,
+            self._materials_rule,
+        ):
             m.findings.extend(rule(copy))
         self._numbers(copy, m)
         return m
@@ -399,23 +525,34 @@ class RuleBook:
             size = sms_size(text)
             m.length, m.length_limit = size.units, size.limit(limits.max)
             if size.units > m.length_limit:
-                why = f" (UCS-2 because of {copy_char(size.first_non_gsm)})" if size.encoding == "UCS-2" else ""
-                m.findings.append(Finding(P.LENGTH_EXCEEDED, f"{size.segments} SMS segments, {size.units} "
-                                          f"{size.encoding} units > {m.length_limit}{why}"))
+                why = (
+                    f" (UCS-2 because of {copy_char(size.first_non_gsm)})" if size.encoding == "UCS-2" else ""
+                )
+                m.findings.append(
+                    Finding(
+                        P.LENGTH_EXCEEDED,
+                        f"{size.segments} SMS segments, {size.units} "
+                        f"{size.encoding} units > {m.length_limit}{why}",
+                    )
+                )
         else:
             measure = display_width if limits.unit == "display_width" else graphemes
             m.length, m.length_limit = measure(text), limits.max
             if m.length > limits.max:
-                m.findings.append(Finding(P.LENGTH_EXCEEDED, f"{m.length} {limits.unit.replace('_', ' ')} > "
-                                          f"{limits.max}"))
+                m.findings.append(
+                    Finding(P.LENGTH_EXCEEDED, f"{m.length} {limits.unit.replace('_', ' ')} > {limits.max}")
+                )
         shown = m.length if limits.unit == "graphemes" else graphemes(text)
         if shown < limits.min:
             m.findings.append(Finding(P.TOO_SHORT, f"{shown} characters < {limits.min}"))
         if limits.single_line:
             lines = [ln for ln in text.splitlines() if ln.strip()]
             if len(lines) > 1 or _LIST_MARKER.search(text):
-                m.findings.append(Finding(P.MULTIPLE_OPTIONS, f"{max(len(lines), 2)} lines or options; "
-                                          "the channel takes one"))
+                m.findings.append(
+                    Finding(
+                        P.MULTIPLE_OPTIONS, f"{max(len(lines), 2)} lines or options; the channel takes one"
+                    )
+                )
 
     def _disguised(self, copy: Copy) -> Iterable[Finding]:
         """Invisible characters (removed from the published text, but they
@@ -447,7 +584,9 @@ class RuleBook:
             yield Finding(P.TEMPLATE_LEAK, "repeats the prompt's instructions")
         else:
             lowered = text.lower()
-            echoed = next((p for p in self._example_products if p in lowered and p not in copy.product.source), None)
+            echoed = next(
+                (p for p in self._example_products if p in lowered and p not in copy.product.source), None
+            )
             if echoed:
                 yield Finding(P.TEMPLATE_LEAK, f"copies the worked example's product ({echoed})")
         if _CHATTER.search(text):
@@ -469,7 +608,7 @@ class RuleBook:
             for run in _HAN_RUN.findall(text):
                 grams: dict[str, int] = {}
                 for i in range(len(run) - 2):
-                    g = run[i:i + 3]
+                    g = run[i : i + 3]
                     grams[g] = grams.get(g, 0) + 1
                 loop = next((g for g, n in grams.items() if n >= 3), None)
                 if loop:
@@ -491,7 +630,9 @@ class RuleBook:
         if wants_zh and share < 0.3:
             yield Finding(P.WRONG_LANGUAGE, f"locale {copy.locale} wants Chinese; {share:.0%} of letters are")
         elif not wants_zh and share > 0.2:
-            yield Finding(P.WRONG_LANGUAGE, f"locale {copy.locale or 'unknown'}: {share:.0%} of letters are Chinese")
+            yield Finding(
+                P.WRONG_LANGUAGE, f"locale {copy.locale or 'unknown'}: {share:.0%} of letters are Chinese"
+            )
 
     def _claims(self, copy: Copy) -> Iterable[Finding]:
         """Banned and risky claims from the lexicon, with the product's own
@@ -516,8 +657,11 @@ class RuleBook:
         for kind, matcher in self._offer_kinds.items():
             if kind in self._declared or not matcher:
                 continue
-            terms = [t for t in matcher.find(copy.masked, copy.words)
-                     if t not in copy.product.trusted and t not in self._offer_terms]
+            terms = [
+                t
+                for t in matcher.find(copy.masked, copy.words)
+                if t not in copy.product.trusted and t not in self._offer_terms
+            ]
             if terms:
                 made.append(f"{kind.replace('_', ' ')} ({terms[0]!r})")
         if made:
@@ -535,8 +679,11 @@ class RuleBook:
 
     def _rankings(self, copy: Copy) -> Iterable[Finding]:
         """Rankings, endorsements and sales claims need a trusted field that states them."""
-        unsupported = [t for t in dict.fromkeys(self._ranking.find(copy.masked, copy.words))
-                       if t not in copy.product.trusted]
+        unsupported = [
+            t
+            for t in dict.fromkeys(self._ranking.find(copy.masked, copy.words))
+            if t not in copy.product.trusted
+        ]
         if unsupported:
             yield Finding(P.RANKING_CLAIM, "not in the product's facts: " + ", ".join(map(repr, unsupported)))
 
@@ -544,16 +691,20 @@ class RuleBook:
         """The campaign's competitors, unless a trusted field names one (a fit or compatibility fact)."""
         if not self._competitors:
             return
-        named = [t for t in dict.fromkeys(self._competitors.find(copy.masked, copy.words))
-                 if t not in copy.product.trusted]
+        named = [
+            t
+            for t in dict.fromkeys(self._competitors.find(copy.masked, copy.words))
+            if t not in copy.product.trusted
+        ]
         if named:
             yield Finding(P.COMPETITOR, "names a competitor: " + ", ".join(named))
 
     def _personal_data(self, copy: Copy) -> Iterable[Finding]:
         text = copy.norm
         kinds = pii.find_personal_data(text, ignore=_URL)
-        if "e-mail address" not in kinds and (contacts.spelled_email(text) or any(
-                link.spelled_email for link in copy.links)):
+        if "e-mail address" not in kinds and (
+            contacts.spelled_email(text) or any(link.spelled_email for link in copy.links)
+        ):
             kinds.append("e-mail address (spelled out)")
         if copy.user_names and not copy.user_names.isdisjoint(_lower_words(_LATIN_WORD, text)):
             kinds.append("a name from the user's e-mail address")
@@ -575,13 +726,19 @@ class RuleBook:
             if link.host and (link.host in copy.product.source or link.host in copy.user_source):
                 yield Finding(P.SOURCE_URL, "a URL copied from the product text")
             else:
-                yield Finding(P.FOREIGN_URL, f"a {link.kind} that is not in the product data ({link.host[:60]})")
+                yield Finding(
+                    P.FOREIGN_URL, f"a {link.kind} that is not in the product data ({link.host[:60]})"
+                )
             break
         if _INJECTION.search(copy.norm):
             yield Finding(P.INJECTION_TRACE, "contains instructions addressed to the model")
-        others = [b for b in self._brands_in(copy.norm)
-                  if b.lower() != copy.product.brand.lower() and b.lower() not in copy.product.source
-                  and b.lower() not in copy.user_source]
+        others = [
+            b
+            for b in self._brands_in(copy.norm)
+            if b.lower() != copy.product.brand.lower()
+            and b.lower() not in copy.product.source
+            and b.lower() not in copy.user_source
+        ]
         if others:
             # Compared as word sequences too: "Nook Linen" found in the copy
             # is the product's own "Nook & Linen".
@@ -593,7 +750,9 @@ class RuleBook:
     def _materials_rule(self, copy: Copy) -> Iterable[Finding]:
         unsupported = [m for m in self._materials.find(copy.norm.lower()) if m not in copy.product.source]
         if unsupported:
-            yield Finding(P.UNSUPPORTED_MATERIAL, "not in the product data: " + ", ".join(dict.fromkeys(unsupported)))
+            yield Finding(
+                P.UNSUPPORTED_MATERIAL, "not in the product data: " + ", ".join(dict.fromkeys(unsupported))
+            )
 
     def _numbers(self, copy: Copy, m: Measures) -> None:
         """Every number in the copy must equal, in value, one in the product
@@ -605,12 +764,18 @@ class RuleBook:
         if not claims:
             return
         offered = self._offer_numbers
-        unsupported = [shown for shown, values in claims
-                       if not values & copy.product.numbers and not (offered and values & offered)]
+        unsupported = [
+            shown
+            for shown, values in claims
+            if not values & copy.product.numbers and not (offered and values & offered)
+        ]
         m.numeric_fidelity = round(1 - len(unsupported) / len(claims), 4)
         if unsupported:
-            m.findings.append(Finding(P.UNSUPPORTED_NUMBER, "not in the product data: "
-                                      + ", ".join(dict.fromkeys(unsupported))))
+            m.findings.append(
+                Finding(
+                    P.UNSUPPORTED_NUMBER, "not in the product data: " + ", ".join(dict.fromkeys(unsupported))
+                )
+            )
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -647,11 +812,11 @@ class RuleBook:
             starts = self._brand_starts
             for i, word in enumerate(words):
                 for n in starts.get(word, ()):
-                    if tuple(words[i:i + n]) in self._latin_brands[n]:
-                        found.append(" ".join(words[i:i + n]))
+                    if tuple(words[i : i + n]) in self._latin_brands[n]:
+                        found.append(" ".join(words[i : i + n]))
         for run in _HAN_RUN.findall(text) if self._han_brands and not text.isascii() else ():
             for n, names in self._han_brands.items():
-                found.extend(run[i:i + n] for i in range(len(run) - n + 1) if run[i:i + n] in names)
+                found.extend(run[i : i + n] for i in range(len(run) - n + 1) if run[i : i + n] in names)
         return found
 
 

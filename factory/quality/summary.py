@@ -45,8 +45,9 @@ class QualityTally:
         """Count the rows of ``verdicts`` (``VERDICT_COLUMNS``, and ``JUDGE_COLUMNS`` when there)."""
         self.rows += verdicts.num_rows
         if C.JUDGE_VERDICT in verdicts.column_names:
-            for (verdict,), n in _counts(verdicts.filter(pc.is_valid(verdicts[C.JUDGE_VERDICT])),
-                                         [C.JUDGE_VERDICT]):
+            for (verdict,), n in _counts(
+                verdicts.filter(pc.is_valid(verdicts[C.JUDGE_VERDICT])), [C.JUDGE_VERDICT]
+            ):
                 self.judged[verdict] += n
         if C.JUDGE_TOKENS in verdicts.column_names:
             self.judge_tokens += pc.sum(verdicts[C.JUDGE_TOKENS]).as_py() or 0
@@ -71,34 +72,52 @@ class QualityTally:
         for (reason,), n in _list_counts(kept, C.REASONS):
             self.before_reason[reason] += n
 
-    def __iadd__(self, other: "QualityTally") -> "QualityTally":
+    def __iadd__(self, other: QualityTally) -> QualityTally:
         """Add another tally (another file's) to this one."""
         self.rows += other.rows
         self.judge_tokens += other.judge_tokens
-        for mine, theirs in ((self.status, other.status), (self.by_reason, other.by_reason), (self.judged, other.judged),
-                             (self.before_status, other.before_status), (self.before_reason, other.before_reason),
-                             (self.repaired, other.repaired)):
+        for mine, theirs in (
+            (self.status, other.status),
+            (self.by_reason, other.by_reason),
+            (self.judged, other.judged),
+            (self.before_status, other.before_status),
+            (self.before_reason, other.before_reason),
+            (self.repaired, other.repaired),
+        ):
             mine.update(theirs)
-        for mine, theirs, zero in ((self.by_channel, other.by_channel, {s: 0 for s in C.STATUSES}),
-                                   (self.reasons_by_channel, other.reasons_by_channel, {})):
+        for mine, theirs, zero in (
+            (self.by_channel, other.by_channel, {s: 0 for s in C.STATUSES}),
+            (self.reasons_by_channel, other.reasons_by_channel, {}),
+        ):
             for channel, counts in theirs.items():
                 mine.setdefault(channel, Counter(zero)).update(counts)
         return self
 
-    _FIELDS = ("status", "by_channel", "by_reason", "reasons_by_channel", "before_status", "before_reason",
-               "repaired", "judged")
+    _FIELDS = (
+        "status",
+        "by_channel",
+        "by_reason",
+        "reasons_by_channel",
+        "before_status",
+        "before_reason",
+        "repaired",
+        "judged",
+    )
 
     def state(self) -> dict[str, Any]:
         """The counts as plain JSON values (a file footer keeps them, ``factory/footer.py``)."""
         out: dict[str, Any] = {"rows": self.rows, "judge_tokens": self.judge_tokens}
         for name in self._FIELDS:
             value = getattr(self, name)
-            out[name] = ({k: dict(v) for k, v in value.items()} if name in ("by_channel", "reasons_by_channel")
-                         else dict(value))
+            out[name] = (
+                {k: dict(v) for k, v in value.items()}
+                if name in ("by_channel", "reasons_by_channel")
+                else dict(value)
+            )
         return out
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "QualityTally":
+    def from_state(cls, state: dict[str, Any]) -> QualityTally:
         tally = cls()
         tally.rows = state["rows"]
         tally.judge_tokens = state.get("judge_tokens", 0)
@@ -122,7 +141,9 @@ class QualityTally:
             "status_share": _shares(dict(self.status), rows),
             "status_by_channel": {ch: dict(c) for ch, c in sorted(self.by_channel.items())},
             "reasons": dict(self.by_reason.most_common()),
-            "reasons_by_channel": {ch: dict(c.most_common()) for ch, c in sorted(self.reasons_by_channel.items())},
+            "reasons_by_channel": {
+                ch: dict(c.most_common()) for ch, c in sorted(self.reasons_by_channel.items())
+            },
             "before_repair": {
                 "status": dict(self.before_status),
                 "status_share": _shares(dict(self.before_status), rows),
@@ -131,7 +152,9 @@ class QualityTally:
             "repair": {
                 "attempted": attempted,
                 "outcome": dict(repaired),
-                "fixed_share": round((repaired[C.ACCEPTED] + repaired[C.REVIEW]) / attempted, 4) if attempted else None,
+                "fixed_share": round((repaired[C.ACCEPTED] + repaired[C.REVIEW]) / attempted, 4)
+                if attempted
+                else None,
             },
             "judge": self.judge_summary(),
         }
@@ -147,8 +170,11 @@ class QualityTally:
             "verdicts": dict(self.judged.most_common()),
             "flagged_share": round(self.judged["flagged"] / judged, 4),
             # The findings the judge added are counted with every other reason above.
-            "reasons": {code: self.by_reason[code] for code in ("unsupported_claim", "off_topic")
-                        if self.by_reason.get(code)},
+            "reasons": {
+                code: self.by_reason[code]
+                for code in ("unsupported_claim", "off_topic")
+                if self.by_reason.get(code)
+            },
             "tokens": self.judge_tokens,
             "tokens_per_judged_row": round(self.judge_tokens / judged, 1),
         }

@@ -25,10 +25,23 @@ GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")
 
 # Typography a model likes that GSM-7 lacks; one of these silently turns a
 # 150-character SMS into three UCS-2 segments. Plain equivalents exist.
-_GSM_SUBSTITUTES = str.maketrans({
-    "‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "–": "-", "—": "-",
-    "…": "...", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "•": "-",
-})
+_GSM_SUBSTITUTES = str.maketrans(
+    {
+        "‘": "'",
+        "’": "'",
+        "‚": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "–": "-",
+        "—": "-",
+        "…": "...",
+        "\u00a0": " ",
+        "\u2009": " ",
+        "\u202f": " ",
+        "•": "-",
+    }
+)
 
 SMS_SINGLE = {"GSM-7": 160, "UCS-2": 70}
 SMS_MULTI = {"GSM-7": 153, "UCS-2": 67}  # each part of a concatenated SMS loses room to its header
@@ -122,7 +135,8 @@ def han_share(text: str) -> float:
 # subdivision flag (🏴 + tags + cancel tag).
 _INVISIBLE = regex.compile(
     r"(?:(?<=\p{Extended_Pictographic}[\N{VARIATION SELECTOR-16}\p{Emoji_Modifier}]?)\N{ZERO WIDTH JOINER}"
-    r"(?=\p{Extended_Pictographic})|\U0001F3F4[\U000E0020-\U000E007E]+\U000E007F)(*SKIP)(*FAIL)|\p{Cf}")
+    r"(?=\p{Extended_Pictographic})|\U0001F3F4[\U000E0020-\U000E007E]+\U000E007F)(*SKIP)(*FAIL)|\p{Cf}"
+)
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -142,9 +156,9 @@ def invisible_kinds(text: str) -> list[str]:
     kinds = []
     if any(ch in _BIDI for ch in found):
         kinds.append("bidirectional control")
-    if any("\U000E0000" <= ch <= "\U000E007F" for ch in found):
+    if any("\U000e0000" <= ch <= "\U000e007f" for ch in found):
         kinds.append("tag characters")
-    if any(ch not in _BIDI and not "\U000E0000" <= ch <= "\U000E007F" for ch in found):
+    if any(ch not in _BIDI and not "\U000e0000" <= ch <= "\U000e007f" for ch in found):
         kinds.append("zero-width or format character")
     return kinds
 
@@ -160,8 +174,9 @@ def _lookalike_table() -> dict[int, str]:
 
     import confusable_homoglyphs
 
-    with open(os.path.join(os.path.dirname(confusable_homoglyphs.__file__), "confusables.json"),
-              encoding="utf-8") as f:
+    with open(
+        os.path.join(os.path.dirname(confusable_homoglyphs.__file__), "confusables.json"), encoding="utf-8"
+    ) as f:
         data = json.load(f)
     table = {}
     for ch, entries in data.items():
@@ -170,7 +185,9 @@ def _lookalike_table() -> dict[int, str]:
         name = unicodedata.name(ch, "")
         if not name.startswith(_LOOKALIKE_SCRIPTS):
             continue
-        target = next((e["c"] for e in entries if len(e["c"]) == 1 and e["c"].isascii() and e["c"].isalnum()), None)
+        target = next(
+            (e["c"] for e in entries if len(e["c"]) == 1 and e["c"].isascii() and e["c"].isalnum()), None
+        )
         if target:
             table[ord(ch)] = target.lower() if ch.islower() else target
     return table
@@ -188,8 +205,11 @@ def lookalike_words(text: str) -> int:
     ("bеst", "shop.сom"): no language writes those."""
     if text.isascii() or _LOOKALIKE_CHARS.isdisjoint(text):
         return 0
-    return sum(1 for w in _TOKEN_WITH_DOTS.findall(text)
-               if _ASCII_LETTER.search(w) and not _LOOKALIKE_CHARS.isdisjoint(w))
+    return sum(
+        1
+        for w in _TOKEN_WITH_DOTS.findall(text)
+        if _ASCII_LETTER.search(w) and not _LOOKALIKE_CHARS.isdisjoint(w)
+    )
 
 
 def normalize(text: str) -> str:

@@ -11,7 +11,8 @@ where repeated pairs can be seen: ``factory.pipeline.staging``.)
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +39,9 @@ class ReadPairs:
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         tables = []
-        for path, group, first, take in zip(batch["file"], batch["row_group"], batch["first_row"], batch["take"]):
+        for path, group, first, take in zip(
+            batch["file"], batch["row_group"], batch["first_row"], batch["take"]
+        ):
             f = pq.ParquetFile(path, filesystem=self._fs)
             table = f.read_row_group(int(group), columns=self._columns)
             if take < table.num_rows:
@@ -67,8 +70,12 @@ class CheckPairs:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         reasons: list[Optional[str]] = [None] * n
-        for name, limit, required in ((C.USER_ID, MAX_KEY_BYTES, True), (C.PRODUCT_ID, MAX_KEY_BYTES, True),
-                                      (C.CHANNEL, 64, False), (C.CAMPAIGN_ID, 64, False)):
+        for name, limit, required in (
+            (C.USER_ID, MAX_KEY_BYTES, True),
+            (C.PRODUCT_ID, MAX_KEY_BYTES, True),
+            (C.CHANNEL, 64, False),
+            (C.CAMPAIGN_ID, 64, False),
+        ):
             if name not in batch.column_names:
                 continue
             found = malformed_reasons(batch[name], name, max_bytes=limit, required=required)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import regex
@@ -17,8 +18,17 @@ from factory.quality.rules import Copy, ProductFacts, RuleBook
 from factory.quality.text import gsm_friendly
 from factory.stages.finalize import clean_text
 
-_PRODUCT_FIELDS = ("title", "brand", "category", "price", "currency", "description", "attributes",
-                   "selling_points", C.FACTS)
+_PRODUCT_FIELDS = (
+    "title",
+    "brand",
+    "category",
+    "price",
+    "currency",
+    "description",
+    "attributes",
+    "selling_points",
+    C.FACTS,
+)
 _PROFILE_TEXT_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
 # Read only for the names in its address: a copy that greets "Jane" learned it
 # from somewhere the prompt never showed (profile fields are scrubbed).
@@ -50,7 +60,7 @@ def prompt_texts(templates: Mapping[str, PromptTemplate]) -> tuple[list[str], li
                 instructions.extend(_PLACEHOLDER.split(piece))
         for user, _ in t.examples:
             for block in _PRODUCT_BLOCK.findall(user):
-                title = block[len("<product>"):].split(" by ")[0].split(",")[0].strip()
+                title = block[len("<product>") :].split(" by ")[0].split(",")[0].strip()
                 if title:
                     example_products.append(title)
     return instructions, example_products
@@ -69,9 +79,17 @@ class QualityGate:
     stage of its own would be one more process sharing the engine's cores.
     """
 
-    def __init__(self, products: pa.Table, users: pa.Table, policy: QualityPolicy,
-                 templates: Mapping[str, PromptTemplate], draft: int = 1, counter: Any = None,
-                 offers: Sequence[Offer] = (), competitors: Sequence[str] = ()):
+    def __init__(
+        self,
+        products: pa.Table,
+        users: pa.Table,
+        policy: QualityPolicy,
+        templates: Mapping[str, PromptTemplate],
+        draft: int = 1,
+        counter: Any = None,
+        offers: Sequence[Offer] = (),
+        competitors: Sequence[str] = (),
+    ):
         import ray
 
         products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
@@ -80,8 +98,14 @@ class QualityGate:
         self._draft = draft
         self._counter = counter
         instructions, answers = prompt_texts(templates)
-        self._book = RuleBook(policy, instructions, answers, brands=products["brand"].to_pylist(),
-                              offers=offers, competitors=competitors)
+        self._book = RuleBook(
+            policy,
+            instructions,
+            answers,
+            brands=products["brand"].to_pylist(),
+            offers=offers,
+            competitors=competitors,
+        )
         self._products = products
         self._product_index = KeyIndex(products[C.PRODUCT_ID])
         self._users = users
@@ -114,7 +138,8 @@ class QualityGate:
                 for f in fields:
                     value = record[f]
                     (parts if f in self._profile_fields else emails).extend(
-                        value if isinstance(value, list) else [value])
+                        value if isinstance(value, list) else [value]
+                    )
                 text = "\n".join(str(p) for p in parts if p).lower()
                 names = profile_names("\n".join(str(p) for p in parts + emails if p))
                 self._profiles[index] = (text, names)
@@ -129,9 +154,19 @@ class QualityGate:
         user_ids = batch[C.USER_ID].to_pylist()
         finish = batch[C.FINISH_REASON].to_pylist() if C.FINISH_REASON in batch.column_names else [None] * n
 
-        out: dict[str, list[Any]] = {k: [] for k in (C.TEXT, C.STATUS, C.REASONS, C.REASON_DETAILS,
-                                                     C.NUMERIC_FIDELITY, C.COPY_LENGTH, C.COPY_LENGTH_LIMIT,
-                                                     C.ROUTE)}
+        out: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                C.TEXT,
+                C.STATUS,
+                C.REASONS,
+                C.REASON_DETAILS,
+                C.NUMERIC_FIDELITY,
+                C.COPY_LENGTH,
+                C.COPY_LENGTH_LIMIT,
+                C.ROUTE,
+            )
+        }
         all_facts, profiles = self._load_facts(product_idx), self._load_profiles(user_idx)
         no_facts = ProductFacts.from_record({})
         no_profile = ("", frozenset())
@@ -141,9 +176,17 @@ class QualityGate:
                 text = gsm_friendly(text)  # a curly quote must not turn the SMS into UCS-2
             facts = all_facts[product_idx[i]] if product_idx[i] is not None else no_facts
             user_source, user_names = profiles[user_idx[i]] if user_idx[i] is not None else no_profile
-            copy = Copy(text=text, channel=channels[i], locale=locales[i], product=facts,
-                        user_id=user_ids[i], finish_reason=finish[i], user_source=user_source,
-                        user_names=user_names, raw=None if (texts[i] or "").isascii() else texts[i])
+            copy = Copy(
+                text=text,
+                channel=channels[i],
+                locale=locales[i],
+                product=facts,
+                user_id=user_ids[i],
+                finish_reason=finish[i],
+                user_source=user_source,
+                user_names=user_names,
+                raw=None if (texts[i] or "").isascii() else texts[i],
+            )
             m = self._book.check(copy)
             severities = {f.code: self._policy.severity_of(f.code) for f in m.findings}
             kept = [f for f in m.findings if severities[f.code] != "off"]
@@ -163,8 +206,13 @@ class QualityGate:
             out[C.COPY_LENGTH_LIMIT].append(m.length_limit)
             out[C.ROUTE].append(C.ROUTE_REPAIR if repair else C.ROUTE_COPIES)
 
-        types = {C.REASONS: _STRING_LIST, C.REASON_DETAILS: _STRING_LIST, C.NUMERIC_FIDELITY: pa.float64(),
-                 C.COPY_LENGTH: pa.int32(), C.COPY_LENGTH_LIMIT: pa.int32()}
+        types = {
+            C.REASONS: _STRING_LIST,
+            C.REASON_DETAILS: _STRING_LIST,
+            C.NUMERIC_FIDELITY: pa.float64(),
+            C.COPY_LENGTH: pa.int32(),
+            C.COPY_LENGTH_LIMIT: pa.int32(),
+        }
         for name, values in out.items():
             array = pa.array(values, types.get(name, pa.string()))
             if name in batch.column_names:

@@ -35,7 +35,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Annotated, Any, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,7 +56,9 @@ MAX_CLAIMS, MAX_CLAIM_CHARS, MAX_REASON_CHARS = 3, 80, 120
 PASS, FLAGGED, UNPARSED = "pass", "flagged", "unparsed"
 JUDGE_VERDICTS = (PASS, FLAGGED, UNPARSED)
 
-Claim = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r'^[^{}<>\[\]"\\]{1,%d}$' % MAX_CLAIM_CHARS)]
+Claim = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r'^[^{}<>\[\]"\\]{1,%d}$' % MAX_CLAIM_CHARS)
+]
 
 
 class JudgeVerdict(BaseModel):
@@ -65,9 +68,13 @@ class JudgeVerdict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unsupported_claims: list[Claim] = Field(
-        max_length=MAX_CLAIMS, description="Claims in the copy that the product facts do not state; [] if none.")
+        max_length=MAX_CLAIMS,
+        description="Claims in the copy that the product facts do not state; [] if none.",
+    )
     fits_product: bool = Field(description="The copy is about this product.")
-    fits_interests: bool = Field(description="The copy suits the customer's interests (or does not touch them).")
+    fits_interests: bool = Field(
+        description="The copy suits the customer's interests (or does not touch them)."
+    )
     reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS, description="One short sentence.")
 
 
@@ -78,15 +85,25 @@ SYSTEM = (
     "copy about this product), fits_interests (does it suit the customer's interests, or leave them out) and "
     "reason (one short sentence)."
 )
-EXAMPLE_USER = ("<product>Alder & Co. Insulated Water Bottle by Alder & Co., category outdoor. Facts: Keeps drinks "
-                "cold for 24 hours; Leak-proof bamboo lid; capacity: 750 ml</product>\n"
-                "Customer interests: hiking, yoga\n"
-                "<copy>Cold water for the whole hike: the Alder & Co. bottle keeps drinks cold for 48 hours and "
-                "cures altitude sickness.</copy>")
-EXAMPLE_REPLY = {"unsupported_claims": ["cold for 48 hours", "cures altitude sickness"], "fits_product": True,
-                 "fits_interests": True, "reason": "The facts say 24 hours and make no health claim."}
-JUDGE_VERSION = "judge@" + hashlib.sha256("\n".join(
-    [SYSTEM, EXAMPLE_USER, json.dumps(EXAMPLE_REPLY, sort_keys=True), str(MAX_TOKENS)]).encode()).hexdigest()[:12]
+EXAMPLE_USER = (
+    "<product>Alder & Co. Insulated Water Bottle by Alder & Co., category outdoor. Facts: Keeps drinks "
+    "cold for 24 hours; Leak-proof bamboo lid; capacity: 750 ml</product>\n"
+    "Customer interests: hiking, yoga\n"
+    "<copy>Cold water for the whole hike: the Alder & Co. bottle keeps drinks cold for 48 hours and "
+    "cures altitude sickness.</copy>"
+)
+EXAMPLE_REPLY = {
+    "unsupported_claims": ["cold for 48 hours", "cures altitude sickness"],
+    "fits_product": True,
+    "fits_interests": True,
+    "reason": "The facts say 24 hours and make no health claim.",
+}
+JUDGE_VERSION = (
+    "judge@"
+    + hashlib.sha256(
+        "\n".join([SYSTEM, EXAMPLE_USER, json.dumps(EXAMPLE_REPLY, sort_keys=True), str(MAX_TOKENS)]).encode()
+    ).hexdigest()[:12]
+)
 
 
 def judge_json_schema_text() -> str:
@@ -99,17 +116,30 @@ def build_messages(product: Mapping[str, Any], interests: Any, text: str) -> lis
     The product is described by its trusted fields only (facts, else
     attributes and selling points): the description is untrusted text."""
     facts = facts_text(product.get(C.FACTS)) or "; ".join(
-        x for x in (format_value("selling_points", product.get("selling_points")),
-                    format_value("attributes", product.get("attributes"))) if x != "none")
-    block = (f"<product>{format_value('title', product.get('title'))} by {format_value('brand', product.get('brand'))}"
-             f", category {format_value('category', product.get('category'))}. Facts: {facts or 'none'}</product>")
+        x
+        for x in (
+            format_value("selling_points", product.get("selling_points")),
+            format_value("attributes", product.get("attributes")),
+        )
+        if x != "none"
+    )
+    block = (
+        f"<product>{format_value('title', product.get('title'))} by {format_value('brand', product.get('brand'))}"
+        f", category {format_value('category', product.get('category'))}. Facts: {facts or 'none'}</product>"
+    )
     copy = " ".join(str(text).split()).replace("<", "‹").replace(">", "›")
     return [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": EXAMPLE_USER},
-        {"role": "assistant", "content": json.dumps(EXAMPLE_REPLY, ensure_ascii=False, separators=(",", ":"))},
-        {"role": "user", "content": f"{block}\nCustomer interests: {format_value('interests', interests)}\n"
-                                    f"<copy>{copy}</copy>"},
+        {
+            "role": "assistant",
+            "content": json.dumps(EXAMPLE_REPLY, ensure_ascii=False, separators=(",", ":")),
+        },
+        {
+            "role": "user",
+            "content": f"{block}\nCustomer interests: {format_value('interests', interests)}\n"
+            f"<copy>{copy}</copy>",
+        },
     ]
 
 
@@ -134,7 +164,9 @@ class JudgeRequests:
         users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
         fields = [f for f in self._PRODUCT_FIELDS if f in products.column_names]
         self._products = dict(zip(products[C.PRODUCT_ID].to_pylist(), products.select(fields).to_pylist()))
-        interests = users["interests"].to_pylist() if "interests" in users.column_names else [None] * users.num_rows
+        interests = (
+            users["interests"].to_pylist() if "interests" in users.column_names else [None] * users.num_rows
+        )
         self._interests = dict(zip(users[C.USER_ID].to_pylist(), interests))
         self._sample = sample
 
@@ -144,8 +176,14 @@ class JudgeRequests:
         messages = []
         for status, text, row_id, product, user in zip(statuses, texts, row_ids, products, users):
             wanted = status != C.REJECTED and text and sampled(row_id, self._sample)
-            messages.append(json.dumps(build_messages(self._products.get(product, {}), self._interests.get(user),
-                                                      text), ensure_ascii=False) if wanted else None)
+            messages.append(
+                json.dumps(
+                    build_messages(self._products.get(product, {}), self._interests.get(user), text),
+                    ensure_ascii=False,
+                )
+                if wanted
+                else None
+            )
         return _set(batch, C.JUDGE_MESSAGES, pa.array(messages, pa.string()))
 
 
@@ -202,10 +240,14 @@ class ApplyJudgement:
             elif status[i] == C.ACCEPTED:
                 status[i] = C.REVIEW
         string_list = pa.list_(pa.string())
-        for name, values, kind in ((C.STATUS, status, pa.string()), (C.REASONS, reasons, string_list),
-                                   (C.REASON_DETAILS, details, string_list), (C.ROUTE, route, pa.string()),
-                                   (C.JUDGE_VERDICT, verdicts, pa.string()),
-                                   (C.JUDGE_TOKENS, spent, pa.int32())):
+        for name, values, kind in (
+            (C.STATUS, status, pa.string()),
+            (C.REASONS, reasons, string_list),
+            (C.REASON_DETAILS, details, string_list),
+            (C.ROUTE, route, pa.string()),
+            (C.JUDGE_VERDICT, verdicts, pa.string()),
+            (C.JUDGE_TOKENS, spent, pa.int32()),
+        ):
             batch = _set(batch, name, pa.array(values, kind))
         return batch.drop_columns([c for c in (C.JUDGE_MESSAGES, C.JUDGE_REPLY) if c in batch.column_names])
 
@@ -218,10 +260,14 @@ def _set(batch: pa.Table, name: str, array: pa.Array) -> pa.Table:
 
 # --- The engine seam ------------------------------------------------------------------------
 
+
 def to_judge_request(row: dict[str, Any], schema_text: str, max_tokens: int) -> dict[str, Any]:
     row["messages"] = json.loads(row[C.JUDGE_MESSAGES])
-    row["sampling_params"] = {"max_tokens": max_tokens, "temperature": 0.0,
-                              "structured_outputs": {"json": schema_text}}
+    row["sampling_params"] = {
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "structured_outputs": {"json": schema_text},
+    }
     return row
 
 
@@ -240,9 +286,20 @@ def judge_engine(engine):
     return facts_engine(engine)
 
 
-def build_judge_stage(engine, model_source: str, device: str, policy: QualityPolicy, products, users,
-                      passthrough: tuple[str, ...], sample: float = 1.0, draft: int = 1,
-                      cpu_stage_num_cpus: float = 0.25, compute=None, processor=None):
+def build_judge_stage(
+    engine,
+    model_source: str,
+    device: str,
+    policy: QualityPolicy,
+    products,
+    users,
+    passthrough: tuple[str, ...],
+    sample: float = 1.0,
+    draft: int = 1,
+    cpu_stage_num_cpus: float = 0.25,
+    compute=None,
+    processor=None,
+):
     """A callable ``Dataset -> Dataset``: the judge's requests, the engine on
     the sampled rows only (the rest bypass it), the verdicts applied.
 
@@ -259,11 +316,16 @@ def build_judge_stage(engine, model_source: str, device: str, policy: QualityPol
 
         config = build_processor_config(judge_engine(engine), model_source, device, cpu_stage_num_cpus)
         processor = build_engine_processor(
-            config, device,
-            preprocess=functools.partial(to_judge_request, schema_text=judge_json_schema_text(),
-                                         max_tokens=MAX_TOKENS),
-            postprocess=functools.partial(from_judge_response, passthrough=tuple(passthrough) + (C.JUDGE_MESSAGES,)),
-            cpu_stage_num_cpus=cpu_stage_num_cpus)
+            config,
+            device,
+            preprocess=functools.partial(
+                to_judge_request, schema_text=judge_json_schema_text(), max_tokens=MAX_TOKENS
+            ),
+            postprocess=functools.partial(
+                from_judge_response, passthrough=tuple(passthrough) + (C.JUDGE_MESSAGES,)
+            ),
+            cpu_stage_num_cpus=cpu_stage_num_cpus,
+        )
     light = {"batch_format": "pyarrow", "num_cpus": cpu_stage_num_cpus}
     if compute is None:  # a callable class needs an actor pool; the pipeline passes its stage_pool
         import ray
@@ -273,11 +335,22 @@ def build_judge_stage(engine, model_source: str, device: str, policy: QualityPol
     def judge(ds):
         # Two branches of ``ds``: Ray Data runs what feeds them once per branch.
         to_judge = ds.map_batches(_split, fn_kwargs={"sample": sample, "judged": True}, **light).map_batches(
-            JudgeRequests, fn_constructor_kwargs={"products": products, "users": users, "sample": sample},
-            compute=compute, **light)
+            JudgeRequests,
+            fn_constructor_kwargs={"products": products, "users": users, "sample": sample},
+            compute=compute,
+            **light,
+        )
         rest = ds.map_batches(_split, fn_kwargs={"sample": sample, "judged": False}, **light)
-        return processor(to_judge).union(rest).map_batches(
-            ApplyJudgement, fn_constructor_kwargs={"policy": policy, "draft": draft}, compute=compute, **light)
+        return (
+            processor(to_judge)
+            .union(rest)
+            .map_batches(
+                ApplyJudgement,
+                fn_constructor_kwargs={"policy": policy, "draft": draft},
+                compute=compute,
+                **light,
+            )
+        )
 
     return judge
 
@@ -286,11 +359,20 @@ def _split(batch: pa.Table, sample: float, judged: bool) -> pa.Table:
     """The rows to judge (not rejected, some text, in the sample), or the rest
     with the columns the judged rows come back with (null), so both halves of
     the union have one shape."""
-    wanted = pa.array([status != C.REJECTED and bool(text) and sampled(row_id, sample) for status, text, row_id in
-                       zip(*(batch[c].to_pylist() for c in (C.STATUS, C.TEXT, C.ROW_ID)))], pa.bool_())
+    wanted = pa.array(
+        [
+            status != C.REJECTED and bool(text) and sampled(row_id, sample)
+            for status, text, row_id in zip(*(batch[c].to_pylist() for c in (C.STATUS, C.TEXT, C.ROW_ID)))
+        ],
+        pa.bool_(),
+    )
     if judged:
         return batch.filter(wanted)
     rest = batch.filter(pc.invert(wanted))
-    for name, kind in ((C.JUDGE_MESSAGES, pa.string()), (C.JUDGE_REPLY, pa.string()), (C.JUDGE_TOKENS, pa.int32())):
+    for name, kind in (
+        (C.JUDGE_MESSAGES, pa.string()),
+        (C.JUDGE_REPLY, pa.string()),
+        (C.JUDGE_TOKENS, pa.int32()),
+    ):
         rest = _set(rest, name, pa.nulls(rest.num_rows, kind))
     return rest

@@ -23,7 +23,9 @@ def reuse_copy(batch: pa.Table) -> pa.Table:
     orphans = pc.is_null(batch[C.STATUS])
     if pc.any(orphans).as_py():
         missing = batch.filter(orphans)[C.DEDUP_OF].to_pylist()[:3]
-        raise RuntimeError(f"{pc.sum(orphans).as_py()} reusing row(s) point at rows that are not written: {missing}")
+        raise RuntimeError(
+            f"{pc.sum(orphans).as_py()} reusing row(s) point at rows that are not written: {missing}"
+        )
     n = batch.num_rows
     # The leader's tokens are what reusing spared the engine; the copies'
     # footer adds them up (the written row says 0: it cost nothing).

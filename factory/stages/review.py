@@ -10,11 +10,36 @@ import pyarrow.compute as pc
 
 from factory import columns as C
 
-REVIEW_COPY_COLUMNS = (C.ROW_ID, C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.VARIANT, C.TEXT,
-                       C.REASONS, C.REASON_DETAILS, C.DRAFT, C.FIRST_DRAFT_REASONS, C.NUMERIC_FIDELITY,
-                       C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.TEMPLATE_VERSION, C.RUN_ID)
-REVIEW_PRODUCT_COLUMNS = ("title", "brand", "category", "price", "currency", "description", "attributes",
-                          "selling_points", C.FACTS)
+REVIEW_COPY_COLUMNS = (
+    C.ROW_ID,
+    C.CAMPAIGN_ID,
+    C.USER_ID,
+    C.PRODUCT_ID,
+    C.CHANNEL,
+    C.LOCALE,
+    C.VARIANT,
+    C.TEXT,
+    C.REASONS,
+    C.REASON_DETAILS,
+    C.DRAFT,
+    C.FIRST_DRAFT_REASONS,
+    C.NUMERIC_FIDELITY,
+    C.COPY_LENGTH,
+    C.COPY_LENGTH_LIMIT,
+    C.TEMPLATE_VERSION,
+    C.RUN_ID,
+)
+REVIEW_PRODUCT_COLUMNS = (
+    "title",
+    "brand",
+    "category",
+    "price",
+    "currency",
+    "description",
+    "attributes",
+    "selling_points",
+    C.FACTS,
+)
 REVIEW_DESCRIPTION_CHARS = 1_000
 
 
@@ -33,8 +58,9 @@ class ReviewRows:
             import ray
 
             products = ray.get(self._source) if isinstance(self._source, ray.ObjectRef) else self._source
-            products = products.select([C.PRODUCT_ID] + [c for c in REVIEW_PRODUCT_COLUMNS
-                                                         if c in products.column_names])
+            products = products.select(
+                [C.PRODUCT_ID] + [c for c in REVIEW_PRODUCT_COLUMNS if c in products.column_names]
+            )
             if "description" in products.column_names:
                 cut = pc.utf8_slice_codeunits(products["description"], 0, REVIEW_DESCRIPTION_CHARS)
                 products = products.set_column(products.column_names.index("description"), "description", cut)
@@ -51,4 +77,6 @@ class ReviewRows:
         facts = products.take(pc.index_in(review[C.PRODUCT_ID], value_set=products[C.PRODUCT_ID]))
         for name in facts.column_names[1:]:
             review = review.append_column(name, facts[name])
-        return review.sort_by([(C.CHANNEL, "ascending"), (C.PRODUCT_ID, "ascending"), (C.USER_ID, "ascending")])
+        return review.sort_by(
+            [(C.CHANNEL, "ascending"), (C.PRODUCT_ID, "ascending"), (C.USER_ID, "ascending")]
+        )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,9 @@ import pyarrow.compute as pc
 from factory import columns as C
 from factory.storage import Location, write_parquet
 
-WRITTEN_SCHEMA = pa.schema([("sink", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
-                            ("bytes", pa.int64())])
+WRITTEN_SCHEMA = pa.schema(
+    [("sink", pa.string()), ("file", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64())]
+)
 _KEY_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)
 
 
@@ -32,7 +34,7 @@ class Sink:
     # its shape picks them from the rows as written. That file is written
     # first, under the same name, so a written file always has its companion
     # (the driver drops companions whose file was never written).
-    beside: Optional["Sink"] = None
+    beside: Optional[Sink] = None
 
 
 class WriteParquetFiles:
@@ -60,8 +62,10 @@ class WriteParquetFiles:
         written = []
         for name, rows in self._by_route(batch):
             if name not in self._sinks:
-                raise ValueError(f"{rows.num_rows} row(s) routed to {name!r}, which is not a sink here "
-                                 f"({', '.join(self._sinks)})")
+                raise ValueError(
+                    f"{rows.num_rows} row(s) routed to {name!r}, which is not a sink here "
+                    f"({', '.join(self._sinks)})"
+                )
             written.append(self._write(name, self._sinks[name], rows))
         return pa.Table.from_pylist(written, schema=WRITTEN_SCHEMA)
 

@@ -31,7 +31,11 @@ def _experiment(**kw) -> ExperimentConfig:
 
 def test_wilson_and_lift_match_known_values():
     rate = wilson(20, 1000)
-    assert rate.value == 0.02 and rate.low == pytest.approx(0.01299, abs=1e-4) and rate.high == pytest.approx(0.03070, abs=1e-4)
+    assert (
+        rate.value == 0.02
+        and rate.low == pytest.approx(0.01299, abs=1e-4)
+        and rate.high == pytest.approx(0.03070, abs=1e-4)
+    )
     assert wilson(0, 10).low == 0.0 and 0.25 < wilson(0, 10).high < 0.35
     assert wilson(0, 0).value is None
     up = lift(60, 1000, 50, 1000)
@@ -50,12 +54,19 @@ def test_before_feedback_the_declared_shares_and_no_draws():
 
 
 def test_thompson_is_deterministic_keeps_the_floor_and_favours_the_better_arm():
-    stats = {"a": ArmStats(5000, 100), "b": ArmStats(5000, 100), "c": ArmStats(5000, 140), "holdout": ArmStats(300)}
+    stats = {
+        "a": ArmStats(5000, 100),
+        "b": ArmStats(5000, 100),
+        "c": ArmStats(5000, 140),
+        "holdout": ArmStats(300),
+    }
     first, again = allocate(_experiment(), DAY, stats), allocate(_experiment(), DAY, stats)
     assert first.record() == again.record()
     assert first.method == "thompson" and first.shares["c"] > 0.8
     assert min(first.shares.values()) >= 0.05 and sum(first.shares.values()) == pytest.approx(1.0, abs=1e-9)
-    assert allocate(_experiment(), DAY + dt.timedelta(days=1), stats).seed != first.seed  # another night, other draws
+    assert (
+        allocate(_experiment(), DAY + dt.timedelta(days=1), stats).seed != first.seed
+    )  # another night, other draws
     more = dict(stats, c=ArmStats(5000, 141))
     assert allocate(_experiment(), DAY, more).seed != first.seed  # other feedback, other draws
     record = first.record()
@@ -75,18 +86,27 @@ def test_the_next_night_continues_the_published_layout():
 
 
 def test_fixed_allocation_ignores_feedback():
-    exp = ExperimentConfig(experiment_id="e1", allocation="fixed",
-                           arms=[ArmConfig(name="a", share=0.7), ArmConfig(name="b", share=0.3, brand_voice="x")])
+    exp = ExperimentConfig(
+        experiment_id="e1",
+        allocation="fixed",
+        arms=[ArmConfig(name="a", share=0.7), ArmConfig(name="b", share=0.3, brand_voice="x")],
+    )
     alloc = allocate(exp, DAY, {"a": ArmStats(1000, 1), "b": ArmStats(1000, 100)})
     assert alloc.method == "fixed" and alloc.shares == {"a": 0.7, "b": 0.3}
 
 
 def test_arm_stats_sums_one_experiment_over_channels_and_locales():
-    rows = [("spring", "e1", "a", "push@1", "push", "en-US", 100, 3, 1), ("spring", "e1", "a", "sms@1", "sms", "de", 50, 2, 0),
-            ("spring", "e1", "holdout", None, "push", "en-US", 40, 0, 1), ("spring", "e0", "a", "push@1", "push", "en-US", 999, 9, 9),
-            ("autumn", "e1", "a", "push@1", "push", "en-US", 999, 9, 9)]
+    rows = [
+        ("spring", "e1", "a", "push@1", "push", "en-US", 100, 3, 1),
+        ("spring", "e1", "a", "sms@1", "sms", "de", 50, 2, 0),
+        ("spring", "e1", "holdout", None, "push", "en-US", 40, 0, 1),
+        ("spring", "e0", "a", "push@1", "push", "en-US", 999, 9, 9),
+        ("autumn", "e1", "a", "push@1", "push", "en-US", 999, 9, 9),
+    ]
     names = [f.name for f in FEEDBACK_SCHEMA][:9]
-    table = pa.Table.from_pylist([dict(zip(names, r)) for r in rows], schema=pa.schema(list(FEEDBACK_SCHEMA)[:9]))
+    table = pa.Table.from_pylist(
+        [dict(zip(names, r)) for r in rows], schema=pa.schema(list(FEEDBACK_SCHEMA)[:9])
+    )
     assert arm_stats(table, "spring", "e1") == {"a": ArmStats(150, 5, 1), "holdout": ArmStats(40, 0, 1)}
     assert arm_stats(None, "spring", "e1") == {}
 
@@ -98,13 +118,17 @@ USERS = 20_000
 
 @pytest.mark.parametrize("seed", range(5))
 def test_the_bandit_converges_on_the_better_arm(seed):
-    result = simulate({"a": 0.02, "b": 0.02, "c": 0.024}, nights=30, users=USERS, holdout=0.05, floor=0.05, seed=seed)
+    result = simulate(
+        {"a": 0.02, "b": 0.02, "c": 0.024}, nights=30, users=USERS, holdout=0.05, floor=0.05, seed=seed
+    )
     night = result.nights_to(0.8)
     assert night is not None and night <= CONVERGED_BY_NIGHT, result.best_share()
     served = [sum(v for a, v in n.users.items() if a != "holdout") for n in result.nights]
     holdout = [n.users["holdout"] / USERS for n in result.nights]
     assert all(0.04 < h < 0.06 for h in holdout) and len(set(n.users["holdout"] for n in result.nights)) == 1
-    assert result.regret < 0.5 * sum(served) * (0.024 - 0.02 * 2 / 3 - 0.024 / 3)  # well under an equal split's
+    assert result.regret < 0.5 * sum(served) * (
+        0.024 - 0.02 * 2 / 3 - 0.024 / 3
+    )  # well under an equal split's
 
 
 def test_the_benchmark_runs_and_reports_its_command(tmp_path):
@@ -121,4 +145,6 @@ def test_the_benchmark_runs_and_reports_its_command(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text()) == figures
     [size] = figures["sizes"]
     assert size["users_per_night"] == 500 and size["seeds"] == 2 and size["ab_test_regret_clicks"] > 0
-    assert figures["command"].endswith("--users 500 --nights 3 --seeds 2 --json " + str(tmp_path / "out.json"))
+    assert figures["command"].endswith(
+        "--users 500 --nights 3 --seeds 2 --json " + str(tmp_path / "out.json")
+    )

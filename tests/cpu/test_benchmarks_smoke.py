@@ -16,9 +16,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(script: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / f"{Path(script).stem}.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--cache",
-                           str(tmp_path / "cache"), "--json", str(out), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / script),
+            "--smoke",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == printed  # the file holds what was printed
@@ -44,7 +57,9 @@ def test_cpu_side_pushes_every_pair_through_the_real_run(tmp_path):
     assert memory["driver_peak_rss_method"] == "VmHWM"
     assert memory["driver_peak_rss"] >= max(v for k, v in by_phase.items() if k != "before_run")
     timeline = json.loads((tmp_path / "timeline.json").read_text())
-    assert len(timeline["rss_mib"]) == memory["samples"] and "_stage_rows" in {c[0] for c in timeline["calls"]}
+    assert len(timeline["rss_mib"]) == memory["samples"] and "_stage_rows" in {
+        c[0] for c in timeline["calls"]
+    }
     assert figures["command"].startswith(".venv/bin/python benchmarks/cpu_side.py")
     assert figures["machine"]["cores"] >= 1 and figures["date"]
 
@@ -52,8 +67,14 @@ def test_cpu_side_pushes_every_pair_through_the_real_run(tmp_path):
 def test_stage_micro_times_every_stage(tmp_path):
     figures = _run("stage_micro.py", tmp_path)
     stages = figures["stages"]
-    assert list(stages) == ["JoinProfiles", "RenderPrompts", "EchoEngine", "QualityGate", "FinalizeRows",
-                            "WriteParquetFiles"]
+    assert list(stages) == [
+        "JoinProfiles",
+        "RenderPrompts",
+        "EchoEngine",
+        "QualityGate",
+        "FinalizeRows",
+        "WriteParquetFiles",
+    ]
     for name, row in stages.items():
         assert row["rows_in"] == 300, name
         assert row["rows_per_cpu_s"] > 0 and row["rows_per_s"] > 0 and len(row["digest"]) == 16, name
@@ -70,22 +91,59 @@ def test_stage_micro_is_deterministic(tmp_path):
 def test_cpu_share_attributes_a_commands_cpu_to_it(tmp_path):
     out = tmp_path / "share.json"
     burn = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_share.py"), "--json", str(out), "--",
-                           sys.executable, "-c", burn], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cpu_share.py"),
+            "--json",
+            str(out),
+            "--",
+            sys.executable,
+            "-c",
+            burn,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["exit_code"] == 0 and figures["wall_s"] >= 2.5
     # A busy loop of 2.5 s, counted to its end (read before the exit is reaped)
     # and as the command's own.
     assert figures["groups"]["the command (driver)"]["cpu_s"] >= 1.0
-    failing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_share.py"), "--",
-                              sys.executable, "-c", "raise SystemExit(3)"], cwd=ROOT, capture_output=True)
+    failing = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cpu_share.py"),
+            "--",
+            sys.executable,
+            "-c",
+            "raise SystemExit(3)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+    )
     assert failing.returncode == 3  # the command's exit status is passed on
 
 
 def test_driver_per_file_runs_the_jobs_finish_and_projects_it():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "driver_per_file.py"), "--files", "4", "12",
-                           "--runs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "driver_per_file.py"),
+            "--files",
+            "4",
+            "12",
+            "--runs",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     sizes = [line.split()[0] for line in lines if line.strip() and line.split()[0].isdigit()]
@@ -99,9 +157,17 @@ def test_throughput_report_says_the_machines_drift_between_the_bare_runs():
     from throughput import report
 
     def bare(rows_per_s):
-        return {"rows": 16, "startup_s": 30.0, "rows_per_s": rows_per_s, "output_tokens_per_s": rows_per_s * 20,
-                "marginal_rows_per_s": rows_per_s * 1.1, "marginal_output_tokens_per_s": rows_per_s * 22,
-                "small_rows": 8, "prefix_cache_hit_rate": 0.5, "mean_prompt_tokens": 90.0}
+        return {
+            "rows": 16,
+            "startup_s": 30.0,
+            "rows_per_s": rows_per_s,
+            "output_tokens_per_s": rows_per_s * 20,
+            "marginal_rows_per_s": rows_per_s * 1.1,
+            "marginal_output_tokens_per_s": rows_per_s * 22,
+            "small_rows": 8,
+            "prefix_cache_hit_rate": 0.5,
+            "mean_prompt_tokens": 90.0,
+        }
 
     small = {"rows": 8, "wall_s": 40.0, "output_tokens": 160, "prefix_cache_hit_rate": 0.4, "by_channel": {}}
     big = {"rows": 16, "wall_s": 44.0, "output_tokens": 320, "prefix_cache_hit_rate": 0.5, "by_channel": {}}
@@ -114,8 +180,22 @@ def test_throughput_report_says_the_machines_drift_between_the_bare_runs():
 
 
 def test_lookup_compares_index_in_with_the_key_index():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lookup.py"), "--users", "1000", "--runs", "1",
-                           "--blocks", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "lookup.py"),
+            "--users",
+            "1000",
+            "--runs",
+            "1",
+            "--blocks",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [row] = [line for line in proc.stdout.splitlines() if line.startswith("| 1,000 |")]
     assert len(row.split("|")) == 7

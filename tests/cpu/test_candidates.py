@@ -9,7 +9,15 @@ from factory.candidates import CANDIDATE, CANDIDATE_RANK, rank_candidates
 
 
 def _table(rows):
-    names = ("pair", CANDIDATE, C.STATUS, C.NUMERIC_FIDELITY, "attribute_coverage", C.COPY_LENGTH, C.COPY_LENGTH_LIMIT)
+    names = (
+        "pair",
+        CANDIDATE,
+        C.STATUS,
+        C.NUMERIC_FIDELITY,
+        "attribute_coverage",
+        C.COPY_LENGTH,
+        C.COPY_LENGTH_LIMIT,
+    )
     return pa.Table.from_pylist([dict(zip(names, r)) for r in rows])
 
 
@@ -19,16 +27,18 @@ def _chosen(table, keep):
 
 
 def test_verdict_comes_first_then_fidelity_coverage_and_fit():
-    table = _table([
-        ("p1", 0, C.REJECTED, 1.0, 1.0, 50, 100),
-        ("p1", 1, C.REVIEW, 1.0, 1.0, 50, 100),
-        ("p1", 2, C.ACCEPTED, 0.5, 1.0, 50, 100),    # accepted beats any review or rejected
-        ("p1", 3, C.ACCEPTED, 1.0, 0.2, 50, 100),    # better fidelity beats better coverage
-        ("p2", 0, C.ACCEPTED, None, 0.5, 50, 100),   # no numbers: nothing wrong (fidelity 1)
-        ("p2", 1, C.ACCEPTED, 1.0, 0.5, 120, 100),   # over the limit: fit 0.83
-        ("p2", 2, C.ACCEPTED, 1.0, 0.5, 200, 100),   # fit 0.5
-        ("p2", 3, C.ACCEPTED, 1.0, 0.9, 200, 100),   # coverage beats fit
-    ])
+    table = _table(
+        [
+            ("p1", 0, C.REJECTED, 1.0, 1.0, 50, 100),
+            ("p1", 1, C.REVIEW, 1.0, 1.0, 50, 100),
+            ("p1", 2, C.ACCEPTED, 0.5, 1.0, 50, 100),  # accepted beats any review or rejected
+            ("p1", 3, C.ACCEPTED, 1.0, 0.2, 50, 100),  # better fidelity beats better coverage
+            ("p2", 0, C.ACCEPTED, None, 0.5, 50, 100),  # no numbers: nothing wrong (fidelity 1)
+            ("p2", 1, C.ACCEPTED, 1.0, 0.5, 120, 100),  # over the limit: fit 0.83
+            ("p2", 2, C.ACCEPTED, 1.0, 0.5, 200, 100),  # fit 0.5
+            ("p2", 3, C.ACCEPTED, 1.0, 0.9, 200, 100),  # coverage beats fit
+        ]
+    )
     assert _chosen(table, 2) == [("p1", 3, 1), ("p1", 2, 2), ("p2", 3, 1), ("p2", 0, 2)]
     assert [c for p, c, _ in _chosen(table, 4) if p == "p2"] == [3, 0, 1, 2]
     assert [c for p, c, _ in _chosen(table, 4) if p == "p1"] == [3, 2, 1, 0]
@@ -41,15 +51,24 @@ def test_ties_keep_draw_order_and_the_choice_is_stable():
 
 
 def test_edges():
-    empty = pa.schema([("pair", pa.string()), (CANDIDATE, pa.int64()), (C.STATUS, pa.string()),
-                                       (C.NUMERIC_FIDELITY, pa.float64()), ("attribute_coverage", pa.float64()),
-                                       (C.COPY_LENGTH, pa.int32()), (C.COPY_LENGTH_LIMIT, pa.int32())]).empty_table()
+    empty = pa.schema(
+        [
+            ("pair", pa.string()),
+            (CANDIDATE, pa.int64()),
+            (C.STATUS, pa.string()),
+            (C.NUMERIC_FIDELITY, pa.float64()),
+            ("attribute_coverage", pa.float64()),
+            (C.COPY_LENGTH, pa.int32()),
+            (C.COPY_LENGTH_LIMIT, pa.int32()),
+        ]
+    ).empty_table()
     assert rank_candidates(empty, 1, ["pair"]).num_rows == 0
     with pytest.raises(ValueError):
         rank_candidates(empty, 0, ["pair"])
 
 
 # --------------------------------------------------------------------------- in the run
+
 
 def test_draws_are_dealt_to_the_variants_side_by_side():
     from factory import columns as C
@@ -58,7 +77,12 @@ def test_draws_are_dealt_to_the_variants_side_by_side():
     rows = pa.table({C.ROW_ID: ["a", "b", "c"], C.VARIANT: pa.array([0, 1, 0], pa.int32())})
     out = draw_candidates(rows, candidates=3, copies=2)  # variant 0 draws 0 and 2, variant 1 draws 1
     assert list(zip(out[C.ROW_ID].to_pylist(), out[CANDIDATE].to_pylist())) == [
-        ("a", 0), ("a", 2), ("b", 1), ("c", 0), ("c", 2)]
+        ("a", 0),
+        ("a", 2),
+        ("b", 1),
+        ("c", 0),
+        ("c", 2),
+    ]
     assert draw_candidates(rows.slice(0, 1), 4, 1)[CANDIDATE].to_pylist() == [0, 1, 2, 3]
 
 
@@ -74,8 +98,9 @@ def test_candidates_need_room_and_randomness():
     assert JobConfig().candidates == 1
 
 
-def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, s3_client, s3_bucket, sample_dir,
-                                                                     tmp_path, monkeypatch):
+def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(
+    s3_server, s3_client, s3_bucket, sample_dir, tmp_path, monkeypatch
+):
     """K=3, M=1 on real Ray with the instant engine, whose draws of one
     prompt differ in wording and in whether the gate rejects them (half of
     them, by a hash of row id and draw). The first process dies while
@@ -104,15 +129,35 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, 
     share = 0.5
     monkeypatch.setattr(passes, "build_generate_stage", cpu_side.echo_generate_stage(reject_share=share))
     out = f"s3://{s3_bucket}/out"
-    args = ["--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
-            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out, "--s3-endpoint", s3_server,
-            "--run-date", "2026-12-01", "--channels", ",".join(CHANNELS), "--model", str(model),
-            "--rows-per-file", "5", "--candidates", "3", "--no-dedup"]
+    args = [
+        "--pairs",
+        f"s3://{s3_bucket}/in/pairs.parquet",
+        "--users",
+        f"s3://{s3_bucket}/in/users.parquet",
+        "--products",
+        f"s3://{s3_bucket}/in/products.parquet",
+        "--output",
+        out,
+        "--s3-endpoint",
+        s3_server,
+        "--run-date",
+        "2026-12-01",
+        "--channels",
+        ",".join(CHANNELS),
+        "--model",
+        str(model),
+        "--rows-per-file",
+        "5",
+        "--candidates",
+        "3",
+        "--no-dedup",
+    ]
     choose = passes._choose
 
     def lost(ctx):
         def fail(batch):
             raise RuntimeError("node lost")
+
         return lambda ds: ds.map_batches(fail, batch_format="pyarrow")
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -139,12 +184,21 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(s3_server, 
     draws = []
     for r in rows.to_pylist():
         p = by_id[r[C.PRODUCT_ID]]
-        prompt = json.dumps([{"role": "user", "content": f"<product>{p['title']} by {p['brand']}, x</product>"}])
+        prompt = json.dumps(
+            [{"role": "user", "content": f"<product>{p['title']} by {p['brand']}, x</product>"}]
+        )
         for d in range(3):
             text = cpu_side.echo_copy(prompt, r[C.CHANNEL], r[C.LOCALE], r[C.ROW_ID], share, d)
             flawed = cpu_side.echo_flawed(r[C.ROW_ID], d, share)
-            draws.append({C.ROW_ID: r[C.ROW_ID], CANDIDATE: d, C.TEXT: text, C.PRODUCT_ID: r[C.PRODUCT_ID],
-                          C.STATUS: C.REJECTED if flawed else C.ACCEPTED})
+            draws.append(
+                {
+                    C.ROW_ID: r[C.ROW_ID],
+                    CANDIDATE: d,
+                    C.TEXT: text,
+                    C.PRODUCT_ID: r[C.PRODUCT_ID],
+                    C.STATUS: C.REJECTED if flawed else C.ACCEPTED,
+                }
+            )
     draws = pa.Table.from_pylist(draws)
     coverage = attribute_coverage_rows(draws, products)
     draws = draws.append_column("attribute_coverage", pa.array(coverage, mask=np.isnan(coverage)))
@@ -189,11 +243,22 @@ def test_files_of_one_rows_draws_do_not_share_a_name(tmp_path):
 
     folder = resolve(str(tmp_path / "candidates"))
     write = WriteParquetFiles({"candidates": Sink(folder, footer=CandidateFooter(1))})
-    draws = pa.table({C.ROW_ID: ["00ab", "00ab"], CANDIDATE: pa.array([0, 1], pa.int32()),
-                      C.NUM_INPUT_TOKENS: pa.array([50, 50], pa.int32()),
-                      C.NUM_CACHED_TOKENS: pa.array([0, 48], pa.int32()),
-                      C.NUM_OUTPUT_TOKENS: pa.array([9, 11], pa.int32())})
+    draws = pa.table(
+        {
+            C.ROW_ID: ["00ab", "00ab"],
+            CANDIDATE: pa.array([0, 1], pa.int32()),
+            C.NUM_INPUT_TOKENS: pa.array([50, 50], pa.int32()),
+            C.NUM_CACHED_TOKENS: pa.array([0, 48], pa.int32()),
+            C.NUM_OUTPUT_TOKENS: pa.array([9, 11], pa.int32()),
+        }
+    )
     names = {write(draws.slice(i, 1))["file"][0].as_py() for i in range(2)}
     assert len(names) == 2
-    assert tally(read_footers(folder)) == {"drawn": 2, "kept": 1, "prompt_tokens": 100, "cached_prompt_tokens": 48,
-                                           "output_tokens": 20, "cache_measured_draws": 2}
+    assert tally(read_footers(folder)) == {
+        "drawn": 2,
+        "kept": 1,
+        "prompt_tokens": 100,
+        "cached_prompt_tokens": 48,
+        "output_tokens": 20,
+        "cache_measured_draws": 2,
+    }

@@ -7,14 +7,13 @@ is refused because the cluster has two nodes, not because a file is missing.
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 import jobs.nightly_copy as nightly_job
 from factory import columns as C
-from factory.pipeline import passes
 from factory.errors import UsageError
+from factory.pipeline import passes
 from factory.reader import read_published
 from tests.conftest import REPO
 from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
@@ -28,7 +27,9 @@ def two_nodes(s3_server):  # s3_server first: the raylets inherit its test crede
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 256 * 2**20})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 256 * 2**20}
+    )
     worker = cluster.add_node(num_cpus=2, object_store_memory=512 * 2**20)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
@@ -56,7 +57,9 @@ def test_local_paths_are_refused_on_a_cluster_of_two_nodes(two_nodes, tmp_path, 
     with pytest.raises(UsageError, match=r"--output /x/out: a local path, and this Ray cluster has 2 nodes"):
         check_shared_storage({"--pairs": "s3://b/pairs", "--output": "/x/out"}, shared_filesystem=False)
     check_shared_storage({"--output": "/x/out"}, shared_filesystem=True)  # the user says every node mounts it
-    check_shared_storage({"--pairs": "s3://b/p", "--output": "s3://b/out", "--facts": None}, shared_filesystem=False)
+    check_shared_storage(
+        {"--pairs": "s3://b/p", "--output": "s3://b/out", "--facts": None}, shared_filesystem=False
+    )
 
     # The whole job: one clear line, exit 2, nothing of the run written.
     code = nightly_job.main(["--output", str(tmp_path / "out"), "--model", stand_in_model, "--limit", "3"])
@@ -68,8 +71,9 @@ def test_local_paths_are_refused_on_a_cluster_of_two_nodes(two_nodes, tmp_path, 
 
 
 @pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
-def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server, s3_client, s3_bucket, sample_dir,
-                                                            stand_in_model, monkeypatch):
+def test_the_run_on_two_nodes_publishes_every_owed_row_once(
+    two_nodes, s3_server, s3_client, s3_bucket, sample_dir, stand_in_model, monkeypatch
+):
     import ray
 
     from benchmarks.cpu_side import echo_generate_stage
@@ -79,11 +83,28 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
     monkeypatch.setattr(passes, "build_generate_stage", echo_generate_stage(reject_share=0.2))
     out = f"s3://{s3_bucket}/out"
-    code = nightly_job.main(["--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
-                             "--users", f"s3://{s3_bucket}/in/users.parquet",
-                             "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out,
-                             "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS),
-                             "--model", stand_in_model, "--rows-per-file", "7"])
+    code = nightly_job.main(
+        [
+            "--pairs",
+            f"s3://{s3_bucket}/in/pairs.parquet",
+            "--users",
+            f"s3://{s3_bucket}/in/users.parquet",
+            "--products",
+            f"s3://{s3_bucket}/in/products.parquet",
+            "--output",
+            out,
+            "--s3-endpoint",
+            s3_server,
+            "--run-date",
+            RUN_DATE,
+            "--channels",
+            ",".join(CHANNELS),
+            "--model",
+            stand_in_model,
+            "--rows-per-file",
+            "7",
+        ]
+    )
     assert code == 0
     rows = read_published(out, RUN_DATE, s3_endpoint=s3_server)
     check_exactly_once(rows, expected)
@@ -103,7 +124,9 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
     copies = [k for k in keys if "/copies/" in k]
     for key in copies:
         body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
-        assert {footer.FINGERPRINT, footer.COPY_STATS} <= set(pq.read_metadata(io.BytesIO(body)).metadata), key
+        assert {footer.FINGERPRINT, footer.COPY_STATS} <= set(pq.read_metadata(io.BytesIO(body)).metadata), (
+            key
+        )
     statuses = rows[C.STATUS].to_pylist()
     assert summary["quality"]["status"] == {s: statuses.count(s) for s in C.STATUSES}
     # The gate on the worker node counted every finished row for the driver's progress line.
@@ -112,9 +135,9 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(two_nodes, s3_server
 
 @pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 @pytest.mark.parametrize("judge", [False, True], ids=["plain", "judged"])
-def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_nodes, s3_server, s3_client,
-                                                                           s3_bucket, sample_dir, stand_in_model,
-                                                                           monkeypatch, judge):
+def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(
+    two_nodes, s3_server, s3_client, s3_bucket, sample_dir, stand_in_model, monkeypatch, judge
+):
     """The first process writes its first drafts and dies in the repair pass
     (with --judge: in the judge's pass over the repaired rows, once they are
     held for it); the same command again resumes the attempt: its passes find
@@ -133,6 +156,7 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_n
     def lost(ds):
         def fail(batch):
             raise RuntimeError("engine lost")
+
         return ds.map_batches(fail, batch_format="pyarrow")
 
     def engine_lost_in_the_repair_pass(engine, *args, **kwargs):
@@ -141,14 +165,32 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_n
 
     def judge_lost_over_the_repaired_rows(*args, **kwargs):
         built.append("judge")
-        return judge_stage.build_judge_stage(*args, **kwargs, processor=(
-            lost if built.count("judge") == 2 else _stand_in_judge_engine))
+        return judge_stage.build_judge_stage(
+            *args, **kwargs, processor=(lost if built.count("judge") == 2 else _stand_in_judge_engine)
+        )
 
     out = f"s3://{s3_bucket}/out"
-    args = ["--pairs", f"s3://{s3_bucket}/in/pairs.parquet", "--users", f"s3://{s3_bucket}/in/users.parquet",
-            "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out, "--s3-endpoint", s3_server,
-            "--run-date", RUN_DATE, "--channels", ",".join(CHANNELS), "--model", stand_in_model,
-            "--rows-per-file", "7", *(["--judge"] if judge else [])]
+    args = [
+        "--pairs",
+        f"s3://{s3_bucket}/in/pairs.parquet",
+        "--users",
+        f"s3://{s3_bucket}/in/users.parquet",
+        "--products",
+        f"s3://{s3_bucket}/in/products.parquet",
+        "--output",
+        out,
+        "--s3-endpoint",
+        s3_server,
+        "--run-date",
+        RUN_DATE,
+        "--channels",
+        ",".join(CHANNELS),
+        "--model",
+        stand_in_model,
+        "--rows-per-file",
+        "7",
+        *(["--judge"] if judge else []),
+    ]
     monkeypatch.setattr(passes, "build_generate_stage", engine_lost_in_the_repair_pass)
     monkeypatch.setattr(passes, "build_judge_stage", judge_lost_over_the_repaired_rows)
     try:  # the job reports a failure it knows as exit 1, and lets an unknown one raise: either way, no run
@@ -160,8 +202,11 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_n
     assert built == (["generate", "judge", "generate", "judge"] if judge else ["generate", "generate"])
 
     monkeypatch.setattr(passes, "build_generate_stage", echo)
-    monkeypatch.setattr(passes, "build_judge_stage", lambda *a, **k: judge_stage.build_judge_stage(
-        *a, **k, processor=_stand_in_judge_engine))
+    monkeypatch.setattr(
+        passes,
+        "build_judge_stage",
+        lambda *a, **k: judge_stage.build_judge_stage(*a, **k, processor=_stand_in_judge_engine),
+    )
     assert nightly_job.main(args) == 0
     rows = read_published(out, RUN_DATE, s3_endpoint=s3_server)
     check_exactly_once(rows, expected)
@@ -175,8 +220,11 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(two_n
     assert second["first_drafts"] == 0 and (second["repairs"] == 0) == judge
     assert manifest["rows"]["copies"] == rows.num_rows == sum(expected.values())
     if judge:  # each pass's rows were judged once, in passes of their own, and counted
-        judged = [v for v, s in zip(rows[C.JUDGE_VERDICT].to_pylist(), rows[C.STATUS].to_pylist())
-                  if s != C.REJECTED]
+        judged = [
+            v
+            for v, s in zip(rows[C.JUDGE_VERDICT].to_pylist(), rows[C.STATUS].to_pylist())
+            if s != C.REJECTED
+        ]
         assert judged and set(judged) == {"pass"}
         [summary_key] = [k for k in keys if k.endswith("/summary.json")]
         summary = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=summary_key)["Body"].read())
@@ -194,21 +242,39 @@ def _stand_in_judge_engine(ds):
     def reply(batch):
         verdict = {"unsupported_claims": [], "fits_product": True, "fits_interests": True, "reason": "ok"}
         n = batch.num_rows
-        return (batch.append_column(C.JUDGE_REPLY, pa.array([json.dumps(verdict)] * n, pa.string()))
-                .append_column(C.JUDGE_TOKENS, pa.array([7] * n, pa.int32())))
+        return batch.append_column(
+            C.JUDGE_REPLY, pa.array([json.dumps(verdict)] * n, pa.string())
+        ).append_column(C.JUDGE_TOKENS, pa.array([7] * n, pa.int32()))
+
     return ds.map_batches(reply, batch_format="pyarrow")
 
 
 @pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
-def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(two_nodes, s3_server, s3_client, s3_bucket,
-                                                               sample_dir, stand_in_model, capsys):
+def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(
+    two_nodes, s3_server, s3_client, s3_bucket, sample_dir, stand_in_model, capsys
+):
     pairs, _ = owed_pairs(sample_dir, 30)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
-    code = nightly_job.main(["--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
-                             "--users", f"s3://{s3_bucket}/in/users.parquet",
-                             "--products", f"s3://{s3_bucket}/in/products.parquet",
-                             "--output", f"s3://{s3_bucket}/out", "--s3-endpoint", s3_server,
-                             "--run-date", RUN_DATE, "--campaign", "wintr_sale", "--model", stand_in_model])
+    code = nightly_job.main(
+        [
+            "--pairs",
+            f"s3://{s3_bucket}/in/pairs.parquet",
+            "--users",
+            f"s3://{s3_bucket}/in/users.parquet",
+            "--products",
+            f"s3://{s3_bucket}/in/products.parquet",
+            "--output",
+            f"s3://{s3_bucket}/out",
+            "--s3-endpoint",
+            s3_server,
+            "--run-date",
+            RUN_DATE,
+            "--campaign",
+            "wintr_sale",
+            "--model",
+            stand_in_model,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     names = sorted({c for c in pairs.column("campaign_id").to_pylist() if c})

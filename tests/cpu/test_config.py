@@ -2,10 +2,9 @@ import datetime as dt
 
 import pytest
 
-from factory.errors import UsageError
-
 from factory.cli import parse_config
 from factory.config import DEFAULT_CHANNELS, JobConfig
+from factory.errors import UsageError
 
 
 def test_defaults_run_the_demo():
@@ -17,10 +16,24 @@ def test_defaults_run_the_demo():
 
 def test_flags_win_over_the_config_file(tmp_path):
     f = tmp_path / "job.yaml"
-    f.write_text("output: s3://bucket-a/copy\ncampaign: winter_sale\nchannels: [push, sms]\n"
-                 "engine:\n  temperature: 0.9\n  batch_size: 8\n  engine_kwargs: {max_num_seqs: 16}\n")
-    c = parse_config(["--config", str(f), "--channels", "sms", "--temperature", "0.2",
-                      "--engine-kwargs", '{"swap_space": 1}', "--run-date", "2026-01-31"])
+    f.write_text(
+        "output: s3://bucket-a/copy\ncampaign: winter_sale\nchannels: [push, sms]\n"
+        "engine:\n  temperature: 0.9\n  batch_size: 8\n  engine_kwargs: {max_num_seqs: 16}\n"
+    )
+    c = parse_config(
+        [
+            "--config",
+            str(f),
+            "--channels",
+            "sms",
+            "--temperature",
+            "0.2",
+            "--engine-kwargs",
+            '{"swap_space": 1}',
+            "--run-date",
+            "2026-01-31",
+        ]
+    )
     assert c.output == "s3://bucket-a/copy" and c.campaign == "winter_sale"
     assert c.channels == ["sms"]
     assert c.engine.temperature == 0.2 and c.engine.batch_size == 8
@@ -28,14 +41,17 @@ def test_flags_win_over_the_config_file(tmp_path):
     assert c.run_id == "2026-01-31_winter_sale"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--pairs", "p.parquet"], "go together"),
-    (["--temperature", "5"], r"^--temperature: 5.0 is out of range: must be at most 2.0$"),
-    (["--replicas", "0"], r"^--replicas: 0 is out of range: must be at least 1$"),
-    (["--campaign", "bad name!"], r"^--campaign: 'bad name!': use letters"),
-    (["--output", "s3://ab"], "^--output: 's3://ab': S3 bucket names have at least 3"),
-    (["--channels", ","], "^--channels: at least one channel"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pairs", "p.parquet"], "go together"),
+        (["--temperature", "5"], r"^--temperature: 5.0 is out of range: must be at most 2.0$"),
+        (["--replicas", "0"], r"^--replicas: 0 is out of range: must be at least 1$"),
+        (["--campaign", "bad name!"], r"^--campaign: 'bad name!': use letters"),
+        (["--output", "s3://ab"], "^--output: 's3://ab': S3 bucket names have at least 3"),
+        (["--channels", ","], "^--channels: at least one channel"),
+    ],
+)
 def test_mistakes_are_named(argv, message):
     with pytest.raises(UsageError, match=message):
         parse_config(argv)
@@ -44,7 +60,9 @@ def test_mistakes_are_named(argv, message):
 def test_unknown_config_keys_are_refused(tmp_path):
     f = tmp_path / "job.yaml"
     f.write_text("outptu: ./x\n")
-    with pytest.raises(UsageError, match=r"job.yaml line 1: outptu: unknown setting 'outptu' \(did you mean 'output'\?\)"):
+    with pytest.raises(
+        UsageError, match=r"job.yaml line 1: outptu: unknown setting 'outptu' \(did you mean 'output'\?\)"
+    ):
         parse_config(["--config", str(f)])
 
 
@@ -59,7 +77,11 @@ def test_channels_deduplicated_in_order():
 
 def test_run_label_names_the_run_instead_of_the_campaign():
     c = parse_config(["--campaign", "winter_sale", "--run-label", "winter_fix", "--run-date", "2026-01-31"])
-    assert c.campaign == "winter_sale" and c.campaign_label == "winter_fix" and c.run_id == "2026-01-31_winter_fix"
+    assert (
+        c.campaign == "winter_sale"
+        and c.campaign_label == "winter_fix"
+        and c.run_id == "2026-01-31_winter_fix"
+    )
     assert parse_config(["--campaign", "winter_sale"]).campaign_label == "winter_sale"
     with pytest.raises(UsageError, match="^--run-label: '../escape'"):
         parse_config(["--run-label", "../escape"])

@@ -22,18 +22,38 @@ def _segment_users(n_segments=3, per_segment=4):
     rows = []
     for s in range(n_segments):
         for k in range(per_segment):
-            rows.append({C.USER_ID: f"U{s}{k}", C.LOCALE: "en-US" if s != 2 else "zh-CN",
-                         "interests": [f"interest {s}"], "recent_views": [f"view {s}"],
-                         "recent_searches": [f"search {s}"], "recent_purchases": [],
-                         "age_band": "25-34", "loyalty_tier": "gold"})
+            rows.append(
+                {
+                    C.USER_ID: f"U{s}{k}",
+                    C.LOCALE: "en-US" if s != 2 else "zh-CN",
+                    "interests": [f"interest {s}"],
+                    "recent_views": [f"view {s}"],
+                    "recent_searches": [f"search {s}"],
+                    "recent_purchases": [],
+                    "age_band": "25-34",
+                    "loyalty_tier": "gold",
+                }
+            )
     return pa.Table.from_pylist(rows)
 
 
 def _products():
-    return pa.Table.from_pylist([
-        {C.PRODUCT_ID: f"P{i}", "title": f"Lamp {i}", "category": "home", "brand": "Nook", "price": 10.0 + i,
-         "currency": "USD", "description": "A lamp.", "attributes": None, "selling_points": ["warm light"]}
-        for i in range(2)])
+    return pa.Table.from_pylist(
+        [
+            {
+                C.PRODUCT_ID: f"P{i}",
+                "title": f"Lamp {i}",
+                "category": "home",
+                "brand": "Nook",
+                "price": 10.0 + i,
+                "currency": "USD",
+                "description": "A lamp.",
+                "attributes": None,
+                "selling_points": ["warm light"],
+            }
+            for i in range(2)
+        ]
+    )
 
 
 def _rows(users, products, channels=("push", "sms"), variants=1, campaign="c"):
@@ -42,15 +62,33 @@ def _rows(users, products, channels=("push", "sms"), variants=1, campaign="c"):
         for p in products[C.PRODUCT_ID].to_pylist():
             for ch in channels:
                 for v in range(variants):
-                    out.append({C.USER_ID: u, C.PRODUCT_ID: p, C.CHANNEL: ch, C.CAMPAIGN_ID: campaign, C.VARIANT: v})
-    return pa.Table.from_pylist(out, schema=pa.schema([(C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()),
-                                                       (C.CHANNEL, pa.string()), (C.CAMPAIGN_ID, pa.string()),
-                                                       (C.VARIANT, pa.int32())]))
+                    out.append(
+                        {C.USER_ID: u, C.PRODUCT_ID: p, C.CHANNEL: ch, C.CAMPAIGN_ID: campaign, C.VARIANT: v}
+                    )
+    return pa.Table.from_pylist(
+        out,
+        schema=pa.schema(
+            [
+                (C.USER_ID, pa.string()),
+                (C.PRODUCT_ID, pa.string()),
+                (C.CHANNEL, pa.string()),
+                (C.CAMPAIGN_ID, pa.string()),
+                (C.VARIANT, pa.int32()),
+            ]
+        ),
+    )
 
 
 def _rendered(rows, users, products, templates):
-    joined = JoinProfiles(users, products, channels=list(templates), known_channels=list(templates),
-                          variants=1, campaign=None, run_id="r")(rows)
+    joined = JoinProfiles(
+        users,
+        products,
+        channels=list(templates),
+        known_channels=list(templates),
+        variants=1,
+        campaign=None,
+        run_id="r",
+    )(rows)
     return RenderPrompts(templates)(joined)
 
 
@@ -59,8 +97,10 @@ def _assert_keys_match_prompts(rows, users, products, templates):
     for someone else); return the number of distinct keys."""
     keys = dedup.prompt_keys(rows, users, templates).to_pylist()
     rendered = _rendered(rows, users, products, templates)
-    by_row = {(r[C.USER_ID], r[C.PRODUCT_ID], r[C.CHANNEL], r[C.VARIANT]): (r[C.MESSAGES], r[C.MAX_TOKENS])
-              for r in rendered.to_pylist()}
+    by_row = {
+        (r[C.USER_ID], r[C.PRODUCT_ID], r[C.CHANNEL], r[C.VARIANT]): (r[C.MESSAGES], r[C.MAX_TOKENS])
+        for r in rendered.to_pylist()
+    }
     prompts_by_key = defaultdict(set)
     for row, key in zip(rows.to_pylist(), keys):
         prompts_by_key[key].add(by_row[(row[C.USER_ID], row[C.PRODUCT_ID], row[C.CHANNEL], row[C.VARIANT])])
@@ -85,8 +125,11 @@ def test_a_field_the_template_shows_splits_the_key_and_one_it_does_not_show_does
     templates = load_templates()
     users = _segment_users(n_segments=1, per_segment=3)
     # push shows interests but not recent_purchases or age_band.
-    users = users.set_column(users.column_names.index("interests"), "interests",
-                             pa.array([["a"], ["a"], ["b"]], pa.list_(pa.string())))
+    users = users.set_column(
+        users.column_names.index("interests"),
+        "interests",
+        pa.array([["a"], ["a"], ["b"]], pa.list_(pa.string())),
+    )
     users = users.set_column(users.column_names.index("age_band"), "age_band", pa.array(["1", "2", "3"]))
     rows = _rows(users, _products().slice(0, 1), channels=("push",))
     keys = dedup.prompt_keys(rows, users, templates).to_pylist()
@@ -111,9 +154,13 @@ def test_keys_match_prompts_on_the_sample_data(sample_dir):
     pairs = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
     known_users, known_products = set(users[C.USER_ID].to_pylist()), set(products[C.PRODUCT_ID].to_pylist())
     good = [p for p in pairs if p[C.USER_ID] in known_users and p[C.PRODUCT_ID] in known_products]
-    rows = _rows(users.filter(pa.compute.is_in(users[C.USER_ID], pa.array([p[C.USER_ID] for p in good]))),
-                 products.filter(pa.compute.is_in(products[C.PRODUCT_ID], pa.array([p[C.PRODUCT_ID] for p in good[:5]]))),
-                 channels=tuple(templates))
+    rows = _rows(
+        users.filter(pa.compute.is_in(users[C.USER_ID], pa.array([p[C.USER_ID] for p in good]))),
+        products.filter(
+            pa.compute.is_in(products[C.PRODUCT_ID], pa.array([p[C.PRODUCT_ID] for p in good[:5]]))
+        ),
+        channels=tuple(templates),
+    )
     _assert_keys_match_prompts(rows, users, products, templates)
 
 
@@ -135,7 +182,9 @@ def test_rows_of_one_product_share_the_prompt_up_to_the_end_of_the_product():
     must share the prompt through ``</product>`` and differ after it."""
     templates = load_templates()
     users = _segment_users(n_segments=2, per_segment=1)  # different interests, views, searches
-    users = users.set_column(users.column_names.index("loyalty_tier"), "loyalty_tier", pa.array(["gold", "silver"]))
+    users = users.set_column(
+        users.column_names.index("loyalty_tier"), "loyalty_tier", pa.array(["gold", "silver"])
+    )
     rows = _rows(users, _products().slice(0, 1), channels=tuple(templates))
     rendered = _rendered(rows, users, _products(), templates).to_pylist()
     for channel in templates:
@@ -149,29 +198,69 @@ def test_rows_of_one_product_share_the_prompt_up_to_the_end_of_the_product():
 
 
 def _written(rows):
-    schema = pa.schema([(C.ROW_ID, pa.string()), (C.CHANNEL, pa.string()), (C.DEDUP_OF, pa.string()),
-                        (C.NUM_INPUT_TOKENS, pa.int32()), (C.NUM_OUTPUT_TOKENS, pa.int32()),
-                        (C.NUM_CACHED_TOKENS, pa.int32())])
+    schema = pa.schema(
+        [
+            (C.ROW_ID, pa.string()),
+            (C.CHANNEL, pa.string()),
+            (C.DEDUP_OF, pa.string()),
+            (C.NUM_INPUT_TOKENS, pa.int32()),
+            (C.NUM_OUTPUT_TOKENS, pa.int32()),
+            (C.NUM_CACHED_TOKENS, pa.int32()),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
-    table = _written([
-        {C.ROW_ID: "a", C.CHANNEL: "push", C.DEDUP_OF: None, C.NUM_INPUT_TOKENS: 100, C.NUM_OUTPUT_TOKENS: 10,
-         C.NUM_CACHED_TOKENS: 0},
-        {C.ROW_ID: "b", C.CHANNEL: "push", C.DEDUP_OF: None, C.NUM_INPUT_TOKENS: 120, C.NUM_OUTPUT_TOKENS: 20,
-         C.NUM_CACHED_TOKENS: 96},
-        {C.ROW_ID: "c", C.CHANNEL: "sms", C.DEDUP_OF: None, C.NUM_INPUT_TOKENS: 80, C.NUM_OUTPUT_TOKENS: 30,
-         C.NUM_CACHED_TOKENS: None},
-        {C.ROW_ID: "d", C.CHANNEL: "push", C.DEDUP_OF: "b", C.NUM_INPUT_TOKENS: 0, C.NUM_OUTPUT_TOKENS: 0,
-         C.NUM_CACHED_TOKENS: None},
-        {C.ROW_ID: "e", C.CHANNEL: "push", C.DEDUP_OF: "b", C.NUM_INPUT_TOKENS: 0, C.NUM_OUTPUT_TOKENS: 0,
-         C.NUM_CACHED_TOKENS: None},
-    ])
+    table = _written(
+        [
+            {
+                C.ROW_ID: "a",
+                C.CHANNEL: "push",
+                C.DEDUP_OF: None,
+                C.NUM_INPUT_TOKENS: 100,
+                C.NUM_OUTPUT_TOKENS: 10,
+                C.NUM_CACHED_TOKENS: 0,
+            },
+            {
+                C.ROW_ID: "b",
+                C.CHANNEL: "push",
+                C.DEDUP_OF: None,
+                C.NUM_INPUT_TOKENS: 120,
+                C.NUM_OUTPUT_TOKENS: 20,
+                C.NUM_CACHED_TOKENS: 96,
+            },
+            {
+                C.ROW_ID: "c",
+                C.CHANNEL: "sms",
+                C.DEDUP_OF: None,
+                C.NUM_INPUT_TOKENS: 80,
+                C.NUM_OUTPUT_TOKENS: 30,
+                C.NUM_CACHED_TOKENS: None,
+            },
+            {
+                C.ROW_ID: "d",
+                C.CHANNEL: "push",
+                C.DEDUP_OF: "b",
+                C.NUM_INPUT_TOKENS: 0,
+                C.NUM_OUTPUT_TOKENS: 0,
+                C.NUM_CACHED_TOKENS: None,
+            },
+            {
+                C.ROW_ID: "e",
+                C.CHANNEL: "push",
+                C.DEDUP_OF: "b",
+                C.NUM_INPUT_TOKENS: 0,
+                C.NUM_OUTPUT_TOKENS: 0,
+                C.NUM_CACHED_TOKENS: None,
+            },
+        ]
+    )
     # The reusing rows as ReuseCopy made them, before the writer shaped them:
     # they carry their leader's tokens, what the reuse spared the engine.
-    carried = table.append_column(C.SAVED_PROMPT_TOKENS, pa.array([None, None, None, 120, 120], pa.int32())) \
-        .append_column(C.SAVED_OUTPUT_TOKENS, pa.array([None, None, None, 20, 20], pa.int32()))
+    carried = table.append_column(
+        C.SAVED_PROMPT_TOKENS, pa.array([None, None, None, 120, 120], pa.int32())
+    ).append_column(C.SAVED_OUTPUT_TOKENS, pa.array([None, None, None, 20, 20], pa.int32()))
     tally = dedup.WorkTally()
     tally.add(table, carried)
     w = tally.figures()
@@ -179,8 +268,10 @@ def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
     assert w["tokens_saved_by_reuse"] == {"prompt": 240, "output": 40}
     assert (w["prompt_tokens"], w["output_tokens"]) == (300, 60)
     assert w["prefix_cache_hit_rate"] == round(96 / 220, 4) and w["prefix_cache_rows_measured"] == 2
-    assert w["by_channel"] == {"push": {"mean_prompt_tokens": 110.0, "mean_output_tokens": 15.0},
-                               "sms": {"mean_prompt_tokens": 80.0, "mean_output_tokens": 30.0}}
+    assert w["by_channel"] == {
+        "push": {"mean_prompt_tokens": 110.0, "mean_output_tokens": 15.0},
+        "sms": {"mean_prompt_tokens": 80.0, "mean_output_tokens": 30.0},
+    }
     # File by file (leaders and followers in different files), and through a footer's JSON, the same figures.
     merged = dedup.WorkTally()
     for part in (slice(3, 5), slice(0, 1), slice(1, 3)):
@@ -188,8 +279,20 @@ def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
         one.add(table[part], carried[part])
         merged += dedup.WorkTally.from_state(json.loads(json.dumps(one.state())))
     assert merged.figures() == w
-    none = dedup.work_figures(_written([{C.ROW_ID: "a", C.CHANNEL: "push", C.DEDUP_OF: None,
-                                         C.NUM_INPUT_TOKENS: 5, C.NUM_OUTPUT_TOKENS: 1, C.NUM_CACHED_TOKENS: None}]))
+    none = dedup.work_figures(
+        _written(
+            [
+                {
+                    C.ROW_ID: "a",
+                    C.CHANNEL: "push",
+                    C.DEDUP_OF: None,
+                    C.NUM_INPUT_TOKENS: 5,
+                    C.NUM_OUTPUT_TOKENS: 1,
+                    C.NUM_CACHED_TOKENS: None,
+                }
+            ]
+        )
+    )
     assert none["prefix_cache_hit_rate"] is None and none["rows_reused"] == 0
 
 
@@ -202,16 +305,47 @@ def _beside_leaders(followers: pa.Table, leaders: pa.Table) -> pa.Table:
 
 
 def test_reuse_copy_takes_the_leaders_copy_under_its_own_identity():
-    leaders = pa.Table.from_pylist([
-        {C.ROW_ID: "L1", C.USER_ID: "U1", C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.TEXT: "Warm light for you.",
-         C.LOCALE: "en-US", C.CHANNEL: "push", C.PRODUCT_ID: "P1", C.STATUS: C.ACCEPTED, C.DRAFT: 2,
-         C.FIRST_DRAFT_REASONS: ["truncated"], C.NUM_INPUT_TOKENS: 90, C.NUM_OUTPUT_TOKENS: 9,
-         C.NUM_CACHED_TOKENS: 64, C.DEDUP_OF: None}])
-    followers = pa.Table.from_pylist([{C.ROW_ID: "F1", C.USER_ID: "U2", C.PRODUCT_ID: "P1", C.CHANNEL: "push",
-                                       C.CAMPAIGN_ID: "c", C.VARIANT: 0, C.DEDUP_OF: "L1"}])
+    leaders = pa.Table.from_pylist(
+        [
+            {
+                C.ROW_ID: "L1",
+                C.USER_ID: "U1",
+                C.CAMPAIGN_ID: "c",
+                C.VARIANT: 0,
+                C.TEXT: "Warm light for you.",
+                C.LOCALE: "en-US",
+                C.CHANNEL: "push",
+                C.PRODUCT_ID: "P1",
+                C.STATUS: C.ACCEPTED,
+                C.DRAFT: 2,
+                C.FIRST_DRAFT_REASONS: ["truncated"],
+                C.NUM_INPUT_TOKENS: 90,
+                C.NUM_OUTPUT_TOKENS: 9,
+                C.NUM_CACHED_TOKENS: 64,
+                C.DEDUP_OF: None,
+            }
+        ]
+    )
+    followers = pa.Table.from_pylist(
+        [
+            {
+                C.ROW_ID: "F1",
+                C.USER_ID: "U2",
+                C.PRODUCT_ID: "P1",
+                C.CHANNEL: "push",
+                C.CAMPAIGN_ID: "c",
+                C.VARIANT: 0,
+                C.DEDUP_OF: "L1",
+            }
+        ]
+    )
     out = reuse_copy(_beside_leaders(followers, leaders)).to_pylist()[0]
     assert (out[C.ROW_ID], out[C.USER_ID], out[C.DEDUP_OF], out[C.PRODUCT_ID]) == ("F1", "U2", "L1", "P1")
-    assert (out[C.TEXT], out[C.DRAFT], out[C.FIRST_DRAFT_REASONS]) == ("Warm light for you.", 2, ["truncated"])
+    assert (out[C.TEXT], out[C.DRAFT], out[C.FIRST_DRAFT_REASONS]) == (
+        "Warm light for you.",
+        2,
+        ["truncated"],
+    )
     assert (out[C.NUM_INPUT_TOKENS], out[C.NUM_OUTPUT_TOKENS], out[C.NUM_CACHED_TOKENS]) == (0, 0, None)
     assert (out[C.SAVED_PROMPT_TOKENS], out[C.SAVED_OUTPUT_TOKENS]) == (90, 9)  # what the reuse spared
     orphan = followers.set_column(followers.column_names.index(C.DEDUP_OF), C.DEDUP_OF, pa.array(["nope"]))
@@ -229,7 +363,9 @@ class _Counter:
 
 
 def test_progress_counts_finished_rows_not_those_sent_to_repair():
-    batch = pa.table({C.ROUTE: ["copies", "repair", "copies"], C.NUM_OUTPUT_TOKENS: pa.array([5, 7, 9], pa.int32())})
+    batch = pa.table(
+        {C.ROUTE: ["copies", "repair", "copies"], C.NUM_OUTPUT_TOKENS: pa.array([5, 7, 9], pa.int32())}
+    )
     counter = _Counter()
     assert count_finished(batch, counter) is batch
     assert counter.calls == [(2, 21)]
@@ -239,16 +375,23 @@ def test_progress_line_has_rows_rate_tokens_and_eta():
     log = ProgressLog(total=1_000, already_done=100)
     line = log.line({"t": 100.0, "phase": "first drafts", "rows_done": 300, "output_tokens": 6_000})
     # 400 of 1000 done; 3 rows/s in this process -> 600 left take 200 s.
-    assert line == ("progress [first drafts]: 400/1,000 rows (40%) | 3.0 rows/s | 60 output tok/s | "
-                    "elapsed 1m40s | ETA 3m20s")
+    assert line == (
+        "progress [first drafts]: 400/1,000 rows (40%) | 3.0 rows/s | 60 output tok/s | "
+        "elapsed 1m40s | ETA 3m20s"
+    )
     assert "ETA unknown" in log.line({"t": 5.0, "phase": "starting", "rows_done": 0, "output_tokens": 0})
 
 
 def test_scope_filter_keeps_the_runs_pairs_and_lets_unknown_ids_reach_the_checks():
     from factory.pipeline.plan import scope_filter as _scope_filter
 
-    batch = pa.table({C.USER_ID: ["U1", "U2", "U3", None, "U9"], C.PRODUCT_ID: ["P1", "P2", "P1", "P1", "P1"],
-                      C.CAMPAIGN_ID: ["a", "a", "b", "a", "a"]})
+    batch = pa.table(
+        {
+            C.USER_ID: ["U1", "U2", "U3", None, "U9"],
+            C.PRODUCT_ID: ["P1", "P2", "P1", "P1", "P1"],
+            C.CAMPAIGN_ID: ["a", "a", "b", "a", "a"],
+        }
+    )
     keep = _scope_filter(batch, "a", None, pa.array(["P1"]), pa.array(["U2"]))
     # U3 is another campaign, U2 sells P2 and is excluded by locale; the null
     # and the unknown user stay, for pass 1 to send to the dead letters.

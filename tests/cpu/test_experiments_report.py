@@ -14,16 +14,23 @@ from factory.experiments.report import ExperimentView, experiment_view, experime
 from factory.experiments.table import FEEDBACK_SCHEMA
 from factory.report import render_report
 
-EXP = ExperimentConfig(experiment_id="voice_1", holdout=0.1, arms=[ArmConfig(name="cosy", brand_voice="warm"),
-                                                                   ArmConfig(name="crisp", brand_voice="crisp")])
+EXP = ExperimentConfig(
+    experiment_id="voice_1",
+    holdout=0.1,
+    arms=[ArmConfig(name="cosy", brand_voice="warm"), ArmConfig(name="crisp", brand_voice="crisp")],
+)
 
 
 def _feedback() -> pa.Table:
-    rows = [("spring", "voice_1", "cosy", "push@a", "push", "en-US", 10_000, 300, 120),
-            ("spring", "voice_1", "crisp", "push@b", "push", "en-US", 10_000, 200, 100),
-            ("spring", "voice_1", "holdout", None, "push", "en-US", 20_000, 0, 160)]
+    rows = [
+        ("spring", "voice_1", "cosy", "push@a", "push", "en-US", 10_000, 300, 120),
+        ("spring", "voice_1", "crisp", "push@b", "push", "en-US", 10_000, 200, 100),
+        ("spring", "voice_1", "holdout", None, "push", "en-US", 20_000, 0, 160),
+    ]
     names = [f.name for f in FEEDBACK_SCHEMA][:9]
-    return pa.Table.from_pylist([dict(zip(names, r)) for r in rows], schema=pa.schema(list(FEEDBACK_SCHEMA)[:9]))
+    return pa.Table.from_pylist(
+        [dict(zip(names, r)) for r in rows], schema=pa.schema(list(FEEDBACK_SCHEMA)[:9])
+    )
 
 
 def _history() -> list[dict]:
@@ -33,7 +40,10 @@ def _history() -> list[dict]:
         alloc = allocate(EXP, day, stats, previous)
         previous = {**alloc.record(), "run_id": f"{day}_spring"}
         records.append(alloc.record())
-        stats = {"cosy": ArmStats(2500 * (night + 1), 75 * (night + 1)), "crisp": ArmStats(2500 * (night + 1), 50 * (night + 1))}
+        stats = {
+            "cosy": ArmStats(2500 * (night + 1), 75 * (night + 1)),
+            "crisp": ArmStats(2500 * (night + 1), 50 * (night + 1)),
+        }
     return records
 
 
@@ -58,8 +68,9 @@ def test_the_section_shows_rates_lift_and_every_night():
 
 
 def test_the_section_in_the_report_page_and_escaped():
-    view = ExperimentView("<script>x</script>", "spring", "click", 0.0, ["a", "b"],
-                          {"a": ArmStats(10, 1, 0)}, [])
+    view = ExperimentView(
+        "<script>x</script>", "spring", "click", 0.0, ["a", "b"], {"a": ArmStats(10, 1, 0)}, []
+    )
     copies = pa.table({C.CHANNEL: pa.array([], pa.string()), C.STATUS: pa.array([], pa.string())})
     page = render_report({"run_id": "r"}, copies, pa.table({}), [], experiments=[view])
     assert "<h2>Experiments</h2>" in page and "<script>" not in page and "no allocation recorded yet" in page

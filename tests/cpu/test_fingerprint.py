@@ -9,7 +9,8 @@ import pytest
 from factory import columns as C
 from factory.fingerprint import Fingerprint
 from factory.footer import FINGERPRINT, stamp
-from factory.pipeline.finish import IncompleteRun, check_exactly_once as _check_exactly_once
+from factory.pipeline.finish import IncompleteRun
+from factory.pipeline.finish import check_exactly_once as _check_exactly_once
 from factory.publish import Attempt
 from factory.storage import read_parquet, resolve, write_parquet
 
@@ -47,11 +48,14 @@ def test_every_owed_row_once_passes_from_footers_alone(tmp_path, monkeypatch):
     assert [f.rows for f in files] == [40, 50] and all(f.size > 0 for f in files)
 
 
-@pytest.mark.parametrize("written, says", [
-    (lambda ids: [ids[:40], ids[39:]], "91 row(s) written, 90 expected"),
-    (lambda ids: [ids[:40], ids[41:]], "89 row(s) written, 90 expected"),
-    (lambda ids: [ids[:40], ids[41:] + ids[:1]], "90 row(s) written, 90 expected, but not the owed ones"),
-])
+@pytest.mark.parametrize(
+    "written, says",
+    [
+        (lambda ids: [ids[:40], ids[39:]], "91 row(s) written, 90 expected"),
+        (lambda ids: [ids[:40], ids[41:]], "89 row(s) written, 90 expected"),
+        (lambda ids: [ids[:40], ids[41:] + ids[:1]], "90 row(s) written, 90 expected, but not the owed ones"),
+    ],
+)
 def test_a_missing_or_twice_written_row_stops_the_publish(tmp_path, written, says):
     ids = _ids(90)
     with pytest.raises(IncompleteRun, match=re.escape(says)):

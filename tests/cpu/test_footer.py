@@ -21,16 +21,19 @@ def _copies(n: int, seed: int) -> pa.Table:
     verdicts = _verdicts(n, seed)
     reused = [rng.random() < 0.3 for _ in range(n)]
     ids = [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()[:20] for i in range(n)]
-    work = pa.table({
-        C.ROW_ID: pa.array(ids, pa.string()),
-        C.DEDUP_OF: pa.array([ids[0] if r else None for r in reused], pa.string()),
-        C.NUM_INPUT_TOKENS: pa.array([0 if r else rng.randint(40, 90) for r in reused], pa.int32()),
-        C.NUM_OUTPUT_TOKENS: pa.array([0 if r else rng.randint(5, 30) for r in reused], pa.int32()),
-        C.NUM_CACHED_TOKENS: pa.array([None if r or rng.random() < 0.2 else rng.randint(0, 40) for r in reused],
-                                      pa.int32()),
-        C.SAVED_PROMPT_TOKENS: pa.array([rng.randint(40, 90) if r else None for r in reused], pa.int32()),
-        C.SAVED_OUTPUT_TOKENS: pa.array([rng.randint(5, 30) if r else None for r in reused], pa.int32()),
-    })
+    work = pa.table(
+        {
+            C.ROW_ID: pa.array(ids, pa.string()),
+            C.DEDUP_OF: pa.array([ids[0] if r else None for r in reused], pa.string()),
+            C.NUM_INPUT_TOKENS: pa.array([0 if r else rng.randint(40, 90) for r in reused], pa.int32()),
+            C.NUM_OUTPUT_TOKENS: pa.array([0 if r else rng.randint(5, 30) for r in reused], pa.int32()),
+            C.NUM_CACHED_TOKENS: pa.array(
+                [None if r or rng.random() < 0.2 else rng.randint(0, 40) for r in reused], pa.int32()
+            ),
+            C.SAVED_PROMPT_TOKENS: pa.array([rng.randint(40, 90) if r else None for r in reused], pa.int32()),
+            C.SAVED_OUTPUT_TOKENS: pa.array([rng.randint(5, 30) if r else None for r in reused], pa.int32()),
+        }
+    )
     for name in verdicts.column_names:
         work = work.append_column(name, verdicts[name])
     return work
@@ -53,13 +56,17 @@ def test_the_copies_footers_add_up_to_the_stats_of_every_row(tmp_path, monkeypat
     whole = pa.concat_tables(parts)
     want = _figures(CopyStats.of(whole))
     assert want[1]["rows_reused"] > 0 and want[1]["tokens_saved_by_reuse"]["prompt"] > 0
-    assert want[1]["tokens_saved_by_reuse"]["prompt"] == sum(whole[C.SAVED_PROMPT_TOKENS].drop_null().to_pylist())
+    assert want[1]["tokens_saved_by_reuse"]["prompt"] == sum(
+        whole[C.SAVED_PROMPT_TOKENS].drop_null().to_pylist()
+    )
 
     files = read_footers(folder)
     assert sorted(f.rows for f in files) == [1, 40, 90, 200] and all(f.size > 0 for f in files)
     monkeypatch.setattr(footer, "read_parquet", lambda *a, **k: pytest.fail("a row was read"))
     assert _figures(footer.copy_stats(files)) == want
-    assert sum((footer.fingerprint(f) for f in files), footer.Fingerprint()) == footer.Fingerprint.of(whole[C.ROW_ID])
+    assert sum((footer.fingerprint(f) for f in files), footer.Fingerprint()) == footer.Fingerprint.of(
+        whole[C.ROW_ID]
+    )
 
 
 def test_files_without_footer_entries_are_read_instead(tmp_path):

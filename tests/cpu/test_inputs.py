@@ -19,12 +19,16 @@ def test_sample_data_is_deterministic_and_bilingual(tmp_path, sample_dir):
 
     sample_data.generate(tmp_path)
     for name in ("pairs", "users", "products"):
-        assert pq.read_table(tmp_path / f"{name}.parquet").equals(pq.read_table(sample_dir / f"{name}.parquet"))
+        assert pq.read_table(tmp_path / f"{name}.parquet").equals(
+            pq.read_table(sample_dir / f"{name}.parquet")
+        )
     users = pq.read_table(sample_dir / "users.parquet").to_pylist()
     products = pq.read_table(sample_dir / "products.parquet").to_pylist()
     assert 200 <= len(users) <= 500 and 150 <= len(products) <= 300
     assert any(u["locale"] == "zh-CN" for u in users)
-    assert any(p["currency"] == "CNY" and any("\u4e00" <= ch <= "\u9fff" for ch in p["title"]) for p in products)
+    assert any(
+        p["currency"] == "CNY" and any("\u4e00" <= ch <= "\u9fff" for ch in p["title"]) for p in products
+    )
     assert all(u["interests"] for u in users)
 
 
@@ -40,7 +44,9 @@ def test_missing_column_names_input_file_and_column(tmp_path):
 def test_wrong_type_names_the_column(tmp_path):
     path = tmp_path / "users.parquet"
     pq.write_table(pa.table({"user_id": ["u1"], "locale": ["en-US"], "interests": ["hiking"]}), path)
-    with pytest.raises(InputError, match=r"users: .*users.parquet: column 'interests' must be a list of strings"):
+    with pytest.raises(
+        InputError, match=r"users: .*users.parquet: column 'interests' must be a list of strings"
+    ):
         check_schema(resolve(str(path)), USERS)
 
 
@@ -62,13 +68,22 @@ def test_missing_path_and_empty_folder(tmp_path):
 
 def test_lookup_table_drops_null_and_duplicate_keys_and_says_so(tmp_path):
     path = tmp_path / "products.parquet"
-    attrs = pa.array([[("material", "wool")], [("material", "silk")], None, None],
-                     pa.map_(pa.string(), pa.string()))
-    table = pa.table({
-        "product_id": ["p1", "p1", None, "p2"], "title": ["A", "A2", "B", "C"], "category": ["c"] * 4,
-        "brand": ["b"] * 4, "price": pa.array([1, 2, 3, 4], pa.int64()), "currency": ["USD"] * 4,
-        "description": ["d"] * 4, "attributes": attrs, "extra_column": [1, 2, 3, 4],
-    })
+    attrs = pa.array(
+        [[("material", "wool")], [("material", "silk")], None, None], pa.map_(pa.string(), pa.string())
+    )
+    table = pa.table(
+        {
+            "product_id": ["p1", "p1", None, "p2"],
+            "title": ["A", "A2", "B", "C"],
+            "category": ["c"] * 4,
+            "brand": ["b"] * 4,
+            "price": pa.array([1, 2, 3, 4], pa.int64()),
+            "currency": ["USD"] * 4,
+            "description": ["d"] * 4,
+            "attributes": attrs,
+            "extra_column": [1, 2, 3, 4],
+        }
+    )
     pq.write_table(table, path)
     out, report = read_lookup_table(resolve(str(path)), PRODUCTS, C.PRODUCT_ID)
     assert out[C.PRODUCT_ID].to_pylist() == ["p1", "p2"]
@@ -82,9 +97,13 @@ def test_lookup_table_drops_null_and_duplicate_keys_and_says_so(tmp_path):
 
 
 def test_checked_input_counts_rows_and_keeps_contract_columns(tmp_path):
-    pq.write_table(pa.table({"user_id": ["u1", "u2"], "product_id": ["p1", "p2"], "noise": [1, 2]}),
-                   tmp_path / "a.parquet")
-    pq.write_table(pa.table({"user_id": ["u3"], "product_id": ["p3"], "channel": ["sms"]}), tmp_path / "b.parquet")
+    pq.write_table(
+        pa.table({"user_id": ["u1", "u2"], "product_id": ["p1", "p2"], "noise": [1, 2]}),
+        tmp_path / "a.parquet",
+    )
+    pq.write_table(
+        pa.table({"user_id": ["u3"], "product_id": ["p3"], "channel": ["sms"]}), tmp_path / "b.parquet"
+    )
     checked = check_schema(resolve(str(tmp_path)), PAIRS)
     assert checked.rows == 3 and len(checked.files) == 2
     assert checked.columns == ["user_id", "product_id", "channel"]
@@ -92,8 +111,11 @@ def test_checked_input_counts_rows_and_keeps_contract_columns(tmp_path):
 
 def test_attributes_of_the_wrong_kind_are_named(tmp_path, sample_dir):
     products = pq.read_table(sample_dir / "products.parquet").slice(0, 2)
-    products = products.set_column(products.schema.get_field_index("attributes"), "attributes",
-                                   pa.array([1, 2], pa.int64()))
+    products = products.set_column(
+        products.schema.get_field_index("attributes"), "attributes", pa.array([1, 2], pa.int64())
+    )
     pq.write_table(products, tmp_path / "products.parquet")
-    with pytest.raises(InputError, match=r"column 'attributes' must be a map, struct or JSON string, found int64"):
+    with pytest.raises(
+        InputError, match=r"column 'attributes' must be a map, struct or JSON string, found int64"
+    ):
         check_schema(resolve(str(tmp_path / "products.parquet")), PRODUCTS)

@@ -9,20 +9,26 @@ from factory import internals
 def test_ray_keeps_the_head_node_it_started_where_it_was():
     import ray._private.worker as worker
 
-    assert hasattr(worker, "_global_node"), "ray._private.worker._global_node moved: re-check ray_started_head"
+    assert hasattr(worker, "_global_node"), (
+        "ray._private.worker._global_node moved: re-check ray_started_head"
+    )
     assert internals.ray_started_head() is False  # no Ray started in this process yet
     # (that a started Ray answers True: tests/cpu/test_ray_session.py, in a process of its own)
 
 
 def test_the_llm_telemetry_actor_is_named():
     named = internals.llm_telemetry_actor()
-    assert named is not None, "ray.llm usage telemetry moved: re-check factory.ray_session.release_llm_telemetry_actor"
+    assert named is not None, (
+        "ray.llm usage telemetry moved: re-check factory.ray_session.release_llm_telemetry_actor"
+    )
     assert all(isinstance(part, str) and part for part in named)
 
 
 def test_ray_datas_executor_wait_is_a_number():
     state = internals.ray_data_executor_state()
-    assert state is not None, f"Ray Data has no {internals.EXECUTOR_WAIT_CONSTANT}: re-check engine_paced_scheduling"
+    assert state is not None, (
+        f"Ray Data has no {internals.EXECUTOR_WAIT_CONSTANT}: re-check engine_paced_scheduling"
+    )
     assert 0 < getattr(state, internals.EXECUTOR_WAIT_CONSTANT) < 10
 
 

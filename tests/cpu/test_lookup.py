@@ -10,8 +10,11 @@ from factory.lookup import KeyIndex
 def test_positions_are_index_ins_answer_nulls_and_all():
     keys = pa.chunked_array([["U3", "U1"], ["U2", "用户"]])
     ids = pa.chunked_array([["U2", None, "U9"], ["用户", "U3", "U2"]])
-    assert KeyIndex(keys).positions(ids).to_pylist() == pc.index_in(ids, value_set=keys).to_pylist() \
+    assert (
+        KeyIndex(keys).positions(ids).to_pylist()
+        == pc.index_in(ids, value_set=keys).to_pylist()
         == [2, None, None, 3, 0, 2]
+    )
     assert KeyIndex(pa.array([], pa.string())).positions(pa.array(["U1"])).to_pylist() == [None]
 
 

@@ -12,9 +12,14 @@ CHANNELS = ["push", "sms"]
 
 
 def _pairs(rows):
-    return pa.table({C.USER_ID: [r[0] for r in rows], C.PRODUCT_ID: [r[1] for r in rows],
-                     C.CHANNEL: pa.array([r[2] for r in rows], pa.string()),
-                     C.CAMPAIGN_ID: pa.array([r[3] for r in rows], pa.string())})
+    return pa.table(
+        {
+            C.USER_ID: [r[0] for r in rows],
+            C.PRODUCT_ID: [r[1] for r in rows],
+            C.CHANNEL: pa.array([r[2] for r in rows], pa.string()),
+            C.CAMPAIGN_ID: pa.array([r[3] for r in rows], pa.string()),
+        }
+    )
 
 
 def test_the_column_form_is_the_per_pair_rule_for_every_kind_of_pair():
@@ -27,15 +32,23 @@ def test_the_column_form_is_the_per_pair_rule_for_every_kind_of_pair():
 
 
 def test_the_first_pair_in_file_order_keeps_a_row_and_a_pair_left_with_nothing_is_a_duplicate():
-    pairs = _pairs([("u1", "p1", None, "c"),     # owes push and sms
-                    ("u1", "p1", "sms", "c"),    # sms is already owed: a duplicate pair
-                    ("u1", "p1", "sms", "d"),    # another campaign: its own row
-                    ("u2", "p1", "fax", None),   # owes nothing
-                    ("u2", "p1", "push", None)])  # keyed under "default"
+    pairs = _pairs(
+        [
+            ("u1", "p1", None, "c"),  # owes push and sms
+            ("u1", "p1", "sms", "c"),  # sms is already owed: a duplicate pair
+            ("u1", "p1", "sms", "d"),  # another campaign: its own row
+            ("u2", "p1", "fax", None),  # owes nothing
+            ("u2", "p1", "push", None),
+        ]
+    )  # keyed under "default"
     found = owed.owed_rows(pairs, CHANNELS, variants=1, run_campaign=None)
     keys = list(zip(*(found.rows[c].to_pylist() for c in (owed.CAMPAIGN, C.USER_ID, C.CHANNEL, owed.PAIR))))
-    assert keys == [("c", "u1", "push", 0), ("c", "u1", "sms", 0), ("d", "u1", "sms", 2),
-                    ("default", "u2", "push", 4)]
+    assert keys == [
+        ("c", "u1", "push", 0),
+        ("c", "u1", "sms", 0),
+        ("d", "u1", "sms", 2),
+        ("default", "u2", "push", 4),
+    ]
     assert found.duplicate_pairs.to_pylist() == [1]
     assert sorted(found.owing_pairs.to_pylist()) == [0, 1, 2, 4]
 

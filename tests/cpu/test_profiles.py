@@ -15,8 +15,16 @@ import pytest
 
 from factory import columns as C
 from factory.profiles import events as E
-from factory.profiles.aggregate import (PROFILE_FIELDS, Event, ProductFacts, ProfileSettings, UserFacts,
-                                        build_profile, price_percentiles, profiles_table)
+from factory.profiles.aggregate import (
+    PROFILE_FIELDS,
+    Event,
+    ProductFacts,
+    ProfileSettings,
+    UserFacts,
+    build_profile,
+    price_percentiles,
+    profiles_table,
+)
 
 # outdoor/USD prices 10, 20, 30 -> mid-rank percentiles 1/6, 1/2, 5/6; beauty has one product -> 1/2.
 CATALOG = {
@@ -30,21 +38,29 @@ SETTINGS = ProfileSettings(as_of=dt.date(2026, 11, 23), half_life_days=7)
 
 
 def test_price_percentiles_are_mid_ranks_within_category_and_currency():
-    pct = price_percentiles(["A", "B", "C", "D", "E", "F"],
-                            ["outdoor", "outdoor", "outdoor", "outdoor", "beauty", "outdoor"],
-                            ["USD", "USD", "USD", "CNY", "USD", "USD"],
-                            [10.0, 20.0, 30.0, 999.0, 5.0, None])
+    pct = price_percentiles(
+        ["A", "B", "C", "D", "E", "F"],
+        ["outdoor", "outdoor", "outdoor", "outdoor", "beauty", "outdoor"],
+        ["USD", "USD", "USD", "CNY", "USD", "USD"],
+        [10.0, 20.0, 30.0, 999.0, 5.0, None],
+    )
     # A, B, C share a group: (0 + 1/2)/3, (1 + 1/2)/3, (2 + 1/2)/3. D and E are alone: 1/2.
-    assert pct == {"A": pytest.approx(1 / 6), "B": pytest.approx(1 / 2), "C": pytest.approx(5 / 6),
-                   "D": 0.5, "E": 0.5, "F": None}
+    assert pct == {
+        "A": pytest.approx(1 / 6),
+        "B": pytest.approx(1 / 2),
+        "C": pytest.approx(5 / 6),
+        "D": 0.5,
+        "E": 0.5,
+        "F": None,
+    }
 
 
 def test_recency_weighted_interests_hand_computed():
     events = [
-        Event.at("purchase", "2026-11-03T00:00", "P2"),     # 21 days: 5 * 0.125 = 0.625 outdoor, Alpenglow
+        Event.at("purchase", "2026-11-03T00:00", "P2"),  # 21 days: 5 * 0.125 = 0.625 outdoor, Alpenglow
         Event.at("add_to_cart", "2026-11-10T00:00", "P4"),  # 14 days: 3 * 0.25 = 0.75 beauty, Dewdrop
-        Event.at("view", "2026-11-17T00:00", "P1"),         # 7 days: 1 * 0.5 = 0.5 outdoor, Northwind
-        Event.at("view", "2026-11-17T00:00", "P4"),         # 7 days: 0.5 beauty, Dewdrop
+        Event.at("view", "2026-11-17T00:00", "P1"),  # 7 days: 1 * 0.5 = 0.5 outdoor, Northwind
+        Event.at("view", "2026-11-17T00:00", "P4"),  # 7 days: 0.5 beauty, Dewdrop
         Event.at("search", "2026-11-17T00:00", query="tent"),  # searches carry no interest weight
     ]
     profile = build_profile("U1", events, CATALOG, SETTINGS)
@@ -98,7 +114,13 @@ def test_search_queries_are_scrubbed_of_personal_data():
         Event.at("search", "2026-11-22T05:00", query="tent\ncall  me"),
     ]
     profile = build_profile("U1", events, CATALOG, SETTINGS.model_copy(update={"recent_n": 10}))
-    assert profile["recent_searches"] == ["tent call", "order status", "安静的耳机", "ship to please", "tent call me"]
+    assert profile["recent_searches"] == [
+        "tent call",
+        "order status",
+        "安静的耳机",
+        "ship to please",
+        "tent call me",
+    ]
     assert not any("@" in q or any(ch.isdigit() for ch in q) for q in profile["recent_searches"])
 
 
@@ -112,16 +134,23 @@ def test_price_band_from_the_median_purchase_percentile():
     assert band("P3", "P3", "P1") == "premium"  # median 5/6
     assert band() is None
     # Views and carts are not buying.
-    viewed = build_profile("U1", [Event.at("view", "2026-11-20T00:00", "P3"),
-                                  Event.at("add_to_cart", "2026-11-20T00:00", "P3")], CATALOG, SETTINGS)
+    viewed = build_profile(
+        "U1",
+        [Event.at("view", "2026-11-20T00:00", "P3"), Event.at("add_to_cart", "2026-11-20T00:00", "P3")],
+        CATALOG,
+        SETTINGS,
+    )
     assert viewed["price_band"] is None
 
 
-@pytest.mark.parametrize("days, level", [(0, "inactive"), (2, "occasional"), (3, "regular"), (9, "regular"),
-                                         (10, "frequent")])
+@pytest.mark.parametrize(
+    "days, level", [(0, "inactive"), (2, "occasional"), (3, "regular"), (9, "regular"), (10, "frequent")]
+)
 def test_activity_level_counts_distinct_days_in_the_window(days, level):
     # Two events on each of `days` days, inside the 30-day window; one older event that does not count.
-    events = [Event.at("view", f"2026-11-{23 - d:02d}T{h:02d}:00", "P1") for d in range(days) for h in (8, 20)]
+    events = [
+        Event.at("view", f"2026-11-{23 - d:02d}T{h:02d}:00", "P1") for d in range(days) for h in (8, 20)
+    ]
     events.append(Event.at("view", "2026-10-24T23:59", "P1"))  # 30 days + 1 minute before the window's end
     assert build_profile("U1", events, CATALOG, SETTINGS)["activity_level"] == level
 
@@ -131,15 +160,32 @@ def test_locale_and_tier_come_from_the_users_table_only():
     unknown = build_profile("U2", [], CATALOG, SETTINGS.model_copy(update={"default_locale": "en-GB"}))
     assert (known["locale"], known["loyalty_tier"]) == ("zh-CN", "gold")
     assert (unknown["locale"], unknown["loyalty_tier"]) == ("en-GB", None)
-    assert known == {"user_id": "U1", "locale": "zh-CN", "interests": [], "recent_views": [],
-                     "recent_searches": [], "recent_purchases": [], "loyalty_tier": "gold",
-                     "interest_scores": [], "price_band": None, "activity_level": "inactive"}
+    assert known == {
+        "user_id": "U1",
+        "locale": "zh-CN",
+        "interests": [],
+        "recent_views": [],
+        "recent_searches": [],
+        "recent_purchases": [],
+        "loyalty_tier": "gold",
+        "interest_scores": [],
+        "price_band": None,
+        "activity_level": "inactive",
+    }
 
 
 def test_same_events_in_any_order_give_the_same_profile():
-    events = [Event.at(t, f"2026-11-{d:02d}T{h:02d}:00", p, q) for t, d, h, p, q in [
-        ("view", 20, 8, "P1", None), ("view", 20, 8, "P2", None), ("purchase", 21, 9, "P3", None),
-        ("search", 22, 9, None, "tent"), ("search", 22, 9, None, "jacket"), ("add_to_cart", 19, 7, "P4", None)]]
+    events = [
+        Event.at(t, f"2026-11-{d:02d}T{h:02d}:00", p, q)
+        for t, d, h, p, q in [
+            ("view", 20, 8, "P1", None),
+            ("view", 20, 8, "P2", None),
+            ("purchase", 21, 9, "P3", None),
+            ("search", 22, 9, None, "tent"),
+            ("search", 22, 9, None, "jacket"),
+            ("add_to_cart", 19, 7, "P4", None),
+        ]
+    ]
     expected = build_profile("U1", events, CATALOG, SETTINGS)
     rng = random.Random(3)
     for _ in range(5):
@@ -152,8 +198,9 @@ def test_same_events_in_any_order_give_the_same_profile():
 
 
 def test_profile_table_has_exactly_the_allow_listed_columns():
-    row = build_profile("U1", [Event.at("view", "2026-11-20T00:00", "P1")], CATALOG, SETTINGS,
-                        UserFacts("en-US", "gold"))
+    row = build_profile(
+        "U1", [Event.at("view", "2026-11-20T00:00", "P1")], CATALOG, SETTINGS, UserFacts("en-US", "gold")
+    )
     table = profiles_table([{**row, "email": "jane@example.com", "age_band": "35-44", "product_id": "P1"}])
     assert table.column_names == list(PROFILE_FIELDS)
     assert "jane@example.com" not in str(table.to_pylist()) and "P1" not in str(table.to_pylist())
@@ -161,17 +208,20 @@ def test_profile_table_has_exactly_the_allow_listed_columns():
 
 # --- per-event checks ---------------------------------------------------------
 
+
 def _batch(rows: list[dict], ts_type=pa.timestamp("us", tz="UTC")) -> pa.Table:
     n = len(rows)
-    return pa.table({
-        C.USER_ID: pa.array([r.get("user_id") for r in rows], pa.string()),
-        E.EVENT_TYPE: pa.array([r.get("event_type") for r in rows], pa.string()),
-        E.TS: pa.array([r.get("ts") for r in rows], ts_type),
-        C.PRODUCT_ID: pa.array([r.get("product_id") for r in rows], pa.string()),
-        E.QUERY: pa.array([r.get("query") for r in rows], pa.string()),
-        C.SOURCE: pa.array(["events/a.parquet"] * n, pa.string()),
-        C.SOURCE_ROW: pa.array(range(100, 100 + n), pa.int64()),
-    })
+    return pa.table(
+        {
+            C.USER_ID: pa.array([r.get("user_id") for r in rows], pa.string()),
+            E.EVENT_TYPE: pa.array([r.get("event_type") for r in rows], pa.string()),
+            E.TS: pa.array([r.get("ts") for r in rows], ts_type),
+            C.PRODUCT_ID: pa.array([r.get("product_id") for r in rows], pa.string()),
+            E.QUERY: pa.array([r.get("query") for r in rows], pa.string()),
+            C.SOURCE: pa.array(["events/a.parquet"] * n, pa.string()),
+            C.SOURCE_ROW: pa.array(range(100, 100 + n), pa.int64()),
+        }
+    )
 
 
 CUTOFF = SETTINGS.cutoff_micros
@@ -196,13 +246,29 @@ def test_each_bad_event_gets_its_reason():
     ]
     checked = E.check_events(_batch(rows), pa.array(["P1", "P2"]), CUTOFF, partitions=4)
     assert checked[C.REASON].to_pylist() == [
-        None, "null_user_id", "unknown_event_type", "unknown_event_type", "null_timestamp", "future_timestamp",
-        "missing_product_id", "unknown_product_id", "missing_query", None, "control_characters_user_id",
-        "null_user_id"]
-    assert E.reason_counts(checked) == {"null_user_id": 2, "unknown_event_type": 2, "null_timestamp": 1,
-                                        "future_timestamp": 1, "missing_product_id": 1,
-                                        "unknown_product_id": 1, "missing_query": 1,
-                                        "control_characters_user_id": 1}
+        None,
+        "null_user_id",
+        "unknown_event_type",
+        "unknown_event_type",
+        "null_timestamp",
+        "future_timestamp",
+        "missing_product_id",
+        "unknown_product_id",
+        "missing_query",
+        None,
+        "control_characters_user_id",
+        "null_user_id",
+    ]
+    assert E.reason_counts(checked) == {
+        "null_user_id": 2,
+        "unknown_event_type": 2,
+        "null_timestamp": 1,
+        "future_timestamp": 1,
+        "missing_product_id": 1,
+        "unknown_product_id": 1,
+        "missing_query": 1,
+        "control_characters_user_id": 1,
+    }
     rejected = E.rejected_rows(checked)
     assert rejected.schema == E.REJECTED_SCHEMA
     assert rejected[C.SOURCE_ROW].to_pylist() == [101, 102, 103, 104, 105, 106, 107, 108, 110, 111]
@@ -214,16 +280,31 @@ def test_each_bad_event_gets_its_reason():
 
 def test_timestamps_any_unit_and_naive_as_utc():
     naive = dt.datetime(2026, 11, 23, 12, 0)
-    checked = E.check_events(_batch([{"user_id": "U1", "event_type": "view", "ts": naive, "product_id": "P1"}],
-                                    pa.timestamp("ns")), pa.array(["P1"]), CUTOFF, 1)
+    checked = E.check_events(
+        _batch(
+            [{"user_id": "U1", "event_type": "view", "ts": naive, "product_id": "P1"}], pa.timestamp("ns")
+        ),
+        pa.array(["P1"]),
+        CUTOFF,
+        1,
+    )
     expected = int(naive.replace(tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
     assert checked[E.TS].to_pylist() == [expected]
     assert checked[C.REASON].to_pylist() == [None]
 
 
 def test_buckets_are_stable_hashes_of_the_user():
-    checked = E.check_events(_batch([{"user_id": u, "event_type": "view", "ts": OK_TS, "product_id": "P1"}
-                                     for u in ("U1", "U2", "U1")]), pa.array(["P1"]), CUTOFF, 7)
+    checked = E.check_events(
+        _batch(
+            [
+                {"user_id": u, "event_type": "view", "ts": OK_TS, "product_id": "P1"}
+                for u in ("U1", "U2", "U1")
+            ]
+        ),
+        pa.array(["P1"]),
+        CUTOFF,
+        7,
+    )
     buckets = checked[E.BUCKET].to_pylist()
     assert buckets[0] == buckets[2] == E.bucket_of("U1", 7)
     assert all(0 <= b < 7 for b in buckets)
@@ -231,14 +312,23 @@ def test_buckets_are_stable_hashes_of_the_user():
 
 
 def test_grouping_by_user_hands_each_user_their_events():
-    checked = E.check_events(_batch([
-        {"user_id": "U2", "event_type": "view", "ts": OK_TS, "product_id": "P1"},
-        {"user_id": "U1", "event_type": "search", "ts": OK_TS, "query": "tent"},
-        {"user_id": "U2", "event_type": "purchase", "ts": OK_TS, "product_id": "P1"},
-        {"user_id": "U3", "event_type": "bogus", "ts": OK_TS},
-    ]), pa.array(["P1"]), CUTOFF, 1)
+    checked = E.check_events(
+        _batch(
+            [
+                {"user_id": "U2", "event_type": "view", "ts": OK_TS, "product_id": "P1"},
+                {"user_id": "U1", "event_type": "search", "ts": OK_TS, "query": "tent"},
+                {"user_id": "U2", "event_type": "purchase", "ts": OK_TS, "product_id": "P1"},
+                {"user_id": "U3", "event_type": "bogus", "ts": OK_TS},
+            ]
+        ),
+        pa.array(["P1"]),
+        CUTOFF,
+        1,
+    )
     accepted = checked.filter(checked[C.REASON].is_null())
     users, spans, cols = E.group_by_user(accepted)
     assert users == ["U1", "U2"]
     assert [sorted(e.event_type for e in E.events_of(cols, s, e)) for s, e in spans] == [
-        ["search"], ["purchase", "view"]]
+        ["search"],
+        ["purchase", "view"],
+    ]

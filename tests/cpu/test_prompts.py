@@ -3,8 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from factory.prompts import (BUILTIN_TEMPLATE_DIR, MAX_FIELD_CHARS, TemplateError, format_value, language_for,
-                             load_template, load_templates)
+from factory.prompts import (
+    BUILTIN_TEMPLATE_DIR,
+    MAX_FIELD_CHARS,
+    TemplateError,
+    format_value,
+    language_for,
+    load_template,
+    load_templates,
+)
 from factory.sample_data import CHANNELS
 
 
@@ -27,7 +34,7 @@ def test_version_changes_with_any_edit(tmp_path):
 
 def _write(tmp_path: Path, user: str, channel: str = "push") -> Path:
     path = tmp_path / f"{channel}.yaml"
-    path.write_text(f"channel: {channel}\nmax_chars: 100\nmax_tokens: 20\nsystem: Write.\nuser: \"{user}\"\n")
+    path.write_text(f'channel: {channel}\nmax_chars: 100\nmax_tokens: 20\nsystem: Write.\nuser: "{user}"\n')
     return path
 
 
@@ -45,9 +52,11 @@ def test_examples_become_earlier_turns(tmp_path):
     path = _write(tmp_path, "{title}")
     path.write_text(path.read_text() + "examples:\n  - user: Sample product\n    assistant: Sample copy\n")
     messages = load_template(path).render({"title": "Real product"})
-    assert messages[1:] == [{"role": "user", "content": "Sample product"},
-                            {"role": "assistant", "content": "Sample copy"},
-                            {"role": "user", "content": "Real product"}]
+    assert messages[1:] == [
+        {"role": "user", "content": "Sample product"},
+        {"role": "assistant", "content": "Sample copy"},
+        {"role": "user", "content": "Real product"},
+    ]
     path.write_text(path.read_text() + "  - user: only a question\n")
     with pytest.raises(TemplateError, match=r"examples\[1\] needs 'user' and 'assistant'"):
         load_template(path)
@@ -62,9 +71,15 @@ def test_channel_must_match_file_name(tmp_path):
 
 def test_only_named_fields_reach_the_prompt(tmp_path):
     t = load_template(_write(tmp_path, "{title} for a fan of {interests}"))
-    messages = t.render({"title": "Trail Backpack", "interests": ["hiking", "camping"],
-                         "recent_purchases": ["SECRET PURCHASE"], "user_id": "U000001",
-                         "age_band": "25-34"})
+    messages = t.render(
+        {
+            "title": "Trail Backpack",
+            "interests": ["hiking", "camping"],
+            "recent_purchases": ["SECRET PURCHASE"],
+            "user_id": "U000001",
+            "age_band": "25-34",
+        }
+    )
     text = json.dumps(messages)
     assert "Trail Backpack for a fan of hiking, camping" in text
     for leaked in ("SECRET PURCHASE", "U000001", "25-34"):
@@ -96,7 +111,9 @@ def test_untrusted_text_is_cut_and_flattened():
 
 
 def test_values_read_naturally():
-    assert format_value("attributes", '{"material": "wool", "color": "grey"}') == "material: wool; color: grey"
+    assert (
+        format_value("attributes", '{"material": "wool", "color": "grey"}') == "material: wool; color: grey"
+    )
     assert format_value("attributes", [("material", "wool")]) == "material: wool"
     assert format_value("interests", ["a", None, "b"]) == "a, b"
     assert format_value("interests", None) == "none"
@@ -116,10 +133,14 @@ def test_brand_voice_reaches_the_system_prompt_and_the_version():
     # One line, angle brackets replaced, contact details scrubbed: like any untrusted text.
     assert system.endswith("Reply with the copy only.\nBrand voice: warm, cosy ‹b› mail.")
     assert voiced.version != plain.version and voiced.version.startswith("push@")
-    assert apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version == \
+    assert (
         apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version
-    assert apply_campaign(templates, "calm", (), ["push"])["push"].version != \
-        apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version
+        == apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version
+    )
+    assert (
+        apply_campaign(templates, "calm", (), ["push"])["push"].version
+        != apply_campaign(templates, "warm, cosy", (), ["push"])["push"].version
+    )
     assert voiced.with_brand_voice(None).version == plain.version
 
 
@@ -140,10 +161,14 @@ def test_declared_offers_reach_the_system_prompt_and_the_version():
     templates = load_templates()
     plain = templates["push"]
     assert "offers" in plain.fields
-    offered = apply_campaign(templates, None, ["20% off knitwear <b>", "Free delivery over 50 USD."], ["push"])["push"]
+    offered = apply_campaign(
+        templates, None, ["20% off knitwear <b>", "Free delivery over 50 USD."], ["push"]
+    )["push"]
     system = offered.render({})[0]["content"]
-    assert system.endswith("Offers you may mention, as written: 20% off knitwear ‹b›; Free delivery over 50 USD. "
-                           "Make no other offer.")
+    assert system.endswith(
+        "Offers you may mention, as written: 20% off knitwear ‹b›; Free delivery over 50 USD. "
+        "Make no other offer."
+    )
     assert offered.version != plain.version
     assert offered.with_campaign(None, ()).version == plain.version
     # A voice alone keeps the version it had before offers existed (published rows stay comparable).

@@ -9,8 +9,15 @@ import pyarrow as pa
 import pytest
 
 from factory import columns as C
-from factory.publish import (Attempt, PublishConflict, abandoned_attempts, choose_attempt, publish,
-                             published_manifest, update_latest)
+from factory.publish import (
+    Attempt,
+    PublishConflict,
+    abandoned_attempts,
+    choose_attempt,
+    publish,
+    published_manifest,
+    update_latest,
+)
 from factory.reader import read_published, run_location
 from factory.storage import AlreadyExists, put_bytes, read_bytes, resolve, write_parquet
 
@@ -24,8 +31,12 @@ def output(request, tmp_path):
 
 
 def _manifest(attempt: Attempt, files: list[str]) -> dict:
-    return {"run_id": "2026-11-20_all", "run_date": "2026-11-20", "attempt": attempt.number,
-            "files": {"copies": [{"path": f, "rows": 1, "bytes": 1} for f in files]}}
+    return {
+        "run_id": "2026-11-20_all",
+        "run_date": "2026-11-20",
+        "attempt": attempt.number,
+        "files": {"copies": [{"path": f, "rows": 1, "bytes": 1} for f in files]},
+    }
 
 
 def test_attempts_new_then_resume_then_published_then_forced(output):
@@ -94,13 +105,16 @@ def test_latest_pointer_never_moves_back_to_an_older_date(output):
 
 def test_server_side_encryption_on_every_put(s3_server, s3_client, s3_bucket):
     aes = resolve(f"s3://{s3_bucket}/sse/a.json", s3_server, s3_sse="AES256")
-    kms = resolve(f"s3://{s3_bucket}/sse/b.parquet", s3_server, s3_sse="aws:kms",
-                  s3_sse_kms_key_id="alias/factory-test")
+    kms = resolve(
+        f"s3://{s3_bucket}/sse/b.parquet", s3_server, s3_sse="aws:kms", s3_sse_kms_key_id="alias/factory-test"
+    )
     plain = resolve(f"s3://{s3_bucket}/sse/c.json", s3_server)
     put_bytes(aes, b"{}")
     write_parquet(kms, pa.table({"a": [1]}))
     put_bytes(plain, b"{}")
-    head = {k: s3_client.head_object(Bucket=s3_bucket, Key=f"sse/{k}") for k in ("a.json", "b.parquet", "c.json")}
+    head = {
+        k: s3_client.head_object(Bucket=s3_bucket, Key=f"sse/{k}") for k in ("a.json", "b.parquet", "c.json")
+    }
     assert head["a.json"]["ServerSideEncryption"] == "AES256"
     assert head["b.parquet"]["ServerSideEncryption"] == "aws:kms"
     assert head["b.parquet"]["SSEKMSKeyId"] == "alias/factory-test"

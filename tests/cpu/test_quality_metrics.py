@@ -10,27 +10,54 @@ import pytest
 
 from factory.quality.metrics import STOPWORDS, _column_tokens, corpus_figures, tokens
 
-COPIES_SCHEMA = pa.schema([
-    ("channel", pa.string()), ("user_id", pa.string()), ("product_id", pa.string()), ("text", pa.string()),
-    ("status", pa.string()), ("numeric_fidelity", pa.float64()), ("copy_length", pa.int32()),
-    ("copy_length_limit", pa.int32()),
-])
-PRODUCTS_SCHEMA = pa.schema([
-    ("product_id", pa.string()), ("title", pa.string()), ("brand", pa.string()), ("description", pa.string()),
-    ("attributes", pa.string()), ("selling_points", pa.list_(pa.string())),
-])
+COPIES_SCHEMA = pa.schema(
+    [
+        ("channel", pa.string()),
+        ("user_id", pa.string()),
+        ("product_id", pa.string()),
+        ("text", pa.string()),
+        ("status", pa.string()),
+        ("numeric_fidelity", pa.float64()),
+        ("copy_length", pa.int32()),
+        ("copy_length_limit", pa.int32()),
+    ]
+)
+PRODUCTS_SCHEMA = pa.schema(
+    [
+        ("product_id", pa.string()),
+        ("title", pa.string()),
+        ("brand", pa.string()),
+        ("description", pa.string()),
+        ("attributes", pa.string()),
+        ("selling_points", pa.list_(pa.string())),
+    ]
+)
 
 
-def copy_row(text, user="U1", product="P0", channel="push", status="accepted", fidelity=None,
-             length=None, limit=100):
-    return {"channel": channel, "user_id": user, "product_id": product, "text": text, "status": status,
-            "numeric_fidelity": fidelity, "copy_length": len(text or "") if length is None else length,
-            "copy_length_limit": limit}
+def copy_row(
+    text, user="U1", product="P0", channel="push", status="accepted", fidelity=None, length=None, limit=100
+):
+    return {
+        "channel": channel,
+        "user_id": user,
+        "product_id": product,
+        "text": text,
+        "status": status,
+        "numeric_fidelity": fidelity,
+        "copy_length": len(text or "") if length is None else length,
+        "copy_length_limit": limit,
+    }
 
 
 def product_row(pid, attributes=None, selling_points=None):
-    return {"product_id": pid, "title": "t", "brand": "b", "description": "d", "attributes": attributes,
-            "selling_points": selling_points}
+    return {
+        "product_id": pid,
+        "title": "t",
+        "brand": "b",
+        "description": "d",
+        "attributes": attributes,
+        "selling_points": selling_points,
+    }
 
 
 def copies_table(rows):
@@ -73,8 +100,18 @@ def test_tokens_latin_words_lowercased_and_one_token_per_han_char():
 
 
 def test_column_tokenizer_agrees_with_tokens():
-    texts = ["Soft LINEN, soft-touch!", "100%纯棉 T恤 café_2x", "", "温和不刺激。Gentle\tenough\n", "Ünïcödé ÉCOLE",
-             "emoji 🎉 ok", "ｆｕｌｌｗｉｄｔｈ ２０２６", "かな カナ 한국어", "a_b__c 3.5kg", "  ,,  "]
+    texts = [
+        "Soft LINEN, soft-touch!",
+        "100%纯棉 T恤 café_2x",
+        "",
+        "温和不刺激。Gentle\tenough\n",
+        "Ünïcödé ÉCOLE",
+        "emoji 🎉 ok",
+        "ｆｕｌｌｗｉｄｔｈ ２０２６",
+        "かな カナ 한국어",
+        "a_b__c 3.5kg",
+        "  ,,  ",
+    ]
     flat, rows = _column_tokens(pa.array(texts))
     got = [[] for _ in texts]
     for tok, row in zip(flat.to_pylist(), rows.tolist()):
@@ -94,7 +131,9 @@ def test_distinct_english_by_hand():
     out = figures([copy_row("Soft linen shirt"), copy_row("soft linen, soft cotton", user="U2")])
     assert out["distinct_1"] == 0.5714
     assert out["distinct_2"] == 0.8
-    assert out["by_channel"]["push"]["distinct_1"] == 0.5714 and out["by_channel"]["push"]["distinct_2"] == 0.8
+    assert (
+        out["by_channel"]["push"]["distinct_1"] == 0.5714 and out["by_channel"]["push"]["distinct_2"] == 0.8
+    )
 
 
 def test_distinct_chinese_by_hand_and_per_channel():
@@ -181,8 +220,13 @@ def test_at_most_ten_copies_compared_per_group_chosen_by_user_id():
 
 def test_a_users_own_repeats_are_not_identical_copies():
     # U1's two copies match each other, not another user's copy; pairs U1-U1 are not compared
-    out = figures([copy_row("repeat me", user="U1"), copy_row("Repeat me", user="U1"),
-                   copy_row("something else", user="U2")])
+    out = figures(
+        [
+            copy_row("repeat me", user="U1"),
+            copy_row("Repeat me", user="U1"),
+            copy_row("something else", user="U2"),
+        ]
+    )
     assert out["identical_copy_share"] == 0.0
     assert out["personalization"] == 1.0
 
@@ -199,8 +243,11 @@ def test_no_group_gives_null_personalization():
 PRODUCTS = [
     # facts: "keeps you cool in the heat" (content: keeps you cool heat), "made in portugal"
     # (made portugal), "linen", "sand", "200"; true is not a fact -> 5 facts
-    product_row("P1", json.dumps({"material": "linen", "color": "sand", "weight": 200, "organic": True}),
-                ["Keeps you cool in the heat", "Made in Portugal"]),
+    product_row(
+        "P1",
+        json.dumps({"material": "linen", "color": "sand", "weight": 200, "organic": True}),
+        ["Keeps you cool in the heat", "Made in Portugal"],
+    ),
     # facts: 温和不刺激 (bigrams 温和 和不 不刺 刺激), 亚麻 (bigram 亚麻), 棉 (lone char) -> 3 facts
     product_row("P2", json.dumps({"材质": "亚麻", "面料": "棉"}, ensure_ascii=False), ["温和不刺激"]),
     product_row("P3", "{not json", None),  # no facts: its copies are not counted
@@ -252,15 +299,21 @@ def test_numeric_fidelity_ignores_null_rows_and_length_compliance():
         copy_row("a", fidelity=1.0, length=10, limit=20, status="accepted"),
         copy_row("b", fidelity=0.5, length=30, limit=20, status="review"),
         copy_row("c", fidelity=None, length=20, limit=20, status="accepted"),  # no numbers: ignored
-        copy_row("d", fidelity=1.2, length=5, limit=None, status="rejected", channel="sms"),  # no limit: not counted
+        copy_row(
+            "d", fidelity=1.2, length=5, limit=None, status="rejected", channel="sms"
+        ),  # no limit: not counted
         copy_row("", fidelity=None, length=0, limit=20, status="rejected"),  # empty: not counted for length
         copy_row("e", fidelity=float("nan"), length=1, limit=20, status=None),  # NaN = no numbers
     ]
     out = figures(rows)
     assert out["numeric_fidelity"] == {"rows_with_numbers": 3, "mean": 0.9, "fully_supported_share": 0.6667}
     assert out["length_compliance"] == 0.75  # a, c, e within; b over; d and "" not counted
-    assert out["status_share"] == {"accepted": round(2 / 6, 4), "rejected": round(2 / 6, 4),
-                                   "review": round(1 / 6, 4), "unknown": round(1 / 6, 4)}
+    assert out["status_share"] == {
+        "accepted": round(2 / 6, 4),
+        "rejected": round(2 / 6, 4),
+        "review": round(1 / 6, 4),
+        "unknown": round(1 / 6, 4),
+    }
     assert out["by_channel"]["push"]["numeric_fidelity_mean"] == 0.75
     assert out["by_channel"]["sms"]["numeric_fidelity_mean"] == 1.2
     assert out["by_channel"]["sms"]["length_compliance"] is None
@@ -276,15 +329,19 @@ def test_no_numbers_gives_null_fidelity():
 
 
 def test_sampling_is_flagged_and_deterministic():
-    rows = [copy_row(f"copy {i} word{i}", user=f"U{i}", status="accepted" if i % 2 else "review")
-            for i in range(50)]
+    rows = [
+        copy_row(f"copy {i} word{i}", user=f"U{i}", status="accepted" if i % 2 else "review")
+        for i in range(50)
+    ]
     small = figures(rows, max_rows=20, seed=7)
     assert (small["rows"], small["rows_measured"], small["sampled"]) == (50, 20, True)
     assert small["by_channel"]["push"]["rows"] == 20
     assert small == figures(rows, max_rows=20, seed=7)
     # every measured row is one of the 50: shares are whole multiples of 1/20
     assert all(abs(v * 20 - round(v * 20)) < 1e-9 for v in small["status_share"].values())
-    assert [figures(rows, max_rows=20, seed=s)["status_share"] for s in range(6)].count(small["status_share"]) < 6
+    assert [figures(rows, max_rows=20, seed=s)["status_share"] for s in range(6)].count(
+        small["status_share"]
+    ) < 6
     full = figures(rows, max_rows=50)
     assert (full["rows_measured"], full["sampled"]) == (50, False)
     assert full["status_share"] == {"accepted": 0.5, "review": 0.5}
@@ -293,17 +350,28 @@ def test_sampling_is_flagged_and_deterministic():
 
 
 EMPTY_FIGURES = {
-    "distinct_1": None, "distinct_2": None, "personalization": None, "personalization_groups": 0,
-    "identical_copy_share": None, "attribute_coverage": None, "attribute_coverage_mean": None,
+    "distinct_1": None,
+    "distinct_2": None,
+    "personalization": None,
+    "personalization_groups": 0,
+    "identical_copy_share": None,
+    "attribute_coverage": None,
+    "attribute_coverage_mean": None,
     "length_compliance": None,
 }
 
 
 def test_empty_table():
     out = figures([], PRODUCTS)
-    assert out == {"rows": 0, "rows_measured": 0, "sampled": False, **EMPTY_FIGURES,
-                   "numeric_fidelity": {"rows_with_numbers": 0, "mean": None, "fully_supported_share": None},
-                   "status_share": {}, "by_channel": {}}
+    assert out == {
+        "rows": 0,
+        "rows_measured": 0,
+        "sampled": False,
+        **EMPTY_FIGURES,
+        "numeric_fidelity": {"rows_with_numbers": 0, "mean": None, "fully_supported_share": None},
+        "status_share": {},
+        "by_channel": {},
+    }
 
 
 def test_only_empty_copies():
@@ -318,8 +386,10 @@ def test_missing_optional_columns_and_chunked_input():
     table = copies_table([copy_row("alpha beta", user="U1"), copy_row("alpha gamma", user="U2")])
     chunked = pa.concat_tables([table.slice(0, 1), table.slice(1)])
     assert chunked["text"].num_chunks == 2
-    out = corpus_figures(chunked.drop_columns(["numeric_fidelity", "copy_length_limit"]),
-                         products_table().drop_columns(["attributes", "selling_points"]))
+    out = corpus_figures(
+        chunked.drop_columns(["numeric_fidelity", "copy_length_limit"]),
+        products_table().drop_columns(["attributes", "selling_points"]),
+    )
     assert out["distinct_1"] == 0.75 and out["personalization"] == round(1 - 1 / 3, 4)
     assert out["length_compliance"] is None and out["numeric_fidelity"]["rows_with_numbers"] == 0
 
@@ -348,14 +418,21 @@ def reference(rows, products):
             keyed.append((seen.get(r["user_id"], 0), r["user_id"], i, s))
             seen[r["user_id"]] = seen.get(r["user_id"], 0) + 1
         picked = sorted(keyed)[:10]
-        d = [1 - (len(a & b) / len(a | b) if a | b else 1.0)
-             for (_, ua, _, a), (_, ub, _, b) in itertools.combinations(picked, 2) if ua != ub]
+        d = [
+            1 - (len(a & b) / len(a | b) if a | b else 1.0)
+            for (_, ua, _, a), (_, ub, _, b) in itertools.combinations(picked, 2)
+            if ua != ub
+        ]
         weighted += len(members) * sum(d) / len(d)
         size += len(members)
         norm = [r["text"].strip().casefold() for r, _ in members]
-        identical += sum(1 for i, (r, _) in enumerate(members)
-                         if any(norm[j] == norm[i] and members[j][0]["user_id"] != r["user_id"]
-                                for j in range(len(members))))
+        identical += sum(
+            1
+            for i, (r, _) in enumerate(members)
+            if any(
+                norm[j] == norm[i] and members[j][0]["user_id"] != r["user_id"] for j in range(len(members))
+            )
+        )
 
     facts = {}
     for p in products:
@@ -375,8 +452,11 @@ def reference(rows, products):
             latin = list(dict.fromkeys([t for t in latin if t not in STOPWORDS] or latin))
             han = "".join(t for t in ft if "\u4e00" <= t <= "\u9fff")  # facts below: one Han run at most
             units = [t in words for t in latin]
-            units += [han in words] if len(han) == 1 else [g in grams for g in dict.fromkeys(
-                han[i:i + 2] for i in range(len(han) - 1))]
+            units += (
+                [han in words]
+                if len(han) == 1
+                else [g in grams for g in dict.fromkeys(han[i : i + 2] for i in range(len(han) - 1))]
+            )
             named += 2 * sum(units) >= len(units)
         n_cov += 1
         hit += named > 0
@@ -384,10 +464,13 @@ def reference(rows, products):
 
     r4 = lambda x: round(x, 4)  # noqa: E731
     return {
-        "distinct_1": r4(len(set(uni)) / len(uni)), "distinct_2": r4(len(set(bi)) / len(bi)),
-        "personalization": r4(weighted / size), "identical_copy_share": r4(identical / size),
+        "distinct_1": r4(len(set(uni)) / len(uni)),
+        "distinct_2": r4(len(set(bi)) / len(bi)),
+        "personalization": r4(weighted / size),
+        "identical_copy_share": r4(identical / size),
         "personalization_groups": n_groups,
-        "attribute_coverage": r4(hit / n_cov), "attribute_coverage_mean": r4(frac / n_cov),
+        "attribute_coverage": r4(hit / n_cov),
+        "attribute_coverage_mean": r4(frac / n_cov),
     }
 
 
@@ -395,9 +478,14 @@ def test_matches_brute_force_reference_on_random_tables():
     rng = random.Random(3)
     words = ["soft", "linen", "cool", "heat", "summer", "the", "of", "gift", "sale", "now", "sand", "fresh"]
     han = "温和不刺激亚麻清凉夏季新品"
-    products = [product_row(f"P{i}", json.dumps({"m": rng.choice(words), "c": rng.choice(han) + rng.choice(han)},
-                                                ensure_ascii=False),
-                            [" ".join(rng.sample(words, 3)), "".join(rng.sample(han, 4))]) for i in range(6)]
+    products = [
+        product_row(
+            f"P{i}",
+            json.dumps({"m": rng.choice(words), "c": rng.choice(han) + rng.choice(han)}, ensure_ascii=False),
+            [" ".join(rng.sample(words, 3)), "".join(rng.sample(han, 4))],
+        )
+        for i in range(6)
+    ]
     products.append(product_row("P6", None, None))
     for trial in range(2):
         rows = []
@@ -406,7 +494,13 @@ def test_matches_brute_force_reference_on_random_tables():
                 text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 7)))
             else:
                 text = "".join(rng.choice(han) for _ in range(rng.randint(1, 9)))
-            rows.append(copy_row(text, user=f"U{rng.randrange(25)}", product=f"P{rng.randrange(8)}",
-                                 channel=rng.choice(["push", "sms"])))
+            rows.append(
+                copy_row(
+                    text,
+                    user=f"U{rng.randrange(25)}",
+                    product=f"P{rng.randrange(8)}",
+                    channel=rng.choice(["push", "sms"]),
+                )
+            )
         out = figures(rows, products)
         assert {k: out[k] for k in reference(rows, products)} == reference(rows, products)

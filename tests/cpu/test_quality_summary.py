@@ -16,16 +16,27 @@ def _verdicts(n: int, seed: int) -> pa.Table:
     rows = []
     for _ in range(n):
         attempt = rng.choice([1, 1, 2, None])
-        rows.append({
-            C.CHANNEL: rng.choice(["push", "sms", "email_subject"]),
-            C.STATUS: rng.choice(C.STATUSES),
-            C.REASONS: rng.choice([None, [], rng.sample(REASONS, rng.randint(1, 3))]),
-            C.DRAFT: attempt,
-            C.FIRST_DRAFT_REASONS: rng.sample(REASONS, rng.randint(1, 2)) if attempt == 2 else None,
-        })
-    return pa.Table.from_pylist(rows, schema=pa.schema([
-        (C.CHANNEL, pa.string()), (C.STATUS, pa.string()), (C.REASONS, pa.list_(pa.string())),
-        (C.DRAFT, pa.int32()), (C.FIRST_DRAFT_REASONS, pa.list_(pa.string()))]))
+        rows.append(
+            {
+                C.CHANNEL: rng.choice(["push", "sms", "email_subject"]),
+                C.STATUS: rng.choice(C.STATUSES),
+                C.REASONS: rng.choice([None, [], rng.sample(REASONS, rng.randint(1, 3))]),
+                C.DRAFT: attempt,
+                C.FIRST_DRAFT_REASONS: rng.sample(REASONS, rng.randint(1, 2)) if attempt == 2 else None,
+            }
+        )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                (C.CHANNEL, pa.string()),
+                (C.STATUS, pa.string()),
+                (C.REASONS, pa.list_(pa.string())),
+                (C.DRAFT, pa.int32()),
+                (C.FIRST_DRAFT_REASONS, pa.list_(pa.string())),
+            ]
+        ),
+    )
 
 
 def _row_by_row(verdicts: pa.Table) -> dict:
@@ -45,10 +56,15 @@ def _row_by_row(verdicts: pa.Table) -> dict:
         else:
             before_status[st] += 1
             before_reason.update(why)
-    return {"status": dict(status), "by_channel": {k: dict(v) for k, v in by_channel.items()},
-            "reasons": dict(by_reason), "reasons_by_channel": {k: dict(v) for k, v in reasons_by_channel.items()},
-            "before_status": dict(before_status), "before_reason": dict(before_reason),
-            "repaired": dict(repaired)}
+    return {
+        "status": dict(status),
+        "by_channel": {k: dict(v) for k, v in by_channel.items()},
+        "reasons": dict(by_reason),
+        "reasons_by_channel": {k: dict(v) for k, v in reasons_by_channel.items()},
+        "before_status": dict(before_status),
+        "before_reason": dict(before_reason),
+        "repaired": dict(repaired),
+    }
 
 
 def test_tally_over_files_equals_counting_row_by_row():

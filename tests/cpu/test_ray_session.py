@@ -30,8 +30,9 @@ ray.shutdown()
 
 
 def _probe(mode: str) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=180,
-                          env=job_env())
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=180, env=job_env()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
@@ -89,8 +90,13 @@ ray.shutdown()
 @pytest.mark.slow  # a local Ray and a Ray LLM processor in their own process: make test, not test-fast
 @pytest.mark.parametrize("how", ["plain", "factory"])
 def test_the_idle_telemetry_actor_is_stopped_on_the_jobs_own_ray(how):
-    done = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE, how], capture_output=True, text=True,
-                          timeout=300, env=job_env())
+    done = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE, how],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=job_env(),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["started_here"] is True

@@ -23,8 +23,10 @@ from factory import report
 from factory.storage import read_bytes, resolve
 
 HOSTILE_COPY = '<script>document.title="pwned"</script>Cozy & warm "now" <b>50%</b> off'
-HOSTILE_TITLE = '<img src=x onerror="document.title=\'pwned\'">Evil</td></tr></table><script>alert(1)</script>'
-HOSTILE_BRAND = "Brand\" onmouseover=\"alert(1)"
+HOSTILE_TITLE = (
+    "<img src=x onerror=\"document.title='pwned'\">Evil</td></tr></table><script>alert(1)</script>"
+)
+HOSTILE_BRAND = 'Brand" onmouseover="alert(1)'
 
 
 def make_copies() -> pa.Table:
@@ -32,9 +34,20 @@ def make_copies() -> pa.Table:
     rows = []
 
     def add(i, channel, status, text, length, limit, product, locale="en-US", reasons=()):
-        rows.append({C.ROW_ID: f"r{i:03d}", C.CHANNEL: channel, C.LOCALE: locale, C.STATUS: status,
-                     C.REASONS: list(reasons), C.TEXT: text, C.COPY_LENGTH: length, C.COPY_LENGTH_LIMIT: limit,
-                     C.PRODUCT_ID: product, C.USER_ID: f"U-SECRET-{i}"})
+        rows.append(
+            {
+                C.ROW_ID: f"r{i:03d}",
+                C.CHANNEL: channel,
+                C.LOCALE: locale,
+                C.STATUS: status,
+                C.REASONS: list(reasons),
+                C.TEXT: text,
+                C.COPY_LENGTH: length,
+                C.COPY_LENGTH_LIMIT: limit,
+                C.PRODUCT_ID: product,
+                C.USER_ID: f"U-SECRET-{i}",
+            }
+        )
 
     add(1, "push", "accepted", HOSTILE_COPY, 40, 100, "P1")
     add(2, "push", "accepted", "Fresh linen for your bedroom.", 29, 100, "P2")
@@ -45,45 +58,108 @@ def make_copies() -> pa.Table:
     add(7, "sms", "rejected", "Lamp sale", 9, 160, "P2", reasons=["truncated", "unsupported_number"])
     add(8, "sms", "accepted", "Towels in stock.", 16, 160, "P3")
     add(9, "sms", "accepted", None, None, 160, "P9")  # no text, no length: skipped by the histogram
-    schema = pa.schema([(C.ROW_ID, pa.string()), (C.CHANNEL, pa.string()), (C.LOCALE, pa.string()),
-                        (C.STATUS, pa.string()), (C.REASONS, pa.list_(pa.string())), (C.TEXT, pa.string()),
-                        (C.COPY_LENGTH, pa.int32()), (C.COPY_LENGTH_LIMIT, pa.int32()),
-                        (C.PRODUCT_ID, pa.string()), (C.USER_ID, pa.string())])
+    schema = pa.schema(
+        [
+            (C.ROW_ID, pa.string()),
+            (C.CHANNEL, pa.string()),
+            (C.LOCALE, pa.string()),
+            (C.STATUS, pa.string()),
+            (C.REASONS, pa.list_(pa.string())),
+            (C.TEXT, pa.string()),
+            (C.COPY_LENGTH, pa.int32()),
+            (C.COPY_LENGTH_LIMIT, pa.int32()),
+            (C.PRODUCT_ID, pa.string()),
+            (C.USER_ID, pa.string()),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def make_products() -> pa.Table:
-    return pa.Table.from_pylist([
-        {C.PRODUCT_ID: "P1", "title": HOSTILE_TITLE, "category": "home", "brand": HOSTILE_BRAND, "price": 19.99,
-         "currency": "USD", "description": "d" * 20_000,
-         "attributes": json.dumps({"material": "<i>linen</i>", "color": "sand"})},
-        {C.PRODUCT_ID: "P2", "title": "Nook Lamp", "category": "home", "brand": "Nook", "price": 49.0,
-         "currency": "USD", "description": "A lamp.", "attributes": json.dumps({"material": "ceramic"})},
-        {C.PRODUCT_ID: "P3", "title": "云朵毛巾", "category": "bath", "brand": "云朵", "price": 89.0,
-         "currency": "CNY", "description": "毛巾。", "attributes": json.dumps({"material": "纯棉"}, ensure_ascii=False)},
-    ])
+    return pa.Table.from_pylist(
+        [
+            {
+                C.PRODUCT_ID: "P1",
+                "title": HOSTILE_TITLE,
+                "category": "home",
+                "brand": HOSTILE_BRAND,
+                "price": 19.99,
+                "currency": "USD",
+                "description": "d" * 20_000,
+                "attributes": json.dumps({"material": "<i>linen</i>", "color": "sand"}),
+            },
+            {
+                C.PRODUCT_ID: "P2",
+                "title": "Nook Lamp",
+                "category": "home",
+                "brand": "Nook",
+                "price": 49.0,
+                "currency": "USD",
+                "description": "A lamp.",
+                "attributes": json.dumps({"material": "ceramic"}),
+            },
+            {
+                C.PRODUCT_ID: "P3",
+                "title": "云朵毛巾",
+                "category": "bath",
+                "brand": "云朵",
+                "price": 89.0,
+                "currency": "CNY",
+                "description": "毛巾。",
+                "attributes": json.dumps({"material": "纯棉"}, ensure_ascii=False),
+            },
+        ]
+    )
 
 
 def make_summary(progress: Optional[list] = None) -> dict[str, Any]:
     summary = {
-        "run_id": "2026-11-23_all", "run_date": "2026-11-23", "campaign": "all", "attempt": 1,
-        "rows_written": 9, "dead_letters": 2, "seconds": 300.0, "model": "bundled:<SmolLM2>", "device": "cpu",
+        "run_id": "2026-11-23_all",
+        "run_date": "2026-11-23",
+        "campaign": "all",
+        "attempt": 1,
+        "rows_written": 9,
+        "dead_letters": 2,
+        "seconds": 300.0,
+        "model": "bundled:<SmolLM2>",
+        "device": "cpu",
         "quality": {
             "rows": 9,
             "status": {"accepted": 6, "review": 1, "rejected": 2},
             "status_share": {"accepted": 0.6667, "review": 0.1111, "rejected": 0.2222},
-            "status_by_channel": {"push": {"accepted": 3, "review": 1, "rejected": 1},
-                                  "sms": {"accepted": 3, "review": 0, "rejected": 1}},
+            "status_by_channel": {
+                "push": {"accepted": 3, "review": 1, "rejected": 1},
+                "sms": {"accepted": 3, "review": 0, "rejected": 1},
+            },
             "reasons": {"length_exceeded": 1, "truncated": 1, "unsupported_number": 1, "risky_claim": 1},
-            "before_repair": {"status_share": {"accepted": 0.4, "review": 0.1, "rejected": 0.5},
-                              "reasons": {"length_exceeded": 3, "truncated": 1, "<wrong_language>": 2}},
-            "repair": {"attempted": 3, "outcome": {"accepted": 1, "review": 0, "rejected": 2}, "fixed_share": 0.3333},
-            "review_queue": {"rows": 1, "files": [{"path": "review/part-0.parquet", "rows": 1, "bytes": 900}]},
-            "corpus": {"distinct_2": 0.74, "attribute_coverage": 0.4, "length_compliance": 0.89,
-                       "numeric_fidelity": {"mean": 0.79}},
+            "before_repair": {
+                "status_share": {"accepted": 0.4, "review": 0.1, "rejected": 0.5},
+                "reasons": {"length_exceeded": 3, "truncated": 1, "<wrong_language>": 2},
+            },
+            "repair": {
+                "attempted": 3,
+                "outcome": {"accepted": 1, "review": 0, "rejected": 2},
+                "fixed_share": 0.3333,
+            },
+            "review_queue": {
+                "rows": 1,
+                "files": [{"path": "review/part-0.parquet", "rows": 1, "bytes": 900}],
+            },
+            "corpus": {
+                "distinct_2": 0.74,
+                "attribute_coverage": 0.4,
+                "length_compliance": 0.89,
+                "numeric_fidelity": {"mean": 0.79},
+            },
         },
-        "config": {"quality": {"limits": {"push": {"unit": "graphemes", "max": 100},
-                                          "sms": {"unit": "sms_segments", "max": 1}}}},
+        "config": {
+            "quality": {
+                "limits": {
+                    "push": {"unit": "graphemes", "max": 100},
+                    "sms": {"unit": "sms_segments", "max": 1},
+                }
+            }
+        },
     }
     if progress is not None:
         summary["progress"] = progress
@@ -114,13 +190,17 @@ class Dom(HTMLParser):
         self.text.append(data)
 
     def find(self, tag: str, **attrs: str) -> list[dict[str, Optional[str]]]:
-        return [a for t, a in self.tags if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+        return [
+            a
+            for t, a in self.tags
+            if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())
+        ]
 
 
 def _chart_tags(page: str, chart: str) -> Dom:
     """The part of the page inside one chart's <figure>."""
     start = page.index(f'<figure class="chart" id="chart-{chart}"')
-    return Dom(page[start:page.index("</figure>", start)])
+    return Dom(page[start : page.index("</figure>", start)])
 
 
 # --- render_report: content and escaping -----------------------------------------------
@@ -164,7 +244,13 @@ def test_status_chart_has_one_bar_per_channel_with_its_counts():
     assert [b["data-total"] for b in bars] == ["5", "4"]
     segs = [(s["data-status"], s["data-count"]) for s in dom.find("rect", **{"class": "seg"})]
     # Zero counts draw nothing: sms has no review segment.
-    assert segs == [("accepted", "3"), ("review", "1"), ("rejected", "1"), ("accepted", "3"), ("rejected", "1")]
+    assert segs == [
+        ("accepted", "3"),
+        ("review", "1"),
+        ("rejected", "1"),
+        ("accepted", "3"),
+        ("rejected", "1"),
+    ]
     widths = [float(s["width"]) for s in dom.find("rect", **{"class": "seg"})]
     assert sum(widths[:3]) == pytest.approx(sum(widths[3:]))  # every bar is the full width
 
@@ -175,7 +261,9 @@ def test_reasons_chart_has_one_bar_per_reason_sorted_by_count():
     assert len(bars) == 5  # four final reasons plus one seen only before repair
     assert bars[0]["data-reason"] == "length_exceeded" and bars[0]["data-before"] == "3"
     assert {b["data-reason"]: b["data-count"] for b in bars}["<wrong_language>"] == "0"
-    assert len(dom.find("rect", **{"class": "after"})) == 5 and len(dom.find("rect", **{"class": "before"})) == 5
+    assert (
+        len(dom.find("rect", **{"class": "after"})) == 5 and len(dom.find("rect", **{"class": "before"})) == 5
+    )
 
 
 def test_length_chart_counts_every_measured_row_and_marks_the_limit():
@@ -183,14 +271,16 @@ def test_length_chart_counts_every_measured_row_and_marks_the_limit():
     dom = _chart_tags(page, "length")
     panels = dom.find("div", **{"class": "panel"})
     assert [(p["data-channel"], p["data-rows"], p["data-over"]) for p in panels] == [
-        ("push", "5", "1"), ("sms", "3", "0")]  # the row without a length is skipped
+        ("push", "5", "1"),
+        ("sms", "3", "0"),
+    ]  # the row without a length is skipped
     assert [line["data-limit"] for line in dom.find("line", **{"class": "limit"})] == ["100", "160"]
     bins = dom.find("rect", **{"class": "bin"})
     assert sum(int(b["data-count"]) for b in bins) == 8
     # A bin is wholly within or wholly over the limit: the limit is a bin edge.
     for b in bins:
         assert int(b["data-over"]) in (0, int(b["data-count"]))
-    push = Dom(page[page.index('data-channel="push" data-rows'):page.index('data-channel="sms" data-rows')])
+    push = Dom(page[page.index('data-channel="push" data-rows') : page.index('data-channel="sms" data-rows')])
     for b in push.find("rect", **{"class": "bin"}):
         assert int(b["data-hi"]) <= 100 or int(b["data-lo"]) > 100  # no bin straddles the limit
     over_bins = [b for b in bins if int(b["data-over"])]
@@ -208,14 +298,18 @@ def test_histogram_puts_an_edge_after_the_limit():
 
 
 def test_throughput_chart_has_one_point_per_sample():
-    dom = _chart_tags(report.render_report(make_summary(PROGRESS), make_copies(), make_products()), "throughput")
+    dom = _chart_tags(
+        report.render_report(make_summary(PROGRESS), make_copies(), make_products()), "throughput"
+    )
     svgs = [a["data-chart"] for t, a in dom.tags if t == "svg"]
     assert svgs == ["throughput-rows", "throughput-tokens"]
     points = dom.find("circle", **{"class": "point"})
     assert len(points) == 8  # 4 samples x (rows, token rate)
     assert [p["data-value"] for p in points[:4]] == ["2", "6", "8", "9"]
     # Token rate between samples: 120/60, 280/60, 120/60, 80/60.5
-    assert [float(p["data-value"]) for p in points[4:]] == pytest.approx([2.0, 280 / 60, 2.0, 80 / 60.5], rel=1e-4)
+    assert [float(p["data-value"]) for p in points[4:]] == pytest.approx(
+        [2.0, 280 / 60, 2.0, 80 / 60.5], rel=1e-4
+    )
     assert len(dom.find("polyline", **{"class": "line"})) == 2
 
 
@@ -237,8 +331,13 @@ def test_samples_take_statuses_in_turn_per_channel():
     page = report.render_report(make_summary(), make_copies(), make_products(), samples_per_channel=3)
     rows = Dom(page).find("tr", **{"class": "sample"})
     assert [(r["data-channel"], r["data-status"]) for r in rows] == [
-        ("push", "accepted"), ("push", "review"), ("push", "rejected"),
-        ("sms", "accepted"), ("sms", "rejected"), ("sms", "accepted")]
+        ("push", "accepted"),
+        ("push", "review"),
+        ("push", "rejected"),
+        ("sms", "accepted"),
+        ("sms", "rejected"),
+        ("sms", "accepted"),
+    ]
     assert "19.99 USD" in page and "89.00 CNY" in page and "material: 纯棉" in page
 
 
@@ -279,9 +378,11 @@ def test_write_report_to_s3(s3_server, s3_bucket, s3_client):
 
 # --- A real browser --------------------------------------------------------------------
 
-CHROMIUM_MISSING = ("chromium is not installed: the report's browser test needs it. Install it with "
-                    "`apt-get update && apt-get install -y chromium` (Debian/Ubuntu; `make test` does this) "
-                    "or set CHROMIUM=/path/to/chrome.")
+CHROMIUM_MISSING = (
+    "chromium is not installed: the report's browser test needs it. Install it with "
+    "`apt-get update && apt-get install -y chromium` (Debian/Ubuntu; `make test` does this) "
+    "or set CHROMIUM=/path/to/chrome."
+)
 
 
 def chromium_binary() -> str:
@@ -305,12 +406,29 @@ class DevTools:
             os.dup2(r, 3)
             os.dup2(w, 4)
 
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--remote-debugging-pipe", f"--user-data-dir={profile}", "--no-first-run",
-                "--disable-extensions", "--disable-background-networking", "--hide-scrollbars",
-                "--window-size=1200,900", "about:blank"]
-        self.proc = subprocess.Popen(args, preexec_fn=move_fds, close_fds=False, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+            "--window-size=1200,900",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            preexec_fn=move_fds,
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._next_id = 0
@@ -422,17 +540,25 @@ def open_in_browser(path: Path, screenshot: Path, profile: Path) -> tuple[dict, 
             browser.send(f"{domain}.enable", session=session)
         browser.send("Page.navigate", {"url": path.as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired", session)
-        result = browser.send("Runtime.evaluate", {"expression": MEASURE, "returnByValue": True}, session=session)
+        result = browser.send(
+            "Runtime.evaluate", {"expression": MEASURE, "returnByValue": True}, session=session
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"measuring the page failed: {result['exceptionDetails']}")
         measured = result["result"]["value"]
-        browser.send("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": measured["height"],
-                                                            "deviceScaleFactor": 1, "mobile": False},
-                     session=session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1200, "height": measured["height"], "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
-        messages = [e for e in browser.events if e.get("sessionId") == session and e["method"] in (
-            "Runtime.consoleAPICalled", "Runtime.exceptionThrown", "Log.entryAdded")]
+        messages = [
+            e
+            for e in browser.events
+            if e.get("sessionId") == session
+            and e["method"] in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown", "Log.entryAdded")
+        ]
         return measured, messages
     finally:
         browser.close()
@@ -459,7 +585,9 @@ def test_chromium_draws_every_chart_and_runs_nothing(tmp_path):
     for svg in measured["svgs"]:
         by_chart.setdefault(svg["chart"], []).extend(svg["shapes"])
     assert len([s for s in by_chart["status"] if s["cls"] == "seg" and s["w"] > 0]) == 5
-    assert len([s for s in by_chart["reasons"] if s["cls"] == "before" and s["w"] > 0]) == 3  # 2 were 0 before
+    assert (
+        len([s for s in by_chart["reasons"] if s["cls"] == "before" and s["w"] > 0]) == 3
+    )  # 2 were 0 before
     assert len([s for s in by_chart["throughput-rows"] if s["tag"] == "circle" and s["w"] > 0]) == 4
     assert len([s for s in by_chart["throughput-rows"] if s["tag"] == "polyline" and s["w"] > 0]) == 1
     # Hostile text is on the page as text.
@@ -471,7 +599,9 @@ def test_chromium_draws_every_chart_and_runs_nothing(tmp_path):
 
 def test_chromium_shows_the_empty_throughput_message(tmp_path):
     page_path = tmp_path / "report.html"
-    page_path.write_text(report.render_report(make_summary([]), make_copies(), make_products()), encoding="utf-8")
+    page_path.write_text(
+        report.render_report(make_summary([]), make_copies(), make_products()), encoding="utf-8"
+    )
     measured, messages = open_in_browser(page_path, tmp_path / "empty.png", tmp_path / "profile")
     assert messages == []
     assert "no throughput samples" in measured["throughput"]

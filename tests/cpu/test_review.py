@@ -19,9 +19,15 @@ from factory.stages.review import REVIEW_DESCRIPTION_CHARS, ReviewRows
 from factory.stages.write import Sink, WriteParquetFiles
 from factory.storage import read_parquet, resolve, write_parquet
 
-PRODUCTS = pa.table({C.PRODUCT_ID: ["P1", "P2", "P3"], "title": ["Lamp", "Kettle", "Scarf"],
-                     "brand": ["Lumo", "Boil", "Knit"], "price": [19.5, 30.0, 12.0],
-                     "description": ["x" * 5_000, "A kettle.", "Warm."]})
+PRODUCTS = pa.table(
+    {
+        C.PRODUCT_ID: ["P1", "P2", "P3"],
+        "title": ["Lamp", "Kettle", "Scarf"],
+        "brand": ["Lumo", "Boil", "Knit"],
+        "price": [19.5, 30.0, 12.0],
+        "description": ["x" * 5_000, "A kettle.", "Warm."],
+    }
+)
 
 
 def _rows(n: int, seed: int) -> pa.Table:
@@ -29,21 +35,39 @@ def _rows(n: int, seed: int) -> pa.Table:
     rows = []
     for i in range(n):
         status = rng.choice(C.STATUSES)
-        rows.append({
-            C.ROW_ID: hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()[:20], C.RUN_ID: "2026-12-03_all",
-            C.RUN_DATE: dt.date(2026, 12, 3), C.CAMPAIGN_ID: "c", C.USER_ID: f"U{i:03d}",
-            C.PRODUCT_ID: rng.choice(["P1", "P2", "P3"]), C.CHANNEL: rng.choice(["push", "sms"]), C.LOCALE: "en-US",
-            C.VARIANT: 0, C.TEXT: f"copy {seed}-{i}", C.STATUS: status,
-            C.REASONS: [] if status == C.ACCEPTED else ["risky_claim"],
-            C.REASON_DETAILS: [] if status == C.ACCEPTED else ["risky_claim: free"], C.DRAFT: 1,
-            C.COPY_LENGTH: 10, C.COPY_LENGTH_LIMIT: 60, C.TEMPLATE_VERSION: "v1", C.MODEL: "m",
-            C.NUM_INPUT_TOKENS: 50, C.NUM_OUTPUT_TOKENS: 8, C.FINISH_REASON: "stop"})
+        rows.append(
+            {
+                C.ROW_ID: hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()[:20],
+                C.RUN_ID: "2026-12-03_all",
+                C.RUN_DATE: dt.date(2026, 12, 3),
+                C.CAMPAIGN_ID: "c",
+                C.USER_ID: f"U{i:03d}",
+                C.PRODUCT_ID: rng.choice(["P1", "P2", "P3"]),
+                C.CHANNEL: rng.choice(["push", "sms"]),
+                C.LOCALE: "en-US",
+                C.VARIANT: 0,
+                C.TEXT: f"copy {seed}-{i}",
+                C.STATUS: status,
+                C.REASONS: [] if status == C.ACCEPTED else ["risky_claim"],
+                C.REASON_DETAILS: [] if status == C.ACCEPTED else ["risky_claim: free"],
+                C.DRAFT: 1,
+                C.COPY_LENGTH: 10,
+                C.COPY_LENGTH_LIMIT: 60,
+                C.TEMPLATE_VERSION: "v1",
+                C.MODEL: "m",
+                C.NUM_INPUT_TOKENS: 50,
+                C.NUM_OUTPUT_TOKENS: 8,
+                C.FINISH_REASON: "stop",
+            }
+        )
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
 def _write(tmp_path, parts) -> Attempt:
     attempt = Attempt(resolve(str(tmp_path / "attempt")), 1)
-    copies = Sink(attempt.copies, None, footer.copies_entries, beside=Sink(attempt.review, ReviewRows(PRODUCTS)))
+    copies = Sink(
+        attempt.copies, None, footer.copies_entries, beside=Sink(attempt.review, ReviewRows(PRODUCTS))
+    )
     write = WriteParquetFiles({"copies": copies})
     for part in parts:
         write(part)
@@ -55,7 +79,9 @@ def _queue(attempt: Attempt) -> dict[str, pa.Table]:
 
 
 def _settle(attempt: Attempt) -> dict:
-    return _settle_review_queue(SimpleNamespace(products=PRODUCTS), attempt, footer.read_footers(attempt.copies))
+    return _settle_review_queue(
+        SimpleNamespace(products=PRODUCTS), attempt, footer.read_footers(attempt.copies)
+    )
 
 
 def test_each_copies_files_review_rows_sit_beside_it_with_the_product_facts(tmp_path):

@@ -37,10 +37,19 @@ def _fuzz_pairs(rng: random.Random, users: list[str], products: list[str]):
         ("null_product_id", lambda: {"u": rng.choice(users), "p": None}),
         ("unknown_user_id", lambda: {"u": f"U9{rng.randrange(10**6):06d}", "p": rng.choice(products)}),
         ("unknown_product_id", lambda: {"u": rng.choice(users), "p": f"P9{rng.randrange(10**6):06d}"}),
-        ("invalid_utf8_user_id", lambda: {"u": BROKEN + str(rng.random()).encode(), "p": rng.choice(products)}),
-        ("invalid_utf8_product_id", lambda: {"u": rng.choice(users), "p": b"P\xff" + bytes([rng.randrange(256)])}),
+        (
+            "invalid_utf8_user_id",
+            lambda: {"u": BROKEN + str(rng.random()).encode(), "p": rng.choice(products)},
+        ),
+        (
+            "invalid_utf8_product_id",
+            lambda: {"u": rng.choice(users), "p": b"P\xff" + bytes([rng.randrange(256)])},
+        ),
         ("too_long_user_id", lambda: {"u": "U" * rng.randrange(300, 20_000), "p": rng.choice(products)}),
-        ("control_characters_product_id", lambda: {"u": rng.choice(users), "p": "P000\x00" + str(rng.random())}),
+        (
+            "control_characters_product_id",
+            lambda: {"u": rng.choice(users), "p": "P000\x00" + str(rng.random())},
+        ),
         ("unknown_channel", lambda: {"u": rng.choice(users), "p": rng.choice(products), "ch": "fax"}),
         ("invalid_utf8_channel", lambda: {"u": rng.choice(users), "p": rng.choice(products), "ch": BROKEN}),
         ("too_long_campaign_id", lambda: {"u": rng.choice(users), "p": rng.choice(products), "c": "c" * 500}),
@@ -57,16 +66,20 @@ def _fuzz_pairs(rng: random.Random, users: list[str], products: list[str]):
     # Later in the file: the same pair again, and a pair without a channel whose
     # only row (push) the first already owes. Each row is owed once.
     rows += [("duplicate_pair", dict(good[0])), ("duplicate_pair", {**good[1], "ch": None})]
-    table = pa.table({
-        C.USER_ID: _text_column([r["u"] for _, r in rows]),
-        C.PRODUCT_ID: _text_column([r["p"] for _, r in rows]),
-        C.CHANNEL: _text_column([r["ch"] for _, r in rows]),
-        C.CAMPAIGN_ID: _text_column([r.get("c", "winter_sale") for _, r in rows]),
-    })
+    table = pa.table(
+        {
+            C.USER_ID: _text_column([r["u"] for _, r in rows]),
+            C.PRODUCT_ID: _text_column([r["p"] for _, r in rows]),
+            C.CHANNEL: _text_column([r["ch"] for _, r in rows]),
+            C.CAMPAIGN_ID: _text_column([r.get("c", "winter_sale") for _, r in rows]),
+        }
+    )
     return table, [reason for reason, _ in rows]
 
 
-def test_malformed_rows_become_dead_letters_and_good_rows_survive(s3_server, s3_client, s3_bucket, sample_dir):
+def test_malformed_rows_become_dead_letters_and_good_rows_survive(
+    s3_server, s3_client, s3_bucket, sample_dir
+):
     rng = random.Random(11)
     users = pq.read_table(sample_dir / "users.parquet")
     products = pq.read_table(sample_dir / "products.parquet")
@@ -83,20 +96,40 @@ def test_malformed_rows_become_dead_letters_and_good_rows_survive(s3_server, s3_
     users_table = pa.Table.from_pylist(bad_users, schema=users.schema)
     age = users_table.column_names.index("age_band")
     first_row = users_table[C.USER_ID].to_pylist().index(en_users[0])
-    broken_ages = [BROKEN if i == first_row else a.encode() if a else None
-                   for i, a in enumerate(users_table["age_band"].to_pylist())]
+    broken_ages = [
+        BROKEN if i == first_row else a.encode() if a else None
+        for i, a in enumerate(users_table["age_band"].to_pylist())
+    ]
     users_table = users_table.set_column(age, "age_band", _text_column(broken_ages))
 
-    for key, table in (("fuzz/in/pairs/part-0.parquet", pairs), ("fuzz/in/users.parquet", users_table),
-                       ("fuzz/in/products.parquet", products)):
+    for key, table in (
+        ("fuzz/in/pairs/part-0.parquet", pairs),
+        ("fuzz/in/users.parquet", users_table),
+        ("fuzz/in/products.parquet", products),
+    ):
         buf = io.BytesIO()
         pq.write_table(table, buf, row_group_size=64)  # several row groups: row numbers must still be right
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=buf.getvalue())
 
-    cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/fuzz/in/pairs", "--users",
-           f"s3://{s3_bucket}/fuzz/in/users.parquet", "--products", f"s3://{s3_bucket}/fuzz/in/products.parquet",
-           "--output", f"s3://{s3_bucket}/fuzz/out", "--s3-endpoint", s3_server, "--run-date", "2026-11-26",
-           "--channels", "push", "--no-repair"]
+    cmd = [
+        PYTHON,
+        str(JOB),
+        "--pairs",
+        f"s3://{s3_bucket}/fuzz/in/pairs",
+        "--users",
+        f"s3://{s3_bucket}/fuzz/in/users.parquet",
+        "--products",
+        f"s3://{s3_bucket}/fuzz/in/products.parquet",
+        "--output",
+        f"s3://{s3_bucket}/fuzz/out",
+        "--s3-endpoint",
+        s3_server,
+        "--run-date",
+        "2026-11-26",
+        "--channels",
+        "push",
+        "--no-repair",
+    ]
 
     # A whole file with the wrong schema fails fast, before any engine time, naming file and column.
     buf = io.BytesIO()
@@ -116,7 +149,9 @@ def test_malformed_rows_become_dead_letters_and_good_rows_survive(s3_server, s3_
     from_pairs = {d[C.SOURCE_ROW]: d for d in dead if d[C.SOURCE] == source}
     expected_dead = {i: r for i, r in enumerate(reasons) if r != "good"}
     assert len(expected_dead) == 302
-    assert {i: d[C.REASON] for i, d in from_pairs.items()} == expected_dead  # every bad row, right row, right reason
+    assert {
+        i: d[C.REASON] for i, d in from_pairs.items()
+    } == expected_dead  # every bad row, right row, right reason
     for d in from_pairs.values():  # the dead letters themselves are clean, bounded text
         for col in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID):
             assert d[col] is None or len(d[col].encode()) <= 260
@@ -124,10 +159,16 @@ def test_malformed_rows_become_dead_letters_and_good_rows_survive(s3_server, s3_
     assert lookup == {"duplicate_user_id": 1, "null_user_id": 1}
 
     copies = read_published(out, "2026-11-26", s3_endpoint=s3_server)
-    good = Counter((pairs[C.USER_ID][i].as_py(), pairs[C.PRODUCT_ID][i].as_py(), "push")
-                   for i, r in enumerate(reasons) if r == "good")
+    good = Counter(
+        (pairs[C.USER_ID][i].as_py(), pairs[C.PRODUCT_ID][i].as_py(), "push")
+        for i, r in enumerate(reasons)
+        if r == "good"
+    )
     assert Counter(zip(*(copies[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL)))) == good
-    summary = json.loads(s3_client.get_object(
-        Bucket=s3_bucket, Key="fuzz/out/runs/date=2026-11-26/campaign=all/attempt=0001/summary.json")["Body"].read())
+    summary = json.loads(
+        s3_client.get_object(
+            Bucket=s3_bucket, Key="fuzz/out/runs/date=2026-11-26/campaign=all/attempt=0001/summary.json"
+        )["Body"].read()
+    )
     users_report = next(t for t in summary["input_tables"] if t["name"] == "users")
     assert users_report["repaired_text"] == {"age_band": 1}

@@ -21,8 +21,14 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
     table = tmp_path / "table.md"
     # Four engine start-ups in a row: on a slow shared day five passed 15 minutes (2026-12-03). Bare vLLM
     # runs once here; the drift line two bare runs give is checked in tests/cpu. Not a timing test.
-    done = subprocess.run([PYTHON, "benchmarks/throughput.py", "--smoke", "--bare-once", "--markdown", str(table)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [PYTHON, "benchmarks/throughput.py", "--smoke", "--bare-once", "--markdown", str(table)],
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     parts = _json_lines(done.stdout)
     assert [p["part"] for p in parts] == ["bare", "pipeline", "pipeline", "hf"]
@@ -49,8 +55,14 @@ def test_throughput_benchmark_runs_every_contender(tmp_path):
 
 
 def test_work_avoided_benchmark_counts_identical_prompts():
-    done = subprocess.run([PYTHON, "benchmarks/work_avoided.py", "--users", "40", "--segments", "4",
-                           "--products", "2"], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [PYTHON, "benchmarks/work_avoided.py", "--users", "40", "--segments", "4", "--products", "2"],
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = _json_lines(done.stdout)[0]
     # 40 users x 2 products x 5 channels; 4 segments -> 4 x 2 x 5 distinct prompts.

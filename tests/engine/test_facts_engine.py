@@ -19,7 +19,7 @@ from factory.facts import store as S
 from factory.facts.extract import EXTRACTOR_VERSION
 from factory.facts.schema import ProductFacts
 from factory.storage import resolve
-from tests.conftest import PYTHON, REPO, job_env, RUN_MARKER, reap
+from tests.conftest import PYTHON, REPO, RUN_MARKER, job_env, reap
 
 pytestmark = pytest.mark.engine
 
@@ -27,16 +27,27 @@ JOB = REPO / "jobs" / "extract_facts.py"
 PRODUCT_IDS = ["P00000", "P00001", "P00002", "P00003"]
 
 
-
-
 def _run(products: str, facts: str, endpoint: str) -> str:
     marker = uuid.uuid4().hex
-    cmd = [PYTHON, str(JOB), "--products", products, "--facts", facts, "--s3-endpoint", endpoint,
-           "--device", "cpu", "--batch-size", "8"]
+    cmd = [
+        PYTHON,
+        str(JOB),
+        "--products",
+        products,
+        "--facts",
+        facts,
+        "--s3-endpoint",
+        endpoint,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+    ]
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=job_env(**{RUN_MARKER: marker}), capture_output=True, text=True,
-                              timeout=900)
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=job_env(**{RUN_MARKER: marker}), capture_output=True, text=True, timeout=900
+        )
     finally:
         reap(marker)
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -49,7 +60,9 @@ def _line(stdout: str, label: str) -> int:
 
 
 def _keys(client, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="facts/").get("Contents", []))
+    return sorted(
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="facts/").get("Contents", [])
+    )
 
 
 def test_facts_are_extracted_once_and_reused(s3_server, s3_client, s3_bucket, sample_dir, tmp_path):
@@ -75,18 +88,28 @@ def test_facts_are_extracted_once_and_reused(s3_server, s3_client, s3_bucket, sa
     objects = _keys(s3_client, s3_bucket)
 
     second = _run(str(products), facts_uri, s3_server)
-    assert (_line(second, "reused:"), _line(second, "extracted:"), _line(second, "failed:")) == (4, 0, 0), second
+    assert (_line(second, "reused:"), _line(second, "extracted:"), _line(second, "failed:")) == (4, 0, 0), (
+        second
+    )
     assert _keys(s3_client, s3_bucket) == objects  # nothing written
     assert store.read().sort_by(C.PRODUCT_ID).equals(stored.sort_by(C.PRODUCT_ID))
 
-    edited = [dict(r, description=r["description"] + " Now with a lifetime repair service.")
-              if r[C.PRODUCT_ID] == "P00002" else r for r in rows]
+    edited = [
+        dict(r, description=r["description"] + " Now with a lifetime repair service.")
+        if r[C.PRODUCT_ID] == "P00002"
+        else r
+        for r in rows
+    ]
     pq.write_table(pa.Table.from_pylist(edited, schema=catalog.schema), products)
     third = _run(str(products), facts_uri, s3_server)
     assert (_line(third, "reused:"), _line(third, "extracted:"), _line(third, "failed:")) == (3, 1, 0), third
     after = store.read()
-    new = [r for r in after.to_pylist() if (r[C.PRODUCT_ID], r[S.CONTENT_HASH]) not in
-           set(zip(stored[C.PRODUCT_ID].to_pylist(), stored[S.CONTENT_HASH].to_pylist()))]
+    new = [
+        r
+        for r in after.to_pylist()
+        if (r[C.PRODUCT_ID], r[S.CONTENT_HASH])
+        not in set(zip(stored[C.PRODUCT_ID].to_pylist(), stored[S.CONTENT_HASH].to_pylist()))
+    ]
     assert [r[C.PRODUCT_ID] for r in new] == ["P00002"]
     assert new[0][S.CONTENT_HASH] == S.content_hash(edited[[r[C.PRODUCT_ID] for r in edited].index("P00002")])
     assert ProductFacts.model_validate_json(new[0][S.FACTS]).selling_points

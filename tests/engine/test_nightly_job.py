@@ -33,8 +33,11 @@ def _put(client, bucket, key, table):
 
 def _read_prefix(client, bucket, prefix) -> pa.Table:
     listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-    tables = [pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()))
-              for o in listing if o["Key"].endswith(".parquet")]
+    tables = [
+        pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()))
+        for o in listing
+        if o["Key"].endswith(".parquet")
+    ]
     return pa.concat_tables(tables) if tables else None
 
 
@@ -61,32 +64,63 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     # Regular pairs in English and Chinese, and the hostile ones: instructions in
     # a description, a 20,000-character description, a trademark containing 最,
     # personal data in a profile.
-    pairs = ([p for p in regular if p[C.USER_ID] not in zh_users][:16]
-             + [p for p in regular if p[C.USER_ID] in zh_users][:5] + hostile)
+    pairs = (
+        [p for p in regular if p[C.USER_ID] not in zh_users][:16]
+        + [p for p in regular if p[C.USER_ID] in zh_users][:5]
+        + hostile
+    )
     assert len(hostile) == 4 and all(h in all_pairs for h in hostile)
     # Two pairs the tables cannot serve: they must land in the dead letters, not stop the run.
-    pairs += [{C.USER_ID: "U999999", C.PRODUCT_ID: "P00001", C.CHANNEL: None, C.CAMPAIGN_ID: "winter_sale"},
-              {C.USER_ID: "U000001", C.PRODUCT_ID: "P99999", C.CHANNEL: "sms", C.CAMPAIGN_ID: "winter_sale"}]
+    pairs += [
+        {C.USER_ID: "U999999", C.PRODUCT_ID: "P00001", C.CHANNEL: None, C.CAMPAIGN_ID: "winter_sale"},
+        {C.USER_ID: "U000001", C.PRODUCT_ID: "P99999", C.CHANNEL: "sms", C.CAMPAIGN_ID: "winter_sale"},
+    ]
     # A user whose profile is another's, field for field (one segment): same
     # product, same channels, so the same prompts; generated once, reused.
     twin_of = pairs[0]
     original = next(u for u in users.to_pylist() if u[C.USER_ID] == twin_of[C.USER_ID])
-    users = pa.concat_tables([users, pa.Table.from_pylist([{**original, C.USER_ID: "U800001"}], schema=users.schema)])
+    users = pa.concat_tables(
+        [users, pa.Table.from_pylist([{**original, C.USER_ID: "U800001"}], schema=users.schema)]
+    )
     pairs.append({**twin_of, C.USER_ID: "U800001"})
     pairs_table = pa.Table.from_pylist(pairs, schema=pq.read_schema(sample_dir / "pairs.parquet"))
     _put(s3_client, s3_bucket, "in/pairs/part-0.parquet", pairs_table)
     _put(s3_client, s3_bucket, "in/users.parquet", users)
     _put(s3_client, s3_bucket, "in/products.parquet", products)
 
-    cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/in/pairs", "--users", f"s3://{s3_bucket}/in/users.parquet",
-           "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", f"s3://{s3_bucket}/factory",
-           "--s3-endpoint", s3_server, "--run-date", RUN_DATE, "--channels", ",".join(RUN_CHANNELS),
-           "--batch-size", "16", "--s3-sse", "AES256",
-           # The model judge rides along: one run, no engine test of its own to start.
-           "--judge"]
+    cmd = [
+        PYTHON,
+        str(JOB),
+        "--pairs",
+        f"s3://{s3_bucket}/in/pairs",
+        "--users",
+        f"s3://{s3_bucket}/in/users.parquet",
+        "--products",
+        f"s3://{s3_bucket}/in/products.parquet",
+        "--output",
+        f"s3://{s3_bucket}/factory",
+        "--s3-endpoint",
+        s3_server,
+        "--run-date",
+        RUN_DATE,
+        "--channels",
+        ",".join(RUN_CHANNELS),
+        "--batch-size",
+        "16",
+        "--s3-sse",
+        "AES256",
+        # The model judge rides along: one run, no engine test of its own to start.
+        "--judge",
+    ]
     logs = tmp_path / "logs"
-    proc = subprocess.run(cmd, cwd=REPO, env=job_env(COPY_FACTORY_LOG_DIR=str(logs)), capture_output=True, text=True,
-                          timeout=1200)
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=job_env(COPY_FACTORY_LOG_DIR=str(logs)),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "rows written" in proc.stdout and "sample copies" in proc.stdout
 
@@ -99,7 +133,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     assert sorted(published[C.ROW_ID].to_pylist()) == sorted(out[C.ROW_ID].to_pylist())
     assert len(set(out[C.ROW_ID].to_pylist())) == out.num_rows
 
-    expected = _expected_rows(pairs, set(users[C.USER_ID].to_pylist()), set(products[C.PRODUCT_ID].to_pylist()))
+    expected = _expected_rows(
+        pairs, set(users[C.USER_ID].to_pylist()), set(products[C.PRODUCT_ID].to_pylist())
+    )
     got = Counter(zip(*(out[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
     assert got == expected  # one row per (pair, channel): none lost, none twice
     assert len(expected) > 60
@@ -118,7 +154,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
             assert r[C.NUM_INPUT_TOKENS] > 20 and r[C.NUM_OUTPUT_TOKENS] > 0
             assert 0 <= r[C.NUM_CACHED_TOKENS] < r[C.NUM_INPUT_TOKENS]  # the vLLM plugin reported it
         else:
-            assert by_id[r[C.DEDUP_OF]][C.DEDUP_OF] is None and by_id[r[C.DEDUP_OF]][C.CHANNEL] == r[C.CHANNEL]
+            assert (
+                by_id[r[C.DEDUP_OF]][C.DEDUP_OF] is None and by_id[r[C.DEDUP_OF]][C.CHANNEL] == r[C.CHANNEL]
+            )
             assert r[C.NUM_OUTPUT_TOKENS] == 0
         assert r[C.FINISH_REASON] in ("stop", "length")
         assert r[C.CAMPAIGN_ID] in ("winter_sale", "new_arrivals")
@@ -127,14 +165,19 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     assert twins and all(r[C.DEDUP_OF] for r in twins)
     for r in twins:
         lead = by_id[r[C.DEDUP_OF]]
-        assert (lead[C.USER_ID], lead[C.PRODUCT_ID], lead[C.CHANNEL]) == (twin_of[C.USER_ID], r[C.PRODUCT_ID],
-                                                                          r[C.CHANNEL])
+        assert (lead[C.USER_ID], lead[C.PRODUCT_ID], lead[C.CHANNEL]) == (
+            twin_of[C.USER_ID],
+            r[C.PRODUCT_ID],
+            r[C.CHANNEL],
+        )
         assert r[C.TEXT] == lead[C.TEXT] and r[C.DRAFT] == lead[C.DRAFT]
     _check_verdicts(rows)
 
     # Hostile rows did not stop the run, and each got its verdict.
     by_product = Counter(r[C.PRODUCT_ID] for r in rows)
-    assert by_product["P09001"] == 1 and by_product["P09002"] == 1 and by_product["P09003"] == len(RUN_CHANNELS)
+    assert (
+        by_product["P09001"] == 1 and by_product["P09002"] == 1 and by_product["P09003"] == len(RUN_CHANNELS)
+    )
     pii_rows = [r for r in rows if r[C.USER_ID] == sample_data.HOSTILE_USER[C.USER_ID]]
     assert len(pii_rows) == len(RUN_CHANNELS)
     for r in rows:
@@ -146,7 +189,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
 
     dead = _read_prefix(s3_client, s3_bucket, f"factory/{partition}dead_letters/")
     assert sorted(zip(dead[C.USER_ID].to_pylist(), dead[C.REASON].to_pylist())) == [
-        ("U000001", "unknown_product_id"), ("U999999", "unknown_user_id")]
+        ("U000001", "unknown_product_id"),
+        ("U999999", "unknown_user_id"),
+    ]
     # Each dead letter says where the pair came from: the file and the row in it.
     rows_in_file = {(p[C.USER_ID], p[C.PRODUCT_ID]): i for i, p in enumerate(pairs)}
     for d in dead.to_pylist():
@@ -161,8 +206,12 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     # The judge read every copy the gate let through, on the bundled model, in passes of its
     # own: its replies (held to the JSON schema) parse, land on the rows and are counted.
     judged = [r for r in rows if r[C.JUDGE_VERDICT] is not None]
-    assert judged == [r for r in rows if r[C.STATUS] != C.REJECTED and r[C.TEXT]]  # by default it never rejects
-    assert all(r[C.JUDGE_VERDICT] in ("pass", "flagged", "unparsed") and r[C.JUDGE_TOKENS] > 0 for r in judged)
+    assert judged == [
+        r for r in rows if r[C.STATUS] != C.REJECTED and r[C.TEXT]
+    ]  # by default it never rejects
+    assert all(
+        r[C.JUDGE_VERDICT] in ("pass", "flagged", "unparsed") and r[C.JUDGE_TOKENS] > 0 for r in judged
+    )
     assert any(r[C.JUDGE_VERDICT] in ("pass", "flagged") for r in judged)  # replies that parse
     assert summary["quality"]["judge"]["judged"] == len(judged)
     assert summary["quality"]["judge"]["tokens"] == sum(r[C.JUDGE_TOKENS] for r in judged)
@@ -182,8 +231,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
     queue = _read_prefix(s3_client, s3_bucket, f"factory/{partition}review/")
     if review_rows:
         keys = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.TEXT)
-        assert sorted(zip(*(queue[k].to_pylist() for k in keys))) == sorted(tuple(r[k] for k in keys)
-                                                                            for r in review_rows)
+        assert sorted(zip(*(queue[k].to_pylist() for k in keys))) == sorted(
+            tuple(r[k] for k in keys) for r in review_rows
+        )
         titles = dict(zip(products[C.PRODUCT_ID].to_pylist(), products["title"].to_pylist()))
         for q in queue.to_pylist():
             assert q["title"] == titles[q[C.PRODUCT_ID]] and q[C.REASONS] and q["price"] is not None
@@ -192,7 +242,9 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         assert queue is None
     assert summary["template_versions"] == {c: versions[c] for c in RUN_CHANNELS}
     # The manifest lists exactly the data files there are, with their rows; published last.
-    manifest_text = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}manifest.json")["Body"].read()
+    manifest_text = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}manifest.json")[
+        "Body"
+    ].read()
     manifest = json.loads(manifest_text)
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]]
     for kind in ("copies", "dead_letters", "review"):
@@ -200,33 +252,55 @@ def test_nightly_job_reads_and_writes_s3(s3_server, s3_client, s3_bucket, sample
         assert listed == sorted(k for k in keys if k.startswith(f"factory/{partition}{kind}/")), kind
     assert sum(f["rows"] for f in manifest["files"]["copies"]) == len(rows) == manifest["rows"]["copies"]
     assert manifest["rows_by_status"] == summary["quality"]["status"] and manifest["attempt"] == 1
-    assert [h["action"] for h in manifest["history"]] == ["new"] and manifest["config_hash"].startswith("sha256:")
+    assert [h["action"] for h in manifest["history"]] == ["new"] and manifest["config_hash"].startswith(
+        "sha256:"
+    )
     assert f"factory/{partition}_SUCCESS" in keys
-    latest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="factory/latest/campaign=all.json")["Body"].read())
+    latest = json.loads(
+        s3_client.get_object(Bucket=s3_bucket, Key="factory/latest/campaign=all.json")["Body"].read()
+    )
     assert latest["manifest"] == f"{partition}manifest.json" and latest["run_id"] == f"{RUN_DATE}_all"
     # No object-store markers or stray files beside the data, and every object encrypted as asked.
-    assert all(k.endswith((".parquet", ".json", "_SUCCESS")) or k == f"factory/{partition}report.html"
-               for k in keys), keys
+    assert all(
+        k.endswith((".parquet", ".json", "_SUCCESS")) or k == f"factory/{partition}report.html" for k in keys
+    ), keys
     # The run report is published with the run (its rendering is tested in tests/cpu/test_report.py).
     assert manifest["report"] == "report.html"
-    report = s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}report.html")["Body"].read().decode()
+    report = (
+        s3_client.get_object(Bucket=s3_bucket, Key=f"factory/{partition}report.html")["Body"].read().decode()
+    )
     assert "<svg" in report and S3_SECRET_KEY not in report and "U800001" not in report
     assert not [k for k in keys if "/_work/" in k]  # the repair queue is gone once the run is done
     for key in keys:
         assert s3_client.head_object(Bucket=s3_bucket, Key=key).get("ServerSideEncryption") == "AES256", key
 
     # The same command again: the run is published, so it exits 0 at once and writes nothing.
-    again = subprocess.run(cmd, cwd=REPO, env=job_env(COPY_FACTORY_LOG_DIR=str(logs)), capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=job_env(COPY_FACTORY_LOG_DIR=str(logs)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already published" in again.stdout and "Starting attempt" not in again.stderr
-    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]] == keys
+    assert [
+        o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="factory/")["Contents"]
+    ] == keys
 
     # Each invocation kept its log file, with every line the console had; none holds the secret either.
     log_files = sorted(logs.glob("nightly_copy-*.log"))
     assert len(log_files) == 2 and "Published" in log_files[0].read_text() + log_files[1].read_text()
-    for text in (proc.stdout, proc.stderr, summary_text, manifest_text.decode(), again.stdout, again.stderr,
-                 *(f.read_text() for f in log_files)):
+    for text in (
+        proc.stdout,
+        proc.stderr,
+        summary_text,
+        manifest_text.decode(),
+        again.stdout,
+        again.stderr,
+        *(f.read_text() for f in log_files),
+    ):
         assert S3_SECRET_KEY not in text
 
 
@@ -258,7 +332,8 @@ def _check_quality_summary(quality: dict, rows: list[dict]) -> None:
     repaired = [r for r in rows if r[C.DRAFT] == 2]
     assert quality["repair"]["attempted"] == len(repaired)
     assert quality["before_repair"]["status"][C.REJECTED] == (
-        len(repaired) + sum(r[C.STATUS] == C.REJECTED for r in rows if r[C.DRAFT] == 1))
+        len(repaired) + sum(r[C.STATUS] == C.REJECTED for r in rows if r[C.DRAFT] == 1)
+    )
     per_channel = {ch: sum(n for n in counts.values()) for ch, counts in quality["status_by_channel"].items()}
     assert per_channel == dict(Counter(r[C.CHANNEL] for r in rows))
     corpus = quality["corpus"]

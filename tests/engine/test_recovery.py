@@ -20,7 +20,7 @@ import pytest
 
 from factory import columns as C
 from factory.reader import read_published
-from tests.conftest import JOB, PYTHON, REPO, job_env, RUN_MARKER, reap
+from tests.conftest import JOB, PYTHON, REPO, RUN_MARKER, job_env, reap
 from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
 
 pytestmark = pytest.mark.engine
@@ -38,38 +38,61 @@ def _start(cmd: list[str], marker: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-
-
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
         if proc.poll() is not None:
-            pytest.fail(f"the job ended (rc={proc.returncode}) before the test could act:\n"
-                        + log.read_text()[-3000:])
+            pytest.fail(
+                f"the job ended (rc={proc.returncode}) before the test could act:\n" + log.read_text()[-3000:]
+            )
         time.sleep(1)
     pytest.fail("timed out waiting for the job to write its first files:\n" + log.read_text()[-3000:])
 
 
-def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client, s3_bucket, sample_dir, tmp_path):
+def test_killed_driver_resumes_and_publishes_every_row_once(
+    s3_server, s3_client, s3_bucket, sample_dir, tmp_path
+):
     pairs, expected = owed_pairs(sample_dir, 40)
     upload_inputs(s3_client, s3_bucket, "crash/in", pairs, sample_dir)
     out = f"s3://{s3_bucket}/crash/out"
-    cmd = [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/crash/in/pairs.parquet",
-           "--users", f"s3://{s3_bucket}/crash/in/users.parquet",
-           "--products", f"s3://{s3_bucket}/crash/in/products.parquet", "--output", out,
-           "--s3-endpoint", s3_server, "--run-date", "2026-11-22", "--channels", ",".join(CHANNELS),
-           "--batch-size", "4", "--rows-per-file", "3", *ONE_BATCH_AT_A_TIME]
+    cmd = [
+        PYTHON,
+        str(JOB),
+        "--pairs",
+        f"s3://{s3_bucket}/crash/in/pairs.parquet",
+        "--users",
+        f"s3://{s3_bucket}/crash/in/users.parquet",
+        "--products",
+        f"s3://{s3_bucket}/crash/in/products.parquet",
+        "--output",
+        out,
+        "--s3-endpoint",
+        s3_server,
+        "--run-date",
+        "2026-11-22",
+        "--channels",
+        ",".join(CHANNELS),
+        "--batch-size",
+        "4",
+        "--rows-per-file",
+        "3",
+        *ONE_BATCH_AT_A_TIME,
+    ]
     attempt = "crash/out/runs/date=2026-11-22/campaign=all/attempt=0001/"
 
     def keys(prefix: str) -> list[str]:
-        return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents", []))
+        return sorted(
+            o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents", [])
+        )
 
     def table(prefix: str) -> pa.Table:
         files = [k for k in keys(prefix) if k.endswith(".parquet")]
-        parts = [pq.read_table(io.BytesIO(s3_client.get_object(Bucket=s3_bucket, Key=k)["Body"].read()))
-                 for k in files]
+        parts = [
+            pq.read_table(io.BytesIO(s3_client.get_object(Bucket=s3_bucket, Key=k)["Body"].read()))
+            for k in files
+        ]
         return pa.concat_tables(parts, promote_options="default") if parts else None
 
     first_marker, log = uuid.uuid4().hex, tmp_path / "first.log"
@@ -88,10 +111,16 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
     assert 0 < done_before < sum(expected.values())
 
     # The resumed process need not be held to one batch at a time: nothing acts on it mid-run.
-    resume = cmd[:-len(ONE_BATCH_AT_A_TIME)]
-    assert cmd[-len(ONE_BATCH_AT_A_TIME):] == ONE_BATCH_AT_A_TIME
-    second = subprocess.run(resume, cwd=REPO, env=job_env(**{RUN_MARKER: uuid.uuid4().hex}), capture_output=True,
-                            text=True, timeout=1500)
+    resume = cmd[: -len(ONE_BATCH_AT_A_TIME)]
+    assert cmd[-len(ONE_BATCH_AT_A_TIME) :] == ONE_BATCH_AT_A_TIME
+    second = subprocess.run(
+        resume,
+        cwd=REPO,
+        env=job_env(**{RUN_MARKER: uuid.uuid4().hex}),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     assert "resumed:" in second.stdout
 
@@ -100,8 +129,13 @@ def test_killed_driver_resumes_and_publishes_every_row_once(s3_server, s3_client
     # Rows written before the kill were not generated again: same text, same timestamp.
     final = {r[C.ROW_ID]: r for r in rows.to_pylist()}
     for r in before.to_pylist():
-        assert final[r[C.ROW_ID]][C.TEXT] == r[C.TEXT] and final[r[C.ROW_ID]][C.GENERATED_AT] == r[C.GENERATED_AT]
-    manifest = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=attempt + "manifest.json")["Body"].read())
+        assert (
+            final[r[C.ROW_ID]][C.TEXT] == r[C.TEXT]
+            and final[r[C.ROW_ID]][C.GENERATED_AT] == r[C.GENERATED_AT]
+        )
+    manifest = json.loads(
+        s3_client.get_object(Bucket=s3_bucket, Key=attempt + "manifest.json")["Body"].read()
+    )
     killed, resumed = manifest["history"]
     assert killed["action"] == "new" and "finished_at" not in killed
     assert resumed["action"] == "resume" and resumed["rows_resumed"] == done_before
@@ -118,7 +152,10 @@ def _engine_actors(marker: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if "vLLMEngineStageUDF" in " ".join(proc.info["cmdline"] or []) and proc.environ().get(RUN_MARKER) == marker:
+            if (
+                "vLLMEngineStageUDF" in " ".join(proc.info["cmdline"] or [])
+                and proc.environ().get(RUN_MARKER) == marker
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -134,10 +171,28 @@ def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
     folder.mkdir()
     pq.write_table(pairs, folder / "pairs.parquet")
     out = tmp_path / "out"
-    cmd = [PYTHON, str(JOB), "--pairs", str(folder / "pairs.parquet"), "--users", str(sample_dir / "users.parquet"),
-           "--products", str(sample_dir / "products.parquet"), "--output", str(out), "--run-date", "2026-11-23",
-           "--channels", ",".join(CHANNELS), "--batch-size", "4", "--rows-per-file", "3", "--no-repair",
-           *ONE_BATCH_AT_A_TIME]
+    cmd = [
+        PYTHON,
+        str(JOB),
+        "--pairs",
+        str(folder / "pairs.parquet"),
+        "--users",
+        str(sample_dir / "users.parquet"),
+        "--products",
+        str(sample_dir / "products.parquet"),
+        "--output",
+        str(out),
+        "--run-date",
+        "2026-11-23",
+        "--channels",
+        ",".join(CHANNELS),
+        "--batch-size",
+        "4",
+        "--rows-per-file",
+        "3",
+        "--no-repair",
+        *ONE_BATCH_AT_A_TIME,
+    ]
     copies = out / "runs" / "date=2026-11-23" / "campaign=all" / "attempt=0001" / "copies"
     marker, log = uuid.uuid4().hex, tmp_path / "job.log"
     job = _start(cmd, marker, log)
@@ -163,27 +218,56 @@ def test_engine_actor_killed_mid_run_is_restarted(sample_dir, tmp_path):
     assert len(manifest["history"]) == 1  # one process did it all: Ray restarted the actor
 
 
-def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_server, s3_client, s3_bucket,
-                                                                           sample_dir, tmp_path):
+def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(
+    s3_server, s3_client, s3_bucket, sample_dir, tmp_path
+):
     from tests.s3_faults import FaultyS3Proxy
 
     pairs, expected = owed_pairs(sample_dir, 6)
     upload_inputs(s3_client, s3_bucket, "faulty/in", pairs, sample_dir)
 
     def command(endpoint: str, run_date: str, max_attempts: int) -> list[str]:
-        return [PYTHON, str(JOB), "--pairs", f"s3://{s3_bucket}/faulty/in/pairs.parquet",
-                "--users", f"s3://{s3_bucket}/faulty/in/users.parquet",
-                "--products", f"s3://{s3_bucket}/faulty/in/products.parquet", "--output", f"s3://{s3_bucket}/faulty/out",
-                "--s3-endpoint", endpoint, "--run-date", run_date, "--channels", ",".join(CHANNELS),
-                "--batch-size", "4", "--rows-per-file", "3", "--no-repair", "--s3-max-attempts", str(max_attempts)]
+        return [
+            PYTHON,
+            str(JOB),
+            "--pairs",
+            f"s3://{s3_bucket}/faulty/in/pairs.parquet",
+            "--users",
+            f"s3://{s3_bucket}/faulty/in/users.parquet",
+            "--products",
+            f"s3://{s3_bucket}/faulty/in/products.parquet",
+            "--output",
+            f"s3://{s3_bucket}/faulty/out",
+            "--s3-endpoint",
+            endpoint,
+            "--run-date",
+            run_date,
+            "--channels",
+            ",".join(CHANNELS),
+            "--batch-size",
+            "4",
+            "--rows-per-file",
+            "3",
+            "--no-repair",
+            "--s3-max-attempts",
+            str(max_attempts),
+        ]
 
     # One request in five answered 503 SlowDown, one in twenty dropped: the run completes.
     with FaultyS3Proxy(s3_server, error_rate=0.2, drop_rate=0.05) as proxy:
-        ok = subprocess.run(command(proxy.url, "2026-11-24", 8), cwd=REPO, env=job_env(**{RUN_MARKER: uuid.uuid4().hex}),
-                            capture_output=True, text=True, timeout=1500)
+        ok = subprocess.run(
+            command(proxy.url, "2026-11-24", 8),
+            cwd=REPO,
+            env=job_env(**{RUN_MARKER: uuid.uuid4().hex}),
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-5000:]
     assert proxy.counts["errors"] > 3 and proxy.counts["drops"] > 0
-    check_exactly_once(read_published(f"s3://{s3_bucket}/faulty/out", "2026-11-24", s3_endpoint=s3_server), expected)
+    check_exactly_once(
+        read_published(f"s3://{s3_bucket}/faulty/out", "2026-11-24", s3_endpoint=s3_server), expected
+    )
 
     # S3 goes away for good once the first copies are written: the run fails, says why, publishes nothing.
     attempt = "faulty/out/runs/date=2026-11-25/campaign=all/attempt=0001/"
@@ -192,8 +276,14 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(s3_se
         # Two tries a request: an outage for good is found out soon (retrying is what the run above proves).
         job = _start(command(proxy.url, "2026-11-25", 2), marker, log)
         try:
-            _wait_for(lambda: s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=attempt + "copies/").get("KeyCount"),
-                      900, job, log)
+            _wait_for(
+                lambda: s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=attempt + "copies/").get(
+                    "KeyCount"
+                ),
+                900,
+                job,
+                log,
+            )
             proxy.outage = True
             rc = job.wait(timeout=900)
         finally:
