@@ -249,14 +249,14 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
     """
     checked = check_schema(loc, contract)
     attempts = loc.s3.max_attempts if loc.s3 else 1
-    tables, sources, rows = [], [], []
+    tables, shown_files = [], []
     for path in checked.files:
         present = [c for c in contract.columns if c in checked.names[path]]
-        table = retry_io(pq.read_table, path, filesystem=loc.fs, columns=present, attempts=attempts)
-        tables.append(table)
-        sources.extend([_display(loc, path)] * table.num_rows)
-        rows.extend(range(table.num_rows))
-    report = TableReport(contract.name, rows_read=sum(t.num_rows for t in tables))
+        tables.append(retry_io(pq.read_table, path, filesystem=loc.fs, columns=present, attempts=attempts))
+        shown_files.append(_display(loc, path))
+    # Where each file's rows start in the concatenation: a rejected row's file and row, from its position.
+    starts = np.cumsum([0] + [t.num_rows for t in tables])
+    report = TableReport(contract.name, rows_read=int(starts[-1]))
     keys = pa.chunked_array(
         [
             t[key].cast(pa.binary()) if key in t.column_names else pa.nulls(t.num_rows, pa.binary())
@@ -265,20 +265,33 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
         pa.binary(),
     )
     reasons = malformed_reasons(keys, key)
-    seen: set = set()
-    for i, value in enumerate(keys.to_pylist()):
-        if reasons[i] is None:
-            if value in seen:
-                reasons[i] = f"duplicate_{key}"
-            seen.add(value)
-    keep = [i for i, r in enumerate(reasons) if r is None]
-    for i, r in enumerate(reasons):
-        if r is not None:
-            report.problems[r] = report.problems.get(r, 0) + 1
-            shown = keys[i].as_py()
-            report.rejects.append(
-                {key: _shown_key(shown), "reason": r, "source": sources[i], "source_row": rows[i]}
-            )
+    # Columnar from here: at 1M users per-row Python lists and a set of every
+    # key cost the driver more than the table itself (benchmarks/driver_users.py).
+    well_formed = np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
+    first = np.zeros(len(reasons), dtype=bool)
+    at = np.flatnonzero(well_formed)
+    if len(at):
+        firsts = (
+            pa.table({"k": keys.take(pa.array(at)), "i": pa.array(at)})
+            .group_by("k", use_threads=False)
+            .aggregate([("i", "min")])["i_min"]
+        )
+        first[firsts.to_numpy()] = True
+    for i in np.flatnonzero(well_formed & ~first):
+        reasons[i] = f"duplicate_{key}"
+    keep = well_formed & first
+    for i in np.flatnonzero(~keep):
+        r = reasons[i]
+        report.problems[r] = report.problems.get(r, 0) + 1
+        f = int(np.searchsorted(starts, i, side="right")) - 1
+        report.rejects.append(
+            {
+                key: _shown_key(keys[int(i)].as_py()),
+                "reason": r,
+                "source": shown_files[f],
+                "source_row": int(i - starts[f]),
+            }
+        )
     table = _conform(
         pa.concat_tables([_conform_raw(t, contract) for t in tables], promote_options="permissive")
         if len(tables) > 1
@@ -286,7 +299,8 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
         contract,
         report,
     )
-    table = table.take(pa.array(keep, pa.int64()))
+    if not keep.all():  # a copy of the whole table only when there is something to drop
+        table = table.filter(pa.array(keep))
     report.rows_kept = table.num_rows
     for problem, count in report.problems.items():
         logger.warning("%s: %d row(s) dropped: %s", contract.name, count, problem)

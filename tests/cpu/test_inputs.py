@@ -119,3 +119,26 @@ def test_attributes_of_the_wrong_kind_are_named(tmp_path, sample_dir):
         InputError, match=r"column 'attributes' must be a map, struct or JSON string, found int64"
     ):
         check_schema(resolve(str(tmp_path / "products.parquet")), PRODUCTS)
+
+
+def test_a_rejected_lookup_row_names_its_own_file_and_row_across_files(tmp_path):
+    """Users in two files: a key repeated in the second file, and a null one,
+    are reported with that file and their row in it; the first file's row wins."""
+    folder = tmp_path / "users"
+    folder.mkdir()
+
+    def users(ids):
+        n = len(ids)
+        return pa.table({"user_id": ids, "locale": ["en-US"] * n, "interests": [["tea"]] * n})
+
+    pq.write_table(users(["u1", "u2", "u3"]), folder / "part-0.parquet")
+    pq.write_table(users(["u4", "u2", None, "u5"]), folder / "part-1.parquet")
+    out, report = read_lookup_table(resolve(str(folder)), USERS, C.USER_ID)
+    assert out[C.USER_ID].to_pylist() == ["u1", "u2", "u3", "u4", "u5"]
+    assert report.rows_read == 7 and report.rows_kept == 5
+    assert [
+        (r[C.USER_ID], r["reason"], r["source"].rsplit("/", 1)[-1], r["source_row"]) for r in report.rejects
+    ] == [
+        ("u2", "duplicate_user_id", "part-1.parquet", 1),
+        (None, "null_user_id", "part-1.parquet", 2),
+    ]
