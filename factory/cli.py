@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--templates", help="Folder of prompt templates (default: the packaged ones).")
     run.add_argument("--rows-per-file", dest="rows_per_file", type=int,
                      help="Rows per output file, the resume unit (default 50000).")
+    run.add_argument("--feedback", help="The feedback table (jobs/ingest_feedback.py's --output, local or s3://): "
+                     "a campaign's experiment allocates its arms from it.")
     run.add_argument("--force", action="store_true", default=None,
                      help="Run again as a new attempt even if this run date and campaign are published.")
     run.add_argument("--dedup", dest="dedup_prompts", action=argparse.BooleanOptionalAction, default=None,

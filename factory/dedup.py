@@ -49,8 +49,11 @@ class PromptKeys:
     once per set of template fields and kept, so staging a run in buckets
     pays for them once."""
 
-    def __init__(self, users: pa.Table, templates: Mapping[str, PromptTemplate]):
+    def __init__(self, users: pa.Table, templates: Mapping[str, PromptTemplate],
+                 arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None):
+        # arm_templates: per experiment arm, its templates (a row with an arm is rendered from them).
         self._users, self._templates = users, templates
+        self._arm_templates = arm_templates or {}
         self._signatures: dict[frozenset, pa.Array] = {}
 
     def _signature(self, fields: frozenset) -> pa.Array:
@@ -64,17 +67,24 @@ class PromptKeys:
         channel = rows[C.CHANNEL]
         signature = pa.nulls(n, pa.string())
         version = pa.nulls(n, pa.string())
+        arm = rows[C.ARM] if C.ARM in rows.column_names else pa.nulls(n, pa.string())
         for name in pc.unique(channel).drop_null().to_pylist():
-            template = self._templates[name]  # a staged row's channel always has one
-            here = pc.equal(channel, name)
-            signature = pc.if_else(here, pc.take(self._signature(template.fields), user_index), signature)
-            version = pc.if_else(here, template.version, version)
+            on_channel = pc.equal(channel, name)
+            for arm_name in pc.unique(arm).to_pylist():
+                # A staged row's channel always has a template; an arm's own, if it has one.
+                template = self._arm_templates.get(arm_name, self._templates)[name]
+                here = pc.and_(on_channel, pc.is_null(arm) if arm_name is None else pc.equal(arm, arm_name))
+                here = pc.fill_null(here, False)
+                signature = pc.if_else(here, pc.take(self._signature(template.fields), user_index), signature)
+                version = pc.if_else(here, template.version, version)
         # A user missing from the table (not staged, but keep keys total) is its own key.
         absent = pc.binary_join_element_wise("", pc.fill_null(rows[C.USER_ID], ""), "\x00")
         null = pa.scalar("\x00", pa.string())
         parts = [pc.fill_null(rows[C.CAMPAIGN_ID].cast(pa.string()), null), pc.fill_null(version, null),
                  pc.fill_null(rows[C.VARIANT].cast(pa.string()), null),
                  pc.fill_null(rows[C.PRODUCT_ID].cast(pa.string()), null), pc.coalesce(signature, absent)]
+        if C.ARM in rows.column_names:  # two arms never share a copy, even with equal prompts (sampling arms)
+            parts.append(pc.fill_null(arm, null))
         return _one_array(pc.binary_join_element_wise(*parts, "\x1f"))
 
 

@@ -1,0 +1,185 @@
+"""A campaign's experiment through the nightly job, end to end: real Ray, moto's
+S3 over HTTP, the instant stand-in engine, the real feedback ingest.
+
+Night 1 assigns every user to an arm or the holdout (recomputed here from the
+hash and the manifest's layout), writes no copy for holdout users and lists
+them in the holdout file; a --force rerun assigns identically. Delivery
+events favouring one arm go through jobs/ingest_feedback.py, and night 2
+moves traffic toward that arm (the other keeps its floor), records why, and
+the report has the Experiments section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import jobs.nightly_copy as nightly_job
+from factory import columns as C
+from factory.experiments.assign import HOLDOUT, Assigner, Layout
+from factory.pipeline import passes
+from factory.reader import read_published
+from jobs import ingest_feedback
+from tests.owed import CHANNELS, owed_pairs, upload_inputs
+
+NIGHT1, NIGHT2 = "2026-12-01", "2026-12-02"
+CAMPAIGN = """\
+campaign_id: spring
+channels: [push, sms]
+brand_voice: calm
+experiment:
+  experiment_id: voice_1
+  holdout: 0.3
+  floor: 0.1
+  arms:
+    - name: cosy
+      brand_voice: warm and cosy
+    - name: crisp
+      brand_voice: short and crisp
+      sampling: {temperature: 0.7}
+"""
+
+
+@pytest.fixture
+def stand_in_model(tmp_path) -> str:
+    folder = tmp_path / "stand-in-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").touch()
+    return str(folder)
+
+
+def _manifest(s3_client, bucket: str, run_date: str, attempt: int) -> dict:
+    key = f"out/runs/date={run_date}/campaign=spring/attempt={attempt:04d}/manifest.json"
+    return json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _assigner(manifest: dict) -> Assigner:
+    alloc = manifest["experiment"]["allocation"]
+    return Assigner(alloc["experiment_id"], alloc["holdout"], Layout.from_json(alloc["layout"]))
+
+
+def _arms_by_row(rows: pa.Table) -> dict[tuple, str]:
+    return {k[:4]: k[4] for k in zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL,
+                                                                      C.VARIANT, C.ARM)))}
+
+
+def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_client, s3_bucket, sample_dir, tmp_path,
+                                                            stand_in_model, monkeypatch):
+    from benchmarks.cpu_side import echo_generate_stage
+
+    pairs, expected = owed_pairs(sample_dir, 40)
+    pairs = pairs.set_column(pairs.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID,
+                             pa.array(["spring"] * pairs.num_rows, pa.string()))
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "spring.yaml").write_text(CAMPAIGN)
+    echo = echo_generate_stage(reject_share=0.0)
+    sampling_seen = []
+
+    def build(*args, **kwargs):  # the instant engine; what the run asked of it is kept
+        sampling_seen.append(kwargs.get("arm_sampling"))
+        return echo(*args, **kwargs)
+
+    monkeypatch.setattr(passes, "build_generate_stage", build)
+    out, feedback = f"s3://{s3_bucket}/out", f"s3://{s3_bucket}/feedback"
+
+    def night(run_date: str, *extra: str) -> int:
+        return nightly_job.main(["--campaigns-dir", str(folder), "--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
+                                 "--users", f"s3://{s3_bucket}/in/users.parquet",
+                                 "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out,
+                                 "--s3-endpoint", s3_server, "--run-date", run_date, "--model", stand_in_model,
+                                 "--feedback", feedback, *extra])
+
+    # Night 1: no feedback table yet, so the declared (equal) shares.
+    assert night(NIGHT1) == 0
+    manifest = _manifest(s3_client, s3_bucket, NIGHT1, 1)
+    record = manifest["experiment"]
+    assert record["experiment_id"] == "voice_1" and record["allocation_source"] == "computed"
+    assert record["allocation"]["method"] == "declared" and record["allocation"]["feedback"] is None
+    assert set(record["declaration"]["arms"]) == {"cosy", "crisp"}
+    assign = _assigner(manifest)
+    rows = read_published(out, NIGHT1, "spring", s3_endpoint=s3_server)
+    held = read_published(out, NIGHT1, "spring", kind="holdout", s3_endpoint=s3_server)
+    arm_of = {u: assign.arm_of(u) for u in {u for u, *_ in expected}}
+    holdout_users = {u for u, a in arm_of.items() if a == HOLDOUT}
+    assert holdout_users and {"cosy", "crisp"} <= set(arm_of.values())
+    # Every copy carries its user's arm, recomputed from the hash; no user is in two arms.
+    assert set(rows[C.EXPERIMENT_ID].to_pylist()) == {"voice_1"}
+    assert all(arm_of[u] == a for u, a in zip(rows[C.USER_ID].to_pylist(), rows[C.ARM].to_pylist()))
+    by_user: dict[str, set] = {}
+    for u, a in zip(rows[C.USER_ID].to_pylist(), rows[C.ARM].to_pylist()):
+        by_user.setdefault(u, set()).add(a)
+    assert all(len(a) == 1 for a in by_user.values())
+    # Holdout users got no copy; each of their owed rows is in the holdout file, once.
+    copies = sorted(zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
+    assert copies == sorted(k for k in expected if k[0] not in holdout_users)
+    listed = sorted(zip(*(held[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL))))
+    assert listed == sorted(k[:3] for k in expected if k[0] in holdout_users)
+    assert set(held[C.ARM].to_pylist()) == {HOLDOUT} and not set(held[C.ROW_ID].to_pylist()) & set(
+        rows[C.ROW_ID].to_pylist())
+    assert manifest["rows"]["holdout"] == held.num_rows == sum(f["rows"] for f in manifest["files"]["holdout"])
+    assert manifest["rows"]["copies"] == rows.num_rows
+    # Each arm wrote with its own voice (its own template versions); the crisp arm's sampling reached the engine.
+    versions = {}
+    for a, v in zip(rows[C.ARM].to_pylist(), rows[C.TEMPLATE_VERSION].to_pylist()):
+        versions.setdefault(a, set()).add(v)
+    assert not versions["cosy"] & versions["crisp"]
+    assert {"crisp": {"temperature": 0.7}} in sampling_seen
+    first = _arms_by_row(rows)
+
+    # A --force rerun of night 1 replays the published allocation: every user in the same arm.
+    assert night(NIGHT1, "--force") == 0
+    rerun = _manifest(s3_client, s3_bucket, NIGHT1, 2)
+    assert rerun["experiment"]["allocation_source"] == "published"
+    assert rerun["experiment"]["allocation"] == record["allocation"]
+    assert _arms_by_row(read_published(out, NIGHT1, "spring", s3_endpoint=s3_server)) == first
+    rows = read_published(out, NIGHT1, "spring", s3_endpoint=s3_server)
+    held = read_published(out, NIGHT1, "spring", kind="holdout", s3_endpoint=s3_server)
+
+    # Delivery events: every copy and holdout row impressed, every cosy copy clicked, no crisp one.
+    ts = dt.datetime(2026, 12, 1, 18, tzinfo=dt.timezone.utc)
+    cosy = rows.filter(pc.equal(rows[C.ARM], "cosy"))[C.ROW_ID].to_pylist()
+    ids = rows[C.ROW_ID].to_pylist() + held[C.ROW_ID].to_pylist()
+    events = pa.table({"row_id": ids + cosy, "event_type": ["impression"] * len(ids) + ["click"] * len(cosy),
+                       "ts": pa.array([ts] * (len(ids) + len(cosy)), pa.timestamp("us", tz="UTC"))})
+    buf = io.BytesIO()
+    pq.write_table(events, buf)
+    s3_client.put_object(Bucket=s3_bucket, Key="events/part-0.parquet", Body=buf.getvalue())
+    assert ingest_feedback.main(["--events", f"s3://{s3_bucket}/events/", "--runs", out, "--output", feedback,
+                                 "--s3-endpoint", s3_server]) == 0
+
+    # Night 2: Thompson sampling over the table moves traffic to cosy; crisp keeps its floor; the holdout stays.
+    assert night(NIGHT2) == 0
+    manifest2 = _manifest(s3_client, s3_bucket, NIGHT2, 1)
+    alloc = manifest2["experiment"]["allocation"]
+    assert alloc["method"] == "thompson" and alloc["continues"] == f"{NIGHT1}_spring"
+    assert alloc["shares"]["cosy"] > record["allocation"]["shares"]["cosy"]
+    assert alloc["shares"]["crisp"] == pytest.approx(0.1, abs=0.01)
+    assert alloc["inputs"]["cosy"]["successes"] == len(cosy) and alloc["inputs"]["crisp"]["successes"] == 0
+    assert alloc["feedback"]["uri"].startswith(feedback)
+    assign2 = _assigner(manifest2)
+    assert {u for u in arm_of if assign2.arm_of(u) == HOLDOUT} == holdout_users
+    rows2 = read_published(out, NIGHT2, "spring", s3_endpoint=s3_server)
+    assert all(assign2.arm_of(u) == a for u, a in zip(rows2[C.USER_ID].to_pylist(), rows2[C.ARM].to_pylist()))
+    # The report's Experiments section: both nights' allocations, the arms' rates.
+    report_key = f"out/runs/date={NIGHT2}/campaign=spring/attempt=0001/{manifest2['report']}"
+    html = s3_client.get_object(Bucket=s3_bucket, Key=report_key)["Body"].read().decode()
+    assert "Experiments" in html and "voice_1" in html and "cosy" in html and NIGHT1 in html
+
+
+def test_an_arm_sampling_reaches_the_request():
+    from factory.stages.generate import to_request
+
+    row = {C.MESSAGES: "[]", C.MAX_TOKENS: 16, C.STOP: None, C.ARM: "crisp"}
+    sampled = to_request(dict(row), 0.3, 0.95, {"crisp": {"temperature": 0.7}})["sampling_params"]
+    assert sampled["temperature"] == 0.7 and sampled["top_p"] == 0.95
+    plain = to_request({**row, C.ARM: "cosy"}, 0.3, 0.95, {"crisp": {"temperature": 0.7}})["sampling_params"]
+    assert plain["temperature"] == 0.3
