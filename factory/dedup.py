@@ -88,9 +88,10 @@ class PromptKeys:
         return _one_array(pc.binary_join_element_wise(*parts, "\x1f"))
 
 
-def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptTemplate]) -> pa.Array:
+def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptTemplate],
+                arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None) -> pa.Array:
     """One key per row; equal keys mean equal prompts."""
-    return PromptKeys(users, templates)(rows)
+    return PromptKeys(users, templates, arm_templates)(rows)
 
 
 def _one_array(values) -> pa.Array:

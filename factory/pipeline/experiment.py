@@ -127,10 +127,12 @@ class ArmRows:
         return cls(planned.assign_args if planned else None, plan.experiment.arm_variants if planned else {},
                    config.run_id, config.run_date)
 
-    def __call__(self, rows: pa.Table, users: pa.Table, holdout: Location, prefix: str) -> tuple[pa.Table, int]:
+    def __call__(self, rows: pa.Table, users: pa.Table, holdout: Optional[Location], prefix: str = "part"
+                 ) -> tuple[pa.Table, int]:
         """``rows``: owed rows (user, product, channel, variant, the key's
-        campaign); ``users``: the bucket's users (for the locale). Returns
-        (rows owed a copy, holdout rows written)."""
+        campaign); ``users``: the bucket's users (for the locale);
+        ``holdout``: the folder of the holdout files (None: the dry run,
+        nothing written). Returns (rows owed a copy, holdout rows)."""
         from factory.experiments.assign import HOLDOUT, HoldoutRows
         from factory.pipeline.owed import CAMPAIGN
 
@@ -142,14 +144,13 @@ class ArmRows:
         rows = (rows.append_column(C.EXPERIMENT_ID, pa.array([self._assigner.experiment_id] * n, pa.string()))
                 .append_column(C.ARM, arms))
         held = rows.filter(pc.equal(rows[C.ARM], HOLDOUT))
-        written = 0
-        if held.num_rows:
+        written = int(pc.sum(pc.equal(held[C.VARIANT], 0)).as_py() or 0)  # one per pair and channel
+        if held.num_rows and holdout is not None:
             locale = users[C.LOCALE].take(pc.index_in(held[C.USER_ID], value_set=users[C.USER_ID]))
             keyed = held.set_column(held.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, held[CAMPAIGN])
             table = HoldoutRows(self._run_id, self._run_date)(keyed.append_column(C.LOCALE, locale))
             if table.num_rows:
                 write_parquet(holdout.join(f"{prefix}.parquet"), table)
-            written = table.num_rows
         keep = pc.not_equal(rows[C.ARM], HOLDOUT)
         for arm, variant in self._variants.items():  # an arm that serves one variant owes only that one
             keep = pc.and_(keep, pc.or_(pc.not_equal(rows[C.ARM], arm), pc.equal(rows[C.VARIANT], variant)))

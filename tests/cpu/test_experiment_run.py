@@ -26,7 +26,7 @@ from factory.experiments.assign import HOLDOUT, Assigner, Layout
 from factory.pipeline import passes
 from factory.reader import read_published
 from jobs import ingest_feedback
-from tests.owed import CHANNELS, owed_pairs, upload_inputs
+from tests.owed import owed_pairs, upload_inputs
 
 NIGHT1, NIGHT2 = "2026-12-01", "2026-12-02"
 CAMPAIGN = """\
