@@ -133,10 +133,13 @@ def prefix_cache_order(rows: pa.Table, users: pa.Table) -> pa.Array:
     row is done, and a batch of short ad headlines held back by one long
     blurb keeps its finished rows in flight for nothing (1,000 rows on 2
     cores: 4.6 rows/s channel first, 4.2 with channels mixed by product).
-    Campaign, user and variant make the order total and deterministic."""
+    Campaign, user and variant make the order total and deterministic. An
+    experiment arm has its own system text (its voice, its templates): arm
+    comes right after channel."""
     locale = pc.take(users[C.LOCALE], pc.index_in(rows[C.USER_ID], value_set=users[C.USER_ID]))
     keyed = rows.append_column("__locale", locale)
-    return pc.sort_indices(keyed, sort_keys=[(C.CHANNEL, "ascending"), ("__locale", "ascending"),
+    arm = [(C.ARM, "ascending")] if C.ARM in rows.column_names else []
+    return pc.sort_indices(keyed, sort_keys=[(C.CHANNEL, "ascending"), *arm, ("__locale", "ascending"),
                                              (C.PRODUCT_ID, "ascending"), (C.CAMPAIGN_ID, "ascending"),
                                              (C.USER_ID, "ascending"), (C.VARIANT, "ascending")])
 

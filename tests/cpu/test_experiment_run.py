@@ -183,3 +183,23 @@ def test_an_arm_sampling_reaches_the_request():
     assert sampled["temperature"] == 0.7 and sampled["top_p"] == 0.95
     plain = to_request({**row, C.ARM: "cosy"}, 0.3, 0.95, {"crisp": {"temperature": 0.7}})["sampling_params"]
     assert plain["temperature"] == 0.3
+
+
+def test_two_arms_never_share_a_copy_and_each_keys_its_own_template(sample_dir):
+    from factory import dedup
+    from factory.prompts import apply_campaign, load_templates
+
+    users = pq.read_table(sample_dir / "users.parquet")
+    user = users[C.USER_ID][0].as_py()
+    templates = load_templates()
+    arms = {"cosy": apply_campaign(templates, "warm and cosy", [], ["push"]), "crisp": templates}
+    rows = pa.table({C.USER_ID: [user] * 4, C.PRODUCT_ID: ["P00001"] * 4, C.CHANNEL: ["push"] * 4,
+                     C.CAMPAIGN_ID: ["spring"] * 4, C.VARIANT: pa.array([0] * 4, pa.int32()),
+                     C.ARM: ["crisp", "crisp", "sampled", "cosy"]})
+    keys = dedup.prompt_keys(rows, users, templates, arms).to_pylist()
+    assert keys[0] == keys[1]  # one arm, one prompt: generated once
+    assert keys[2] != keys[0]  # the same prompt in another arm (say, other sampling) is its own copy
+    assert arms["cosy"]["push"].version in keys[3] and templates["push"].version in keys[0]
+    # Rows without an experiment keep the keys they always had.
+    plain = rows.drop_columns([C.ARM])
+    assert dedup.prompt_keys(plain, users, templates).to_pylist()[0] == keys[0].rsplit("\x1f", 1)[0]
