@@ -82,11 +82,16 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_clien
     folder.mkdir()
     (folder / "spring.yaml").write_text(CAMPAIGN)
     echo = echo_generate_stage(reject_share=0.0)
-    sampling_seen = []
+    sampling_seen, engine_lost = [], []
+
+    def lost(ds):
+        def fail(batch):
+            raise RuntimeError("engine lost")
+        return ds.map_batches(fail, batch_format="pyarrow")
 
     def build(*args, **kwargs):  # the instant engine; what the run asked of it is kept
         sampling_seen.append(kwargs.get("arm_sampling"))
-        return echo(*args, **kwargs)
+        return lost if engine_lost else echo(*args, **kwargs)
 
     monkeypatch.setattr(passes, "build_generate_stage", build)
     out, feedback = f"s3://{s3_bucket}/out", f"s3://{s3_bucket}/feedback"
@@ -156,9 +161,21 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_clien
     assert ingest_feedback.main(["--events", f"s3://{s3_bucket}/events/", "--runs", out, "--output", feedback,
                                  "--s3-endpoint", s3_server]) == 0
 
-    # Night 2: Thompson sampling over the table moves traffic to cosy; crisp keeps its floor; the holdout stays.
+    # Night 2 dies in its first pass, after the allocation was pinned and the rows staged. The table
+    # then goes away: the resumed process keeps the pinned allocation (recomputed it would be "declared").
+    engine_lost.append(True)
+    try:  # a failure the job knows is exit 1; an unknown one raises: either way, nothing published
+        died = night(NIGHT2)
+    except Exception as exc:  # noqa: BLE001
+        died = exc
+    assert died != 0 and read_published(out, NIGHT2, "spring", s3_endpoint=s3_server) is None
+    engine_lost.clear()
+    s3_client.delete_object(Bucket=s3_bucket, Key="feedback/_summary.json")
     assert night(NIGHT2) == 0
+    # Thompson sampling over the table moved traffic to cosy; crisp keeps its floor; the holdout stays.
     manifest2 = _manifest(s3_client, s3_bucket, NIGHT2, 1)
+    assert manifest2["experiment"]["allocation_source"] == "pinned"
+    assert [h["action"] for h in manifest2["history"]] == ["new", "resume"]
     alloc = manifest2["experiment"]["allocation"]
     assert alloc["method"] == "thompson" and alloc["continues"] == f"{NIGHT1}_spring"
     assert alloc["shares"]["cosy"] > record["allocation"]["shares"]["cosy"]
