@@ -378,6 +378,9 @@ class JobConfig(_Strict):
         # Its assignment, feedback and previous nights are the campaign's.
         if self.experiment is not None and not self.campaign:
             raise ValueError("experiment: an experiment belongs to one campaign; name it (campaign, --campaign)")
+        if self.experiment is not None and self.run_label:
+            raise ValueError(f"experiment: --run-label {self.run_label} would publish the experiment's night "
+                             f"outside campaign {self.campaign}'s nights; leave the label out")
         return self
 
     def storage_options(self) -> dict[str, Any]:

@@ -220,3 +220,18 @@ def test_two_arms_never_share_a_copy_and_each_keys_its_own_template(sample_dir):
     # Rows without an experiment keep the keys they always had.
     plain = rows.drop_columns([C.ARM])
     assert dedup.prompt_keys(plain, users, templates).to_pylist()[0] == keys[0].rsplit("\x1f", 1)[0]
+
+
+def test_an_experiment_needs_its_campaign_and_no_run_label(tmp_path):
+    from factory.cli import parse_job
+    from factory.errors import UsageError
+
+    config = tmp_path / "job.yaml"
+    config.write_text("experiment:\n  experiment_id: voice_1\n  arms:\n    - {name: a, brand_voice: warm}\n"
+                      "    - {name: b, brand_voice: crisp}\n")
+    with pytest.raises(UsageError, match="an experiment belongs to one campaign"):
+        parse_job(["--config", str(config)])
+    with pytest.raises(UsageError, match="--run-label backfill_1 would publish the experiment's night outside"):
+        parse_job(["--config", str(config), "--campaign", "spring", "--run-label", "backfill_1"])
+    [job] = parse_job(["--config", str(config), "--campaign", "spring"]).configs
+    assert job.experiment.arm_names == ["a", "b"] and json.loads(job.model_dump_json())["experiment"]["arms"]
