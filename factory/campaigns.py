@@ -32,9 +32,6 @@ from factory.prompts import BRAND_VOICE, OFFERS, PromptTemplate, load_templates
 from factory.quality.policy import Offer, QualityPolicy
 
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
-# Until the nightly run assigns arms and writes holdout files (factory/experiments/night.py says how),
-# a campaign with an experiment is refused rather than run as if it had none.
-EXPERIMENTS_RUN = False
 # Keys people write for a setting that has another name here.
 _HINTS = {"tone": "brand_voice", "voice": "brand_voice", "id": "campaign_id", "name": "campaign_id",
           "enabled": "active", "start_date": "start", "end_date": "end", "languages": "locales",
@@ -250,6 +247,8 @@ class CampaignConfig(BaseModel):
                 values[name] = getattr(self, name)
         if self.offers is not None:
             values["offers"] = [o.model_dump() for o in self.offers]
+        if self.experiment is not None:
+            values["experiment"] = self.experiment.model_dump(exclude_none=True)
         engine = self.sampling.model_dump(exclude_none=True)
         if engine:
             values["engine"] = engine
@@ -375,11 +374,6 @@ def campaign_configs(file_values: dict[str, Any], flag_values: dict[str, Any], c
                              f"({', '.join(c.id for c in chosen)}); name one campaign with --campaign"])
     problems, out = [], []
     for campaign in chosen:
-        if campaign.config.experiment is not None and not EXPERIMENTS_RUN:
-            problems.append(f"{campaign.path} line {campaign.lines.get(('experiment',), '?')}: experiment: the "
-                            "nightly run does not assign arms yet (issue 22); it would write copy without arms or "
-                            "holdout. Remove the experiment block to run the campaign without it")
-            continue
         try:
             config = build_config(merge_values(file_values, campaign.config.job_values()),
                                   {k: v for k, v in flag_values.items() if k != "campaign"})

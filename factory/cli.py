@@ -19,7 +19,7 @@ NIGHTLY_FLAGS = FlagSet(
     names={"user_ids": "--only-users", "product_ids": "--only-products", "dedup_prompts": "--dedup",
            "quality.repair": "--repair"},
     # Lists of structured entries: a config or campaign file's business.
-    file_only=frozenset({"offers", "competitors"}),
+    file_only=frozenset({"offers", "competitors", "experiment"}),
     inline={"engine": None, "quality": ("repair",)},
     # Several campaigns in one invocation: one run each (parse_job). --run-date keeps
     # its own parse: its message is argparse's (tests/cpu/test_job_errors.py pins it).
@@ -28,7 +28,8 @@ NIGHTLY_FLAGS = FlagSet(
         "inputs and output": ("pairs", "users", "products", "facts", "output", "s3_endpoint", "s3_region",
                               "s3_sse", "s3_sse_kms_key_id", "s3_max_attempts"),
         "what to write": ("run_date", "campaign", "run_label", "user_ids", "product_ids", "locales",
-                          "brand_voice", "channels", "variants", "candidates", "limit", "templates", "rows_per_file",
+                          "brand_voice", "channels", "variants", "candidates", "feedback", "limit", "templates",
+                          "rows_per_file",
                           "force", "dedup_prompts"),
         "dry run: plan and estimate, no engine time": (
             "dry_run", "gpu_hour_price", "estimate_output_tokens_per_gpu_second"),

@@ -47,7 +47,7 @@ GENERATED_AT = "generated_at"
 
 # Experiments (factory/experiments): the experiment a row's user is in, and
 # the arm that wrote it (``holdout``: no copy, only in the holdout files).
-# To join OUTPUT_COLUMNS once the nightly run assigns arms.
+# Null when the run's campaign has no experiment.
 EXPERIMENT_ID = "experiment_id"
 ARM = "arm"
 
@@ -69,7 +69,7 @@ ACCEPTED, REVIEW, REJECTED = "accepted", "review", "rejected"
 STATUSES = (ACCEPTED, REVIEW, REJECTED)
 
 OUTPUT_COLUMNS = (
-    ROW_ID, RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, TEXT,
+    ROW_ID, RUN_ID, RUN_DATE, CAMPAIGN_ID, USER_ID, PRODUCT_ID, CHANNEL, LOCALE, VARIANT, EXPERIMENT_ID, ARM, TEXT,
     STATUS, REASONS, REASON_DETAILS, DRAFT, FIRST_DRAFT_REASONS, NUMERIC_FIDELITY,
     COPY_LENGTH, COPY_LENGTH_LIMIT, JUDGE_VERDICT, JUDGE_TOKENS, DEDUP_OF,
     TEMPLATE_VERSION, MODEL, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, NUM_CACHED_TOKENS, FINISH_REASON, GENERATED_AT,

@@ -274,6 +274,15 @@ class JobConfig(_Strict):
         default=1.0, gt=0.0, le=1.0,
         description="Share of the gate's accepted and review rows the judge reads, chosen by a hash of the row id "
         "(a resumed run judges the same rows).")
+    experiment: Optional[Any] = Field(
+        default=None,
+        description="The campaign's experiment (a campaign file's experiment: block; "
+        "factory/experiments/config.py): its arms, allocation and holdout. Needs a campaign. Default: none.")
+    feedback: Optional[str] = Field(
+        default=None,
+        description="The feedback table (jobs/ingest_feedback.py's --output; local folder or s3://): an "
+        "experiment's arms are allocated from it by Thompson sampling. Default: none (the declared shares); "
+        "a folder with no table yet is the same.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     quality: QualityPolicy = Field(
         default_factory=QualityPolicy,
@@ -294,6 +303,14 @@ class JobConfig(_Strict):
         if not value:
             raise ValueError("at least one channel is needed")
         return list(dict.fromkeys(value))  # de-duplicated, order kept
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: Any) -> Any:
+        # Imported here: factory.experiments.config builds on this module.
+        from factory.experiments.config import ExperimentConfig
+
+        return ExperimentConfig.model_validate(value) if value is not None else value
 
     @field_validator("campaign", "run_label")
     @classmethod
@@ -369,6 +386,16 @@ class JobConfig(_Strict):
         if given and len(given) != 3:
             missing = sorted({"pairs", "users", "products"} - set(given))
             raise ValueError(f"--pairs, --users and --products go together; missing: {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _experiment_needs_campaign(self) -> "JobConfig":
+        # Its assignment, feedback and previous nights are the campaign's.
+        if self.experiment is not None and not self.campaign:
+            raise ValueError("experiment: an experiment belongs to one campaign; name it (campaign, --campaign)")
+        if self.experiment is not None and self.run_label:
+            raise ValueError(f"experiment: --run-label {self.run_label} would publish the experiment's night "
+                             f"outside campaign {self.campaign}'s nights; leave the label out")
         return self
 
     def storage_options(self) -> dict[str, Any]:

@@ -54,7 +54,7 @@ BYTES_PER_TOKEN = 4.0
 LOCALE_EXCLUDED = "locale_not_in_campaign"
 NOTHING_OWED = "channel_not_in_run"
 _BUCKET = "__bucket"
-SAMPLE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
+SAMPLE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM)
 
 
 def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]:
@@ -63,10 +63,13 @@ def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any
     import ray
 
     from factory.cluster import check_shared_storage
+    from factory.pipeline import experiment
     from factory.pipeline.plan import prepare
     from factory.ray_session import configure_ray_data, start_or_join
 
     plan = prepare(config)  # every check that can fail does so before Ray starts
+    # An experiment's night as the run would plan it (nothing pinned): who is in which arm, who gets no copy.
+    night = experiment.night(plan, plan.run.join("_dry_run"), pin=False)
     start_or_join(dashboard=config.ray_dashboard)
     # Ray's workers read the pairs: on a cluster the path must mean the same to each (factory/cluster.py).
     check_shared_storage({"--pairs": plan.pairs.loc.uri}, config.shared_filesystem)
@@ -74,17 +77,27 @@ def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any
     # The campaign's voice and declared offers are in every system prompt (prepare), so in the token estimate too.
     templates = plan.templates
     lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
-    counts, per_channel, samples = tally(plan, lookups, sample_rows)
+    counts, per_channel, samples = tally(plan, lookups, sample_rows, experiment.ArmRows.of(plan, night))
     counter = TokenCounter(plan.model_source)
     per_channel = _token_estimates(per_channel, samples, plan, config, templates, counter)
-    return _assemble(config, plan, templates, counts, per_channel, counter, sample_rows)
+    planned = _assemble(config, plan, templates, counts, per_channel, counter, sample_rows)
+    return {**planned, "experiment": _experiment(night, counts)} if night else planned
+
+
+def _experiment(night, counts) -> dict[str, Any]:
+    alloc = night.allocation
+    return {"experiment_id": alloc["experiment_id"], "method": alloc["method"], "source": night.source,
+            "holdout": alloc["holdout"], "shares": alloc["shares"],
+            "holdout_rows": sum(c["holdout_rows"] for c in counts.values()),
+            "rows_by_arm": dict(sorted(sum((c["rows_by_arm"] for c in counts.values()), Counter()).items()))}
 
 
 # --------------------------------------------------------------------------- the tally, on Ray Data
 
-def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS) -> tuple[dict, dict, dict]:
+def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS, arms=None) -> tuple[dict, dict, dict]:
     """Counts per campaign, rows per (campaign, channel) and the token sample,
-    from one record per product bucket (see the module)."""
+    from one record per product bucket (see the module). ``arms``: an
+    experiment's arm step (staging's ArmRows): holdout rows are counted apart."""
     from factory.pipeline.plan import join_partitions
 
     config = plan.config
@@ -95,7 +108,9 @@ def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS) -> tupl
     partitions = join_partitions(n_buckets * staging.STAGE_BUCKET_PAIRS)
     records = checked.groupby(_BUCKET, num_partitions=partitions).map_groups(
         TallyBucket, fn_constructor_kwargs={"config": config, "templates": plan.templates,
-                                            "users": lookups["users"], "sample_rows": sample_rows},
+                                            "users": lookups["users"], "sample_rows": sample_rows, "arms": arms,
+                                            "arm_templates": plan.experiment.arm_templates if plan.experiment
+                                            else None},
         batch_format="pyarrow", compute=staging.stage_pool(config), num_cpus=config.cpu_stage_num_cpus)
     counts: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
     per_channel: dict[tuple[str, str], dict[str, int]] = defaultdict(Counter)
@@ -108,6 +123,8 @@ def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS) -> tupl
             mine["servable"] += c["servable"]
             mine["dead_letters"].update(c["dead_letters"])
             mine["not_generated"].update(c["not_generated"])
+            mine["holdout_rows"] += c["holdout_rows"]
+            mine["rows_by_arm"].update(c["rows_by_arm"])
         for row in got["channels"]:
             per_channel[(row["campaign"], row["channel"])].update(row["counts"])
         for row in got["sample"]:
@@ -118,7 +135,8 @@ def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS) -> tupl
 
 
 def _campaign_counts() -> dict[str, Any]:
-    return {"pairs": 0, "servable": 0, "dead_letters": Counter(), "not_generated": Counter()}
+    return {"pairs": 0, "servable": 0, "dead_letters": Counter(), "not_generated": Counter(), "holdout_rows": 0,
+            "rows_by_arm": Counter()}
 
 
 def _with_bucket(batch: pa.Table, n_buckets: int) -> pa.Table:
@@ -133,11 +151,13 @@ class TallyBucket:
     bucket's ``sample_rows`` engine rows with the smallest row ids per
     (campaign, channel)."""
 
-    def __init__(self, config: JobConfig, templates: dict[str, PromptTemplate], users, sample_rows: int):
+    def __init__(self, config: JobConfig, templates: dict[str, PromptTemplate], users, sample_rows: int,
+                 arms=None, arm_templates=None):
         import ray
 
         self._config = config
         self._templates = templates
+        self._arms, self._arm_templates = arms, arm_templates or {}
         self._sample_rows = sample_rows
         # Ray Data hands constructor arguments over as they are: a ref is fetched here, once per actor.
         self._users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
@@ -161,9 +181,14 @@ class TallyBucket:
         good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[staging.LOCALE_EXCLUDED])))
         good = good.select(list(staging.STAGED_PAIR_COLUMNS))
         users = self._users.filter(pc.is_in(self._users[C.USER_ID], value_set=pc.unique(good[C.USER_ID])))
-        keys = dedup.PromptKeys(users, self._templates) if config.dedup_prompts and good.num_rows else None
-        decided = staging.bucket_rows(good, config, users, keys)
+        keys = (dedup.PromptKeys(users, self._templates, self._arm_templates)
+                if config.dedup_prompts and good.num_rows else None)
+        decided = staging.bucket_rows(good, config, users, keys, self._arms)  # no holdout folder: counted only
         self._count_pairs(decided, campaigns)
+        if self._arms is not None and config.campaign:  # an experiment is one campaign's
+            campaigns[config.campaign]["holdout_rows"] += decided.holdout
+            campaigns[config.campaign]["rows_by_arm"].update(
+                a for a in decided.rows[C.ARM].to_pylist() if a is not None)
         channels, sample = self._count_rows(decided.rows, users)
         record = {"campaigns": campaigns, "channels": channels, "sample": sample}
         return pa.table({"tally": [json.dumps(record)]})
@@ -187,14 +212,15 @@ class TallyBucket:
         engine = pc.is_null(rows[C.DEDUP_OF]).to_pylist()
         counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
         candidates: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for i, (campaign, channel, user, sent) in enumerate(zip(
-                rows[owed.CAMPAIGN].to_pylist(), rows[C.CHANNEL].to_pylist(), rows[C.USER_ID].to_pylist(), engine)):
+        for i, (campaign, channel, user, sent, arm) in enumerate(zip(
+                rows[owed.CAMPAIGN].to_pylist(), rows[C.CHANNEL].to_pylist(), rows[C.USER_ID].to_pylist(), engine,
+                rows[C.ARM].to_pylist())):
             c = counts[(campaign, channel)]
             c["rows"] += 1
             if sent:
                 c["engine_rows"] += 1
                 c["output_tokens_max"] += (config.engine.max_tokens
-                                           or self._templates[channel].max_tokens
+                                           or self._arm_templates.get(arm, self._templates)[channel].max_tokens
                                            * tokens_per_char_factor(locale_of.get(user)))
                 candidates[(campaign, channel)].append(i)
         ids = rows[C.ROW_ID].to_pylist()
@@ -252,7 +278,8 @@ def _token_estimates(per_channel: dict[tuple[str, str], Counter], samples: dict[
     (the sample's mean, scaled up) and output tokens at the cap."""
     join = JoinProfiles(plan.users, plan.products, config.channels, list(templates), config.variants,
                         config.campaign, run_id=config.run_id)
-    render = RenderPrompts(templates, config.engine.max_tokens)
+    render = RenderPrompts(templates, config.engine.max_tokens,
+                           plan.experiment.arm_templates if plan.experiment else None)
     out = {}
     for key, c in sorted(per_channel.items()):
         engine_rows = c.get("engine_rows", 0)
@@ -270,7 +297,8 @@ def _token_estimates(per_channel: dict[tuple[str, str], Counter], samples: dict[
 
 
 _SAMPLE_SCHEMA = pa.schema([(C.ROW_ID, pa.string()), (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()),
-                            (C.CHANNEL, pa.string()), (C.CAMPAIGN_ID, pa.string()), (C.VARIANT, pa.int32())])
+                            (C.CHANNEL, pa.string()), (C.CAMPAIGN_ID, pa.string()), (C.VARIANT, pa.int32()),
+                            (C.EXPERIMENT_ID, pa.string()), (C.ARM, pa.string())])
 
 
 def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: TokenCounter,
@@ -358,4 +386,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines.append(f"  assumed: {a['output_tokens_per_gpu_second']:,.0f} output tokens/s per GPU, "
                  f"{a['gpu_hour_price_usd']:.2f} USD per GPU-hour; output tokens at the cap (upper bound)")
     lines.append(f"  prompt tokens: {a['prompt_tokens']}")
+    e = plan.get("experiment")
+    if e:
+        lines.append(f"  experiment {e['experiment_id']}: {e['method']} allocation ({e['source']}), shares "
+                     + ", ".join(f"{arm}={share:.3f}" for arm, share in e["shares"].items())
+                     + f"; holdout {e['holdout']:g}: {e['holdout_rows']:,} row(s) get no copy (not counted above)")
     return "\n".join(lines)

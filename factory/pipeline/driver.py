@@ -10,7 +10,7 @@ from factory.cluster import check_shared_storage, place_model
 from factory.config import JobConfig
 from factory.facts.extract import attach_facts
 from factory.footer import read_footers
-from factory.pipeline import finish, publishing, resume, staging
+from factory.pipeline import experiment, finish, publishing, resume, staging
 from factory.pipeline.finish import RunResult
 from factory.pipeline.passes import RunContext, candidates_folder, generation_passes, run_passes
 from factory.pipeline.plan import prepare
@@ -33,6 +33,9 @@ def run(config: JobConfig) -> RunResult:
     attempt, resumed = state.attempt, state.action == "resume"
     logger.info("%s attempt %d of run %s at %s", "Resuming" if resumed else "Starting", attempt.number,
                 config.run_id, attempt.base.uri)
+
+    # The experiment's night (check, allocate, pin) before Ray does any row work.
+    night = experiment.night(plan, attempt.base)
 
     start_or_join(dashboard=config.ray_dashboard)  # joins the cluster under `ray job submit`
     # On a cluster of many nodes a path must mean the same to every worker (factory/cluster.py).
@@ -60,7 +63,7 @@ def run(config: JobConfig) -> RunResult:
     # Pass 1 and staging (CPU only): cheap, so a resumed attempt redoes them
     # (same input, same result).
     buckets = staging.check_pairs(plan, attempt, lookups, fresh=not resumed)
-    owed = staging.stage_rows(plan, attempt, buckets, lookups["users"])
+    owed = staging.stage_rows(plan, attempt, buckets, lookups["users"], night)
     dead = read_footers(attempt.dead_letters)  # final once staged
     if sum(f.rows for f in dead):
         logger.warning("%d pair(s) sent to the dead letters at %s", sum(f.rows for f in dead),
@@ -83,12 +86,16 @@ def run(config: JobConfig) -> RunResult:
     if config.candidates > 1:  # the attempt's draws, from their files' footers (gone once published)
         result.work["candidates"] = {"per_pair_channel": config.candidates,
                                      **candidates.tally(read_footers(candidates_folder(attempt)))}
+    if night is not None:
+        result.holdout, result.experiment = experiment.holdout_files(attempt), night.manifest_record()
+        logger.info("Experiment %s: %d holdout row(s) (no copy) in %s", night.declaration["experiment_id"],
+                    result.holdout["rows"], experiment.holdout_folder(attempt).uri)
     # Engine requests this process made; reused rows cost none. The manifest's history keeps them.
     update_process(process, finished_at=publishing.now(), rows_expected=owed.rows, rows_resumed=written.rows,
                    rows_generated=first_drafts + repairs, first_drafts=first_drafts, repairs=repairs,
                    rows_reused=reused, candidates_drawn=rows.get("candidates", 0))
     summary = finish.write_summary(plan, attempt, result, device)
-    report_file = finish.write_report(plan, attempt, files, summary)
+    report_file = finish.write_report(plan, attempt, files, summary, experiment.views(plan, night))
     publishing.publish_run(plan, attempt, result, summary, device, dead, report_file)
     delete_dir_if_exists(attempt.work)
     return result

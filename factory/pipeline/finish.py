@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
@@ -50,6 +50,8 @@ class RunResult:
     rows_reused: int = 0  # by this process: rows that took an identical prompt's copy
     progress: list[dict[str, Any]] = field(default_factory=list)  # the per-minute samples
     work: dict[str, Any] = field(default_factory=dict)  # engine work done and avoided (factory.dedup)
+    holdout: dict[str, Any] = field(default_factory=lambda: {"rows": 0, "files": []})  # experiment holdout rows
+    experiment: Optional[dict[str, Any]] = None  # the manifest's experiment record (NightPlan.manifest_record)
 
 
 def check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[Footer]:
@@ -172,6 +174,8 @@ def write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str) 
         "files": result.files,
         "dead_letters": result.dead_letters,
         "dead_letters_by_reason": result.dead_letters_by_reason,
+        "holdout": result.holdout,
+        "experiment": result.experiment,
         "input_tables": [{k: v for k, v in asdict(r).items() if k != "rejects"} for r in plan.table_reports],
         "template_versions": {c: t.version for c, t in plan.templates.items() if c in config.channels},
         "model": config.model,
@@ -185,13 +189,15 @@ def write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str) 
     return summary
 
 
-def write_report(plan: Plan, attempt: Attempt, files: list[Footer], summary: dict[str, Any]) -> str | None:
+def write_report(plan: Plan, attempt: Attempt, files: list[Footer], summary: dict[str, Any],
+                 experiments: Sequence[Any] = ()) -> str | None:
     """report.html beside summary.json, from the same bounded sample of files as
-    the corpus figures. A report that cannot be written never fails a run: the
-    data is published regardless."""
+    the corpus figures (``experiments``: its Experiments section's views). A
+    report that cannot be written never fails a run: the data is published regardless."""
     try:
         copies = read_columns(corpus_sample(files), report.REPORT_COLUMNS)
-        written = report.write_report(attempt.base, summary, copies, plan.products, summary.get("progress"))
+        written = report.write_report(attempt.base, summary, copies, plan.products, summary.get("progress"),
+                                      experiments=experiments)
     except Exception as exc:  # noqa: BLE001
         logger.warning("Run report not written: %s", exc)
         return None

@@ -77,10 +77,11 @@ def run_passes(passes: Sequence[Pass], progress, num_cpus: float, rows_per_file:
 # --------------------------------------------------------------------------- the three passes
 
 # Keys every generated row carries through the engine stage.
-ROW_KEYS = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE, C.TEMPLATE_VERSION]
+ROW_KEYS = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM,
+            C.LOCALE, C.TEMPLATE_VERSION]
 # What the repair pass needs of a rejected row: its keys, its chat and why it failed.
-REPAIR_QUEUE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.LOCALE,
-                        C.TEMPLATE_VERSION, "brand", C.MESSAGES, C.MAX_TOKENS, C.STOP, C.REASONS,
+REPAIR_QUEUE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID,
+                        C.ARM, C.LOCALE, C.TEMPLATE_VERSION, "brand", C.MESSAGES, C.MAX_TOKENS, C.STOP, C.REASONS,
                         C.REASON_DETAILS, C.COPY_LENGTH_LIMIT)
 
 
@@ -107,6 +108,22 @@ class RunContext:
     def light(self) -> float:
         return self.plan.config.cpu_stage_num_cpus
 
+    @property
+    def arm_templates(self) -> dict:
+        """Per experiment arm, its templates (empty without an experiment)."""
+        return self.plan.experiment.arm_templates if self.plan.experiment else {}
+
+    @property
+    def arm_sampling(self) -> dict:
+        """Per experiment arm, its first drafts' sampling; the repair draws at the repair temperature."""
+        return self.plan.experiment.arm_sampling if self.plan.experiment else {}
+
+    @property
+    def every_template(self) -> dict:
+        """The run's templates and every arm's: the gate knows all their wording."""
+        arms = {f"{arm}/{channel}": t for arm, ts in self.arm_templates.items() for channel, t in ts.items()}
+        return {**self.plan.templates, **arms}
+
 
 def generation_passes(ctx: RunContext) -> list[Pass]:
     """The passes of one run, in order. With ``--judge`` each generation pass
@@ -118,7 +135,7 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
     repair_engine = config.engine.model_copy(update={"temperature": config.quality.repair_temperature})
     repair_queue = Sink(attempt.repair_queue, _repair_queue_rows)
     first_sinks = {C.ROUTE_COPIES: ctx.copies, C.ROUTE_REPAIR: repair_queue}
-    render = _map(RenderPrompts(ctx.plan.templates, config.engine.max_tokens), ctx)
+    render = _map(RenderPrompts(ctx.plan.templates, config.engine.max_tokens, ctx.arm_templates), ctx)
     # The chat, its stops and the brand ride along for the repair pass's prompt.
     first_keys = ROW_KEYS + [C.MESSAGES, C.STOP, "brand"]
     drawing = []
@@ -126,7 +143,7 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
         drawing = [Pass("candidates", source=lambda: _first_drafts(ctx, also=[candidates_folder(attempt)]),
                         stages=[render, _map(functools.partial(cand.draw_candidates, candidates=config.candidates,
                                                                copies=config.variants), ctx),
-                                Generate(config.engine, ctx, first_keys + [cand.CANDIDATE]),
+                                Generate(config.engine, ctx, first_keys + [cand.CANDIDATE], ctx.arm_sampling),
                                 _gate(ctx, draft=1, counted=False),  # a row is finished once chosen
                                 _map(functools.partial(cand.count_draw_tokens, counter=ctx.counter), ctx)],
                         sinks={"candidates": Sink(candidates_folder(attempt),
@@ -135,7 +152,7 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
                      route=C.ROUTE)
     else:
         first = Pass("first drafts", source=lambda: _first_drafts(ctx),
-                     stages=[render, Generate(config.engine, ctx, first_keys), _gate(ctx, draft=1)],
+                     stages=[render, Generate(config.engine, ctx, first_keys, ctx.arm_sampling), _gate(ctx, draft=1)],
                      sinks=first_sinks, route=C.ROUTE)
     generation = [
         first,
@@ -186,7 +203,7 @@ def _first_drafts(ctx: RunContext, also: Sequence = ()):
     per_block = rows_per_block(todo.rows, config.engine.replicas, concurrent_batches(config.engine))
     blocks = max(1, min(MAX_BLOCKS, -(-todo.rows // per_block)))
     ds = read(todo.files, todo.folder, ctx.light, override_num_blocks=blocks,
-              columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT])
+              columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM])
     ds = ds.map_batches(
         JoinProfiles,
         fn_constructor_kwargs=dict(
@@ -249,14 +266,17 @@ class Generate:
     owed starts no engine. ``shares_cores_with_ray`` is known before: a CPU
     engine sets the pass's pace."""
 
-    def __init__(self, engine, ctx: RunContext, passthrough: list[str]):
+    def __init__(self, engine, ctx: RunContext, passthrough: list[str], arm_sampling: Optional[dict] = None):
         self._engine, self._ctx, self._passthrough = engine, ctx, passthrough
+        self._arm_sampling = arm_sampling
         self.shares_cores_with_ray = ctx.device == "cpu"
 
     def __call__(self, ds):
         ctx = self._ctx
+        # Arm sampling only when there is some: the call stays the one the stand-in engines know.
+        extra = {"arm_sampling": self._arm_sampling} if self._arm_sampling else {}
         generate = build_generate_stage(self._engine, ctx.plan.model_source, ctx.device, self._passthrough,
-                                        ctx.light)
+                                        ctx.light, **extra)
         # A stand-in engine may say otherwise (the benchmarks' and tests' instant one).
         self.shares_cores_with_ray = getattr(generate, "shares_cores_with_ray", False)
         return generate(ds)
@@ -298,7 +318,7 @@ def _gate(ctx: RunContext, draft: int, counted: bool = True) -> Stage:
     return lambda ds: ds.map_batches(
         QualityGate,
         fn_constructor_kwargs=dict(products=ctx.lookups["products"], users=ctx.lookups["users"],
-                                   policy=plan.config.quality, templates=plan.templates, draft=draft,
+                                   policy=plan.config.quality, templates=ctx.every_template, draft=draft,
                                    counter=ctx.counter if counted else None, offers=plan.config.offers,
                                    competitors=plan.config.competitors),
         batch_format="pyarrow", compute=stage_pool(plan.config), num_cpus=ctx.light)

@@ -44,6 +44,7 @@ class Plan:
     run: Location  # runs/date=D/campaign=C: the run's attempts live here
     model_source: str
     judge_model_source: str  # the judge's model (--judge-model), else the run's
+    experiment: Any = None  # a PlannedExperiment (factory/pipeline/experiment.py) when the campaign has one
 
 
 def run_location(output: Location, config: JobConfig) -> Location:
@@ -51,12 +52,15 @@ def run_location(output: Location, config: JobConfig) -> Location:
 
 
 def prepare(config: JobConfig) -> Plan:
+    from factory.pipeline import experiment
+
     templates = load_templates(config.templates)
     unknown = [c for c in config.channels if c not in templates]
     if unknown:
         raise ConfigError(f"--channels: no template for {', '.join(unknown)} (have: {', '.join(sorted(templates))})")
     # The campaign's brand voice and declared offers go into every system
     # prompt (and so into the template versions).
+    planned_experiment = experiment.resolve(config, templates)  # each arm's templates and meaning
     templates = apply_campaign(templates, config.brand_voice, [o.text for o in config.offers], config.channels)
 
     if config.uses_sample_data:
@@ -75,6 +79,7 @@ def prepare(config: JobConfig) -> Plan:
         check_place(uri, flag, where)
     check_place(config.output, "--output", where, write=not config.dry_run)
     check_place(config.facts, "--facts", where, write=not config.dry_run)
+    check_place(config.feedback, "--feedback", where)
     check_engine_kwargs(config.engine.engine_kwargs)
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
@@ -92,6 +97,7 @@ def prepare(config: JobConfig) -> Plan:
         output=out, run=run_location(out, config),
         model_source=model_source,
         judge_model_source=model.resolve_model(config.judge_model, where) if config.judge_model else model_source,
+        experiment=planned_experiment,
     )
 
 

@@ -24,6 +24,7 @@ from factory import columns as C
 from factory import dead_letters, dedup, footer, inputs
 from factory.config import JobConfig
 from factory.fingerprint import Fingerprint
+from factory.pipeline.experiment import ArmRows, holdout_folder
 from factory.pipeline.owed import CAMPAIGN, Owed, owed_rows
 from factory.pipeline.plan import (ROWS_PER_FILE, ConfigError, Plan, input_pairs, row_group_items, scope,
                                    scope_filter, stage_pool)
@@ -233,20 +234,23 @@ def product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
 
 # --------------------------------------------------------------------------- staging
 
-def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None) -> Fingerprint:
+def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None, night=None) -> Fingerprint:
     """Turn the checked pairs into the unique rows the run owes; return their
     fingerprint (``rows`` is how many). Each bucket is staged by its own Ray
     task, anywhere in the cluster. Done from pass 1's output (keys only), so
     every process of an attempt stages the same rows. ``users`` is the users
-    table or an object ref to it."""
+    table or an object ref to it. ``night``: the experiment's NightPlan, whose
+    pinned allocation puts every row's user in an arm or the holdout."""
     import ray
 
     config = plan.config
-    for loc in (attempt.pairs, attempt.followers):
+    for loc in (attempt.pairs, attempt.followers, holdout_folder(attempt)):
         delete_dir_if_exists(loc)
     users = ray.put(plan.users) if users is None else users
+    arms = ArmRows.of(plan, night)
+    arm_templates = plan.experiment.arm_templates if night else None
     task = ray.remote(_stage_bucket_task).options(num_cpus=config.cpu_stage_num_cpus)
-    pending = [task.remote(attempt, b, config, plan.templates, users) for b in range(n_buckets)]
+    pending = [task.remote(attempt, b, config, plan.templates, users, arms, arm_templates) for b in range(n_buckets)]
     owed = reused = done = 0
     fingerprint = Fingerprint()
     while pending:
@@ -263,7 +267,8 @@ def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None) -> Fing
     return fingerprint
 
 
-def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templates, users) -> tuple[int, int, str]:
+def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templates, users, arms=None,
+                       arm_templates=None) -> tuple[int, int, str]:
     """A Ray task: stage one bucket's pairs; (rows, followers, owed fingerprint as text)."""
     folder = attempt.checked.join(bucket_name(bucket))
     names = [i.base_name for i in list_files(folder, ".parquet")]
@@ -274,8 +279,8 @@ def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templat
     # staging grow with buckets x users (1M users, a 100k-pair bucket: 44.0 s
     # against 2.7 s; benchmarks/stage_signatures.py, RESULTS section 11).
     users = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
-    keys = dedup.PromptKeys(users, templates) if config.dedup_prompts and pairs.num_rows else None
-    rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys)
+    keys = dedup.PromptKeys(users, templates, arm_templates) if config.dedup_prompts and pairs.num_rows else None
+    rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys, arms)
     return rows, followers, owes.text()
 
 
@@ -292,6 +297,7 @@ class BucketRows:
     pairs: pa.Table
     owing: Owed
     rows: pa.Table
+    holdout: int = 0  # an experiment's holdout rows (one per pair and channel): owed no copy, not in ``rows``
 
     @property
     def engine_rows(self) -> pa.Table:
@@ -302,13 +308,18 @@ class BucketRows:
         return self.rows.filter(pc.is_valid(self.rows[C.DEDUP_OF]))
 
 
-def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup.PromptKeys | None) -> BucketRows:
+def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup.PromptKeys | None,
+                arms: ArmRows | None = None, holdout: Location | None = None, prefix: str = "part") -> BucketRows:
     """Decide one bucket's rows: the staging rule, for the run (``stage_bucket``)
-    and the dry run (``factory.dry_run``) alike."""
+    and the dry run (``factory.dry_run``) alike. ``arms``: the experiment's
+    arm step; its holdout rows are written to ``holdout`` (the run) or only
+    counted (None: the dry run)."""
     if pairs.num_rows:
         pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
     owing = owed_rows(pairs, config.channels, config.variants, config.campaign)
     rows = owing.rows.select(list(STAGED_ROW_COLUMNS) + [CAMPAIGN])
+    # Each row's arm, before its prompt key and id: the holdout's rows leave here.
+    rows, held = (arms or ArmRows(None, {}, config.run_id, config.run_date))(rows, users, holdout, prefix)
     rows = rows.take(dedup.prefix_cache_order(rows, users))
     # The row ids (as JoinProfiles makes them) let a resumed process see
     # which staged rows are still owed without running the join; the prompt
@@ -320,15 +331,15 @@ def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup
     if keys is not None and rows.num_rows:
         resolved = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[CAMPAIGN])
         lead = dedup.leader_ids(rows[C.ROW_ID], pa.chunked_array([dedup.key_digests(keys(resolved))]))
-    return BucketRows(pairs=pairs, owing=owing, rows=rows.append_column(C.DEDUP_OF, lead))
+    return BucketRows(pairs=pairs, owing=owing, rows=rows.append_column(C.DEDUP_OF, lead), holdout=held)
 
 
 def stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Table, attempt: Attempt,
-                 keys: dedup.PromptKeys | None) -> tuple[int, int, Fingerprint]:
+                 keys: dedup.PromptKeys | None, arms: ArmRows | None = None) -> tuple[int, int, Fingerprint]:
     """Stage one bucket's pairs (see ``stage_rows``): write its rows to
-    generate, its followers and its duplicate pairs; return (rows, followers,
-    the fingerprint of every row it owes)."""
-    decided = bucket_rows(pairs, config, users, keys)
+    generate, its followers, its duplicate pairs and its holdout rows (owed
+    no copy); return (rows, followers, the fingerprint of every row it owes)."""
+    decided = bucket_rows(pairs, config, users, keys, arms, holdout_folder(attempt), f"part-{bucket:05d}")
     rows = decided.rows
     owed_fingerprint = Fingerprint.of(rows[C.ROW_ID].to_pylist())  # what the copies must add up to (finish)
     followers = decided.followers

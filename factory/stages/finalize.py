@@ -20,6 +20,8 @@ OUTPUT_SCHEMA = pa.schema([
     (C.CHANNEL, pa.string()),
     (C.LOCALE, pa.string()),
     (C.VARIANT, pa.int32()),
+    (C.EXPERIMENT_ID, pa.string()),
+    (C.ARM, pa.string()),
     (C.TEXT, pa.string()),
     (C.STATUS, pa.string()),
     (C.REASONS, pa.list_(pa.string())),
@@ -84,8 +86,9 @@ class FinalizeRows:
             C.GENERATED_AT: pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
         # Columns a stage may not have set: null (not a first-attempt repair,
-        # not a reused generation, no cache figure from the engine, not judged).
-        for name in (C.FIRST_DRAFT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS):
+        # not a reused generation, no cache figure from the engine, not judged, no experiment).
+        for name in (C.FIRST_DRAFT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS,
+                     C.EXPERIMENT_ID, C.ARM):
             if name not in batch.column_names:
                 columns[name] = pa.nulls(n, OUTPUT_SCHEMA.field(name).type)
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]

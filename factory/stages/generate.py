@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from factory import columns as C
 from factory.config import EngineConfig
@@ -137,9 +137,12 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
     )
 
 
-def to_request(row: dict[str, Any], temperature: float, top_p: float) -> dict[str, Any]:
+def to_request(row: dict[str, Any], temperature: float, top_p: float,
+               arm_sampling: Optional[Mapping[str, Mapping[str, float]]] = None) -> dict[str, Any]:
     row["messages"] = json.loads(row[C.MESSAGES])  # the string stays: a repair builds on it
     row["sampling_params"] = {"max_tokens": int(row[C.MAX_TOKENS]), "temperature": temperature, "top_p": top_p}
+    if arm_sampling and row.get(C.ARM) in arm_sampling:  # an experiment arm's own sampling
+        row["sampling_params"].update(arm_sampling[row[C.ARM]])
     stop = row.get(C.STOP)  # stays on the row: a repair uses the same stops
     if stop is not None and len(stop):
         row["sampling_params"]["stop"] = [str(s) for s in stop]
@@ -162,14 +165,17 @@ def from_response(row: dict[str, Any], passthrough: Sequence[str]) -> dict[str, 
 
 
 def build_generate_stage(engine: EngineConfig, model_source: str, device: str,
-                         passthrough: Sequence[str], cpu_stage_num_cpus: float):
-    """A callable ``Dataset -> Dataset`` that generates one copy per row."""
+                         passthrough: Sequence[str], cpu_stage_num_cpus: float,
+                         arm_sampling: Optional[Mapping[str, Mapping[str, float]]] = None):
+    """A callable ``Dataset -> Dataset`` that generates one copy per row
+    (``arm_sampling``: per experiment arm, temperature / top_p over the engine's)."""
     config = build_processor_config(engine, model_source, device, cpu_stage_num_cpus)
     logger.info("Engine: %s on %s, %d replica(s), engine_kwargs=%s", model_source, device,
                 engine.replicas, config.engine_kwargs)
     return build_engine_processor(
         config, device,
-        preprocess=functools.partial(to_request, temperature=engine.temperature, top_p=engine.top_p),
+        preprocess=functools.partial(to_request, temperature=engine.temperature, top_p=engine.top_p,
+                                     arm_sampling=dict(arm_sampling or {})),
         postprocess=functools.partial(from_response, passthrough=tuple(passthrough) + (C.MAX_TOKENS,)),
         cpu_stage_num_cpus=cpu_stage_num_cpus,
     )

@@ -87,6 +87,10 @@ class JoinProfiles:
             [row_id(self._run_id, c, u, p, ch, v) for c, u, p, ch, v in zip(
                 out[C.CAMPAIGN_ID].to_pylist(), out[C.USER_ID].to_pylist(), out[C.PRODUCT_ID].to_pylist(),
                 out_channels, out_variants)], pa.string())
+        # A staged row's experiment and arm (factory/pipeline/experiment.py) ride along.
+        for col in (C.EXPERIMENT_ID, C.ARM):
+            if col in batch.column_names:
+                out[col] = batch[col].take(take)
         # Dead rows carry null indexes: take() yields nulls for them.
         u = user_idx.take(take)
         p = product_idx.take(take)

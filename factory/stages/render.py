@@ -32,21 +32,26 @@ class RenderPrompts:
     profile field no template mentions never reaches the model.
     """
 
-    def __init__(self, templates: Mapping[str, PromptTemplate], max_tokens: Optional[int] = None):
-        # max_tokens, when given, overrides every channel's own cap.
+    def __init__(self, templates: Mapping[str, PromptTemplate], max_tokens: Optional[int] = None,
+                 arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None):
+        # max_tokens, when given, overrides every channel's own cap. arm_templates:
+        # per experiment arm, its templates (a row's ``arm`` picks them).
         self._templates = dict(templates)
         self._max_tokens = max_tokens
+        self._arms = {arm: dict(t) for arm, t in (arm_templates or {}).items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        needed = set().union(*(t.fields for t in self._templates.values())) - {"language", "price"}
+        every = [*self._templates.values(), *(t for arm in self._arms.values() for t in arm.values())]
+        needed = set().union(*(t.fields for t in every)) - {"language", "price"}
         cols = {name: batch[name].to_pylist() for name in needed if name in batch.column_names}
         channels = batch[C.CHANNEL].to_pylist()
+        arms = batch[C.ARM].to_pylist() if self._arms and C.ARM in batch.column_names else [None] * len(channels)
         locales = batch[C.LOCALE].to_pylist()
         prices, currencies = batch["price"].to_pylist(), batch["currency"].to_pylist()
 
         messages, caps, versions, stops = [], [], [], []
         for i, channel in enumerate(channels):
-            template = self._templates[channel]
+            template = self._arms.get(arms[i], self._templates)[channel]
             values = {name: col[i] for name, col in cols.items()}
             values["language"] = locales[i]
             values["price"] = format_price(prices[i], currencies[i])

@@ -251,3 +251,30 @@ def test_counts_add_up_over_product_buckets_and_tokens_come_from_a_sample(sample
     assert sampled["total"]["prompt_tokens"] == pytest.approx(exact["total"]["prompt_tokens"], rel=0.10)
     assert sampled["total"]["prompt_tokens"] != exact["total"]["prompt_tokens"]  # it was a sample
     assert plan_run(config, sample_rows=5) == sampled  # the same sample on every rerun
+
+
+def test_an_experiment_plan_counts_no_copy_for_the_holdout_and_pins_nothing(sample_dir, tmp_path, no_engine, capsys):
+    from factory.experiments.assign import HOLDOUT, Assigner, Layout
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "winter_sale.yaml").write_text(
+        "campaign_id: winter_sale\nchannels: [push, sms]\nexperiment:\n  experiment_id: voice_1\n  holdout: 0.3\n"
+        "  arms:\n    - {name: cosy, brand_voice: warm and cosy}\n    - {name: crisp, brand_voice: short and crisp}\n")
+    request = parse_job(_inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(folder), "--dry-run", "--no-dedup"])
+    [plan] = [plan_run(c) for c in request.configs]
+    e = plan["experiment"]
+    assert e["method"] == "declared" and e["shares"] == {"cosy": 0.5, "crisp": 0.5} and e["source"] == "computed"
+    # By hand: the users the hash puts in the holdout owe no copy; the others' rows are the plan's rows.
+    assign = Assigner("voice_1", 0.3, Layout.contiguous({"cosy": 0.5, "crisp": 0.5}))
+    pairs = pd.read_parquet(sample_dir / "pairs.parquet")
+    pairs = pairs[pairs.campaign_id == "winter_sale"]
+    rows = {(p.user_id, p.product_id, ch) for p in pairs.itertuples()
+            for ch in ([p.channel] if isinstance(p.channel, str) else ["push", "sms"]) if ch in ("push", "sms")}
+    held = {r for r in rows if assign.arm_of(r[0]) == HOLDOUT}
+    assert 0 < len(held) < len(rows)
+    assert e["holdout_rows"] == len(held) and plan["total"]["rows"] == len(rows) - len(held)
+    assert e["rows_by_arm"] == {arm: len([r for r in rows if assign.arm_of(r[0]) == arm]) for arm in ("cosy", "crisp")}
+    assert not (tmp_path / "out").exists()  # nothing pinned, nothing written
+    assert job.main(_inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(folder), "--dry-run"]) == 0
+    assert "experiment voice_1: declared allocation" in capsys.readouterr().out

@@ -64,7 +64,10 @@ def test_an_experiment_loads_with_its_arm_definitions(tmp_path):
     assert defs["cosy"]["brand_voice"] == "warm and cosy" and defs["crisp"]["sampling"] == {"temperature": 0.7}
     assert defs["cosy"]["templates"] == {"push": TEMPLATES["push"].file_version, "sms": TEMPLATES["sms"].file_version}
     assert fingerprint(defs["cosy"]) != fingerprint(defs["crisp"])
-    assert "experiment" not in config.job_values()  # the JobConfig is untouched: the experiment rides beside it
+    # The run's JobConfig carries the experiment as declared (the nightly run plans its nights from it).
+    from factory.config import build_config
+
+    assert build_config({}, config.job_values()).experiment == exp
 
 
 def test_an_arm_with_its_own_templates_folder(tmp_path):
@@ -315,13 +318,3 @@ def test_a_night_is_planned_pinned_and_replayed(tmp_path):
     (tmp_path / "feedback" / "feedback.parquet").write_bytes(b"garbage")
     with pytest.raises(UsageError, match="cannot use the feedback table"):
         plan_night(config, dt.date(2026, 12, 3), out, out.join("a5"), feedback)
-
-
-def test_the_nightly_job_refuses_an_experiment_it_cannot_run_yet(tmp_path, capsys, monkeypatch):
-    import jobs.nightly_copy as job
-
-    monkeypatch.setenv("COPY_FACTORY_LOG_DIR", str(tmp_path / "logs"))
-    folder = _write(tmp_path, EXPERIMENT)
-    assert job.main(["--campaigns-dir", str(folder), "--dry-run"]) == 2
-    err = capsys.readouterr().err
-    assert f"{folder / 'spring.yaml'} line 4: experiment: the nightly run does not assign arms yet" in err
