@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from factory.errors import UsageError
 from factory.storage import Location
 
@@ -586,136 +588,102 @@ def format_table(summary: dict[str, Any]) -> str:
     )
 
 
-# --------------------------------------------------------------------------- command line
+# --------------------------------------------------------------------------- the job's settings
 
 
-def build_parser():
-    from factory.errors import JobParser
+class BackfillJobConfig(BaseModel):
+    """The backfill's own settings (jobs/backfill_campaign.py makes each a flag); every
+    other argument goes to the nightly job unchanged."""
 
-    p = JobParser(
-        prog="backfill_campaign",
-        allow_abbrev=False,
-        description="Regenerate a campaign for past dates: one nightly_copy.py run per date (its own process, "
-        "its own run id), skipping dates already published. Idempotent: rerun the same command and failed dates "
-        "resume. Every other flag (after '--' or not known here) goes to the nightly job unchanged, e.g. "
-        "-- --output s3://bucket/nightly --pairs ... --channels push,sms.",
-        epilog="Exit status: 0 every date published or skipped; 1 a date failed (the table says which; rerun "
-        "to resume); 2 bad arguments, found before any date runs; 130 stopped by Ctrl-C/SIGTERM.",
+    model_config = ConfigDict(extra="forbid")
+
+    start: Optional[str] = Field(default=None, description="First date, YYYY-MM-DD (inclusive).")
+    end: Optional[str] = Field(default=None, description="Last date, YYYY-MM-DD (inclusive).")
+    dates: Optional[str] = Field(default=None, description="Comma list of dates instead of --start/--end.")
+    max_dates: int = Field(
+        default=DEFAULT_MAX_DATES, description=f"Refuse more dates than this (default {DEFAULT_MAX_DATES})."
     )
-    when = p.add_argument_group("dates")
-    when.add_argument("--start", help="First date, YYYY-MM-DD (inclusive).")
-    when.add_argument("--end", help="Last date, YYYY-MM-DD (inclusive).")
-    when.add_argument("--dates", help="Comma list of dates instead of --start/--end.")
-    when.add_argument(
-        "--max-dates",
-        type=int,
-        default=DEFAULT_MAX_DATES,
-        help=f"Refuse more dates than this (default {DEFAULT_MAX_DATES}).",
+    allow_future: bool = Field(default=False, description="Allow dates after today.")
+    campaign: Optional[str] = Field(
+        default=None, description="The campaign (default: every pair, run labelled 'all')."
     )
-    when.add_argument("--allow-future", action="store_true", help="Allow dates after today.")
-    what = p.add_argument_group("what to regenerate")
-    what.add_argument("--campaign", help="The campaign (default: every pair, run labelled 'all').")
-    what.add_argument("--only-users", help="Only these users: comma list or @file (one id per line).")
-    what.add_argument("--only-products", help="Only these products: comma list or @file (one id per line).")
-    what.add_argument(
-        "--run-label",
-        help="Name of the runs instead of the campaign. Default with --only-users/"
+    only_users: Optional[str] = Field(
+        default=None, description="Only these users: comma list or @file (one id per line)."
+    )
+    only_products: Optional[str] = Field(
+        default=None, description="Only these products: comma list or @file (one id per line)."
+    )
+    run_label: Optional[str] = Field(
+        default=None,
+        description="Name of the runs instead of the campaign. Default with --only-users/"
         "--only-products: <campaign>.subset-<8 hex of the ids' sha256>, so a subset never lands on "
         "the nightly run of a date.",
     )
-    what.add_argument(
-        "--force",
-        action="store_true",
-        help="Regenerate published dates too, each as a new attempt (passed to every date).",
+    force: bool = Field(
+        default=False,
+        description="Regenerate published dates too, each as a new attempt (passed to every date).",
     )
-    how = p.add_argument_group("how")
-    how.add_argument(
-        "--concurrency",
-        type=int,
+    concurrency: int = Field(
         default=1,
-        help="Dates run at the same time (default 1). On one machine each run starts its own local "
+        description="Dates run at the same time (default 1). On one machine each run starts its own local "
         "Ray and engine, so more than one needs the memory and cores for that; on a Ray cluster set "
         "RAY_ADDRESS and every run attaches to the same cluster, sharing its engines' capacity.",
     )
-    how.add_argument("--summary-json", help="Also write the summary as JSON to this local file.")
-    how.add_argument(
-        "--grace-seconds",
-        type=float,
+    summary_json: Optional[str] = Field(
+        default=None, description="Also write the summary as JSON to this local file."
+    )
+    grace_seconds: float = Field(
         default=DEFAULT_GRACE_SECONDS,
-        help="After Ctrl-C/SIGTERM, how long running dates get to stop before they are killed "
+        description="After Ctrl-C/SIGTERM, how long running dates get to stop before they are killed "
         f"(default {DEFAULT_GRACE_SECONDS:.0f}).",
     )
-    return p
 
 
-def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(backfill's own arguments, arguments after a bare '--')."""
-    argv = list(argv)
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1 :]
-    return argv, []
+# --------------------------------------------------------------------------- the library call
 
 
-def _refuse_unknown_flags(parser, unknown: Sequence[str]) -> None:
-    """Flags before ``--`` that neither the backfill nor the nightly job knows: a typo, said now."""
-    from factory.cli import build_parser as nightly_parser
-
-    nightly = {s for a in nightly_parser()._actions for s in a.option_strings}
-    typos = [w for w in parser.unknown_flags([w for w in unknown if w.split("=")[0] not in nightly])]
-    if typos:
-        raise PlanError(
-            f"unknown argument(s): {', '.join(typos)} (neither the backfill nor the nightly job has it)"
-        )
-
-
-def main(
-    argv: Optional[Sequence[str]] = None,
+def run(
+    config: BackfillJobConfig,
+    passthrough: Sequence[str] = (),
     *,
     job_command: Optional[Sequence[str]] = None,
     today: Optional[dt.date] = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    own, after = split_argv(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(own)
-    try:
-        _refuse_unknown_flags(parser, unknown)
-        dates = plan_dates(
-            args.start,
-            args.end,
-            args.dates,
-            today=today or dt.date.today(),
-            max_dates=args.max_dates,
-            allow_future=args.allow_future,
-        )
-        backfill = build_backfill(
-            dates,
-            campaign=args.campaign,
-            run_label=args.run_label,
-            only_users=args.only_users,
-            only_products=args.only_products,
-            force=args.force,
-            passthrough=[*unknown, *after],
-        )
-        # Every date's arguments through the nightly job's own checks, before any date runs.
-        targets = {d: backfill.target(d) for d in dates}
-        executor = Executor(
-            backfill,
-            job_command,
-            concurrency=args.concurrency,
-            out=out,
-            grace_seconds=args.grace_seconds,
-            targets=targets,
-        )
-    except PlanError as exc:
-        from factory.errors import report
-
-        return report(exc)
+    """Run every date of the backfill ``config`` asks for; ``passthrough`` goes to each
+    date's nightly job. Returns the exit status (0, 1 or 130); raises PlanError (exit 2)
+    before any date starts."""
+    dates = plan_dates(
+        config.start,
+        config.end,
+        config.dates,
+        today=today or dt.date.today(),
+        max_dates=config.max_dates,
+        allow_future=config.allow_future,
+    )
+    backfill = build_backfill(
+        dates,
+        campaign=config.campaign,
+        run_label=config.run_label,
+        only_users=config.only_users,
+        only_products=config.only_products,
+        force=config.force,
+        passthrough=passthrough,
+    )
+    # Every date's arguments through the nightly job's own checks, before any date runs.
+    targets = {d: backfill.target(d) for d in dates}
+    executor = Executor(
+        backfill,
+        job_command,
+        concurrency=config.concurrency,
+        out=out,
+        grace_seconds=config.grace_seconds,
+        targets=targets,
+    )
     first = targets[dates[0]]
     executor.say(
         f"[backfill] {len(dates)} date(s) {dates[0]}..{dates[-1]} of run label {backfill.label} "
-        f"under {first.run.uri.rsplit('/runs/', 1)[0]}, concurrency {args.concurrency}"
+        f"under {first.run.uri.rsplit('/runs/', 1)[0]}, concurrency {config.concurrency}"
         + (", --force" if backfill.force else "")
     )
 
@@ -737,12 +705,12 @@ def main(
         results,
         started_at=started_at,
         seconds=time.monotonic() - t0,
-        concurrency=args.concurrency,
+        concurrency=config.concurrency,
         stopped=executor.stopped,
     )
     executor.say("\n" + format_table(summary))
-    if args.summary_json:
-        path = Path(args.summary_json)
+    if config.summary_json:
+        path = Path(config.summary_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(executor.redact(json.dumps(summary, indent=2)) + "\n")
         executor.say(f"[backfill] summary written to {path}")

@@ -187,11 +187,17 @@ def nest(values: dict[str, Any]) -> dict[str, Any]:
 def parse_settings(flags: FlagSet, parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Any:
     """A job's flags as its validated settings model. A value the model refuses
     raises UsageError naming the flag the user gave (exit 2, factory/errors.py)."""
+    return settings_from(flags, parser, parser.parse_args(argv))
+
+
+def settings_from(flags: FlagSet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """Parsed flags as the validated settings model; for a job that passes the flags
+    it does not know on (``parse_known_args``), as the backfill does."""
     from pydantic import ValidationError
 
     from factory.errors import UsageError, flag_names, settings_lines
 
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    given = {k: v for k, v in vars(args).items() if v is not None}
     try:
         return flags.model.model_validate(nest(given))
     except ValidationError as exc:

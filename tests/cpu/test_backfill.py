@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import jobs.backfill_campaign as backfill_job
 from factory import backfill as B
 from factory.config import check_name
 from factory.publish import Attempt, publish
@@ -121,7 +122,7 @@ def _unfinished(output: str, day: str, label: str, attempt: int, s3_endpoint=Non
 
 def _run(argv, job):
     out = io.StringIO()
-    code = B.main(argv, job_command=job, today=TODAY, out=out)
+    code = backfill_job.main(argv, job_command=job, today=TODAY, out=out)
     return code, out.getvalue()
 
 
@@ -272,6 +273,20 @@ def test_a_subset_gets_a_deterministic_label_of_its_own(tmp_path):
     # A long campaign name still gives a label the job accepts.
     long = B.build_backfill([dt.date(2026, 11, 20)], campaign="c" * 64, only_users="U1").run_label
     assert len(long) == 64 and check_name(long) == long
+
+
+def test_the_flags_are_the_config_fields_and_the_rest_pass_through_unless_a_typo():
+    parser = backfill_job.build_parser()
+    assert {a.dest for a in parser._actions} - {"help"} == set(B.BackfillJobConfig.model_fields)
+    config, passthrough = backfill_job.parse_config(
+        ["--dates", D1, "--force", "--concurrency", "2", "--channels", "push", "--", "--output", "o"]
+    )
+    assert (config.dates, config.force, config.concurrency, config.max_dates) == (D1, True, 2, 366)
+    assert passthrough == ["--channels", "push", "--output", "o"]  # known to the nightly job only
+    with pytest.raises(B.PlanError, match=r"--forse \(did you mean --force\?\) \(neither the backfill"):
+        backfill_job.parse_config(["--dates", D1, "--forse"])
+    with pytest.raises(B.PlanError, match="--conc "):  # allow_abbrev=False: no prefix is taken for a flag
+        backfill_job.parse_config(["--dates", D1, "--conc", "2"])
 
 
 @pytest.mark.parametrize("flag", ["--campaign", "--run-label", "--only-users", "--force"])
@@ -586,7 +601,7 @@ def test_sigterm_stops_launching_and_terminates_the_running_date(fake_job, tmp_p
     behave({d: {"rows": 1, "sleep": 120} for d in (D1, D2, D3)})
     summary_path = tmp_path / "summary.json"
     code = (
-        "import sys, datetime; from factory.backfill import main; "
+        "import sys, datetime; from jobs.backfill_campaign import main; "
         f"sys.exit(main(sys.argv[1:], job_command={job!r}, today=datetime.date(2026, 11, 25)))"
     )
     proc = subprocess.Popen(

@@ -16,15 +16,15 @@ import sys
 import pytest
 import ray
 
+import jobs.backfill_campaign as backfill_job
 import jobs.build_profiles as build_profiles_job
 import jobs.extract_facts as extract_facts_job
 import jobs.ingest_feedback as ingest_feedback_job
 import jobs.nightly_copy as nightly_job
-from factory import backfill
 from tests.conftest import REPO, job_env
 
 JOBS = {"nightly_copy": nightly_job.main, "build_profiles": build_profiles_job.main,
-        "extract_facts": extract_facts_job.main, "backfill_campaign": backfill.main,
+        "extract_facts": extract_facts_job.main, "backfill_campaign": backfill_job.main,
         "ingest_feedback": ingest_feedback_job.main}
 
 
