@@ -16,8 +16,12 @@ from factory.flags import FlagSet, date
 # How JobConfig's settings show as flags; every other field is a flag named after it.
 NIGHTLY_FLAGS = FlagSet(
     model=JobConfig,
-    names={"user_ids": "--only-users", "product_ids": "--only-products", "dedup_prompts": "--dedup",
-           "quality.repair": "--repair"},
+    names={
+        "user_ids": "--only-users",
+        "product_ids": "--only-products",
+        "dedup_prompts": "--dedup",
+        "quality.repair": "--repair",
+    },
     # Lists of structured entries: a config or campaign file's business.
     file_only=frozenset({"offers", "competitors", "experiment"}),
     inline={"engine": None, "quality": ("repair",)},
@@ -25,16 +29,47 @@ NIGHTLY_FLAGS = FlagSet(
     # its own parse: its message is argparse's (tests/cpu/test_job_errors.py pins it).
     extra={"campaign": {"action": "append"}, "run_date": {"type": date}},
     groups={
-        "inputs and output": ("pairs", "users", "products", "facts", "output", "s3_endpoint", "s3_region",
-                              "s3_sse", "s3_sse_kms_key_id", "s3_max_attempts"),
-        "what to write": ("run_date", "campaign", "run_label", "user_ids", "product_ids", "locales",
-                          "brand_voice", "channels", "variants", "candidates", "feedback", "limit", "templates",
-                          "rows_per_file",
-                          "force", "dedup_prompts"),
+        "inputs and output": (
+            "pairs",
+            "users",
+            "products",
+            "facts",
+            "output",
+            "s3_endpoint",
+            "s3_region",
+            "s3_sse",
+            "s3_sse_kms_key_id",
+            "s3_max_attempts",
+        ),
+        "what to write": (
+            "run_date",
+            "campaign",
+            "run_label",
+            "user_ids",
+            "product_ids",
+            "locales",
+            "brand_voice",
+            "channels",
+            "variants",
+            "candidates",
+            "feedback",
+            "limit",
+            "templates",
+            "rows_per_file",
+            "force",
+            "dedup_prompts",
+        ),
         "dry run: plan and estimate, no engine time": (
-            "dry_run", "gpu_hour_price", "estimate_output_tokens_per_gpu_second"),
+            "dry_run",
+            "gpu_hour_price",
+            "estimate_output_tokens_per_gpu_second",
+        ),
         "quality gate (more in the config file's quality: section)": (
-            "quality.repair", "judge", "judge_model", "judge_sample"),
+            "quality.repair",
+            "judge",
+            "judge_model",
+            "judge_sample",
+        ),
         "engine": ("model", *(f"engine.{n}" for n in EngineConfig.model_fields)),
     },
     other="running",
@@ -49,13 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         "Every setting is described in docs/settings.md.",
     )
     p.add_argument("--config", help="YAML file with any of the settings below (flags win).")
-    p.add_argument("--campaigns-dir", dest="campaigns_dir",
-                   help="Folder of campaign configs (one <campaign_id>.yaml each): runs every campaign "
-                   "active on the run date, or those named with --campaign (repeat it, or a comma list).")
+    p.add_argument(
+        "--campaigns-dir",
+        dest="campaigns_dir",
+        help="Folder of campaign configs (one <campaign_id>.yaml each): runs every campaign "
+        "active on the run date, or those named with --campaign (repeat it, or a comma list).",
+    )
     p.add_argument("--json", action="store_true", help="With --dry-run: print the plan as JSON.")
-    p.add_argument("--verbose", action="store_true",
-                   help="Show Ray's and vLLM's own log lines on the console too (the log file always has "
-                   "them).")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Show Ray's and vLLM's own log lines on the console too (the log file always has them).",
+    )
     NIGHTLY_FLAGS.add_to(p)
     return p
 
@@ -97,18 +137,22 @@ def parse_job(argv: Optional[Sequence[str]] = None) -> JobRequest:
             pairs = campaign_configs(file_values, args, campaigns_dir, names, flags=given, files=files)
             configs, paths = [c for _, c in pairs], [str(k.path) for k, _ in pairs]
         else:
-            configs = ([build_config(file_values, {**args, "campaign": n}) for n in names]
-                       or [build_config(file_values, args)])
+            configs = [build_config(file_values, {**args, "campaign": n}) for n in names] or [
+                build_config(file_values, args)
+            ]
             paths = [None] * len(configs)
     except ValidationError as exc:
         raise UsageError(*settings_lines(exc, JobConfig, given, files)) from None
     if not campaigns_dir and len(configs) > 1 and configs[0].run_label:
         from factory.campaigns import CampaignError
 
-        raise CampaignError([f"--run-label {configs[0].run_label}: one label cannot name {len(configs)} runs"])
+        raise CampaignError(
+            [f"--run-label {configs[0].run_label}: one label cannot name {len(configs)} runs"]
+        )
     dry_run = any(c.dry_run for c in configs)
-    return JobRequest(configs=configs, campaign_files=paths, dry_run=dry_run, json=bool(as_json),
-                      verbose=bool(verbose))
+    return JobRequest(
+        configs=configs, campaign_files=paths, dry_run=dry_run, json=bool(as_json), verbose=bool(verbose)
+    )
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> JobConfig:

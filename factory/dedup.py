@@ -19,7 +19,8 @@ vLLM's prefix cache serves the shared part once.
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,8 +50,12 @@ class PromptKeys:
     once per set of template fields and kept, so staging a run in buckets
     pays for them once."""
 
-    def __init__(self, users: pa.Table, templates: Mapping[str, PromptTemplate],
-                 arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None):
+    def __init__(
+        self,
+        users: pa.Table,
+        templates: Mapping[str, PromptTemplate],
+        arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None,
+    ):
         # arm_templates: per experiment arm, its templates (a row with an arm is rendered from them).
         self._users, self._templates = users, templates
         self._arm_templates = arm_templates or {}
@@ -80,16 +85,24 @@ class PromptKeys:
         # A user missing from the table (not staged, but keep keys total) is its own key.
         absent = pc.binary_join_element_wise("", pc.fill_null(rows[C.USER_ID], ""), "\x00")
         null = pa.scalar("\x00", pa.string())
-        parts = [pc.fill_null(rows[C.CAMPAIGN_ID].cast(pa.string()), null), pc.fill_null(version, null),
-                 pc.fill_null(rows[C.VARIANT].cast(pa.string()), null),
-                 pc.fill_null(rows[C.PRODUCT_ID].cast(pa.string()), null), pc.coalesce(signature, absent)]
+        parts = [
+            pc.fill_null(rows[C.CAMPAIGN_ID].cast(pa.string()), null),
+            pc.fill_null(version, null),
+            pc.fill_null(rows[C.VARIANT].cast(pa.string()), null),
+            pc.fill_null(rows[C.PRODUCT_ID].cast(pa.string()), null),
+            pc.coalesce(signature, absent),
+        ]
         if C.ARM in rows.column_names:  # two arms never share a copy, even with equal prompts (sampling arms)
             parts.append(pc.fill_null(arm, null))
         return _one_array(pc.binary_join_element_wise(*parts, "\x1f"))
 
 
-def prompt_keys(rows: pa.Table, users: pa.Table, templates: Mapping[str, PromptTemplate],
-                arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None) -> pa.Array:
+def prompt_keys(
+    rows: pa.Table,
+    users: pa.Table,
+    templates: Mapping[str, PromptTemplate],
+    arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None,
+) -> pa.Array:
     """One key per row; equal keys mean equal prompts."""
     return PromptKeys(users, templates, arm_templates)(rows)
 
@@ -101,14 +114,16 @@ def _one_array(values) -> pa.Array:
 def leaders(row_ids: list[str], keys: pa.Array) -> list[Optional[str]]:
     """For each row, the row id of the first row with the same key, or None
     when the row is that first row itself (it is generated)."""
-    return leader_ids(pa.chunked_array([pa.array(row_ids, pa.string())]),
-                      pa.chunked_array([key_digests(keys)])).to_pylist()
+    return leader_ids(
+        pa.chunked_array([pa.array(row_ids, pa.string())]), pa.chunked_array([key_digests(keys)])
+    ).to_pylist()
 
 
 def key_digests(keys: pa.Array) -> pa.Array:
     """16-byte digests of prompt keys: what the driver keeps per row."""
-    return pa.array([hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys.to_pylist()],
-                    pa.binary(16))
+    return pa.array(
+        [hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys.to_pylist()], pa.binary(16)
+    )
 
 
 def leader_ids(row_ids: pa.ChunkedArray, digests: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -139,9 +154,18 @@ def prefix_cache_order(rows: pa.Table, users: pa.Table) -> pa.Array:
     locale = pc.take(users[C.LOCALE], pc.index_in(rows[C.USER_ID], value_set=users[C.USER_ID]))
     keyed = rows.append_column("__locale", locale)
     arm = [(C.ARM, "ascending")] if C.ARM in rows.column_names else []
-    return pc.sort_indices(keyed, sort_keys=[(C.CHANNEL, "ascending"), *arm, ("__locale", "ascending"),
-                                             (C.PRODUCT_ID, "ascending"), (C.CAMPAIGN_ID, "ascending"),
-                                             (C.USER_ID, "ascending"), (C.VARIANT, "ascending")])
+    return pc.sort_indices(
+        keyed,
+        sort_keys=[
+            (C.CHANNEL, "ascending"),
+            *arm,
+            ("__locale", "ascending"),
+            (C.PRODUCT_ID, "ascending"),
+            (C.CAMPAIGN_ID, "ascending"),
+            (C.USER_ID, "ascending"),
+            (C.VARIANT, "ascending"),
+        ],
+    )
 
 
 WORK_COLUMNS = (C.ROW_ID, C.CHANNEL, C.DEDUP_OF, C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.NUM_CACHED_TOKENS)
@@ -162,13 +186,24 @@ class WorkTally:
     row carries until it is written (``C.SAVED_PROMPT_TOKENS``): the tally
     never needs the leaders' files."""
 
-    _FIELDS = ("n_gen", "n_reused", "prompt_tokens", "output_tokens", "cached", "measured_prompt",
-               "measured_rows", "saved_prompt", "saved_output")
+    _FIELDS = (
+        "n_gen",
+        "n_reused",
+        "prompt_tokens",
+        "output_tokens",
+        "cached",
+        "measured_prompt",
+        "measured_rows",
+        "saved_prompt",
+        "saved_output",
+    )
 
     def __init__(self) -> None:
         for name in self._FIELDS:
             setattr(self, name, 0)
-        self.channel_sums: dict[str, list[int]] = {}  # channel -> [prompt sum, prompt n, output sum, output n]
+        self.channel_sums: dict[
+            str, list[int]
+        ] = {}  # channel -> [prompt sum, prompt n, output sum, output n]
 
     def add(self, rows: pa.Table, carried: Optional[pa.Table] = None) -> None:
         """Count ``rows`` (as written); ``carried`` (the same rows before the
@@ -178,7 +213,10 @@ class WorkTally:
         self.n_gen += generated.num_rows
         self.n_reused += rows.num_rows - generated.num_rows
         carried = rows if carried is None else carried
-        for name, column in (("saved_prompt", C.SAVED_PROMPT_TOKENS), ("saved_output", C.SAVED_OUTPUT_TOKENS)):
+        for name, column in (
+            ("saved_prompt", C.SAVED_PROMPT_TOKENS),
+            ("saved_output", C.SAVED_OUTPUT_TOKENS),
+        ):
             if column in carried.column_names:
                 setattr(self, name, getattr(self, name) + (pc.sum(carried[column]).as_py() or 0))
         self.prompt_tokens += pc.sum(generated[C.NUM_INPUT_TOKENS]).as_py() or 0
@@ -189,15 +227,26 @@ class WorkTally:
         self.measured_prompt += pc.sum(measured[C.NUM_INPUT_TOKENS]).as_py() or 0
         if generated.num_rows:
             grouped = generated.group_by(C.CHANNEL, use_threads=False).aggregate(
-                [(C.NUM_INPUT_TOKENS, "sum"), (C.NUM_INPUT_TOKENS, "count"),
-                 (C.NUM_OUTPUT_TOKENS, "sum"), (C.NUM_OUTPUT_TOKENS, "count")])
+                [
+                    (C.NUM_INPUT_TOKENS, "sum"),
+                    (C.NUM_INPUT_TOKENS, "count"),
+                    (C.NUM_OUTPUT_TOKENS, "sum"),
+                    (C.NUM_OUTPUT_TOKENS, "count"),
+                ]
+            )
             for row in grouped.to_pylist():
                 sums = self.channel_sums.setdefault(row[C.CHANNEL], [0, 0, 0, 0])
-                for k, name in enumerate((f"{C.NUM_INPUT_TOKENS}_sum", f"{C.NUM_INPUT_TOKENS}_count",
-                                          f"{C.NUM_OUTPUT_TOKENS}_sum", f"{C.NUM_OUTPUT_TOKENS}_count")):
+                for k, name in enumerate(
+                    (
+                        f"{C.NUM_INPUT_TOKENS}_sum",
+                        f"{C.NUM_INPUT_TOKENS}_count",
+                        f"{C.NUM_OUTPUT_TOKENS}_sum",
+                        f"{C.NUM_OUTPUT_TOKENS}_count",
+                    )
+                ):
                     sums[k] += row[name] or 0
 
-    def __iadd__(self, other: "WorkTally") -> "WorkTally":
+    def __iadd__(self, other: WorkTally) -> WorkTally:
         for name in self._FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for channel, sums in other.channel_sums.items():
@@ -211,7 +260,7 @@ class WorkTally:
         return {**{name: getattr(self, name) for name in self._FIELDS}, "channel_sums": self.channel_sums}
 
     @classmethod
-    def from_state(cls, state: dict) -> "WorkTally":
+    def from_state(cls, state: dict) -> WorkTally:
         tally = cls()
         for name in cls._FIELDS:
             setattr(tally, name, state[name])
@@ -220,9 +269,13 @@ class WorkTally:
 
     def figures(self) -> dict:
         total = self.n_gen + self.n_reused
-        per_channel = {ch: {"mean_prompt_tokens": round(s[0] / s[1], 1) if s[1] else None,
-                            "mean_output_tokens": round(s[2] / s[3], 1) if s[3] else None}
-                       for ch, s in sorted(self.channel_sums.items(), key=lambda kv: str(kv[0]))}
+        per_channel = {
+            ch: {
+                "mean_prompt_tokens": round(s[0] / s[1], 1) if s[1] else None,
+                "mean_output_tokens": round(s[2] / s[3], 1) if s[3] else None,
+            }
+            for ch, s in sorted(self.channel_sums.items(), key=lambda kv: str(kv[0]))
+        }
         return {
             "rows_generated": self.n_gen,
             "rows_reused": self.n_reused,
@@ -232,7 +285,9 @@ class WorkTally:
             "tokens_saved_by_reuse": {"prompt": self.saved_prompt, "output": self.saved_output},
             # Share of prompt tokens vLLM's prefix cache served, over the rows
             # whose engine reported it (null when none did).
-            "prefix_cache_hit_rate": round(self.cached / self.measured_prompt, 4) if self.measured_prompt else None,
+            "prefix_cache_hit_rate": round(self.cached / self.measured_prompt, 4)
+            if self.measured_prompt
+            else None,
             "prefix_cache_rows_measured": self.measured_rows,
             "by_channel": per_channel,
         }

@@ -28,8 +28,9 @@ import functools
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,7 +55,16 @@ BYTES_PER_TOKEN = 4.0
 LOCALE_EXCLUDED = "locale_not_in_campaign"
 NOTHING_OWED = "channel_not_in_run"
 _BUCKET = "__bucket"
-SAMPLE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM)
+SAMPLE_COLUMNS = (
+    C.ROW_ID,
+    C.USER_ID,
+    C.PRODUCT_ID,
+    C.CHANNEL,
+    C.CAMPAIGN_ID,
+    C.VARIANT,
+    C.EXPERIMENT_ID,
+    C.ARM,
+)
 
 
 def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]:
@@ -74,7 +84,8 @@ def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any
     # Ray's workers read the pairs: on a cluster the path must mean the same to each (factory/cluster.py).
     check_shared_storage({"--pairs": plan.pairs.loc.uri}, config.shared_filesystem)
     configure_ray_data()
-    # The campaign's voice and declared offers are in every system prompt (prepare), so in the token estimate too.
+    # The campaign's voice and declared offers are in every system prompt (prepare), so in the token estimate
+    # too.
     templates = plan.templates
     lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
     counts, per_channel, samples = tally(plan, lookups, sample_rows, experiment.ArmRows.of(plan, night))
@@ -86,15 +97,23 @@ def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any
 
 def _experiment(night, counts) -> dict[str, Any]:
     alloc = night.allocation
-    return {"experiment_id": alloc["experiment_id"], "method": alloc["method"], "source": night.source,
-            "holdout": alloc["holdout"], "shares": alloc["shares"],
-            "holdout_rows": sum(c["holdout_rows"] for c in counts.values()),
-            "rows_by_arm": dict(sorted(sum((c["rows_by_arm"] for c in counts.values()), Counter()).items()))}
+    return {
+        "experiment_id": alloc["experiment_id"],
+        "method": alloc["method"],
+        "source": night.source,
+        "holdout": alloc["holdout"],
+        "shares": alloc["shares"],
+        "holdout_rows": sum(c["holdout_rows"] for c in counts.values()),
+        "rows_by_arm": dict(sorted(sum((c["rows_by_arm"] for c in counts.values()), Counter()).items())),
+    }
 
 
 # --------------------------------------------------------------------------- the tally, on Ray Data
 
-def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS, arms=None) -> tuple[dict, dict, dict]:
+
+def tally(
+    plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS, arms=None
+) -> tuple[dict, dict, dict]:
     """Counts per campaign, rows per (campaign, channel) and the token sample,
     from one record per product bucket (see the module). ``arms``: an
     experiment's arm step (staging's ArmRows): holdout rows are counted apart."""
@@ -103,15 +122,27 @@ def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS, arms=No
     config = plan.config
     n_buckets = staging.stage_buckets(plan)
     checked = staging.checked_pairs(plan, lookups, mark_locale_excluded=True).map_batches(
-        _with_bucket, fn_kwargs={"n_buckets": n_buckets}, batch_format="pyarrow", num_cpus=config.cpu_stage_num_cpus)
+        _with_bucket,
+        fn_kwargs={"n_buckets": n_buckets},
+        batch_format="pyarrow",
+        num_cpus=config.cpu_stage_num_cpus,
+    )
     # One partition per CPU at most (each is an aggregator actor; Ray's default is 200).
     partitions = join_partitions(n_buckets * staging.STAGE_BUCKET_PAIRS)
     records = checked.groupby(_BUCKET, num_partitions=partitions).map_groups(
-        TallyBucket, fn_constructor_kwargs={"config": config, "templates": plan.templates,
-                                            "users": lookups["users"], "sample_rows": sample_rows, "arms": arms,
-                                            "arm_templates": plan.experiment.arm_templates if plan.experiment
-                                            else None},
-        batch_format="pyarrow", compute=staging.stage_pool(config), num_cpus=config.cpu_stage_num_cpus)
+        TallyBucket,
+        fn_constructor_kwargs={
+            "config": config,
+            "templates": plan.templates,
+            "users": lookups["users"],
+            "sample_rows": sample_rows,
+            "arms": arms,
+            "arm_templates": plan.experiment.arm_templates if plan.experiment else None,
+        },
+        batch_format="pyarrow",
+        compute=staging.stage_pool(config),
+        num_cpus=config.cpu_stage_num_cpus,
+    )
     counts: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
     per_channel: dict[tuple[str, str], dict[str, int]] = defaultdict(Counter)
     samples: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -135,8 +166,14 @@ def tally(plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS, arms=No
 
 
 def _campaign_counts() -> dict[str, Any]:
-    return {"pairs": 0, "servable": 0, "dead_letters": Counter(), "not_generated": Counter(), "holdout_rows": 0,
-            "rows_by_arm": Counter()}
+    return {
+        "pairs": 0,
+        "servable": 0,
+        "dead_letters": Counter(),
+        "not_generated": Counter(),
+        "holdout_rows": 0,
+        "rows_by_arm": Counter(),
+    }
 
 
 def _with_bucket(batch: pa.Table, n_buckets: int) -> pa.Table:
@@ -151,8 +188,15 @@ class TallyBucket:
     bucket's ``sample_rows`` engine rows with the smallest row ids per
     (campaign, channel)."""
 
-    def __init__(self, config: JobConfig, templates: dict[str, PromptTemplate], users, sample_rows: int,
-                 arms=None, arm_templates=None):
+    def __init__(
+        self,
+        config: JobConfig,
+        templates: dict[str, PromptTemplate],
+        users,
+        sample_rows: int,
+        arms=None,
+        arm_templates=None,
+    ):
         import ray
 
         self._config = config
@@ -169,8 +213,9 @@ class TallyBucket:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
         campaigns: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
         labels = owed.row_campaigns(batch[C.CAMPAIGN_ID], config.campaign).to_pylist()
-        for label, out, reason in zip(labels, batch[staging.LOCALE_EXCLUDED].to_pylist(),
-                                      batch[C.REASON].to_pylist()):
+        for label, out, reason in zip(
+            labels, batch[staging.LOCALE_EXCLUDED].to_pylist(), batch[C.REASON].to_pylist()
+        ):
             c = campaigns[label]
             if out:
                 c["not_generated"][LOCALE_EXCLUDED] += 1
@@ -181,14 +226,20 @@ class TallyBucket:
         good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[staging.LOCALE_EXCLUDED])))
         good = good.select(list(staging.STAGED_PAIR_COLUMNS))
         users = self._users.filter(pc.is_in(self._users[C.USER_ID], value_set=pc.unique(good[C.USER_ID])))
-        keys = (dedup.PromptKeys(users, self._templates, self._arm_templates)
-                if config.dedup_prompts and good.num_rows else None)
-        decided = staging.bucket_rows(good, config, users, keys, self._arms)  # no holdout folder: counted only
+        keys = (
+            dedup.PromptKeys(users, self._templates, self._arm_templates)
+            if config.dedup_prompts and good.num_rows
+            else None
+        )
+        decided = staging.bucket_rows(
+            good, config, users, keys, self._arms
+        )  # no holdout folder: counted only
         self._count_pairs(decided, campaigns)
         if self._arms is not None and config.campaign:  # an experiment is one campaign's
             campaigns[config.campaign]["holdout_rows"] += decided.holdout
             campaigns[config.campaign]["rows_by_arm"].update(
-                a for a in decided.rows[C.ARM].to_pylist() if a is not None)
+                a for a in decided.rows[C.ARM].to_pylist() if a is not None
+            )
         channels, sample = self._count_rows(decided.rows, users)
         record = {"campaigns": campaigns, "channels": channels, "sample": sample}
         return pa.table({"tally": [json.dumps(record)]})
@@ -206,28 +257,36 @@ class TallyBucket:
             else:
                 c["servable"] += 1
 
-    def _count_rows(self, rows: pa.Table, users: pa.Table) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _count_rows(
+        self, rows: pa.Table, users: pa.Table
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         config = self._config
         locale_of = dict(zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist()))
         engine = pc.is_null(rows[C.DEDUP_OF]).to_pylist()
         counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
         candidates: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for i, (campaign, channel, user, sent, arm) in enumerate(zip(
-                rows[owed.CAMPAIGN].to_pylist(), rows[C.CHANNEL].to_pylist(), rows[C.USER_ID].to_pylist(), engine,
-                rows[C.ARM].to_pylist())):
+        for i, (campaign, channel, user, sent, arm) in enumerate(
+            zip(
+                rows[owed.CAMPAIGN].to_pylist(),
+                rows[C.CHANNEL].to_pylist(),
+                rows[C.USER_ID].to_pylist(),
+                engine,
+                rows[C.ARM].to_pylist(),
+            )
+        ):
             c = counts[(campaign, channel)]
             c["rows"] += 1
             if sent:
                 c["engine_rows"] += 1
-                c["output_tokens_max"] += (config.engine.max_tokens
-                                           or self._arm_templates.get(arm, self._templates)[channel].max_tokens
-                                           * tokens_per_char_factor(locale_of.get(user)))
+                c["output_tokens_max"] += config.engine.max_tokens or self._arm_templates.get(
+                    arm, self._templates
+                )[channel].max_tokens * tokens_per_char_factor(locale_of.get(user))
                 candidates[(campaign, channel)].append(i)
         ids = rows[C.ROW_ID].to_pylist()
         keyed = rows.set_column(rows.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, rows[owed.CAMPAIGN])
         sample = []
         for at in candidates.values():
-            smallest = sorted(at, key=ids.__getitem__)[:self._sample_rows]
+            smallest = sorted(at, key=ids.__getitem__)[: self._sample_rows]
             sample += keyed.take(pa.array(smallest, pa.int64())).select(list(SAMPLE_COLUMNS)).to_pylist()
         channels = [{"campaign": k[0], "channel": k[1], "counts": dict(v)} for k, v in counts.items()]
         return channels, sample
@@ -240,7 +299,9 @@ class TokenCounter:
     an approximation, and the plan says so."""
 
     def __init__(self, model_source: str):
-        self.method = f"approximate: {BYTES_PER_TOKEN:g} UTF-8 bytes per token (no local tokenizer for {model_source})"
+        self.method = (
+            f"approximate: {BYTES_PER_TOKEN:g} UTF-8 bytes per token (no local tokenizer for {model_source})"
+        )
         self._tokenizer = None
         if model_source.startswith("s3://"):
             return
@@ -248,7 +309,9 @@ class TokenCounter:
             self._tokenizer = _local_tokenizer(model_source)
             self.method = f"{Path(model_source).name or model_source} tokenizer and chat template"
         except Exception as exc:  # noqa: BLE001 - any failure means: no local tokenizer
-            logger.warning("Dry run: no local tokenizer for %s (%s); approximating token counts", model_source, exc)
+            logger.warning(
+                "Dry run: no local tokenizer for %s (%s); approximating token counts", model_source, exc
+            )
 
     @property
     def exact(self) -> bool:
@@ -257,8 +320,10 @@ class TokenCounter:
     def count(self, chats: Sequence[list[dict[str, str]]]) -> list[int]:
         if self._tokenizer is None:
             return [round(sum(len(m["content"].encode()) for m in chat) / BYTES_PER_TOKEN) for chat in chats]
-        texts = [self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-                 for chat in chats]
+        texts = [
+            self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            for chat in chats
+        ]
         return [len(ids) for ids in self._tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -270,16 +335,29 @@ def _local_tokenizer(model_source: str):
     return AutoTokenizer.from_pretrained(model_source, local_files_only=True)
 
 
-def _token_estimates(per_channel: dict[tuple[str, str], Counter], samples: dict[tuple[str, str], list[dict]],
-                     plan, config: JobConfig, templates: dict[str, PromptTemplate],
-                     counter: TokenCounter) -> dict[tuple[str, str], dict[str, Any]]:
+def _token_estimates(
+    per_channel: dict[tuple[str, str], Counter],
+    samples: dict[tuple[str, str], list[dict]],
+    plan,
+    config: JobConfig,
+    templates: dict[str, PromptTemplate],
+    counter: TokenCounter,
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (campaign, channel): rows owed, rows sent to the engine (the rest
     reuse an identical prompt's copy), and for the engine rows prompt tokens
     (the sample's mean, scaled up) and output tokens at the cap."""
-    join = JoinProfiles(plan.users, plan.products, config.channels, list(templates), config.variants,
-                        config.campaign, run_id=config.run_id)
-    render = RenderPrompts(templates, config.engine.max_tokens,
-                           plan.experiment.arm_templates if plan.experiment else None)
+    join = JoinProfiles(
+        plan.users,
+        plan.products,
+        config.channels,
+        list(templates),
+        config.variants,
+        config.campaign,
+        run_id=config.run_id,
+    )
+    render = RenderPrompts(
+        templates, config.engine.max_tokens, plan.experiment.arm_templates if plan.experiment else None
+    )
     out = {}
     for key, c in sorted(per_channel.items()):
         engine_rows = c.get("engine_rows", 0)
@@ -290,65 +368,124 @@ def _token_estimates(per_channel: dict[tuple[str, str], Counter], samples: dict[
             rendered = render(join(rows))
             counts = counter.count([json.loads(m) for m in rendered[C.MESSAGES].to_pylist()])
             mean = sum(counts) / len(counts)
-        out[key] = {"rows": c.get("rows", 0), "engine_rows": engine_rows, "prompt_tokens": round(mean * engine_rows),
-                    "prompt_tokens_per_row": round(mean, 1), "output_tokens_max": c.get("output_tokens_max", 0),
-                    "rows_tokenized": len(sample)}
+        out[key] = {
+            "rows": c.get("rows", 0),
+            "engine_rows": engine_rows,
+            "prompt_tokens": round(mean * engine_rows),
+            "prompt_tokens_per_row": round(mean, 1),
+            "output_tokens_max": c.get("output_tokens_max", 0),
+            "rows_tokenized": len(sample),
+        }
     return out
 
 
-_SAMPLE_SCHEMA = pa.schema([(C.ROW_ID, pa.string()), (C.USER_ID, pa.string()), (C.PRODUCT_ID, pa.string()),
-                            (C.CHANNEL, pa.string()), (C.CAMPAIGN_ID, pa.string()), (C.VARIANT, pa.int32()),
-                            (C.EXPERIMENT_ID, pa.string()), (C.ARM, pa.string())])
+_SAMPLE_SCHEMA = pa.schema(
+    [
+        (C.ROW_ID, pa.string()),
+        (C.USER_ID, pa.string()),
+        (C.PRODUCT_ID, pa.string()),
+        (C.CHANNEL, pa.string()),
+        (C.CAMPAIGN_ID, pa.string()),
+        (C.VARIANT, pa.int32()),
+        (C.EXPERIMENT_ID, pa.string()),
+        (C.ARM, pa.string()),
+    ]
+)
 
 
-def _assemble(config: JobConfig, plan, templates, counts, per_channel, counter: TokenCounter,
-              sample_rows: int) -> dict[str, Any]:
+def _assemble(
+    config: JobConfig, plan, templates, counts, per_channel, counter: TokenCounter, sample_rows: int
+) -> dict[str, Any]:
     tps, price = config.estimate_output_tokens_per_gpu_second, config.gpu_hour_price
     repair = config.quality.repair
 
-    # --candidates: each engine row is drawn K/M times; the prompt is the same (the prefix cache partly serves it).
+    # --candidates: each engine row is drawn K/M times; the prompt is the same (the prefix cache partly serves
+    # it).
     draws = config.candidates / config.variants if config.candidates > 1 else 1
 
-    def estimate(rows: int, engine_rows: int, prompt: int, output: int, drawn: bool = False) -> dict[str, Any]:
+    def estimate(
+        rows: int, engine_rows: int, prompt: int, output: int, drawn: bool = False
+    ) -> dict[str, Any]:
         if not drawn:  # a campaign's channels count one draw a row; the total adds up drawn campaigns
             engine_rows, output = round(engine_rows * draws), round(output * draws)
         hours = output / tps / 3600
-        return {"rows": rows, "engine_rows": engine_rows, "prompt_tokens": prompt, "output_tokens_max": output,
-                "gpu_hours": hours, "cost_usd": hours * price,
-                # Worst case of the repair pass: every row rejected and drafted again.
-                "gpu_hours_with_repair_max": hours * 2 if repair else hours,
-                "cost_usd_with_repair_max": (hours * 2 if repair else hours) * price}
+        return {
+            "rows": rows,
+            "engine_rows": engine_rows,
+            "prompt_tokens": prompt,
+            "output_tokens_max": output,
+            "gpu_hours": hours,
+            "cost_usd": hours * price,
+            # Worst case of the repair pass: every row rejected and drafted again.
+            "gpu_hours_with_repair_max": hours * 2 if repair else hours,
+            "cost_usd_with_repair_max": (hours * 2 if repair else hours) * price,
+        }
 
     campaigns = []
     for name in sorted(set(counts) | {c for c, _ in per_channel}):
-        got = counts.get(name, {"pairs": 0, "servable": 0, "dead_letters": Counter(), "not_generated": Counter()})
+        got = counts.get(
+            name, {"pairs": 0, "servable": 0, "dead_letters": Counter(), "not_generated": Counter()}
+        )
         channels = {ch: dict(v) for (c, ch), v in per_channel.items() if c == name}
-        totals = estimate(*(sum(v[k] for v in channels.values())
-                            for k in ("rows", "engine_rows", "prompt_tokens", "output_tokens_max")))
-        campaigns.append({"campaign": name, "pairs": got["pairs"], "servable_pairs": got["servable"],
-                          "dead_letters": dict(sorted(got["dead_letters"].items())),
-                          "not_generated": dict(sorted(got["not_generated"].items())),
-                          "channels": channels, **totals})
-    total = estimate(*(sum(c[k] for c in campaigns) for k in ("rows", "engine_rows", "prompt_tokens",
-                                                                 "output_tokens_max")), drawn=True)
-    lookup = {r.name: {"rows_read": r.rows_read, "rows_kept": r.rows_kept, "problems": dict(r.problems)}
-              for r in plan.table_reports}
+        totals = estimate(
+            *(
+                sum(v[k] for v in channels.values())
+                for k in ("rows", "engine_rows", "prompt_tokens", "output_tokens_max")
+            )
+        )
+        campaigns.append(
+            {
+                "campaign": name,
+                "pairs": got["pairs"],
+                "servable_pairs": got["servable"],
+                "dead_letters": dict(sorted(got["dead_letters"].items())),
+                "not_generated": dict(sorted(got["not_generated"].items())),
+                "channels": channels,
+                **totals,
+            }
+        )
+    total = estimate(
+        *(
+            sum(c[k] for c in campaigns)
+            for k in ("rows", "engine_rows", "prompt_tokens", "output_tokens_max")
+        ),
+        drawn=True,
+    )
+    lookup = {
+        r.name: {"rows_read": r.rows_read, "rows_kept": r.rows_kept, "problems": dict(r.problems)}
+        for r in plan.table_reports
+    }
     return {
-        "run_id": config.run_id, "run_date": config.run_date.isoformat(), "campaign": config.campaign_label,
-        "output": plan.run.uri, "model": config.model, "channels": list(config.channels),
-        "variants": config.variants, "locales": config.locales, "brand_voice": config.brand_voice,
-        "offers": [o.model_dump() for o in config.offers], "competitors": len(config.competitors),
+        "run_id": config.run_id,
+        "run_date": config.run_date.isoformat(),
+        "campaign": config.campaign_label,
+        "output": plan.run.uri,
+        "model": config.model,
+        "channels": list(config.channels),
+        "variants": config.variants,
+        "locales": config.locales,
+        "brand_voice": config.brand_voice,
+        "offers": [o.model_dump() for o in config.offers],
+        "competitors": len(config.competitors),
         "template_versions": {c: templates[c].version for c in config.channels},
-        "input_tables": lookup, "campaigns": campaigns, "total": total,
+        "input_tables": lookup,
+        "campaigns": campaigns,
+        "total": total,
         "assumptions": {
-            "output_tokens_per_gpu_second": tps, "gpu_hour_price_usd": price,
+            "output_tokens_per_gpu_second": tps,
+            "gpu_hour_price_usd": price,
             "output_tokens": "each row's token cap (the template's max_tokens, doubled for zh/ja/ko, "
-                             "or --max-tokens): an upper bound; copy usually stops earlier",
+            "or --max-tokens): an upper bound; copy usually stops earlier",
             "repair": "on: a second draft for every rejected row, at most one per row" if repair else "off",
-            "engine_rows": ("rows whose prompt is not identical to an earlier row's (the others reuse its copy)"
-                            if config.dedup_prompts else "every row (--no-dedup)"),
-            "prompt_tokens": (counter.method + f"; up to {sample_rows} rendered rows per campaign and channel, "
-                              "scaled to all rows (exact when all were rendered)"),
+            "engine_rows": (
+                "rows whose prompt is not identical to an earlier row's (the others reuse its copy)"
+                if config.dedup_prompts
+                else "every row (--no-dedup)"
+            ),
+            "prompt_tokens": (
+                counter.method + f"; up to {sample_rows} rendered rows per campaign and channel, "
+                "scaled to all rows (exact when all were rendered)"
+            ),
         },
     }
 
@@ -360,35 +497,54 @@ def _num(x: float) -> str:
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as a table for people."""
     t, a = plan["total"], plan["assumptions"]
-    lines = [f"Dry run {plan['run_id']}: no engine started, nothing written (would write under {plan['output']})",
-             f"  model: {plan['model']}   channels: {', '.join(plan['channels'])}   variants: {plan['variants']}"
-             + (f"   locales: {', '.join(plan['locales'])}" if plan["locales"] else "")
-             + (f"   brand voice: {plan['brand_voice']}" if plan["brand_voice"] else "")]
+    lines = [
+        f"Dry run {plan['run_id']}: no engine started, nothing written (would write under {plan['output']})",
+        f"  model: {plan['model']}   channels: {', '.join(plan['channels'])}   variants: {plan['variants']}"
+        + (f"   locales: {', '.join(plan['locales'])}" if plan["locales"] else "")
+        + (f"   brand voice: {plan['brand_voice']}" if plan["brand_voice"] else ""),
+    ]
     if plan.get("offers"):
         lines.append("  offers: " + "; ".join(f"{o['kind']}: {o['text']}" for o in plan["offers"]))
     for c in plan["campaigns"]:
         skipped = {**c["dead_letters"], **c["not_generated"]}
-        lines.append(f"  campaign {c['campaign']}: {c['pairs']} pair(s), {c['servable_pairs']} servable"
-                     + ("; " + ", ".join(f"{r}={n}" for r, n in skipped.items()) if skipped else ""))
-    lines.append(f"  {'campaign':<16}{'channel':<15}{'rows':>8}{'engine':>8}{'prompt tok':>13}{'tok/row':>9}"
-                 f"{'output tok':>13}")
+        lines.append(
+            f"  campaign {c['campaign']}: {c['pairs']} pair(s), {c['servable_pairs']} servable"
+            + ("; " + ", ".join(f"{r}={n}" for r, n in skipped.items()) if skipped else "")
+        )
+    lines.append(
+        f"  {'campaign':<16}{'channel':<15}{'rows':>8}{'engine':>8}{'prompt tok':>13}{'tok/row':>9}"
+        f"{'output tok':>13}"
+    )
     for c in plan["campaigns"]:
         for ch, v in c["channels"].items():
-            lines.append(f"  {c['campaign']:<16}{ch:<15}{v['rows']:>8,}{v['engine_rows']:>8,}{v['prompt_tokens']:>13,}"
-                         f"{v['prompt_tokens_per_row']:>9}{v['output_tokens_max']:>13,}")
-    lines.append(f"  {'total':<31}{t['rows']:>8,}{t['engine_rows']:>8,}{t['prompt_tokens']:>13,}{'':>9}"
-                 f"{t['output_tokens_max']:>13,}")
+            lines.append(
+                f"  {c['campaign']:<16}{ch:<15}{v['rows']:>8,}{v['engine_rows']:>8,}{v['prompt_tokens']:>13,}"
+                f"{v['prompt_tokens_per_row']:>9}{v['output_tokens_max']:>13,}"
+            )
+    lines.append(
+        f"  {'total':<31}{t['rows']:>8,}{t['engine_rows']:>8,}{t['prompt_tokens']:>13,}{'':>9}"
+        f"{t['output_tokens_max']:>13,}"
+    )
     lines.append("  (engine: rows sent to the engine; the others reuse the copy of an identical prompt)")
-    lines.append(f"  estimate: {_num(t['gpu_hours'])} GPU-hours, {_num(t['cost_usd'])} USD"
-                 + (f" (at most {_num(t['gpu_hours_with_repair_max'])} GPU-hours, "
-                    f"{_num(t['cost_usd_with_repair_max'])} USD with the repair pass)"
-                    if t["gpu_hours_with_repair_max"] != t["gpu_hours"] else ""))
-    lines.append(f"  assumed: {a['output_tokens_per_gpu_second']:,.0f} output tokens/s per GPU, "
-                 f"{a['gpu_hour_price_usd']:.2f} USD per GPU-hour; output tokens at the cap (upper bound)")
+    lines.append(
+        f"  estimate: {_num(t['gpu_hours'])} GPU-hours, {_num(t['cost_usd'])} USD"
+        + (
+            f" (at most {_num(t['gpu_hours_with_repair_max'])} GPU-hours, "
+            f"{_num(t['cost_usd_with_repair_max'])} USD with the repair pass)"
+            if t["gpu_hours_with_repair_max"] != t["gpu_hours"]
+            else ""
+        )
+    )
+    lines.append(
+        f"  assumed: {a['output_tokens_per_gpu_second']:,.0f} output tokens/s per GPU, "
+        f"{a['gpu_hour_price_usd']:.2f} USD per GPU-hour; output tokens at the cap (upper bound)"
+    )
     lines.append(f"  prompt tokens: {a['prompt_tokens']}")
     e = plan.get("experiment")
     if e:
-        lines.append(f"  experiment {e['experiment_id']}: {e['method']} allocation ({e['source']}), shares "
-                     + ", ".join(f"{arm}={share:.3f}" for arm, share in e["shares"].items())
-                     + f"; holdout {e['holdout']:g}: {e['holdout_rows']:,} row(s) get no copy (not counted above)")
+        lines.append(
+            f"  experiment {e['experiment_id']}: {e['method']} allocation ({e['source']}), shares "
+            + ", ".join(f"{arm}={share:.3f}" for arm, share in e["shares"].items())
+            + f"; holdout {e['holdout']:g}: {e['holdout_rows']:,} row(s) get no copy (not counted above)"
+        )
     return "\n".join(lines)

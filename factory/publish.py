@@ -111,8 +111,14 @@ def abandoned_attempts(run: Location, current: int) -> list[dict[str, Any]]:
         if n >= current or _exists(attempt.manifest):
             continue
         files = list_files(attempt.base)
-        out.append({"attempt": n, "prefix": f"{_ATTEMPT_PREFIX}{n:04d}/", "files": len(files),
-                    "bytes": sum(f.size or 0 for f in files)})
+        out.append(
+            {
+                "attempt": n,
+                "prefix": f"{_ATTEMPT_PREFIX}{n:04d}/",
+                "files": len(files),
+                "bytes": sum(f.size or 0 for f in files),
+            }
+        )
     return out
 
 
@@ -126,7 +132,7 @@ def _attempt_numbers(run: Location) -> list[int]:
         name = info.path.rstrip("/").rsplit("/", 1)[-1]
         if info.type == pafs.FileType.Directory and name.startswith(_ATTEMPT_PREFIX):
             try:
-                numbers.append(int(name[len(_ATTEMPT_PREFIX):]))
+                numbers.append(int(name[len(_ATTEMPT_PREFIX) :]))
             except ValueError:
                 continue
     return sorted(numbers)
@@ -161,8 +167,13 @@ def record_process(attempt: Attempt, action: str, extra: dict[str, Any]) -> Loca
     started = dt.datetime.now(dt.timezone.utc)
     name = f"{started.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.json"
     loc = attempt.processes.join(name)
-    record = {"started_at": started.isoformat(), "action": action, "host": socket.gethostname(),
-              "pid": os.getpid(), **extra}
+    record = {
+        "started_at": started.isoformat(),
+        "action": action,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        **extra,
+    }
     put_bytes(loc, json.dumps(record, indent=2).encode(), content_type="application/json")
     return loc
 
@@ -174,7 +185,9 @@ def update_process(loc: Location, **fields: Any) -> None:
 
 
 def read_history(attempt: Attempt) -> list[dict[str, Any]]:
-    infos = attempt.processes.fs.get_file_info(pafs.FileSelector(attempt.processes.path, allow_not_found=True))
+    infos = attempt.processes.fs.get_file_info(
+        pafs.FileSelector(attempt.processes.path, allow_not_found=True)
+    )
     records = []
     for info in sorted((i for i in infos if i.path.endswith(".json")), key=lambda i: i.path):
         records.append(json.loads(read_bytes(attempt.processes.join(info.path.rsplit("/", 1)[-1]))))
@@ -188,8 +201,9 @@ def publish(attempt: Attempt, manifest: dict[str, Any]) -> None:
     try:
         put_bytes(attempt.manifest, body, exclusive=True, content_type="application/json")
     except AlreadyExists as exc:
-        raise PublishConflict(f"{attempt.manifest.uri} already exists: another writer published "
-                              f"attempt {attempt.number} first") from exc
+        raise PublishConflict(
+            f"{attempt.manifest.uri} already exists: another writer published attempt {attempt.number} first"
+        ) from exc
     put_bytes(attempt.base.join(SUCCESS), b"")
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 from factory import console, internals
 
@@ -62,12 +62,16 @@ def start_or_join(dashboard: bool = False) -> None:
     _started_here = internals.ray_started_head()
     quiet_vllm_on_the_driver()
     if not context.dashboard_url:
-        logger.info("Ray's dashboard is off. A local Ray the job starts has none unless asked "
-                    "(--ray-dashboard); or start Ray first with `ray start --head` and the job joins it.",
-                    extra={"log_file_only": True})
+        logger.info(
+            "Ray's dashboard is off. A local Ray the job starts has none unless asked "
+            "(--ray-dashboard); or start Ray first with `ray start --head` and the job joins it.",
+            extra={"log_file_only": True},
+        )
     if not console.verbose():
-        logger.info("Ray's and vLLM's own log lines: %s/logs (--verbose shows them here)",
-                    context.address_info.get("session_dir") or "Ray's session folder")
+        logger.info(
+            "Ray's and vLLM's own log lines: %s/logs (--verbose shows them here)",
+            context.address_info.get("session_dir") or "Ray's session folder",
+        )
 
 
 def quiet_console() -> None:
@@ -132,7 +136,9 @@ def release_llm_telemetry_actor() -> bool:
 
 
 @contextlib.contextmanager
-def engine_paced_scheduling(enabled: bool = True, *, poll_seconds: float = ENGINE_PASS_POLL_SECONDS) -> Iterator[None]:
+def engine_paced_scheduling(
+    enabled: bool = True, *, poll_seconds: float = ENGINE_PASS_POLL_SECONDS
+) -> Iterator[None]:
     """Within the block, Ray Data's executor checks on its tasks every
     ``poll_seconds`` instead of every 100 ms (when ``enabled``: for an engine
     that shares the CPU cores with Ray).

@@ -25,13 +25,15 @@ def run_location(output: Location, run_date: str | dt.date, campaign: Optional[s
     return output.join("runs", f"date={day}", f"campaign={campaign or 'all'}")
 
 
-def manifest_for(output: str, run_date: str | dt.date, campaign: Optional[str] = None,
-                 s3_endpoint: Optional[str] = None) -> Optional[dict[str, Any]]:
+def manifest_for(
+    output: str, run_date: str | dt.date, campaign: Optional[str] = None, s3_endpoint: Optional[str] = None
+) -> Optional[dict[str, Any]]:
     return published_manifest(run_location(resolve(output, s3_endpoint), run_date, campaign))
 
 
-def latest_manifest(output: str, campaign: Optional[str] = None,
-                    s3_endpoint: Optional[str] = None) -> Optional[dict[str, Any]]:
+def latest_manifest(
+    output: str, campaign: Optional[str] = None, s3_endpoint: Optional[str] = None
+) -> Optional[dict[str, Any]]:
     out = resolve(output, s3_endpoint)
     try:
         pointer = json.loads(read_bytes(out.join("latest", f"campaign={campaign or 'all'}.json")))
@@ -40,8 +42,13 @@ def latest_manifest(output: str, campaign: Optional[str] = None,
     return json.loads(read_bytes(out.join(pointer["manifest"])))
 
 
-def read_published(output: str, run_date: str | dt.date, campaign: Optional[str] = None, kind: str = "copies",
-                   s3_endpoint: Optional[str] = None) -> Optional[pa.Table]:
+def read_published(
+    output: str,
+    run_date: str | dt.date,
+    campaign: Optional[str] = None,
+    kind: str = "copies",
+    s3_endpoint: Optional[str] = None,
+) -> Optional[pa.Table]:
     """The rows of a published run (``kind``: copies, dead_letters or review),
     or None when the run is not published."""
     out = resolve(output, s3_endpoint)

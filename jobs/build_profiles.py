@@ -24,8 +24,9 @@ FLAGS = FlagSet(ProfileJobConfig, inline={"settings": None})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = errors.JobParser(prog="build_profiles",
-                         description="Build user profiles (the nightly job's --users) from events.")
+    p = errors.JobParser(
+        prog="build_profiles", description="Build user profiles (the nightly job's --users) from events."
+    )
     FLAGS.add_to(p)
     return p
 
@@ -36,15 +37,18 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> ProfileJobConfig:
 
 def report(result: BuildResult) -> str:
     reasons = "  ".join(f"{r}={n}" for r, n in result.rejected_by_reason.items()) or "none"
-    return "\n".join([
-        "",
-        f"Profiles built in {result.seconds:.0f} s: {result.profiles} users "
-        f"({result.users_with_events} with events) in {len(result.files)} file(s)",
-        f"  output:      {result.output_uri}   (the nightly job's --users)",
-        f"  events:      {result.events_read} read, {result.events_used} used, {result.events_rejected} set aside",
-        f"  set aside:   {reasons}",
-        f"  summary:     {result.summary_uri}",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"Profiles built in {result.seconds:.0f} s: {result.profiles} users "
+            f"({result.users_with_events} with events) in {len(result.files)} file(s)",
+            f"  output:      {result.output_uri}   (the nightly job's --users)",
+            f"  events:      {result.events_read} read, {result.events_used} used, {result.events_rejected} "
+            "set aside",
+            f"  set aside:   {reasons}",
+            f"  summary:     {result.summary_uri}",
+        ]
+    )
 
 
 def execute(argv: Optional[Sequence[str]]) -> int:

@@ -11,7 +11,8 @@ starts (every campaign file is validated before the first run starts); with
 several runs, the status of the first run that failed (1 failed, 2 input
 error, 3 publish conflict, 4 incomplete), after all runs were tried.
 
-See docs/input.md, docs/output.md and docs/settings.md for the input contract, the output layout and every flag.
+See docs/input.md, docs/output.md and docs/settings.md for the input contract, the output layout
+and every flag.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from factory import console, errors
 from factory.cli import JobRequest, parse_job
@@ -30,10 +32,17 @@ from factory.pipeline import RunResult, run
 
 def report(result: RunResult) -> str:
     if result.action == "published":
-        return (f"\nRun {result.run_id} is already published (attempt {result.attempt}, {result.rows_written} rows): "
-                f"{result.manifest_uri}\nNothing to do. Pass --force to run it again as a new attempt.")
-    resumed = (f"  resumed:      {result.rows_resumed} row(s) were already written; "
-               f"{result.rows_generated} generated now" if result.rows_resumed else None)
+        return (
+            f"\nRun {result.run_id} is already published (attempt {result.attempt}, {result.rows_written} "
+            "rows): "
+            f"{result.manifest_uri}\nNothing to do. Pass --force to run it again as a new attempt."
+        )
+    resumed = (
+        f"  resumed:      {result.rows_resumed} row(s) were already written; "
+        f"{result.rows_generated} generated now"
+        if result.rows_resumed
+        else None
+    )
     lines = [
         "",
         f"Run {result.run_id} (attempt {result.attempt}) published in {result.seconds:.0f} s",
@@ -48,9 +57,13 @@ def report(result: RunResult) -> str:
         lines.append(resumed)
     q = result.quality
     if q.get("rows"):
-        lines.append("  quality:      " + "  ".join(f"{s}={n}" for s, n in q["status"].items())
-                     + "   (before repair: " + "  ".join(f"{s}={n}" for s, n in q["before_repair"]["status"].items())
-                     + ")")
+        lines.append(
+            "  quality:      "
+            + "  ".join(f"{s}={n}" for s, n in q["status"].items())
+            + "   (before repair: "
+            + "  ".join(f"{s}={n}" for s, n in q["before_repair"]["status"].items())
+            + ")"
+        )
         for channel, counts in q["status_by_channel"].items():
             lines.append(f"    {channel:<14}" + "  ".join(f"{s}={n}" for s, n in counts.items()))
         top = list(q["reasons"].items())[:5]
@@ -58,8 +71,10 @@ def report(result: RunResult) -> str:
             lines.append("  top reasons:  " + "  ".join(f"{r}={n}" for r, n in top))
         if q["review_queue"]["rows"]:
             queue = q["review_queue"]
-            lines.append(f"  review queue: {result.output_uri.rstrip('/')}/review/  ({queue['rows']} rows in "
-                         f"{len(queue['files'])} file(s))")
+            lines.append(
+                f"  review queue: {result.output_uri.rstrip('/')}/review/  ({queue['rows']} rows in "
+                f"{len(queue['files'])} file(s))"
+            )
     lines.append("  sample copies (accepted):")
     for s in result.samples[:3]:
         lines.append(f"    [{s['channel']}, {s['locale']}, {s['user_id']} x {s['product_id']}] {s['text']}")
@@ -83,8 +98,10 @@ def run_one(config: JobConfig, several: bool, log_file: Optional[Path]) -> tuple
         return code, f"{config.campaign_label:<20} FAILED (exit {code}): {said}"
     print(report(result))
     state = "already published" if result.action == "published" else "published"
-    return 0, (f"{config.campaign_label:<20} {state}: attempt {result.attempt}, {result.rows_written} rows, "
-               f"{result.dead_letters} dead letters  {result.manifest_uri}")
+    return 0, (
+        f"{config.campaign_label:<20} {state}: attempt {result.attempt}, {result.rows_written} rows, "
+        f"{result.dead_letters} dead letters  {result.manifest_uri}"
+    )
 
 
 def dry_run_all(request: JobRequest) -> int:

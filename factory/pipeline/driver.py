@@ -31,16 +31,23 @@ def run(config: JobConfig) -> RunResult:
     if state.action == "published":
         return publishing.already_published(plan, state.attempt, started)
     attempt, resumed = state.attempt, state.action == "resume"
-    logger.info("%s attempt %d of run %s at %s", "Resuming" if resumed else "Starting", attempt.number,
-                config.run_id, attempt.base.uri)
+    logger.info(
+        "%s attempt %d of run %s at %s",
+        "Resuming" if resumed else "Starting",
+        attempt.number,
+        config.run_id,
+        attempt.base.uri,
+    )
 
     # The experiment's night (check, allocate, pin) before Ray does any row work.
     night = experiment.night(plan, attempt.base)
 
     start_or_join(dashboard=config.ray_dashboard)  # joins the cluster under `ray job submit`
     # On a cluster of many nodes a path must mean the same to every worker (factory/cluster.py).
-    check_shared_storage({"--pairs": plan.pairs.loc.uri, "--output": plan.output.uri, "--facts": config.facts},
-                         config.shared_filesystem)
+    check_shared_storage(
+        {"--pairs": plan.pairs.loc.uri, "--output": plan.output.uri, "--facts": config.facts},
+        config.shared_filesystem,
+    )
     configure_ray_data()
     process = record_process(attempt, state.action, {"config_hash": config_hash(config.model_dump_json())})
     from factory.stages.generate import detect_device
@@ -54,9 +61,15 @@ def run(config: JobConfig) -> RunResult:
         # so the generation passes and the gate see them.
         from factory.facts.extract import ensure_facts
 
-        facts = ensure_facts(plan.products, resolve(config.facts, **config.storage_options()), config.engine,
-                             plan.model_source, device, model_name=model.display_name(config.model),
-                             cpu_stage_num_cpus=config.cpu_stage_num_cpus)
+        facts = ensure_facts(
+            plan.products,
+            resolve(config.facts, **config.storage_options()),
+            config.engine,
+            plan.model_source,
+            device,
+            model_name=model.display_name(config.model),
+            cpu_stage_num_cpus=config.cpu_stage_num_cpus,
+        )
         plan.products = attach_facts(plan.products, facts)
     lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
 
@@ -66,11 +79,15 @@ def run(config: JobConfig) -> RunResult:
     owed = staging.stage_rows(plan, attempt, buckets, lookups["users"], night)
     dead = read_footers(attempt.dead_letters)  # final once staged
     if sum(f.rows for f in dead):
-        logger.warning("%d pair(s) sent to the dead letters at %s", sum(f.rows for f in dead),
-                       attempt.dead_letters.uri)
+        logger.warning(
+            "%d pair(s) sent to the dead letters at %s", sum(f.rows for f in dead), attempt.dead_letters.uri
+        )
     written = resume.already_written(attempt)
-    logger.info("The run owes %d row(s)%s", owed.rows,
-                f"; resuming: {written.rows} already written or queued for repair" if written.rows else "")
+    logger.info(
+        "The run owes %d row(s)%s",
+        owed.rows,
+        f"; resuming: {written.rows} already written or queued for repair" if written.rows else "",
+    )
 
     progress = ProgressLog(owed.rows, config.progress_every_seconds, already_done=written.copies)
     with progress:  # its counter exists from here on
@@ -81,19 +98,37 @@ def run(config: JobConfig) -> RunResult:
     review = finish.settle_review_queue(plan, attempt, files)
     result = finish.summarize(plan, attempt, state.action, files, dead, time.time() - started, review)
     first_drafts, repairs, reused = (rows.get(p, 0) for p in ("first drafts", "repair", "reuse"))
-    result.rows_generated, result.rows_resumed, result.rows_reused = first_drafts + repairs, written.rows, reused
+    result.rows_generated, result.rows_resumed, result.rows_reused = (
+        first_drafts + repairs,
+        written.rows,
+        reused,
+    )
     result.progress = progress.samples
     if config.candidates > 1:  # the attempt's draws, from their files' footers (gone once published)
-        result.work["candidates"] = {"per_pair_channel": config.candidates,
-                                     **candidates.tally(read_footers(candidates_folder(attempt)))}
+        result.work["candidates"] = {
+            "per_pair_channel": config.candidates,
+            **candidates.tally(read_footers(candidates_folder(attempt))),
+        }
     if night is not None:
         result.holdout, result.experiment = experiment.holdout_files(attempt), night.manifest_record()
-        logger.info("Experiment %s: %d holdout row(s) (no copy) in %s", night.declaration["experiment_id"],
-                    result.holdout["rows"], experiment.holdout_folder(attempt).uri)
+        logger.info(
+            "Experiment %s: %d holdout row(s) (no copy) in %s",
+            night.declaration["experiment_id"],
+            result.holdout["rows"],
+            experiment.holdout_folder(attempt).uri,
+        )
     # Engine requests this process made; reused rows cost none. The manifest's history keeps them.
-    update_process(process, finished_at=publishing.now(), rows_expected=owed.rows, rows_resumed=written.rows,
-                   rows_generated=first_drafts + repairs, first_drafts=first_drafts, repairs=repairs,
-                   rows_reused=reused, candidates_drawn=rows.get("candidates", 0))
+    update_process(
+        process,
+        finished_at=publishing.now(),
+        rows_expected=owed.rows,
+        rows_resumed=written.rows,
+        rows_generated=first_drafts + repairs,
+        first_drafts=first_drafts,
+        repairs=repairs,
+        rows_reused=reused,
+        candidates_drawn=rows.get("candidates", 0),
+    )
     summary = finish.write_summary(plan, attempt, result, device)
     report_file = finish.write_report(plan, attempt, files, summary, experiment.views(plan, night))
     publishing.publish_run(plan, attempt, result, summary, device, dead, report_file)

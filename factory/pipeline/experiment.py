@@ -65,9 +65,12 @@ def resolve(config, raw_templates: dict[str, PromptTemplate]) -> Optional[Planne
     if experiment is None:
         return None
     where = f"campaign {config.campaign}: experiment {experiment.experiment_id}"
-    problems = [f"{where}: arms.{i} ({a.name}): variant {a.variant} does not exist: the run writes "
-                f"{config.variants} variant(s), numbered from 0" for i, a in enumerate(experiment.arms)
-                if a.variant is not None and a.variant >= config.variants]
+    problems = [
+        f"{where}: arms.{i} ({a.name}): variant {a.variant} does not exist: the run writes "
+        f"{config.variants} variant(s), numbered from 0"
+        for i, a in enumerate(experiment.arms)
+        if a.variant is not None and a.variant >= config.variants
+    ]
     try:
         definitions = arm_definitions(experiment, config.channels, raw_templates, config.brand_voice)
     except ValueError as exc:
@@ -97,12 +100,24 @@ def night(plan, attempt_base: Location, pin: bool = True):
     feedback = resolve_location(config.feedback, **config.storage_options()) if config.feedback else None
     # A --force rerun of a published night replays that night's allocation.
     published = published_manifest(plan.run)
-    planned = plan_night(plan.experiment, config.run_date, plan.output, attempt_base, feedback=feedback,
-                         published=published, pin=pin)
+    planned = plan_night(
+        plan.experiment,
+        config.run_date,
+        plan.output,
+        attempt_base,
+        feedback=feedback,
+        published=published,
+        pin=pin,
+    )
     alloc = planned.allocation
-    logger.info("Experiment %s: %s allocation (%s), holdout %.3g, shares %s", alloc["experiment_id"],
-                alloc["method"], planned.source, alloc["holdout"],
-                ", ".join(f"{a}={s:.3f}" for a, s in alloc["shares"].items()))
+    logger.info(
+        "Experiment %s: %s allocation (%s), holdout %.3g, shares %s",
+        alloc["experiment_id"],
+        alloc["method"],
+        planned.source,
+        alloc["holdout"],
+        ", ".join(f"{a}={s:.3f}" for a, s in alloc["shares"].items()),
+    )
     return planned
 
 
@@ -112,23 +127,35 @@ class ArmRows:
     holdout users' rows to the holdout files and returns the rows still owed
     a copy. Deterministic: same pinned allocation, same rows, same files."""
 
-    def __init__(self, assign_args: Optional[dict[str, Any]], arm_variants: dict[str, int], run_id: str, run_date):
+    def __init__(
+        self, assign_args: Optional[dict[str, Any]], arm_variants: dict[str, int], run_id: str, run_date
+    ):
         from factory.experiments.assign import Assigner, Layout
 
-        self._assigner = (Assigner(assign_args["experiment_id"], assign_args["holdout"],
-                                   Layout.from_json(assign_args["layout"])) if assign_args else None)
+        self._assigner = (
+            Assigner(
+                assign_args["experiment_id"], assign_args["holdout"], Layout.from_json(assign_args["layout"])
+            )
+            if assign_args
+            else None
+        )
         self._variants = arm_variants
         self._run_id, self._run_date = run_id, run_date
 
     @classmethod
-    def of(cls, plan, planned) -> "ArmRows":
+    def of(cls, plan, planned) -> ArmRows:
         """The run's arm step (``planned``: the night's NightPlan, or None)."""
         config = plan.config
-        return cls(planned.assign_args if planned else None, plan.experiment.arm_variants if planned else {},
-                   config.run_id, config.run_date)
+        return cls(
+            planned.assign_args if planned else None,
+            plan.experiment.arm_variants if planned else {},
+            config.run_id,
+            config.run_date,
+        )
 
-    def __call__(self, rows: pa.Table, users: pa.Table, holdout: Optional[Location], prefix: str = "part"
-                 ) -> tuple[pa.Table, int]:
+    def __call__(
+        self, rows: pa.Table, users: pa.Table, holdout: Optional[Location], prefix: str = "part"
+    ) -> tuple[pa.Table, int]:
         """``rows``: owed rows (user, product, channel, variant, the key's
         campaign); ``users``: the bucket's users (for the locale);
         ``holdout``: the folder of the holdout files (None: the dry run,
@@ -138,11 +165,15 @@ class ArmRows:
 
         n = rows.num_rows
         if self._assigner is None:
-            return (rows.append_column(C.EXPERIMENT_ID, pa.nulls(n, pa.string()))
-                    .append_column(C.ARM, pa.nulls(n, pa.string()))), 0
+            return (
+                rows.append_column(C.EXPERIMENT_ID, pa.nulls(n, pa.string())).append_column(
+                    C.ARM, pa.nulls(n, pa.string())
+                )
+            ), 0
         arms = pa.array([self._assigner.arm_of(u) for u in rows[C.USER_ID].to_pylist()], pa.string())
-        rows = (rows.append_column(C.EXPERIMENT_ID, pa.array([self._assigner.experiment_id] * n, pa.string()))
-                .append_column(C.ARM, arms))
+        rows = rows.append_column(
+            C.EXPERIMENT_ID, pa.array([self._assigner.experiment_id] * n, pa.string())
+        ).append_column(C.ARM, arms)
         held = rows.filter(pc.equal(rows[C.ARM], HOLDOUT))
         written = int(pc.sum(pc.equal(held[C.VARIANT], 0)).as_py() or 0)  # one per pair and channel
         if held.num_rows and holdout is not None:
@@ -168,8 +199,10 @@ def holdout_files(attempt) -> dict[str, Any]:
     from factory.experiments.night import HOLDOUT_DIR
 
     found = read_footers(holdout_folder(attempt))
-    return {"rows": sum(f.rows for f in found),
-            "files": [{"path": f"{HOLDOUT_DIR}/{f.file}", "rows": f.rows, "bytes": f.size} for f in found]}
+    return {
+        "rows": sum(f.rows for f in found),
+        "files": [{"path": f"{HOLDOUT_DIR}/{f.file}", "rows": f.rows, "bytes": f.size} for f in found],
+    }
 
 
 def views(plan, planned) -> list:
@@ -189,8 +222,18 @@ def views(plan, planned) -> list:
             table, _ = read_feedback(resolve_location(config.feedback, **config.storage_options()))
         except FileNotFoundError:
             table = None
-    history = [r for r in allocation_history(plan.output, experiment.campaign_id,
-                                             experiment.experiment.experiment_id, config.run_date)
-               if r.get("run_date") != config.run_date.isoformat()]  # tonight's is this run's own
-    return [experiment_view(experiment.experiment, config.campaign or experiment.campaign_id, table,
-                            history + [planned.allocation])]
+    history = [
+        r
+        for r in allocation_history(
+            plan.output, experiment.campaign_id, experiment.experiment.experiment_id, config.run_date
+        )
+        if r.get("run_date") != config.run_date.isoformat()
+    ]  # tonight's is this run's own
+    return [
+        experiment_view(
+            experiment.experiment,
+            config.campaign or experiment.campaign_id,
+            table,
+            history + [planned.allocation],
+        )
+    ]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 
@@ -50,8 +51,12 @@ class RunResult:
     rows_reused: int = 0  # by this process: rows that took an identical prompt's copy
     progress: list[dict[str, Any]] = field(default_factory=list)  # the per-minute samples
     work: dict[str, Any] = field(default_factory=dict)  # engine work done and avoided (factory.dedup)
-    holdout: dict[str, Any] = field(default_factory=lambda: {"rows": 0, "files": []})  # experiment holdout rows
-    experiment: Optional[dict[str, Any]] = None  # the manifest's experiment record (NightPlan.manifest_record)
+    holdout: dict[str, Any] = field(
+        default_factory=lambda: {"rows": 0, "files": []}
+    )  # experiment holdout rows
+    experiment: Optional[dict[str, Any]] = (
+        None  # the manifest's experiment record (NightPlan.manifest_record)
+    )
 
 
 def check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[Footer]:
@@ -66,8 +71,13 @@ def check_exactly_once(attempt: Attempt, owed: Fingerprint) -> list[Footer]:
     if written != owed:
         raise IncompleteRun(
             f"{attempt.copies.uri}: {written.rows} row(s) written, {owed.rows} expected"
-            + ("" if written.rows != owed.rows else ", but not the owed ones (some missing and as many duplicated)")
-            + "; not publishing. Rerun the same command to resume the attempt.")
+            + (
+                ""
+                if written.rows != owed.rows
+                else ", but not the owed ones (some missing and as many duplicated)"
+            )
+            + "; not publishing. Rerun the same command to resume the attempt."
+        )
     return files
 
 
@@ -91,11 +101,21 @@ def settle_review_queue(plan: Plan, attempt: Attempt, files: list[Footer]) -> di
     rows = sum(f.rows for f in queue)
     if rows:
         logger.info("%d row(s) for review at %s", rows, attempt.review.uri)
-    return {"rows": rows, "files": [{"path": f"review/{f.file}", "rows": f.rows, "bytes": f.size} for f in queue]}
+    return {
+        "rows": rows,
+        "files": [{"path": f"review/{f.file}", "rows": f.rows, "bytes": f.size} for f in queue],
+    }
 
 
-def summarize(plan: Plan, attempt: Attempt, action: str, files: list[Footer], dead: list[Footer],
-               seconds: float, review: dict[str, Any]) -> RunResult:
+def summarize(
+    plan: Plan,
+    attempt: Attempt,
+    action: str,
+    files: list[Footer],
+    dead: list[Footer],
+    seconds: float,
+    review: dict[str, Any],
+) -> RunResult:
     # Verdicts and engine work come from the files' footers (factory/footer.py):
     # the driver reads no row for them, whatever the run's size.
     stats = footer.copy_stats(files)
@@ -118,12 +138,20 @@ def summarize(plan: Plan, attempt: Attempt, action: str, files: list[Footer], de
                 seen.add(row[C.CHANNEL])
                 samples.append({k: row[k] for k in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.LOCALE, C.TEXT)})
     return RunResult(
-        run_id=plan.config.run_id, attempt=attempt.number, action=action, output_uri=attempt.base.uri,
-        manifest_uri=attempt.manifest.uri, rows_written=stats.quality.rows,
-        dead_letters=sum(f.rows for f in dead), rows_by_channel=stats.quality.rows_by_channel(),
-        dead_letters_by_reason=by_reason, samples=samples, seconds=round(seconds, 1),
+        run_id=plan.config.run_id,
+        attempt=attempt.number,
+        action=action,
+        output_uri=attempt.base.uri,
+        manifest_uri=attempt.manifest.uri,
+        rows_written=stats.quality.rows,
+        dead_letters=sum(f.rows for f in dead),
+        rows_by_channel=stats.quality.rows_by_channel(),
+        dead_letters_by_reason=by_reason,
+        samples=samples,
+        seconds=round(seconds, 1),
         files=[{"path": f"copies/{f.file}", "rows": f.rows, "bytes": f.size} for f in files],
-        quality=quality, work=stats.work.figures(),
+        quality=quality,
+        work=stats.work.figures(),
     )
 
 
@@ -142,8 +170,18 @@ def corpus_sample(files: list[Footer]) -> list[Footer]:
         sample.append(f)
         rows += f.rows
     return sample
-CORPUS_COLUMNS = (C.CHANNEL, C.USER_ID, C.PRODUCT_ID, C.TEXT, C.STATUS, C.NUMERIC_FIDELITY, C.COPY_LENGTH,
-                  C.COPY_LENGTH_LIMIT)
+
+
+CORPUS_COLUMNS = (
+    C.CHANNEL,
+    C.USER_ID,
+    C.PRODUCT_ID,
+    C.TEXT,
+    C.STATUS,
+    C.NUMERIC_FIDELITY,
+    C.COPY_LENGTH,
+    C.COPY_LENGTH_LIMIT,
+)
 
 
 def read_columns(files: list[Footer], columns) -> pa.Table:
@@ -184,20 +222,29 @@ def write_summary(plan: Plan, attempt: Attempt, result: RunResult, device: str) 
         # Settings only: no credentials live in the config.
         "config": json.loads(config.model_dump_json()),
     }
-    put_bytes(attempt.base.join(SUMMARY), json.dumps(summary, indent=2, ensure_ascii=False).encode(),
-              content_type="application/json")
+    put_bytes(
+        attempt.base.join(SUMMARY),
+        json.dumps(summary, indent=2, ensure_ascii=False).encode(),
+        content_type="application/json",
+    )
     return summary
 
 
-def write_report(plan: Plan, attempt: Attempt, files: list[Footer], summary: dict[str, Any],
-                 experiments: Sequence[Any] = ()) -> str | None:
+def write_report(
+    plan: Plan,
+    attempt: Attempt,
+    files: list[Footer],
+    summary: dict[str, Any],
+    experiments: Sequence[Any] = (),
+) -> str | None:
     """report.html beside summary.json, from the same bounded sample of files as
     the corpus figures (``experiments``: its Experiments section's views). A
     report that cannot be written never fails a run: the data is published regardless."""
     try:
         copies = read_columns(corpus_sample(files), report.REPORT_COLUMNS)
-        written = report.write_report(attempt.base, summary, copies, plan.products, summary.get("progress"),
-                                      experiments=experiments)
+        written = report.write_report(
+            attempt.base, summary, copies, plan.products, summary.get("progress"), experiments=experiments
+        )
     except Exception as exc:  # noqa: BLE001
         logger.warning("Run report not written: %s", exc)
         return None

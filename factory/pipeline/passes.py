@@ -21,8 +21,9 @@ earlier process of the attempt are skipped (``factory.pipeline.resume``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +36,14 @@ from factory.pipeline.plan import MAX_BLOCKS, Plan, join_partitions, rows_per_bl
 from factory.pipeline.staging import read, write
 from factory.publish import Attempt
 from factory.ray_session import engine_paced_scheduling
-from factory.stages import FinalizeRows, JoinProfiles, QualityGate, RenderPrompts, RenderRepair, build_generate_stage
+from factory.stages import (
+    FinalizeRows,
+    JoinProfiles,
+    QualityGate,
+    RenderPrompts,
+    RenderRepair,
+    build_generate_stage,
+)
 from factory.stages.generate import concurrent_batches
 from factory.stages.judge import build_judge_stage
 from factory.stages.reuse import reuse_copy
@@ -77,12 +85,38 @@ def run_passes(passes: Sequence[Pass], progress, num_cpus: float, rows_per_file:
 # --------------------------------------------------------------------------- the three passes
 
 # Keys every generated row carries through the engine stage.
-ROW_KEYS = [C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM,
-            C.LOCALE, C.TEMPLATE_VERSION]
+ROW_KEYS = [
+    C.ROW_ID,
+    C.USER_ID,
+    C.PRODUCT_ID,
+    C.CHANNEL,
+    C.CAMPAIGN_ID,
+    C.VARIANT,
+    C.EXPERIMENT_ID,
+    C.ARM,
+    C.LOCALE,
+    C.TEMPLATE_VERSION,
+]
 # What the repair pass needs of a rejected row: its keys, its chat and why it failed.
-REPAIR_QUEUE_COLUMNS = (C.ROW_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID,
-                        C.ARM, C.LOCALE, C.TEMPLATE_VERSION, "brand", C.MESSAGES, C.MAX_TOKENS, C.STOP, C.REASONS,
-                        C.REASON_DETAILS, C.COPY_LENGTH_LIMIT)
+REPAIR_QUEUE_COLUMNS = (
+    C.ROW_ID,
+    C.USER_ID,
+    C.PRODUCT_ID,
+    C.CHANNEL,
+    C.CAMPAIGN_ID,
+    C.VARIANT,
+    C.EXPERIMENT_ID,
+    C.ARM,
+    C.LOCALE,
+    C.TEMPLATE_VERSION,
+    "brand",
+    C.MESSAGES,
+    C.MAX_TOKENS,
+    C.STOP,
+    C.REASONS,
+    C.REASON_DETAILS,
+    C.COPY_LENGTH_LIMIT,
+)
 
 
 @dataclass
@@ -101,8 +135,12 @@ class RunContext:
         config = self.plan.config
         finalize = FinalizeRows(config.run_id, config.run_date, model.display_name(config.model))
         # The review rows also go to the review queue, with the product facts beside them.
-        self.copies = Sink(self.attempt.copies, finalize, footer.copies_entries,
-                           beside=Sink(self.attempt.review, ReviewRows(self.lookups["products"])))
+        self.copies = Sink(
+            self.attempt.copies,
+            finalize,
+            footer.copies_entries,
+            beside=Sink(self.attempt.review, ReviewRows(self.lookups["products"])),
+        )
 
     @property
     def light(self) -> float:
@@ -140,29 +178,62 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
     first_keys = ROW_KEYS + [C.MESSAGES, C.STOP, "brand"]
     drawing = []
     if config.candidates > 1:
-        drawing = [Pass("candidates", source=lambda: _first_drafts(ctx, also=[candidates_folder(attempt)]),
-                        stages=[render, _map(functools.partial(cand.draw_candidates, candidates=config.candidates,
-                                                               copies=config.variants), ctx),
-                                Generate(config.engine, ctx, first_keys + [cand.CANDIDATE], ctx.arm_sampling),
-                                _gate(ctx, draft=1, counted=False),  # a row is finished once chosen
-                                _map(functools.partial(cand.count_draw_tokens, counter=ctx.counter), ctx)],
-                        sinks={"candidates": Sink(candidates_folder(attempt),
-                                                  footer=cand.CandidateFooter(config.variants))})]
-        first = Pass("first drafts", source=lambda: _candidates(ctx), stages=[_choose(ctx)], sinks=first_sinks,
-                     route=C.ROUTE)
+        drawing = [
+            Pass(
+                "candidates",
+                source=lambda: _first_drafts(ctx, also=[candidates_folder(attempt)]),
+                stages=[
+                    render,
+                    _map(
+                        functools.partial(
+                            cand.draw_candidates, candidates=config.candidates, copies=config.variants
+                        ),
+                        ctx,
+                    ),
+                    Generate(config.engine, ctx, first_keys + [cand.CANDIDATE], ctx.arm_sampling),
+                    _gate(ctx, draft=1, counted=False),  # a row is finished once chosen
+                    _map(functools.partial(cand.count_draw_tokens, counter=ctx.counter), ctx),
+                ],
+                sinks={
+                    "candidates": Sink(
+                        candidates_folder(attempt), footer=cand.CandidateFooter(config.variants)
+                    )
+                },
+            )
+        ]
+        first = Pass(
+            "first drafts",
+            source=lambda: _candidates(ctx),
+            stages=[_choose(ctx)],
+            sinks=first_sinks,
+            route=C.ROUTE,
+        )
     else:
-        first = Pass("first drafts", source=lambda: _first_drafts(ctx),
-                     stages=[render, Generate(config.engine, ctx, first_keys, ctx.arm_sampling), _gate(ctx, draft=1)],
-                     sinks=first_sinks, route=C.ROUTE)
+        first = Pass(
+            "first drafts",
+            source=lambda: _first_drafts(ctx),
+            stages=[render, Generate(config.engine, ctx, first_keys, ctx.arm_sampling), _gate(ctx, draft=1)],
+            sinks=first_sinks,
+            route=C.ROUTE,
+        )
     generation = [
         first,
-        Pass("repair", source=lambda: _repair_queue(ctx),
-             stages=[_map(RenderRepair(), ctx), Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_DRAFT_REASONS]),
-                     _gate(ctx, draft=2)],
-             sinks={C.ROUTE_COPIES: ctx.copies}),
-        Pass("reuse", source=lambda: _followers(ctx),
-             stages=[_map(reuse_copy, ctx), _gate(ctx, draft=2)],
-             sinks={C.ROUTE_COPIES: ctx.copies}),
+        Pass(
+            "repair",
+            source=lambda: _repair_queue(ctx),
+            stages=[
+                _map(RenderRepair(), ctx),
+                Generate(repair_engine, ctx, ROW_KEYS + [C.FIRST_DRAFT_REASONS]),
+                _gate(ctx, draft=2),
+            ],
+            sinks={C.ROUTE_COPIES: ctx.copies},
+        ),
+        Pass(
+            "reuse",
+            source=lambda: _followers(ctx),
+            stages=[_map(reuse_copy, ctx), _gate(ctx, draft=2)],
+            sinks={C.ROUTE_COPIES: ctx.copies},
+        ),
     ]
     if not config.judge:
         return drawing + generation
@@ -171,8 +242,15 @@ def generation_passes(ctx: RunContext) -> list[Pass]:
         held = judge_queue(attempt, p.name)
         passes.append(Pass(p.name, p.source, p.stages, {route: Sink(held) for route in p.sinks}, p.route))
         written = [sink.folder for sink in p.sinks.values()]
-        passes.append(Pass(f"judge {p.name}", source=lambda held=held, written=written: _held_for_judge(
-                               ctx, held, written), stages=[Judge(ctx, draft)], sinks=p.sinks, route=C.ROUTE))
+        passes.append(
+            Pass(
+                f"judge {p.name}",
+                source=lambda held=held, written=written: _held_for_judge(ctx, held, written),
+                stages=[Judge(ctx, draft)],
+                sinks=p.sinks,
+                route=C.ROUTE,
+            )
+        )
     return passes
 
 
@@ -190,9 +268,14 @@ def _first_drafts(ctx: RunContext, also: Sequence = ()):
     """The staged rows not written yet (nor queued for repair, nor in
     ``also``: drawn already), joined with their profiles."""
     attempt, config = ctx.attempt, ctx.plan.config
-    todo = resume.remaining(attempt, attempt.pairs,
-                            [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts"), *also],
-                            ctx.resumed, ctx.light, "first-drafts")
+    todo = resume.remaining(
+        attempt,
+        attempt.pairs,
+        [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts"), *also],
+        ctx.resumed,
+        ctx.light,
+        "first-drafts",
+    )
     if not todo.rows:
         return None
     # Small blocks stream: the engine gets work as soon as the first blocks are
@@ -202,14 +285,27 @@ def _first_drafts(ctx: RunContext, also: Sequence = ()):
     # task asks for a whole CPU, which a 2-core node running an engine lacks.
     per_block = rows_per_block(todo.rows, config.engine.replicas, concurrent_batches(config.engine))
     blocks = max(1, min(MAX_BLOCKS, -(-todo.rows // per_block)))
-    ds = read(todo.files, todo.folder, ctx.light, override_num_blocks=blocks,
-              columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM])
+    ds = read(
+        todo.files,
+        todo.folder,
+        ctx.light,
+        override_num_blocks=blocks,
+        columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM],
+    )
     ds = ds.map_batches(
         JoinProfiles,
         fn_constructor_kwargs=dict(
-            **ctx.lookups, channels=config.channels, known_channels=list(ctx.plan.templates),
-            variants=config.variants, campaign=config.campaign, run_id=config.run_id),
-        batch_format="pyarrow", compute=stage_pool(config), num_cpus=ctx.light)
+            **ctx.lookups,
+            channels=config.channels,
+            known_channels=list(ctx.plan.templates),
+            variants=config.variants,
+            campaign=config.campaign,
+            run_id=config.run_id,
+        ),
+        batch_format="pyarrow",
+        compute=stage_pool(config),
+        num_cpus=ctx.light,
+    )
     return ds.map_batches(_keep_good_rows, batch_format="pyarrow", num_cpus=ctx.light)
 
 
@@ -217,9 +313,14 @@ def _candidates(ctx: RunContext):
     """The draws of owed rows not written yet (nor queued for repair), each
     row's draws gathered in one block."""
     attempt = ctx.attempt
-    todo = resume.remaining(attempt, candidates_folder(attempt),
-                            [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts")],
-                            ctx.resumed, ctx.light, "candidates")
+    todo = resume.remaining(
+        attempt,
+        candidates_folder(attempt),
+        [attempt.copies, attempt.repair_queue, judge_queue(attempt, "first drafts")],
+        ctx.resumed,
+        ctx.light,
+        "candidates",
+    )
     if not todo.rows:
         return None
     return cand.gather(read(todo.files, todo.folder, ctx.light), join_partitions(todo.rows))
@@ -230,8 +331,14 @@ def _repair_queue(ctx: RunContext):
     queue may hold rows from an earlier process too; rows already repaired
     into the copies are skipped."""
     attempt = ctx.attempt
-    todo = resume.remaining(attempt, attempt.repair_queue, [attempt.copies, judge_queue(attempt, "repair")],
-                            ctx.resumed, ctx.light, "repair")
+    todo = resume.remaining(
+        attempt,
+        attempt.repair_queue,
+        [attempt.copies, judge_queue(attempt, "repair")],
+        ctx.resumed,
+        ctx.light,
+        "repair",
+    )
     if not todo.rows:
         return None
     return read(todo.files, todo.folder, ctx.light)
@@ -240,8 +347,14 @@ def _repair_queue(ctx: RunContext):
 def _followers(ctx: RunContext):
     """Rows whose prompt equals a generated row's, not written yet, each beside its leader's row."""
     attempt = ctx.attempt
-    todo = resume.remaining(attempt, attempt.followers, [attempt.copies, judge_queue(attempt, "reuse")],
-                            ctx.resumed, ctx.light, "reuse")
+    todo = resume.remaining(
+        attempt,
+        attempt.followers,
+        [attempt.copies, judge_queue(attempt, "reuse")],
+        ctx.resumed,
+        ctx.light,
+        "reuse",
+    )
     if not todo.rows:
         return None
     ds = read(todo.files, todo.folder, ctx.light)
@@ -252,14 +365,16 @@ def _held_for_judge(ctx: RunContext, held, written: list):
     """A pass's gated rows the judge has not passed on yet to that pass's
     sinks (``written``: only those; a repaired row's id is in the repair
     queue it came from, and is still owed)."""
-    todo = resume.remaining(ctx.attempt, held, written, ctx.resumed, ctx.light,
-                            "judge-" + held.uri.rstrip("/").rsplit("/", 1)[-1])
+    todo = resume.remaining(
+        ctx.attempt, held, written, ctx.resumed, ctx.light, "judge-" + held.uri.rstrip("/").rsplit("/", 1)[-1]
+    )
     if not todo.rows:
         return None
     return read(todo.files, todo.folder, ctx.light)
 
 
 # --------------------------------------------------------------------------- stages
+
 
 class Generate:
     """A pass's engine stage, built when the pass runs: a pass with nothing
@@ -275,8 +390,9 @@ class Generate:
         ctx = self._ctx
         # Arm sampling only when there is some: the call stays the one the stand-in engines know.
         extra = {"arm_sampling": self._arm_sampling} if self._arm_sampling else {}
-        generate = build_generate_stage(self._engine, ctx.plan.model_source, ctx.device, self._passthrough,
-                                        ctx.light, **extra)
+        generate = build_generate_stage(
+            self._engine, ctx.plan.model_source, ctx.device, self._passthrough, ctx.light, **extra
+        )
         # A stand-in engine may say otherwise (the benchmarks' and tests' instant one).
         self.shares_cores_with_ray = getattr(generate, "shares_cores_with_ray", False)
         return generate(ds)
@@ -294,10 +410,19 @@ class Judge:
     def __call__(self, ds):
         ctx = self._ctx
         config = ctx.plan.config
-        judge = build_judge_stage(config.engine, ctx.plan.judge_model_source, ctx.device, config.quality,
-                                  ctx.lookups["products"], ctx.lookups["users"],
-                                  passthrough=tuple(ds.schema().names), sample=config.judge_sample,
-                                  draft=self._draft, cpu_stage_num_cpus=ctx.light, compute=stage_pool(config))
+        judge = build_judge_stage(
+            config.engine,
+            ctx.plan.judge_model_source,
+            ctx.device,
+            config.quality,
+            ctx.lookups["products"],
+            ctx.lookups["users"],
+            passthrough=tuple(ds.schema().names),
+            sample=config.judge_sample,
+            draft=self._draft,
+            cpu_stage_num_cpus=ctx.light,
+            compute=stage_pool(config),
+        )
         return judge(ds)
 
 
@@ -309,19 +434,33 @@ def _choose(ctx: RunContext) -> Stage:
     """Each owed row's best draw (``factory.candidates.ChooseCandidates``),
     a whole gathered block at a time."""
     return lambda ds: ds.map_batches(
-        cand.ChooseCandidates, fn_constructor_kwargs=dict(products=ctx.lookups["products"], counter=ctx.counter),
-        batch_size=None, batch_format="pyarrow", compute=stage_pool(ctx.plan.config), num_cpus=ctx.light)
+        cand.ChooseCandidates,
+        fn_constructor_kwargs=dict(products=ctx.lookups["products"], counter=ctx.counter),
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=stage_pool(ctx.plan.config),
+        num_cpus=ctx.light,
+    )
 
 
 def _gate(ctx: RunContext, draft: int, counted: bool = True) -> Stage:
     plan = ctx.plan
     return lambda ds: ds.map_batches(
         QualityGate,
-        fn_constructor_kwargs=dict(products=ctx.lookups["products"], users=ctx.lookups["users"],
-                                   policy=plan.config.quality, templates=ctx.every_template, draft=draft,
-                                   counter=ctx.counter if counted else None, offers=plan.config.offers,
-                                   competitors=plan.config.competitors),
-        batch_format="pyarrow", compute=stage_pool(plan.config), num_cpus=ctx.light)
+        fn_constructor_kwargs=dict(
+            products=ctx.lookups["products"],
+            users=ctx.lookups["users"],
+            policy=plan.config.quality,
+            templates=ctx.every_template,
+            draft=draft,
+            counter=ctx.counter if counted else None,
+            offers=plan.config.offers,
+            competitors=plan.config.competitors,
+        ),
+        batch_format="pyarrow",
+        compute=stage_pool(plan.config),
+        num_cpus=ctx.light,
+    )
 
 
 def _keep_good_rows(batch: pa.Table) -> pa.Table:

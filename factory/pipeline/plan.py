@@ -57,11 +57,15 @@ def prepare(config: JobConfig) -> Plan:
     templates = load_templates(config.templates)
     unknown = [c for c in config.channels if c not in templates]
     if unknown:
-        raise ConfigError(f"--channels: no template for {', '.join(unknown)} (have: {', '.join(sorted(templates))})")
+        raise ConfigError(
+            f"--channels: no template for {', '.join(unknown)} (have: {', '.join(sorted(templates))})"
+        )
     # The campaign's brand voice and declared offers go into every system
     # prompt (and so into the template versions).
     planned_experiment = experiment.resolve(config, templates)  # each arm's templates and meaning
-    templates = apply_campaign(templates, config.brand_voice, [o.text for o in config.offers], config.channels)
+    templates = apply_campaign(
+        templates, config.brand_voice, [o.text for o in config.offers], config.channels
+    )
 
     if config.uses_sample_data:
         folder = model.cache_root() / "sample_data"
@@ -83,7 +87,9 @@ def prepare(config: JobConfig) -> Plan:
     check_engine_kwargs(config.engine.engine_kwargs)
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
     users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
-    products, products_report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
+    products, products_report = inputs.read_lookup_table(
+        resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID
+    )
 
     out = resolve(config.output, **where)
     model_source = model.resolve_model(config.model, where)
@@ -92,11 +98,18 @@ def prepare(config: JobConfig) -> Plan:
     # catalog's selling points until run() swaps in extracted ones (--facts).
     products = attach_facts(products, NO_FACTS)
     return Plan(
-        config=config, templates=templates, pairs=pairs,
-        users=users, products=products, table_reports=[users_report, products_report],
-        output=out, run=run_location(out, config),
+        config=config,
+        templates=templates,
+        pairs=pairs,
+        users=users,
+        products=products,
+        table_reports=[users_report, products_report],
+        output=out,
+        run=run_location(out, config),
         model_source=model_source,
-        judge_model_source=model.resolve_model(config.judge_model, where) if config.judge_model else model_source,
+        judge_model_source=model.resolve_model(config.judge_model, where)
+        if config.judge_model
+        else model_source,
         experiment=planned_experiment,
     )
 
@@ -108,20 +121,35 @@ def prompt_stages(plan: Plan):
     from factory.stages import JoinProfiles, RenderPrompts
 
     config = plan.config
-    return (JoinProfiles(plan.users, plan.products, config.channels, list(plan.templates), config.variants,
-                         config.campaign, config.run_id),
-            RenderPrompts(plan.templates, config.engine.max_tokens))
+    return (
+        JoinProfiles(
+            plan.users,
+            plan.products,
+            config.channels,
+            list(plan.templates),
+            config.variants,
+            config.campaign,
+            config.run_id,
+        ),
+        RenderPrompts(plan.templates, config.engine.max_tokens),
+    )
 
 
 # --------------------------------------------------------------------------- the run's scope
+
 
 def scope_filter(batch: pa.Table, campaign: str | None, user_ids, product_ids, excluded_users) -> pa.Table:
     """The pairs this run is about: its campaign, the users and products it
     names, users whose locale it writes. Pairs outside are not this run's
     business (not dead letters); unknown ids still reach the checks."""
-    mask = pc.equal(batch[C.CAMPAIGN_ID], campaign) if campaign and C.CAMPAIGN_ID in batch.column_names else None
-    for column, values, keep in ((C.USER_ID, user_ids, True), (C.PRODUCT_ID, product_ids, True),
-                                 (C.USER_ID, excluded_users, False)):
+    mask = (
+        pc.equal(batch[C.CAMPAIGN_ID], campaign) if campaign and C.CAMPAIGN_ID in batch.column_names else None
+    )
+    for column, values, keep in (
+        (C.USER_ID, user_ids, True),
+        (C.PRODUCT_ID, product_ids, True),
+        (C.USER_ID, excluded_users, False),
+    ):
         if values is None:
             continue
         hit = pc.is_in(batch[column], value_set=values)
@@ -139,17 +167,28 @@ def scope(plan: Plan) -> dict[str, Any]:
     excluded = None
     if config.locales is not None:
         users = plan.users
-        excluded = [u for u, loc in zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist())
-                    if not locale_allowed(loc, config.locales)]
-        logger.info("Locales %s: %d of %d user(s) are out of scope", ", ".join(config.locales), len(excluded),
-                    users.num_rows)
-    found = {"campaign": config.campaign,
-             **{k: pa.array(v, pa.string()) if v is not None else None for k, v in ids.items()},
-             "excluded_users": pa.array(excluded, pa.string()) if excluded else None}
+        excluded = [
+            u
+            for u, loc in zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist())
+            if not locale_allowed(loc, config.locales)
+        ]
+        logger.info(
+            "Locales %s: %d of %d user(s) are out of scope",
+            ", ".join(config.locales),
+            len(excluded),
+            users.num_rows,
+        )
+    found = {
+        "campaign": config.campaign,
+        **{k: pa.array(v, pa.string()) if v is not None else None for k, v in ids.items()},
+        "excluded_users": pa.array(excluded, pa.string()) if excluded else None,
+    }
     return found if any(v is not None for v in found.values()) else {}
 
 
-def row_group_items(pairs: inputs.ParquetInput, limit: int | None, campaign: str | None) -> list[dict[str, Any]]:
+def row_group_items(
+    pairs: inputs.ParquetInput, limit: int | None, campaign: str | None
+) -> list[dict[str, Any]]:
     """One read task per row group, in file order. With ``limit`` the driver
     finds where the first N pairs in scope end (reading only as far as
     needed), so every pass and every resumed process sees the same N."""
@@ -162,8 +201,14 @@ def row_group_items(pairs: inputs.ParquetInput, limit: int | None, campaign: str
                 if found >= limit:
                     return items
                 if campaign and C.CAMPAIGN_ID in pairs.names[path]:
-                    column = retry_io(lambda: pq.ParquetFile(path, filesystem=pairs.loc.fs).read_row_group(
-                        group, columns=[C.CAMPAIGN_ID])[C.CAMPAIGN_ID].to_pylist())
+                    column = retry_io(
+                        # Called at once, inside this iteration: the loop variables are the current ones.
+                        lambda: (
+                            pq.ParquetFile(path, filesystem=pairs.loc.fs)  # noqa: B023
+                            .read_row_group(group, columns=[C.CAMPAIGN_ID])[C.CAMPAIGN_ID]  # noqa: B023
+                            .to_pylist()
+                        )
+                    )
                     hits = [i for i, c in enumerate(column) if c == campaign]
                 else:
                     hits = list(range(n))

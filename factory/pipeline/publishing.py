@@ -11,15 +11,29 @@ from typing import Any
 from factory.footer import Footer
 from factory.pipeline.finish import RunResult
 from factory.pipeline.plan import Plan
-from factory.publish import (SUMMARY, Attempt, abandoned_attempts, config_hash, publish, read_history,
-                             update_latest)
+from factory.publish import (
+    SUMMARY,
+    Attempt,
+    abandoned_attempts,
+    config_hash,
+    publish,
+    read_history,
+    update_latest,
+)
 from factory.storage import read_bytes
 
 logger = logging.getLogger(__name__)
 
 
-def publish_run(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[str, Any], device: str,
-             dead: list[Footer], report_file: str | None = None) -> None:
+def publish_run(
+    plan: Plan,
+    attempt: Attempt,
+    result: RunResult,
+    summary: dict[str, Any],
+    device: str,
+    dead: list[Footer],
+    report_file: str | None = None,
+) -> None:
     """The manifest (exclusively: one writer wins), then _SUCCESS, then the
     campaign's latest pointer. Until the manifest exists nothing of this
     attempt is visible to a reader that follows the contract."""
@@ -34,8 +48,12 @@ def publish_run(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[s
         "template_versions": summary["template_versions"],
         "model": config.model,
         "device": device,
-        "rows": {"copies": result.rows_written, "dead_letters": result.dead_letters, "review": review["rows"],
-                 "holdout": result.holdout["rows"]},
+        "rows": {
+            "copies": result.rows_written,
+            "dead_letters": result.dead_letters,
+            "review": review["rows"],
+            "holdout": result.holdout["rows"],
+        },
         "rows_by_status": result.quality["status"],
         "rows_by_channel": result.rows_by_channel,
         "rows_by_channel_status": result.quality["status_by_channel"],
@@ -44,7 +62,9 @@ def publish_run(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[s
         "dead_letters_by_reason": result.dead_letters_by_reason,
         "files": {
             "copies": result.files,
-            "dead_letters": [{"path": f"dead_letters/{f.file}", "rows": f.rows, "bytes": f.size} for f in dead],
+            "dead_letters": [
+                {"path": f"dead_letters/{f.file}", "rows": f.rows, "bytes": f.size} for f in dead
+            ],
             "review": review["files"],
             # An experiment's holdout users: no copy, one row per pair and channel (downstream measures lift).
             "holdout": result.holdout["files"],
@@ -57,12 +77,25 @@ def publish_run(plan: Plan, attempt: Attempt, result: RunResult, summary: dict[s
         "published_at": now(),
     }
     publish(attempt, manifest)
-    relative = attempt.manifest.uri[len(plan.output.uri.rstrip("/")) + 1:]
-    moved = update_latest(plan.output, config.campaign_label, {
-        "run_id": config.run_id, "run_date": config.run_date.isoformat(), "attempt": attempt.number,
-        "manifest": relative, "published_at": manifest["published_at"]})
-    logger.info("Published %s (attempt %d): %s%s", config.run_id, attempt.number, attempt.manifest.uri,
-                "" if moved else " (latest pointer left on a later run date)")
+    relative = attempt.manifest.uri[len(plan.output.uri.rstrip("/")) + 1 :]
+    moved = update_latest(
+        plan.output,
+        config.campaign_label,
+        {
+            "run_id": config.run_id,
+            "run_date": config.run_date.isoformat(),
+            "attempt": attempt.number,
+            "manifest": relative,
+            "published_at": manifest["published_at"],
+        },
+    )
+    logger.info(
+        "Published %s (attempt %d): %s%s",
+        config.run_id,
+        attempt.number,
+        attempt.manifest.uri,
+        "" if moved else " (latest pointer left on a later run date)",
+    )
 
 
 def now() -> str:
@@ -73,13 +106,25 @@ def now() -> str:
 
 def already_published(plan: Plan, attempt: Attempt, started: float) -> RunResult:
     manifest = json.loads(read_bytes(attempt.manifest))
-    logger.info("Run %s is already published (attempt %d): %s. Nothing to do; --force runs it again as a "
-                "new attempt.", plan.config.run_id, attempt.number, attempt.manifest.uri)
+    logger.info(
+        "Run %s is already published (attempt %d): %s. Nothing to do; --force runs it again as a "
+        "new attempt.",
+        plan.config.run_id,
+        attempt.number,
+        attempt.manifest.uri,
+    )
     return RunResult(
-        run_id=manifest["run_id"], attempt=attempt.number, action="published", output_uri=attempt.base.uri,
-        manifest_uri=attempt.manifest.uri, rows_written=manifest["rows"]["copies"],
-        dead_letters=manifest["rows"]["dead_letters"], rows_by_channel=manifest["rows_by_channel"],
-        dead_letters_by_reason=manifest.get("dead_letters_by_reason", {}), samples=[],
-        seconds=round(time.time() - started, 1), files=manifest["files"]["copies"],
+        run_id=manifest["run_id"],
+        attempt=attempt.number,
+        action="published",
+        output_uri=attempt.base.uri,
+        manifest_uri=attempt.manifest.uri,
+        rows_written=manifest["rows"]["copies"],
+        dead_letters=manifest["rows"]["dead_letters"],
+        rows_by_channel=manifest["rows_by_channel"],
+        dead_letters_by_reason=manifest.get("dead_letters_by_reason", {}),
+        samples=[],
+        seconds=round(time.time() - started, 1),
+        files=manifest["files"]["copies"],
         quality={"status": manifest["rows_by_status"]},
     )

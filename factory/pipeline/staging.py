@@ -26,8 +26,16 @@ from factory.config import JobConfig
 from factory.fingerprint import Fingerprint
 from factory.pipeline.experiment import ArmRows, holdout_folder
 from factory.pipeline.owed import CAMPAIGN, Owed, owed_rows
-from factory.pipeline.plan import (ROWS_PER_FILE, ConfigError, Plan, input_pairs, row_group_items, scope,
-                                   scope_filter, stage_pool)
+from factory.pipeline.plan import (
+    ROWS_PER_FILE,
+    ConfigError,
+    Plan,
+    input_pairs,
+    row_group_items,
+    scope,
+    scope_filter,
+    stage_pool,
+)
 from factory.publish import Attempt
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.join import row_id
@@ -38,7 +46,9 @@ logger = logging.getLogger(__name__)
 
 # What pass 1 keeps of a servable pair for the generation passes.
 STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW)
-STAGED_PAIR_SCHEMA = pa.schema([(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())])
+STAGED_PAIR_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())]
+)
 # What a staged row keeps: its key (the row id is added from it).
 STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
 
@@ -54,11 +64,13 @@ PASS1_MAX_BATCH_PAIRS = 2_000_000
 LISTED_CAMPAIGNS = 20
 
 
-def write(ds, sinks: dict[str, Sink], num_cpus: float, route: str | None = None,
-          rows_per_file: int = ROWS_PER_FILE) -> list[dict[str, Any]]:
+def write(
+    ds, sinks: dict[str, Sink], num_cpus: float, route: str | None = None, rows_per_file: int = ROWS_PER_FILE
+) -> list[dict[str, Any]]:
     """Write ``ds`` to its sinks; return one {sink, file, rows, bytes} per file written."""
-    written = ds.map_batches(WriteParquetFiles(sinks, route), batch_size=rows_per_file,
-                             batch_format="pyarrow", num_cpus=num_cpus)
+    written = ds.map_batches(
+        WriteParquetFiles(sinks, route), batch_size=rows_per_file, batch_format="pyarrow", num_cpus=num_cpus
+    )
     return sorted(written.take_all(), key=lambda r: (r["sink"], r["file"] or ""))
 
 
@@ -73,6 +85,7 @@ def read(files: list[str], folder: Location, num_cpus: float, **kwargs):
 
 # --------------------------------------------------------------------------- pass 1
 
+
 def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bool) -> int:
     """Pass 1: every pair in scope checked; dead letters written, servable
     pairs written to their product's bucket. Returns the number of buckets.
@@ -84,19 +97,37 @@ def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bo
         delete_dir_if_exists(loc)
     n_buckets = stage_buckets(plan)
     checked = checked_pairs(plan, lookups).map_batches(
-        route_checked, fn_kwargs={"run_id": config.run_id, "run_date": config.run_date,
-                                  "campaign": config.campaign, "n_buckets": n_buckets},
-        batch_format="pyarrow", num_cpus=light)
-    buckets = {bucket_name(b): Sink(attempt.checked.join(bucket_name(b)), staged_pair_shape)
-               for b in range(n_buckets)}
-    written = write(checked, {"dead_letters": Sink(attempt.dead_letters, dead_letters.shape,
-                                                   footer.dead_letter_entries), **buckets}, light, route=C.ROUTE,
-                    rows_per_file=pass1_batch_pairs(plan))
+        route_checked,
+        fn_kwargs={
+            "run_id": config.run_id,
+            "run_date": config.run_date,
+            "campaign": config.campaign,
+            "n_buckets": n_buckets,
+        },
+        batch_format="pyarrow",
+        num_cpus=light,
+    )
+    buckets = {
+        bucket_name(b): Sink(attempt.checked.join(bucket_name(b)), staged_pair_shape)
+        for b in range(n_buckets)
+    }
+    written = write(
+        checked,
+        {
+            "dead_letters": Sink(attempt.dead_letters, dead_letters.shape, footer.dead_letter_entries),
+            **buckets,
+        },
+        light,
+        route=C.ROUTE,
+        rows_per_file=pass1_batch_pairs(plan),
+    )
     if config.campaign and not sum(w["rows"] for w in written):
         if fresh:
             delete_dir_if_exists(attempt.base)
-        raise ConfigError(f"--campaign {config.campaign}: no pair in {plan.pairs.loc.uri} has this campaign_id",
-                          campaigns_in(plan.pairs, light))
+        raise ConfigError(
+            f"--campaign {config.campaign}: no pair in {plan.pairs.loc.uri} has this campaign_id",
+            campaigns_in(plan.pairs, light),
+        )
     write_lookup_rejects(plan, attempt)
     servable = sum(w["rows"] for w in written if w["sink"] != "dead_letters")
     logger.info("%d servable pair(s) in %d product bucket(s)", servable, n_buckets)
@@ -116,8 +147,9 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
     items = row_group_items(pairs, config.limit, config.campaign)
     display = {f: (f"s3://{f}" if pairs.loc.is_s3 else f) for f in pairs.files}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy",
-                        num_cpus=light)
+    ds = ds.map_batches(
+        ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy", num_cpus=light
+    )
     found = scope(plan)
     excluded = found.get("excluded_users") if mark_locale_excluded else None
     if excluded is not None:
@@ -125,12 +157,18 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
     if found and any(v is not None for v in found.values()):
         ds = ds.map_batches(scope_filter, fn_kwargs=found, batch_format="pyarrow", num_cpus=light)
     if mark_locale_excluded:
-        ds = ds.map_batches(_mark_locale_excluded, fn_kwargs={"excluded_users": excluded}, batch_format="pyarrow",
-                            num_cpus=light)
+        ds = ds.map_batches(
+            _mark_locale_excluded,
+            fn_kwargs={"excluded_users": excluded},
+            batch_format="pyarrow",
+            num_cpus=light,
+        )
     return ds.map_batches(
         CheckPairs,
         fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
-        batch_format="pyarrow", compute=stage_pool(config), num_cpus=light,
+        batch_format="pyarrow",
+        compute=stage_pool(config),
+        num_cpus=light,
     )
 
 
@@ -152,11 +190,13 @@ def campaigns_in(pairs: inputs.ParquetInput, num_cpus: float) -> str:
     files = [f for f in pairs.files if C.CAMPAIGN_ID in pairs.names[f]]
     if not files:
         return "the pairs have no campaign_id column: leave --campaign out to take every pair"
-    names = ray.data.read_parquet(files, filesystem=pairs.loc.fs, columns=[C.CAMPAIGN_ID],
-                                  num_cpus=num_cpus).unique(C.CAMPAIGN_ID)
+    names = ray.data.read_parquet(
+        files, filesystem=pairs.loc.fs, columns=[C.CAMPAIGN_ID], num_cpus=num_cpus
+    ).unique(C.CAMPAIGN_ID)
     names = sorted(n for n in names if n is not None)
-    shown = ", ".join(names[:LISTED_CAMPAIGNS]) + (f" and {len(names) - LISTED_CAMPAIGNS} more"
-                                                   if len(names) > LISTED_CAMPAIGNS else "")
+    shown = ", ".join(names[:LISTED_CAMPAIGNS]) + (
+        f" and {len(names) - LISTED_CAMPAIGNS} more" if len(names) > LISTED_CAMPAIGNS else ""
+    )
     return f"the pairs have these campaigns: {shown}" if names else "no pair names a campaign"
 
 
@@ -167,18 +207,31 @@ def route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None, 
     good = batch.filter(pc.is_null(batch[C.REASON]))
     n = dead.num_rows
     dead_rows = dead_letters.rows(
-        run_id, run_date, n,
-        **{C.CAMPAIGN_ID: (dead[C.CAMPAIGN_ID] if C.CAMPAIGN_ID in dead.column_names
-                           else pa.array([campaign] * n, pa.string()))},
-        **{c: dead[c] for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.REASON, C.SOURCE, C.SOURCE_ROW)
-           if c in dead.column_names})
+        run_id,
+        run_date,
+        n,
+        **{
+            C.CAMPAIGN_ID: (
+                dead[C.CAMPAIGN_ID]
+                if C.CAMPAIGN_ID in dead.column_names
+                else pa.array([campaign] * n, pa.string())
+            )
+        },
+        **{
+            c: dead[c]
+            for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.REASON, C.SOURCE, C.SOURCE_ROW)
+            if c in dead.column_names
+        },
+    )
     for name in (C.CHANNEL, C.CAMPAIGN_ID):
         if name not in good.column_names:
             good = good.append_column(name, pa.nulls(good.num_rows, pa.string()))
     staged = good.select(list(STAGED_PAIR_COLUMNS))
     dead_rows = dead_rows.append_column(C.ROUTE, pa.array(["dead_letters"] * n, pa.string()))
     bucket_names = pa.array([bucket_name(b) for b in range(n_buckets)], pa.string())
-    staged = staged.append_column(C.ROUTE, bucket_names.take(product_buckets(staged[C.PRODUCT_ID], n_buckets)))
+    staged = staged.append_column(
+        C.ROUTE, bucket_names.take(product_buckets(staged[C.PRODUCT_ID], n_buckets))
+    )
     return pa.concat_tables([dead_rows, staged], promote_options="default")
 
 
@@ -194,14 +247,19 @@ def write_lookup_rejects(plan: Plan, attempt: Attempt) -> None:
     if not rejects:
         return
     n = len(rejects)
-    table = dead_letters.rows(config.run_id, config.run_date, n, **{
-        C.CAMPAIGN_ID: pa.array([config.campaign] * n, pa.string()),
-        C.USER_ID: pa.array([r.get(C.USER_ID) for r in rejects], pa.string()),
-        C.PRODUCT_ID: pa.array([r.get(C.PRODUCT_ID) for r in rejects], pa.string()),
-        C.REASON: pa.array([r["reason"] for r in rejects], pa.string()),
-        C.SOURCE: pa.array([r["source"] for r in rejects], pa.string()),
-        C.SOURCE_ROW: pa.array([r["source_row"] for r in rejects], pa.int64()),
-    })
+    table = dead_letters.rows(
+        config.run_id,
+        config.run_date,
+        n,
+        **{
+            C.CAMPAIGN_ID: pa.array([config.campaign] * n, pa.string()),
+            C.USER_ID: pa.array([r.get(C.USER_ID) for r in rejects], pa.string()),
+            C.PRODUCT_ID: pa.array([r.get(C.PRODUCT_ID) for r in rejects], pa.string()),
+            C.REASON: pa.array([r["reason"] for r in rejects], pa.string()),
+            C.SOURCE: pa.array([r["source"] for r in rejects], pa.string()),
+            C.SOURCE_ROW: pa.array([r["source_row"] for r in rejects], pa.int64()),
+        },
+    )
     dead_letters.write(attempt.dead_letters.join("part-lookup-tables.parquet"), table)
 
 
@@ -225,14 +283,18 @@ def product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
     if not len(products):
         return pa.array([], pa.int32())
     encoded = products.combine_chunks().dictionary_encode()
-    per_value = np.array([zlib.crc32(v.encode()) % n_buckets if v is not None else 0
-                          for v in encoded.dictionary.to_pylist()] + [0], dtype=np.int32)
+    per_value = np.array(
+        [zlib.crc32(v.encode()) % n_buckets if v is not None else 0 for v in encoded.dictionary.to_pylist()]
+        + [0],
+        dtype=np.int32,
+    )
     # A null product (never staged: pass 1 dead-letters it) goes to bucket 0.
     index = encoded.indices.fill_null(len(per_value) - 1).to_numpy(zero_copy_only=False)
     return pa.array(per_value[index])
 
 
 # --------------------------------------------------------------------------- staging
+
 
 def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None, night=None) -> Fingerprint:
     """Turn the checked pairs into the unique rows the run owes; return their
@@ -250,7 +312,9 @@ def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None, night=N
     arms = ArmRows.of(plan, night)
     arm_templates = plan.experiment.arm_templates if night else None
     task = ray.remote(_stage_bucket_task).options(num_cpus=config.cpu_stage_num_cpus)
-    pending = [task.remote(attempt, b, config, plan.templates, users, arms, arm_templates) for b in range(n_buckets)]
+    pending = [
+        task.remote(attempt, b, config, plan.templates, users, arms, arm_templates) for b in range(n_buckets)
+    ]
     owed = reused = done = 0
     fingerprint = Fingerprint()
     while pending:
@@ -262,24 +326,34 @@ def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None, night=N
             logger.info("Staged %d of %d product bucket(s): %d row(s) so far", done, n_buckets, owed)
     delete_dir_if_exists(attempt.checked)
     if reused:
-        logger.info("%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
-                    "(--no-dedup turns this off)", reused, owed)
+        logger.info(
+            "%d of %d row(s) have a prompt identical to an earlier row's: generated once, reused "
+            "(--no-dedup turns this off)",
+            reused,
+            owed,
+        )
     return fingerprint
 
 
-def _stage_bucket_task(attempt: Attempt, bucket: int, config: JobConfig, templates, users, arms=None,
-                       arm_templates=None) -> tuple[int, int, str]:
+def _stage_bucket_task(
+    attempt: Attempt, bucket: int, config: JobConfig, templates, users, arms=None, arm_templates=None
+) -> tuple[int, int, str]:
     """A Ray task: stage one bucket's pairs; (rows, followers, owed fingerprint as text)."""
     folder = attempt.checked.join(bucket_name(bucket))
     names = [i.base_name for i in list_files(folder, ".parquet")]
-    pairs = (pa.concat_tables([read_parquet(folder.join(name)) for name in names])
-             if names else STAGED_PAIR_SCHEMA.empty_table())
+    pairs = (
+        pa.concat_tables([read_parquet(folder.join(name)) for name in names])
+        if names
+        else STAGED_PAIR_SCHEMA.empty_table()
+    )
     # Only this bucket's users: the prompt keys' per-user signatures are Python
     # work per user, and every bucket computing them for the whole table made
     # staging grow with buckets x users (1M users, a 100k-pair bucket: 44.0 s
     # against 2.7 s; benchmarks/stage_signatures.py, RESULTS section 11).
     users = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
-    keys = dedup.PromptKeys(users, templates, arm_templates) if config.dedup_prompts and pairs.num_rows else None
+    keys = (
+        dedup.PromptKeys(users, templates, arm_templates) if config.dedup_prompts and pairs.num_rows else None
+    )
     rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys, arms)
     return rows, followers, owes.text()
 
@@ -308,14 +382,23 @@ class BucketRows:
         return self.rows.filter(pc.is_valid(self.rows[C.DEDUP_OF]))
 
 
-def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup.PromptKeys | None,
-                arms: ArmRows | None = None, holdout: Location | None = None, prefix: str = "part") -> BucketRows:
+def bucket_rows(
+    pairs: pa.Table,
+    config: JobConfig,
+    users: pa.Table,
+    keys: dedup.PromptKeys | None,
+    arms: ArmRows | None = None,
+    holdout: Location | None = None,
+    prefix: str = "part",
+) -> BucketRows:
     """Decide one bucket's rows: the staging rule, for the run (``stage_bucket``)
     and the dry run (``factory.dry_run``) alike. ``arms``: the experiment's
     arm step; its holdout rows are written to ``holdout`` (the run) or only
     counted (None: the dry run)."""
     if pairs.num_rows:
-        pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")]))
+        pairs = pairs.take(
+            pc.sort_indices(pairs, sort_keys=[(C.SOURCE, "ascending"), (C.SOURCE_ROW, "ascending")])
+        )
     owing = owed_rows(pairs, config.channels, config.variants, config.campaign)
     rows = owing.rows.select(list(STAGED_ROW_COLUMNS) + [CAMPAIGN])
     # Each row's arm, before its prompt key and id: the holdout's rows leave here.
@@ -324,8 +407,15 @@ def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup
     # The row ids (as JoinProfiles makes them) let a resumed process see
     # which staged rows are still owed without running the join; the prompt
     # keys say which rows would send the engine the same prompt.
-    ids = pa.array([row_id(config.run_id, *key) for key in zip(
-        *(rows[c].to_pylist() for c in (CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT)))], pa.string())
+    ids = pa.array(
+        [
+            row_id(config.run_id, *key)
+            for key in zip(
+                *(rows[c].to_pylist() for c in (CAMPAIGN, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))
+            )
+        ],
+        pa.string(),
+    )
     rows = rows.append_column(C.ROW_ID, ids)
     lead = pa.nulls(rows.num_rows, pa.string())
     if keys is not None and rows.num_rows:
@@ -334,8 +424,15 @@ def bucket_rows(pairs: pa.Table, config: JobConfig, users: pa.Table, keys: dedup
     return BucketRows(pairs=pairs, owing=owing, rows=rows.append_column(C.DEDUP_OF, lead), holdout=held)
 
 
-def stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Table, attempt: Attempt,
-                 keys: dedup.PromptKeys | None, arms: ArmRows | None = None) -> tuple[int, int, Fingerprint]:
+def stage_bucket(
+    pairs: pa.Table,
+    bucket: int,
+    config: JobConfig,
+    users: pa.Table,
+    attempt: Attempt,
+    keys: dedup.PromptKeys | None,
+    arms: ArmRows | None = None,
+) -> tuple[int, int, Fingerprint]:
     """Stage one bucket's pairs (see ``stage_rows``): write its rows to
     generate, its followers, its duplicate pairs and its holdout rows (owed
     no copy); return (rows, followers, the fingerprint of every row it owes)."""
@@ -344,19 +441,33 @@ def stage_bucket(pairs: pa.Table, bucket: int, config: JobConfig, users: pa.Tabl
     owed_fingerprint = Fingerprint.of(rows[C.ROW_ID].to_pylist())  # what the copies must add up to (finish)
     followers = decided.followers
     if followers.num_rows:
-        followers = followers.set_column(followers.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID,
-                                         followers[CAMPAIGN]).drop_columns([CAMPAIGN])
+        followers = followers.set_column(
+            followers.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, followers[CAMPAIGN]
+        ).drop_columns([CAMPAIGN])
         _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
-    _write_chunks(attempt.pairs, decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), f"part-{bucket:05d}")
+    _write_chunks(
+        attempt.pairs, decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), f"part-{bucket:05d}"
+    )
     if len(decided.owing.duplicate_pairs):
         dup = decided.pairs.take(decided.owing.duplicate_pairs)
-        dead_letters.write(attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"), dead_letters.rows(
-            config.run_id, config.run_date, dup.num_rows,
-            **{c: dup[c] for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)},
-            **{C.REASON: pa.array([dead_letters.DUPLICATE_PAIR] * dup.num_rows, pa.string())}))
+        dead_letters.write(
+            attempt.dead_letters.join(f"part-duplicate-pairs-{bucket:05d}.parquet"),
+            dead_letters.rows(
+                config.run_id,
+                config.run_date,
+                dup.num_rows,
+                **{
+                    c: dup[c]
+                    for c in (C.CAMPAIGN_ID, C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.SOURCE, C.SOURCE_ROW)
+                },
+                **{C.REASON: pa.array([dead_letters.DUPLICATE_PAIR] * dup.num_rows, pa.string())},
+            ),
+        )
     return rows.num_rows, followers.num_rows, owed_fingerprint
 
 
 def _write_chunks(folder: Location, rows: pa.Table, prefix: str = "part") -> None:
     for start in range(0, rows.num_rows, ROWS_PER_FILE):
-        write_parquet(folder.join(f"{prefix}-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE))
+        write_parquet(
+            folder.join(f"{prefix}-{start // ROWS_PER_FILE:05d}.parquet"), rows.slice(start, ROWS_PER_FILE)
+        )

@@ -10,45 +10,49 @@ import pyarrow as pa
 from factory import columns as C
 from factory.quality.text import strip_invisible
 
-OUTPUT_SCHEMA = pa.schema([
-    (C.ROW_ID, pa.string()),
-    (C.RUN_ID, pa.string()),
-    (C.RUN_DATE, pa.date32()),
-    (C.CAMPAIGN_ID, pa.string()),
-    (C.USER_ID, pa.string()),
-    (C.PRODUCT_ID, pa.string()),
-    (C.CHANNEL, pa.string()),
-    (C.LOCALE, pa.string()),
-    (C.VARIANT, pa.int32()),
-    (C.EXPERIMENT_ID, pa.string()),
-    (C.ARM, pa.string()),
-    (C.TEXT, pa.string()),
-    (C.STATUS, pa.string()),
-    (C.REASONS, pa.list_(pa.string())),
-    (C.REASON_DETAILS, pa.list_(pa.string())),
-    (C.DRAFT, pa.int32()),
-    (C.FIRST_DRAFT_REASONS, pa.list_(pa.string())),
-    (C.NUMERIC_FIDELITY, pa.float64()),
-    (C.COPY_LENGTH, pa.int32()),
-    (C.COPY_LENGTH_LIMIT, pa.int32()),
-    (C.JUDGE_VERDICT, pa.string()),
-    (C.JUDGE_TOKENS, pa.int32()),
-    (C.DEDUP_OF, pa.string()),
-    (C.TEMPLATE_VERSION, pa.string()),
-    (C.MODEL, pa.string()),
-    (C.NUM_INPUT_TOKENS, pa.int32()),
-    (C.NUM_OUTPUT_TOKENS, pa.int32()),
-    (C.NUM_CACHED_TOKENS, pa.int32()),
-    (C.FINISH_REASON, pa.string()),
-    (C.GENERATED_AT, pa.timestamp("us", tz="UTC")),
-])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        (C.ROW_ID, pa.string()),
+        (C.RUN_ID, pa.string()),
+        (C.RUN_DATE, pa.date32()),
+        (C.CAMPAIGN_ID, pa.string()),
+        (C.USER_ID, pa.string()),
+        (C.PRODUCT_ID, pa.string()),
+        (C.CHANNEL, pa.string()),
+        (C.LOCALE, pa.string()),
+        (C.VARIANT, pa.int32()),
+        (C.EXPERIMENT_ID, pa.string()),
+        (C.ARM, pa.string()),
+        (C.TEXT, pa.string()),
+        (C.STATUS, pa.string()),
+        (C.REASONS, pa.list_(pa.string())),
+        (C.REASON_DETAILS, pa.list_(pa.string())),
+        (C.DRAFT, pa.int32()),
+        (C.FIRST_DRAFT_REASONS, pa.list_(pa.string())),
+        (C.NUMERIC_FIDELITY, pa.float64()),
+        (C.COPY_LENGTH, pa.int32()),
+        (C.COPY_LENGTH_LIMIT, pa.int32()),
+        (C.JUDGE_VERDICT, pa.string()),
+        (C.JUDGE_TOKENS, pa.int32()),
+        (C.DEDUP_OF, pa.string()),
+        (C.TEMPLATE_VERSION, pa.string()),
+        (C.MODEL, pa.string()),
+        (C.NUM_INPUT_TOKENS, pa.int32()),
+        (C.NUM_OUTPUT_TOKENS, pa.int32()),
+        (C.NUM_CACHED_TOKENS, pa.int32()),
+        (C.FINISH_REASON, pa.string()),
+        (C.GENERATED_AT, pa.timestamp("us", tz="UTC")),
+    ]
+)
 assert tuple(OUTPUT_SCHEMA.names) == C.OUTPUT_COLUMNS
 
 _QUOTES = {'"': '"', "'": "'", "“": "”", "「": "」", "《": "》"}
 # "Subject: ..." / "Push notification: ..." -- a label the channel does not want.
-_LABEL = re.compile(r"^(?:subject(?: line)?|e-?mail subject|headline|ad headline|sms|text message|push"
-                    r"(?: notification)?|notification|copy|recommendation|blurb|标题|短信|推送)\s*[:：]\s*",
-                    re.IGNORECASE)
+_LABEL = re.compile(
+    r"^(?:subject(?: line)?|e-?mail subject|headline|ad headline|sms|text message|push"
+    r"(?: notification)?|notification|copy|recommendation|blurb|标题|短信|推送)\s*[:：]\s*",
+    re.IGNORECASE,
+)
 
 
 def clean_text(text: str) -> str:
@@ -87,8 +91,15 @@ class FinalizeRows:
         }
         # Columns a stage may not have set: null (not a first-attempt repair,
         # not a reused generation, no cache figure from the engine, not judged, no experiment).
-        for name in (C.FIRST_DRAFT_REASONS, C.DEDUP_OF, C.NUM_CACHED_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS,
-                     C.EXPERIMENT_ID, C.ARM):
+        for name in (
+            C.FIRST_DRAFT_REASONS,
+            C.DEDUP_OF,
+            C.NUM_CACHED_TOKENS,
+            C.JUDGE_VERDICT,
+            C.JUDGE_TOKENS,
+            C.EXPERIMENT_ID,
+            C.ARM,
+        ):
             if name not in batch.column_names:
                 columns[name] = pa.nulls(n, OUTPUT_SCHEMA.field(name).type)
         arrays = [columns[f.name] if f.name in columns else batch[f.name].cast(f.type) for f in OUTPUT_SCHEMA]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 from factory import columns as C
 from factory.config import EngineConfig
@@ -76,8 +77,10 @@ def engine_kwargs(engine: EngineConfig, device: str) -> dict[str, Any]:
         per_step = OFFLINE_MAX_NUM_BATCHED_TOKENS[device] * (engine_ranks(kwargs) if device == "cpu" else 1)
         # vLLM refuses a step smaller than the sequences it runs at once, or,
         # without chunked prefill, smaller than the longest prompt.
-        floor = max(int(kwargs["max_num_seqs"]),
-                    int(kwargs["max_model_len"] or 0) if kwargs.get("enable_chunked_prefill") is False else 0)
+        floor = max(
+            int(kwargs["max_num_seqs"]),
+            int(kwargs["max_model_len"] or 0) if kwargs.get("enable_chunked_prefill") is False else 0,
+        )
         kwargs["max_num_batched_tokens"] = max(per_step, floor)
     return kwargs
 
@@ -92,8 +95,13 @@ def concurrent_batches(engine: EngineConfig) -> int:
     if engine.max_concurrent_batches is None:
         return IN_FLIGHT_PER_SEQ * needed
     if engine.max_concurrent_batches < needed:
-        logger.info("max_num_seqs=%d > batch_size %d x max_concurrent_batches %d: keeping %d batches in flight",
-                    seqs, engine.batch_size, engine.max_concurrent_batches, needed)
+        logger.info(
+            "max_num_seqs=%d > batch_size %d x max_concurrent_batches %d: keeping %d batches in flight",
+            seqs,
+            engine.batch_size,
+            engine.max_concurrent_batches,
+            needed,
+        )
         return needed
     return engine.max_concurrent_batches
 
@@ -106,13 +114,15 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
     if device == "cpu":
         # One CPU bundle per replica; without it the engine stage waits for a GPU for ever.
         placement = {"bundles": [{"CPU": 1}]}
-        runtime_env = {"env_vars": {
-            "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
-            # vLLM keeps one core back for its front end by default; on a small
-            # node that halves the compute. Measured on 2 cores, bare vLLM on
-            # the factory's prompts: 2.3 -> 4.2 rows/s with no core reserved.
-            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        }}
+        runtime_env = {
+            "env_vars": {
+                "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
+                # vLLM keeps one core back for its front end by default; on a small
+                # node that halves the compute. Measured on 2 cores, bare vLLM on
+                # the factory's prompts: 2.3 -> 4.2 rows/s with no core reserved.
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            }
+        }
     else:
         # One replica's ranks on one node: PACK may split them across single-GPU
         # nodes when a node is short of GPUs, and tensor parallelism over the
@@ -137,10 +147,18 @@ def build_processor_config(engine: EngineConfig, model_source: str, device: str,
     )
 
 
-def to_request(row: dict[str, Any], temperature: float, top_p: float,
-               arm_sampling: Optional[Mapping[str, Mapping[str, float]]] = None) -> dict[str, Any]:
+def to_request(
+    row: dict[str, Any],
+    temperature: float,
+    top_p: float,
+    arm_sampling: Optional[Mapping[str, Mapping[str, float]]] = None,
+) -> dict[str, Any]:
     row["messages"] = json.loads(row[C.MESSAGES])  # the string stays: a repair builds on it
-    row["sampling_params"] = {"max_tokens": int(row[C.MAX_TOKENS]), "temperature": temperature, "top_p": top_p}
+    row["sampling_params"] = {
+        "max_tokens": int(row[C.MAX_TOKENS]),
+        "temperature": temperature,
+        "top_p": top_p,
+    }
     if arm_sampling and row.get(C.ARM) in arm_sampling:  # an experiment arm's own sampling
         row["sampling_params"].update(arm_sampling[row[C.ARM]])
     stop = row.get(C.STOP)  # stays on the row: a repair uses the same stops
@@ -164,18 +182,33 @@ def from_response(row: dict[str, Any], passthrough: Sequence[str]) -> dict[str, 
     return out
 
 
-def build_generate_stage(engine: EngineConfig, model_source: str, device: str,
-                         passthrough: Sequence[str], cpu_stage_num_cpus: float,
-                         arm_sampling: Optional[Mapping[str, Mapping[str, float]]] = None):
+def build_generate_stage(
+    engine: EngineConfig,
+    model_source: str,
+    device: str,
+    passthrough: Sequence[str],
+    cpu_stage_num_cpus: float,
+    arm_sampling: Optional[Mapping[str, Mapping[str, float]]] = None,
+):
     """A callable ``Dataset -> Dataset`` that generates one copy per row
     (``arm_sampling``: per experiment arm, temperature / top_p over the engine's)."""
     config = build_processor_config(engine, model_source, device, cpu_stage_num_cpus)
-    logger.info("Engine: %s on %s, %d replica(s), engine_kwargs=%s", model_source, device,
-                engine.replicas, config.engine_kwargs)
+    logger.info(
+        "Engine: %s on %s, %d replica(s), engine_kwargs=%s",
+        model_source,
+        device,
+        engine.replicas,
+        config.engine_kwargs,
+    )
     return build_engine_processor(
-        config, device,
-        preprocess=functools.partial(to_request, temperature=engine.temperature, top_p=engine.top_p,
-                                     arm_sampling=dict(arm_sampling or {})),
+        config,
+        device,
+        preprocess=functools.partial(
+            to_request,
+            temperature=engine.temperature,
+            top_p=engine.top_p,
+            arm_sampling=dict(arm_sampling or {}),
+        ),
         postprocess=functools.partial(from_response, passthrough=tuple(passthrough) + (C.MAX_TOKENS,)),
         cpu_stage_num_cpus=cpu_stage_num_cpus,
     )
@@ -190,8 +223,13 @@ def build_engine_processor(config, device: str, preprocess, postprocess, cpu_sta
     from ray.data.llm import build_processor
 
     light = {"num_cpus": cpu_stage_num_cpus}
-    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
-                                preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+    processor = build_processor(
+        config,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
+    )
     release_llm_telemetry_actor()  # idle from here on
     processor.shares_cores_with_ray = device == "cpu"
     return processor

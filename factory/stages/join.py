@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +16,9 @@ from factory.lookup import KeyIndex
 
 USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
 # Facts are attached by the pipeline (factory.facts), not read from the catalog.
-PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID) + (C.FACTS,)
-
+PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID) + (
+    C.FACTS,
+)
 
 
 class JoinProfiles:
@@ -28,9 +30,16 @@ class JoinProfiles:
     and the join itself is vectorized (an index built once per actor, then ``take``).
     """
 
-    def __init__(self, users: pa.Table, products: pa.Table, channels: Sequence[str],
-                 known_channels: Sequence[str], variants: int, campaign: Optional[str],
-                 run_id: str = ""):
+    def __init__(
+        self,
+        users: pa.Table,
+        products: pa.Table,
+        channels: Sequence[str],
+        known_channels: Sequence[str],
+        variants: int,
+        campaign: Optional[str],
+        run_id: str = "",
+    ):
         import ray
 
         # Ray resolves top-level ObjectRefs for tasks, but Ray Data hands
@@ -53,8 +62,8 @@ class JoinProfiles:
         user_ids, product_ids = batch[C.USER_ID], batch[C.PRODUCT_ID]
         user_idx = self._user_index.positions(user_ids)
         product_idx = self._product_index.positions(product_ids)
-        pair_channels = (batch[C.CHANNEL].to_pylist() if C.CHANNEL in batch.column_names else [None] * n)
-        campaigns = (batch[C.CAMPAIGN_ID].to_pylist() if C.CAMPAIGN_ID in batch.column_names else [None] * n)
+        pair_channels = batch[C.CHANNEL].to_pylist() if C.CHANNEL in batch.column_names else [None] * n
+        campaigns = batch[C.CAMPAIGN_ID].to_pylist() if C.CAMPAIGN_ID in batch.column_names else [None] * n
 
         reasons = _reasons(user_ids, product_ids, user_idx, product_idx, pair_channels, self._known)
         # Rows staged by pass 1 already name their channel and variant: no fan-out.
@@ -84,9 +93,18 @@ class JoinProfiles:
             C.REASON: pa.array(out_reasons, pa.string()),
         }
         out[C.ROW_ID] = pa.array(
-            [row_id(self._run_id, c, u, p, ch, v) for c, u, p, ch, v in zip(
-                out[C.CAMPAIGN_ID].to_pylist(), out[C.USER_ID].to_pylist(), out[C.PRODUCT_ID].to_pylist(),
-                out_channels, out_variants)], pa.string())
+            [
+                row_id(self._run_id, c, u, p, ch, v)
+                for c, u, p, ch, v in zip(
+                    out[C.CAMPAIGN_ID].to_pylist(),
+                    out[C.USER_ID].to_pylist(),
+                    out[C.PRODUCT_ID].to_pylist(),
+                    out_channels,
+                    out_variants,
+                )
+            ],
+            pa.string(),
+        )
         # A staged row's experiment and arm (factory/pipeline/experiment.py) ride along.
         for col in (C.EXPERIMENT_ID, C.ARM):
             if col in batch.column_names:
@@ -102,10 +120,18 @@ class JoinProfiles:
         return pa.table(out)
 
 
-def row_id(run_id: str, campaign: Optional[str], user: Optional[str], product: Optional[str],
-           channel: Optional[str], variant: int) -> str:
+def row_id(
+    run_id: str,
+    campaign: Optional[str],
+    user: Optional[str],
+    product: Optional[str],
+    channel: Optional[str],
+    variant: int,
+) -> str:
     """80 bits of sha256 over the row's identity: stable across processes and attempts."""
-    key = "\x1f".join(str(x) if x is not None else "\x00" for x in (run_id, campaign, user, product, channel, variant))
+    key = "\x1f".join(
+        str(x) if x is not None else "\x00" for x in (run_id, campaign, user, product, channel, variant)
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 import pyarrow as pa
 
 from factory import columns as C
 from factory.prompts import PromptTemplate, format_price
-
 
 # Templates set token caps for English. Byte-level tokenizers spend about two
 # tokens per Chinese character (SmolLM2: 13 characters -> 24 tokens) against
@@ -32,8 +32,12 @@ class RenderPrompts:
     profile field no template mentions never reaches the model.
     """
 
-    def __init__(self, templates: Mapping[str, PromptTemplate], max_tokens: Optional[int] = None,
-                 arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None):
+    def __init__(
+        self,
+        templates: Mapping[str, PromptTemplate],
+        max_tokens: Optional[int] = None,
+        arm_templates: Optional[Mapping[str, Mapping[str, PromptTemplate]]] = None,
+    ):
         # max_tokens, when given, overrides every channel's own cap. arm_templates:
         # per experiment arm, its templates (a row's ``arm`` picks them).
         self._templates = dict(templates)
@@ -45,7 +49,9 @@ class RenderPrompts:
         needed = set().union(*(t.fields for t in every)) - {"language", "price"}
         cols = {name: batch[name].to_pylist() for name in needed if name in batch.column_names}
         channels = batch[C.CHANNEL].to_pylist()
-        arms = batch[C.ARM].to_pylist() if self._arms and C.ARM in batch.column_names else [None] * len(channels)
+        arms = (
+            batch[C.ARM].to_pylist() if self._arms and C.ARM in batch.column_names else [None] * len(channels)
+        )
         locales = batch[C.LOCALE].to_pylist()
         prices, currencies = batch["price"].to_pylist(), batch["currency"].to_pylist()
 
@@ -59,10 +65,12 @@ class RenderPrompts:
             caps.append(self._max_tokens or template.max_tokens * tokens_per_char_factor(locales[i]))
             versions.append(template.version)
             stops.append(list(template.stop))
-        return (batch.append_column(C.MESSAGES, pa.array(messages, pa.string()))
-                .append_column(C.MAX_TOKENS, pa.array(caps, pa.int32()))
-                .append_column(C.STOP, pa.array(stops, pa.list_(pa.string())))
-                .append_column(C.TEMPLATE_VERSION, pa.array(versions, pa.string())))
+        return (
+            batch.append_column(C.MESSAGES, pa.array(messages, pa.string()))
+            .append_column(C.MAX_TOKENS, pa.array(caps, pa.int32()))
+            .append_column(C.STOP, pa.array(stops, pa.list_(pa.string())))
+            .append_column(C.TEMPLATE_VERSION, pa.array(versions, pa.string()))
+        )
 
 
 # What the repair prompt adds, per reason code of the first draft. Phrased
@@ -100,8 +108,9 @@ REPAIR_REQUIREMENTS = {
 }
 
 
-def repair_requirements(details: list[str], locale: Optional[str], limit: Optional[int] = None,
-                        brand: Optional[str] = None) -> str:
+def repair_requirements(
+    details: list[str], locale: Optional[str], limit: Optional[int] = None, brand: Optional[str] = None
+) -> str:
     """The first draft's failures as requirements, one sentence per reason."""
     from factory.prompts import language_for
 
@@ -113,8 +122,12 @@ def repair_requirements(details: list[str], locale: Optional[str], limit: Option
             continue
         if code in ("banned_claim", "risky_claim"):
             detail = ", ".join(re.findall(r"'([^']+)'", detail)) or detail
-        line = hint.format(detail=detail, language=language_for(locale), limit=limit or "the allowed number of",
-                           brand=brand or "the product's own")
+        line = hint.format(
+            detail=detail,
+            language=language_for(locale),
+            limit=limit or "the allowed number of",
+            brand=brand or "the product's own",
+        )
         if line not in lines:
             lines.append(line)
     return ("Requirements: " + " ".join(lines)) if lines else ""
@@ -134,8 +147,11 @@ class RenderRepair:
         chats = batch[C.MESSAGES].to_pylist()
         details = batch[C.REASON_DETAILS].to_pylist()
         locales = batch[C.LOCALE].to_pylist()
-        limits = (batch[C.COPY_LENGTH_LIMIT].to_pylist() if C.COPY_LENGTH_LIMIT in batch.column_names
-                  else [None] * batch.num_rows)
+        limits = (
+            batch[C.COPY_LENGTH_LIMIT].to_pylist()
+            if C.COPY_LENGTH_LIMIT in batch.column_names
+            else [None] * batch.num_rows
+        )
         brands = batch["brand"].to_pylist() if "brand" in batch.column_names else [None] * batch.num_rows
         repaired = []
         for chat, why, locale, limit, brand in zip(chats, details, locales, limits, brands):
@@ -144,11 +160,31 @@ class RenderRepair:
             if feedback:
                 messages[-1]["content"] = f"{messages[-1]['content']}\n{feedback}"
             repaired.append(json.dumps(messages, ensure_ascii=False))
-        keep = [c for c in batch.column_names
-                if c not in (C.MESSAGES, C.REASONS, C.TEXT, C.STATUS, C.REASON_DETAILS, C.NUMERIC_FIDELITY,
-                             C.COPY_LENGTH, C.COPY_LENGTH_LIMIT, C.DRAFT, C.ROUTE, C.FINISH_REASON,
-                             C.NUM_INPUT_TOKENS, C.NUM_OUTPUT_TOKENS, C.JUDGE_VERDICT, C.JUDGE_TOKENS,
-                             "brand")]
-        return (batch.select(keep)
-                .append_column(C.FIRST_DRAFT_REASONS, batch[C.REASONS])
-                .append_column(C.MESSAGES, pa.array(repaired, pa.string())))
+        keep = [
+            c
+            for c in batch.column_names
+            if c
+            not in (
+                C.MESSAGES,
+                C.REASONS,
+                C.TEXT,
+                C.STATUS,
+                C.REASON_DETAILS,
+                C.NUMERIC_FIDELITY,
+                C.COPY_LENGTH,
+                C.COPY_LENGTH_LIMIT,
+                C.DRAFT,
+                C.ROUTE,
+                C.FINISH_REASON,
+                C.NUM_INPUT_TOKENS,
+                C.NUM_OUTPUT_TOKENS,
+                C.JUDGE_VERDICT,
+                C.JUDGE_TOKENS,
+                "brand",
+            )
+        ]
+        return (
+            batch.select(keep)
+            .append_column(C.FIRST_DRAFT_REASONS, batch[C.REASONS])
+            .append_column(C.MESSAGES, pa.array(repaired, pa.string()))
+        )

@@ -30,22 +30,60 @@ RUNTIME_ENV = DEPLOY / "runtime_env.yaml"
 # raycluster_types.go (RayClusterSpec, HeadGroupSpec, WorkerGroupSpec) and the generated
 # CRD ray-operator/config/crd/bases/ray.io_raycronjobs.yaml (KubeRay >= 1.6, alpha):
 # spec.schedule and spec.jobTemplate required, spec.suspend optional, jobTemplate a RayJobSpec.
-RAYJOB_SPEC = {"activeDeadlineSeconds": int, "backoffLimit": int, "rayClusterSpec": dict,
-               "submitterPodTemplate": dict, "metadata": dict, "clusterSelector": dict, "submitterConfig": dict,
-               "managedBy": str, "deletionStrategy": dict, "entrypoint": str, "runtimeEnvYAML": str, "jobId": str,
-               "submissionMode": str, "entrypointResources": str, "entrypointNumCpus": (int, float),
-               "entrypointNumGpus": (int, float), "ttlSecondsAfterFinished": int, "shutdownAfterJobFinishes": bool,
-               "suspend": bool}
+RAYJOB_SPEC = {
+    "activeDeadlineSeconds": int,
+    "backoffLimit": int,
+    "rayClusterSpec": dict,
+    "submitterPodTemplate": dict,
+    "metadata": dict,
+    "clusterSelector": dict,
+    "submitterConfig": dict,
+    "managedBy": str,
+    "deletionStrategy": dict,
+    "entrypoint": str,
+    "runtimeEnvYAML": str,
+    "jobId": str,
+    "submissionMode": str,
+    "entrypointResources": str,
+    "entrypointNumCpus": (int, float),
+    "entrypointNumGpus": (int, float),
+    "ttlSecondsAfterFinished": int,
+    "shutdownAfterJobFinishes": bool,
+    "suspend": bool,
+}
 RAYCRONJOB_SPEC = {"schedule": str, "suspend": bool, "jobTemplate": dict}
 RAYCRONJOB_REQUIRED = {"schedule", "jobTemplate"}
-RAYCLUSTER_SPEC = {"suspend": bool, "managedBy": str, "autoscalerOptions": dict, "headServiceAnnotations": dict,
-                   "enableInTreeAutoscaling": bool, "gcsFaultToleranceOptions": dict, "headGroupSpec": dict,
-                   "rayVersion": str, "workerGroupSpecs": list, "authOptions": dict}
-HEAD_GROUP = {"template": dict, "headService": dict, "enableIngress": bool, "rayStartParams": dict,
-              "serviceType": str}
-WORKER_GROUP = {"suspend": bool, "groupName": str, "replicas": int, "minReplicas": int, "maxReplicas": int,
-                "idleTimeoutSeconds": int, "rayStartParams": dict, "template": dict, "scaleStrategy": dict,
-                "numOfHosts": int}
+RAYCLUSTER_SPEC = {
+    "suspend": bool,
+    "managedBy": str,
+    "autoscalerOptions": dict,
+    "headServiceAnnotations": dict,
+    "enableInTreeAutoscaling": bool,
+    "gcsFaultToleranceOptions": dict,
+    "headGroupSpec": dict,
+    "rayVersion": str,
+    "workerGroupSpecs": list,
+    "authOptions": dict,
+}
+HEAD_GROUP = {
+    "template": dict,
+    "headService": dict,
+    "enableIngress": bool,
+    "rayStartParams": dict,
+    "serviceType": str,
+}
+WORKER_GROUP = {
+    "suspend": bool,
+    "groupName": str,
+    "replicas": int,
+    "minReplicas": int,
+    "maxReplicas": int,
+    "idleTimeoutSeconds": int,
+    "rayStartParams": dict,
+    "template": dict,
+    "scaleStrategy": dict,
+    "numOfHosts": int,
+}
 WORKER_GROUP_REQUIRED = {"groupName", "minReplicas", "maxReplicas", "template"}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
 # What Ray's runtime env accepts (ray.runtime_env.RuntimeEnv's known fields we may use).
@@ -61,7 +99,8 @@ def check_fields(where: str, obj: Any, fields: dict[str, Any], required: set[str
     assert not missing, f"{where}: required fields missing: {sorted(missing)}"
     for key, value in obj.items():
         assert isinstance(value, fields[key]) and not (fields[key] is int and isinstance(value, bool)), (
-            f"{where}.{key}: {value!r} is not {fields[key]}")
+            f"{where}.{key}: {value!r} is not {fields[key]}"
+        )
 
 
 def check_ray_start_params(where: str, params: dict) -> None:
@@ -96,8 +135,10 @@ def check_cluster(where: str, cluster: dict) -> None:
         for c in containers(gw, group):
             images.add(c["image"])
             res = c.get("resources") or {}
-            limit, request = (res.get("limits") or {}).get("nvidia.com/gpu"), (res.get("requests") or {}).get(
-                "nvidia.com/gpu")
+            limit, request = (
+                (res.get("limits") or {}).get("nvidia.com/gpu"),
+                (res.get("requests") or {}).get("nvidia.com/gpu"),
+            )
             assert limit is not None and int(limit) >= 1, f"{gw}: a GPU limit is needed"
             assert request in (None, limit), f"{gw}: GPU requests must equal limits (extended resource)"
             gpus += int(limit) * group["maxReplicas"]
@@ -113,7 +154,9 @@ def check_runtime_env(where: str, env: dict) -> None:
     packages = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
     assert any("[gpu]" in p for p in packages), f"{where}: the project's GPU extra must be installed"
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
-    assert all(isinstance(v, str) for v in env["env_vars"].values()), f"{where}: env_vars values must be strings"
+    assert all(isinstance(v, str) for v in env["env_vars"].values()), (
+        f"{where}: env_vars values must be strings"
+    )
 
 
 def check_entrypoint(where: str, entrypoint: str, run_date: str) -> None:
@@ -154,7 +197,9 @@ def test_rayjob_matches_kuberay_crd():
     rendered = yaml.safe_load(text.replace("RUN_DATE", "2026-11-23"))  # what docs/running.md's sed does
     assert "RUN_DATE" not in json.dumps(rendered)
     assert rendered["apiVersion"] == "ray.io/v1" and rendered["kind"] == "RayJob"
-    assert rendered["metadata"]["name"] == "nightly-copy-2026-11-23" and DNS1123.match(rendered["metadata"]["name"])
+    assert rendered["metadata"]["name"] == "nightly-copy-2026-11-23" and DNS1123.match(
+        rendered["metadata"]["name"]
+    )
     spec = rendered["spec"]
     check_fields("spec", spec, RAYJOB_SPEC)
     assert spec["jobId"] == "nightly-copy-2026-11-23"
@@ -188,11 +233,19 @@ def test_raycronjob_entrypoint_takes_the_utc_date_from_the_shell():
     entrypoint = load(RAYCRONJOB)["spec"]["jobTemplate"]["entrypoint"]
     assert "jobs/nightly_copy.py" in entrypoint and '--run-date "$(date -u +%F)"' in entrypoint
     # KubeRay runs the entrypoint through a shell: expand it with a real one, as the submitter would.
-    expanded = subprocess.run(["bash", "-c", f"printf '%s\\n' {entrypoint}"], capture_output=True, text=True,
-                              check=True, env={"PATH": os.environ["PATH"], "TZ": "Pacific/Kiritimati"}).stdout
+    expanded = subprocess.run(
+        ["bash", "-c", f"printf '%s\\n' {entrypoint}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"], "TZ": "Pacific/Kiritimati"},
+    ).stdout
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     argv = expanded.splitlines()
-    assert argv[argv.index("--run-date") + 1] in (today, (dt.date.fromisoformat(today) + dt.timedelta(1)).isoformat())
+    assert argv[argv.index("--run-date") + 1] in (
+        today,
+        (dt.date.fromisoformat(today) + dt.timedelta(1)).isoformat(),
+    )
     check_entrypoint("spec.jobTemplate.entrypoint", shlex.join(argv), argv[argv.index("--run-date") + 1])
 
 
@@ -233,11 +286,11 @@ sys.exit(code)
 '''
 
 # `date` that tells local from UTC apart: the host is a day ahead of UTC here.
-FAKE_DATE = r'''#!/bin/bash
+FAKE_DATE = r"""#!/bin/bash
 if [[ "$*" == "+%F" ]]; then echo 2031-01-02; exit 0; fi
 if [[ "$*" == "-u +%F" ]]; then echo 2031-01-01; exit 0; fi
 exec /bin/date "$@"
-'''
+"""
 
 
 @pytest.fixture
@@ -251,12 +304,21 @@ def fake_bin(tmp_path):
     return bin_dir
 
 
-def run_script(fake_bin: Path, tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_script(
+    fake_bin: Path, tmp_path: Path, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess, dict]:
     state = tmp_path / "ray_state.json"
-    full_env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path), "FAKE_RAY_STATE": str(state),
-                "RAY_ADDRESS": "http://ray-head:8265", **env}
+    full_env = {
+        "PATH": f"{fake_bin}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "FAKE_RAY_STATE": str(state),
+        "RAY_ADDRESS": "http://ray-head:8265",
+        **env,
+    }
     full_env = {k: v for k, v in full_env.items() if v is not None}
-    proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=60
+    )
     calls = json.loads(state.read_text()) if state.exists() else {"calls": [], "jobs": {}}
     return proc, calls
 
@@ -273,28 +335,60 @@ def test_cron_script_is_valid_bash():
 
 
 def test_cron_submits_todays_utc_date_with_the_exact_command(fake_bin, tmp_path):
-    proc, calls = run_script(fake_bin, tmp_path, "--", "--output", "s3://marketing-copy/nightly",
-                             "--pairs", "s3://shop/pairs/{run_date}/")
+    proc, calls = run_script(
+        fake_bin,
+        tmp_path,
+        "--",
+        "--output",
+        "s3://marketing-copy/nightly",
+        "--pairs",
+        "s3://shop/pairs/{run_date}/",
+    )
     assert proc.returncode == 0, proc.stderr
-    assert submit_calls(calls) == [[
-        "job", "submit", "--address", "http://ray-head:8265", "--submission-id", "nightly-copy-2031-01-01",
-        "--working-dir", str(REPO), "--runtime-env", str(RUNTIME_ENV),
-        "--", "python", "jobs/nightly_copy.py", "--run-date", "2031-01-01",
-        "--output", "s3://marketing-copy/nightly", "--pairs", "s3://shop/pairs/2031-01-01/"]]
+    assert submit_calls(calls) == [
+        [
+            "job",
+            "submit",
+            "--address",
+            "http://ray-head:8265",
+            "--submission-id",
+            "nightly-copy-2031-01-01",
+            "--working-dir",
+            str(REPO),
+            "--runtime-env",
+            str(RUNTIME_ENV),
+            "--",
+            "python",
+            "jobs/nightly_copy.py",
+            "--run-date",
+            "2031-01-01",
+            "--output",
+            "s3://marketing-copy/nightly",
+            "--pairs",
+            "s3://shop/pairs/2031-01-01/",
+        ]
+    ]
     # It checked the id was unknown first, and read the final status after.
-    assert calls["calls"][0] == ["job", "status", "--address", "http://ray-head:8265", "nightly-copy-2031-01-01"]
+    assert calls["calls"][0] == [
+        "job",
+        "status",
+        "--address",
+        "http://ray-head:8265",
+        "nightly-copy-2031-01-01",
+    ]
     assert calls["calls"][-1][:2] == ["job", "status"]
     assert "nightly-copy-2031-01-01 succeeded" in proc.stderr
 
 
 def test_cron_date_and_retry_flags(fake_bin, tmp_path):
-    proc, calls = run_script(fake_bin, tmp_path, "--date", "2026-11-23", "--retry", "2",
-                             COPY_FACTORY_RUNTIME_ENV="none")
+    proc, calls = run_script(
+        fake_bin, tmp_path, "--date", "2026-11-23", "--retry", "2", COPY_FACTORY_RUNTIME_ENV="none"
+    )
     assert proc.returncode == 0, proc.stderr
     (submit,) = submit_calls(calls)
     assert submit[submit.index("--submission-id") + 1] == "nightly-copy-2026-11-23-retry2"
     assert "--runtime-env" not in submit
-    assert submit[submit.index("--") + 1:] == ["python", "jobs/nightly_copy.py", "--run-date", "2026-11-23"]
+    assert submit[submit.index("--") + 1 :] == ["python", "jobs/nightly_copy.py", "--run-date", "2026-11-23"]
 
 
 @pytest.mark.parametrize("result", ["FAILED", "STOPPED"])
@@ -318,18 +412,28 @@ def test_cron_follows_a_running_job_of_the_same_date(fake_bin, tmp_path):
     state.write_text(json.dumps({"calls": [], "jobs": {"nightly-copy-2026-11-23": "RUNNING"}}))
     proc, calls = run_script(fake_bin, tmp_path, "--date", "2026-11-23", FAKE_RAY_RESULT="FAILED")
     assert not submit_calls(calls)
-    assert ["job", "logs", "--address", "http://ray-head:8265", "--follow", "nightly-copy-2026-11-23"] in calls["calls"]
+    assert [
+        "job",
+        "logs",
+        "--address",
+        "http://ray-head:8265",
+        "--follow",
+        "nightly-copy-2026-11-23",
+    ] in calls["calls"]
     assert proc.returncode == 1 and "ended FAILED" in proc.stderr
 
 
-@pytest.mark.parametrize("args, env, message", [
-    ((), {"RAY_ADDRESS": None}, "RAY_ADDRESS is not set"),
-    (("--date", "2026-02-30"), {}, "not a valid YYYY-MM-DD date"),
-    (("--date", "23.11.2026"), {}, "not a valid YYYY-MM-DD date"),
-    (("--retry", "1"), {}, "must be a number from 2"),
-    (("--", "--run-date", "2026-11-23"), {}, "pass the date with --date"),
-    (("--output", "s3://x"), {}, "unknown argument '--output'"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        ((), {"RAY_ADDRESS": None}, "RAY_ADDRESS is not set"),
+        (("--date", "2026-02-30"), {}, "not a valid YYYY-MM-DD date"),
+        (("--date", "23.11.2026"), {}, "not a valid YYYY-MM-DD date"),
+        (("--retry", "1"), {}, "must be a number from 2"),
+        (("--", "--run-date", "2026-11-23"), {}, "pass the date with --date"),
+        (("--output", "s3://x"), {}, "unknown argument '--output'"),
+    ],
+)
 def test_cron_usage_errors_exit_2_before_calling_ray(fake_bin, tmp_path, args, env, message):
     proc, calls = run_script(fake_bin, tmp_path, *args, **env)
     assert proc.returncode == 2 and message in proc.stderr
@@ -337,8 +441,11 @@ def test_cron_usage_errors_exit_2_before_calling_ray(fake_bin, tmp_path, args, e
 
 
 def test_crontab_example_calls_the_script():
-    line = [l for l in (DEPLOY / "cron" / "copy-factory.cron").read_text().splitlines()
-            if l and not l.startswith("#") and "=" not in l.split()[0]]
+    line = [
+        text
+        for text in (DEPLOY / "cron" / "copy-factory.cron").read_text().splitlines()
+        if text and not text.startswith("#") and "=" not in text.split()[0]
+    ]
     assert len(line) == 1
     fields = line[0].split()
     assert CRON.match(" ".join(fields[:5])) and fields[6].endswith("deploy/cron/nightly-copy.sh")

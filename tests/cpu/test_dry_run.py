@@ -17,7 +17,13 @@ from factory.dry_run import LOCALE_EXCLUDED, NOTHING_OWED, plan_run
 from tests.cpu.test_campaigns import CONFIGS
 
 ALL_CHANNELS = ["push", "email_subject", "ad_headline", "sms", "product_blurb"]
-CAP = {"push": 40, "email_subject": 24, "ad_headline": 16, "sms": 48, "product_blurb": 72}  # templates' max_tokens
+CAP = {
+    "push": 40,
+    "email_subject": 24,
+    "ad_headline": 16,
+    "sms": 48,
+    "product_blurb": 72,
+}  # templates' max_tokens
 
 
 def _inputs(sample_dir, tmp_path, pairs=None):
@@ -25,9 +31,18 @@ def _inputs(sample_dir, tmp_path, pairs=None):
     if pairs is not None:
         path = tmp_path / "pairs.parquet"
         pq.write_table(pairs, path)
-    return ["--pairs", str(path), "--users", str(sample_dir / "users.parquet"),
-            "--products", str(sample_dir / "products.parquet"), "--output", str(tmp_path / "out"),
-            "--run-date", "2026-11-23"]
+    return [
+        "--pairs",
+        str(path),
+        "--users",
+        str(sample_dir / "users.parquet"),
+        "--products",
+        str(sample_dir / "products.parquet"),
+        "--output",
+        str(tmp_path / "out"),
+        "--run-date",
+        "2026-11-23",
+    ]
 
 
 def _hand_count(sample_dir, channels, variants=1, locales=None, campaign=None, max_tokens=None):
@@ -38,7 +53,7 @@ def _hand_count(sample_dir, channels, variants=1, locales=None, campaign=None, m
         pairs = pairs[pairs.campaign_id == campaign]
     pairs = pairs.merge(users, on="user_id", how="left")
     if locales:
-        pairs = pairs[pairs.locale.apply(lambda l: l in locales or l.split("-")[0] in locales)]
+        pairs = pairs[pairs.locale.apply(lambda loc: loc in locales or loc.split("-")[0] in locales)]
     rows = []
     for p in pairs.itertuples():
         wanted = [p.channel] if isinstance(p.channel, str) else channels
@@ -48,13 +63,19 @@ def _hand_count(sample_dir, channels, variants=1, locales=None, campaign=None, m
                     rows.append((p.campaign_id, p.user_id, p.product_id, ch, v, p.locale))
     rows = pd.DataFrame(rows, columns=["campaign", "user", "product", "channel", "variant", "locale"])
     rows = rows.drop_duplicates(["campaign", "user", "product", "channel", "variant"])
-    rows["cap"] = [max_tokens or CAP[ch] * (2 if loc == "zh-CN" else 1) for ch, loc in zip(rows.channel, rows.locale)]
+    rows["cap"] = [
+        max_tokens or CAP[ch] * (2 if loc == "zh-CN" else 1) for ch, loc in zip(rows.channel, rows.locale)
+    ]
     return {k: (len(g), int(g.cap.sum())) for k, g in rows.groupby(["campaign", "channel"])}
 
 
 def _plan_counts(plans):
-    return {(c["campaign"], ch): (v["rows"], v["output_tokens_max"])
-            for p in plans for c in p["campaigns"] for ch, v in c["channels"].items()}
+    return {
+        (c["campaign"], ch): (v["rows"], v["output_tokens_max"])
+        for p in plans
+        for c in p["campaigns"]
+        for ch, v in c["channels"].items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +111,39 @@ def test_one_run_of_all_campaigns_matches_a_hand_count(sample_dir, tmp_path, no_
     assert _plan_counts([plan]) == expected
     assert plan["total"]["rows"] == sum(r for r, _ in expected.values()) == 400
     pairs = pd.read_parquet(sample_dir / "pairs.parquet")
-    assert {c["campaign"]: c["pairs"] for c in plan["campaigns"]} == pairs.campaign_id.value_counts().to_dict()
+    assert {
+        c["campaign"]: c["pairs"] for c in plan["campaigns"]
+    } == pairs.campaign_id.value_counts().to_dict()
     assert all(c["dead_letters"] == {} for c in plan["campaigns"])
     assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_campaign_configs_match_a_hand_count(sample_dir, tmp_path, no_engine):
-    request = parse_job(_inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(CONFIGS), "--dry-run", "--no-dedup"])
+    request = parse_job(
+        _inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(CONFIGS), "--dry-run", "--no-dedup"]
+    )
     plans = [plan_run(c) for c in request.configs]
-    expected = {**_hand_count(sample_dir, ["push", "email_subject", "ad_headline", "sms"],
-                              locales=["en-US", "en-GB", "zh-CN"], campaign="winter_sale"),
-                **_hand_count(sample_dir, ["push", "email_subject", "product_blurb"], variants=2, locales=["en"],
-                              campaign="new_arrivals", max_tokens=64)}
+    expected = {
+        **_hand_count(
+            sample_dir,
+            ["push", "email_subject", "ad_headline", "sms"],
+            locales=["en-US", "en-GB", "zh-CN"],
+            campaign="winter_sale",
+        ),
+        **_hand_count(
+            sample_dir,
+            ["push", "email_subject", "product_blurb"],
+            variants=2,
+            locales=["en"],
+            campaign="new_arrivals",
+            max_tokens=64,
+        ),
+    }
     assert _plan_counts(plans) == expected
     # What is not generated, and why, by hand.
     pairs = pd.read_parquet(sample_dir / "pairs.parquet").merge(
-        pd.read_parquet(sample_dir / "users.parquet")[["user_id", "locale"]], on="user_id")
+        pd.read_parquet(sample_dir / "users.parquet")[["user_id", "locale"]], on="user_id"
+    )
     new = pairs[pairs.campaign_id == "new_arrivals"]
     zh = (new.locale == "zh-CN").sum()
     skipped_channel = (~new.locale.eq("zh-CN") & new.channel.isin(["ad_headline", "sms"])).sum()
@@ -130,10 +168,18 @@ def test_identical_prompts_count_once_for_the_engine(sample_dir, tmp_path, no_en
     twins = users.groupby("key").user_id.apply(list)
     twins = next(ids for ids in twins if len(ids) >= 2)[:2]  # two users whose push prompt shows the same
     twin_key = users.set_index("user_id").key[twins[0]]
-    others = users[users.key != twin_key].drop_duplicates("key").user_id.iloc[:2].tolist()  # unlike anyone here
+    others = (
+        users[users.key != twin_key].drop_duplicates("key").user_id.iloc[:2].tolist()
+    )  # unlike anyone here
     product = "P00001"
-    pairs = pa.table({"user_id": twins + others, "product_id": [product] * 4, "channel": ["push"] * 4,
-                      "campaign_id": ["spring"] * 4})
+    pairs = pa.table(
+        {
+            "user_id": twins + others,
+            "product_id": [product] * 4,
+            "channel": ["push"] * 4,
+            "campaign_id": ["spring"] * 4,
+        }
+    )
     argv = _inputs(sample_dir, tmp_path, pairs) + ["--dry-run", "--channels", "push"]
     [config] = parse_job(argv).configs
     t = plan_run(config)["total"]
@@ -146,22 +192,32 @@ def test_identical_prompts_count_once_for_the_engine(sample_dir, tmp_path, no_en
 def test_dead_letters_are_counted_with_the_pipelines_reasons(sample_dir, tmp_path, no_engine):
     good = pd.read_parquet(sample_dir / "pairs.parquet").iloc[:3]
     u, p = good.user_id.tolist(), good.product_id.tolist()
-    pairs = pa.table({
-        "user_id": [u[0], "U_NOBODY", u[1], u[2], u[2], None],
-        "product_id": [p[0], p[1], "P_NOTHING", p[2], p[2], p[0]],
-        "channel": ["push", None, None, "fax", None, None],
-        "campaign_id": ["spring"] * 6,
-    })
+    pairs = pa.table(
+        {
+            "user_id": [u[0], "U_NOBODY", u[1], u[2], u[2], None],
+            "product_id": [p[0], p[1], "P_NOTHING", p[2], p[2], p[0]],
+            "channel": ["push", None, None, "fax", None, None],
+            "campaign_id": ["spring"] * 6,
+        }
+    )
     [config] = parse_job(_inputs(sample_dir, tmp_path, pairs) + ["--dry-run"]).configs
     [c] = plan_run(config)["campaigns"]
     assert c["campaign"] == "spring" and c["pairs"] == 6 and c["servable_pairs"] == 2
-    assert c["dead_letters"] == {"unknown_user_id": 1, "unknown_product_id": 1, "unknown_channel": 1,
-                                 "null_user_id": 1}
-    assert {ch: v["rows"] for ch, v in c["channels"].items()} == {"push": 2, **{ch: 1 for ch in ALL_CHANNELS[1:]}}
+    assert c["dead_letters"] == {
+        "unknown_user_id": 1,
+        "unknown_product_id": 1,
+        "unknown_channel": 1,
+        "null_user_id": 1,
+    }
+    assert {ch: v["rows"] for ch, v in c["channels"].items()} == {
+        "push": 2,
+        **{ch: 1 for ch in ALL_CHANNELS[1:]},
+    }
 
 
-def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(sample_dir, tmp_path, no_engine,
-                                                                         converted_model):
+def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(
+    sample_dir, tmp_path, no_engine, converted_model
+):
     from transformers import AutoTokenizer
 
     from factory.facts.extract import catalog_facts
@@ -171,8 +227,10 @@ def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(samp
     products = pd.read_parquet(sample_dir / "products.parquet").set_index("product_id")
     pairs = pd.read_parquet(sample_dir / "pairs.parquet")
     pairs = pairs[pairs.channel.isna()].iloc[:2]
-    [config] = parse_job(_inputs(sample_dir, tmp_path, pa.Table.from_pandas(pairs, preserve_index=False))
-                         + ["--dry-run", "--channels", "sms", "--no-dedup"]).configs
+    [config] = parse_job(
+        _inputs(sample_dir, tmp_path, pa.Table.from_pandas(pairs, preserve_index=False))
+        + ["--dry-run", "--channels", "sms", "--no-dedup"]
+    ).configs
     plan = plan_run(config)
     # By hand: each row's chat from the template, through the chat template, tokenized.
     tok = AutoTokenizer.from_pretrained(str(converted_model), local_files_only=True)
@@ -180,18 +238,30 @@ def test_prompt_tokens_are_the_real_prompts_counted_by_the_models_tokenizer(samp
     total = 0
     for row in pairs.itertuples():
         user, product = users.loc[row.user_id], products.loc[row.product_id]
-        values = {"language": user.locale, "interests": list(user.interests), "title": product.title,
-                  "brand": product.brand, "price": format_price(product.price, product.currency),
-                  # no facts table: the prompt's {facts} are the catalog's selling points
-                  "facts": catalog_facts({"selling_points": list(product.selling_points)})}
+        values = {
+            "language": user.locale,
+            "interests": list(user.interests),
+            "title": product.title,
+            "brand": product.brand,
+            "price": format_price(product.price, product.currency),
+            # no facts table: the prompt's {facts} are the catalog's selling points
+            "facts": catalog_facts({"selling_points": list(product.selling_points)}),
+        }
         text = tok.apply_chat_template(sms.render(values), tokenize=False, add_generation_prompt=True)
         total += len(tok(text, add_special_tokens=False)["input_ids"])
     assert plan["total"]["prompt_tokens"] == total and total > 100
 
 
 def test_gpu_hours_and_cost_follow_the_assumptions(sample_dir, tmp_path, no_engine):
-    argv = _inputs(sample_dir, tmp_path) + ["--dry-run", "--no-dedup", "--gpu-hour-price", "2.5",
-                                            "--estimate-output-tokens-per-gpu-second", "100", "--no-repair"]
+    argv = _inputs(sample_dir, tmp_path) + [
+        "--dry-run",
+        "--no-dedup",
+        "--gpu-hour-price",
+        "2.5",
+        "--estimate-output-tokens-per-gpu-second",
+        "100",
+        "--no-repair",
+    ]
     [config] = parse_job(argv).configs
     t = plan_run(config)["total"]
     hand = sum(cap for _, cap in _hand_count(sample_dir, ALL_CHANNELS).values())
@@ -205,7 +275,9 @@ def test_gpu_hours_and_cost_follow_the_assumptions(sample_dir, tmp_path, no_engi
     [config] = parse_job(argv + ["--candidates", "3"]).configs
     drawn = plan_run(config)["total"]
     assert (drawn["rows"], drawn["output_tokens_max"]) == (t["rows"], 3 * hand)
-    assert drawn["engine_rows"] == 3 * t["engine_rows"] and drawn["gpu_hours"] == pytest.approx(3 * t["gpu_hours"])
+    assert drawn["engine_rows"] == 3 * t["engine_rows"] and drawn["gpu_hours"] == pytest.approx(
+        3 * t["gpu_hours"]
+    )
 
 
 @pytest.mark.slow  # the whole job's dry run (test_job_errors runs one too): make test, not test-fast
@@ -227,8 +299,9 @@ def test_dry_run_still_stops_on_input_errors(sample_dir, tmp_path, capsys, no_en
     assert "product_id" in capsys.readouterr().err
 
 
-def test_counts_add_up_over_product_buckets_and_tokens_come_from_a_sample(sample_dir, tmp_path, monkeypatch,
-                                                                         no_engine):
+def test_counts_add_up_over_product_buckets_and_tokens_come_from_a_sample(
+    sample_dir, tmp_path, monkeypatch, no_engine
+):
     """At scale the tally runs per product bucket on Ray, and prompt tokens are
     a sample scaled up: here 4 buckets of the sample data and 5 rows a
     channel must give the hand count's rows exactly and prompt tokens within
@@ -238,13 +311,16 @@ def test_counts_add_up_over_product_buckets_and_tokens_come_from_a_sample(sample
 
     [config] = parse_job(_inputs(sample_dir, tmp_path) + ["--dry-run", "--no-dedup"]).configs
     exact = plan_run(config)  # one bucket, every row rendered (fewer than SAMPLE_ROWS per channel)
-    assert all(v["rows_tokenized"] == v["engine_rows"] for c in exact["campaigns"] for v in c["channels"].values())
+    assert all(
+        v["rows_tokenized"] == v["engine_rows"] for c in exact["campaigns"] for v in c["channels"].values()
+    )
     monkeypatch.setattr(staging, "STAGE_BUCKET_PAIRS", 30)  # 104 pairs: 4 buckets
     assert staging.stage_buckets(prepare(config)) == 4
     sampled = plan_run(config, sample_rows=5)
     assert _plan_counts([sampled]) == _plan_counts([exact]) == _hand_count(sample_dir, ALL_CHANNELS)
-    assert {c["campaign"]: (c["pairs"], c["servable_pairs"]) for c in sampled["campaigns"]} == \
-        {c["campaign"]: (c["pairs"], c["servable_pairs"]) for c in exact["campaigns"]}
+    assert {c["campaign"]: (c["pairs"], c["servable_pairs"]) for c in sampled["campaigns"]} == {
+        c["campaign"]: (c["pairs"], c["servable_pairs"]) for c in exact["campaigns"]
+    }
     for c in sampled["campaigns"]:
         for v in c["channels"].values():
             assert v["rows_tokenized"] == min(5, v["engine_rows"])
@@ -253,28 +329,43 @@ def test_counts_add_up_over_product_buckets_and_tokens_come_from_a_sample(sample
     assert plan_run(config, sample_rows=5) == sampled  # the same sample on every rerun
 
 
-def test_an_experiment_plan_counts_no_copy_for_the_holdout_and_pins_nothing(sample_dir, tmp_path, no_engine, capsys):
+def test_an_experiment_plan_counts_no_copy_for_the_holdout_and_pins_nothing(
+    sample_dir, tmp_path, no_engine, capsys
+):
     from factory.experiments.assign import HOLDOUT, Assigner, Layout
 
     folder = tmp_path / "configs"
     folder.mkdir()
     (folder / "winter_sale.yaml").write_text(
-        "campaign_id: winter_sale\nchannels: [push, sms]\nexperiment:\n  experiment_id: voice_1\n  holdout: 0.3\n"
-        "  arms:\n    - {name: cosy, brand_voice: warm and cosy}\n    - {name: crisp, brand_voice: short and crisp}\n")
-    request = parse_job(_inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(folder), "--dry-run", "--no-dedup"])
+        "campaign_id: winter_sale\nchannels: [push, sms]\nexperiment:\n  experiment_id: voice_1\n  holdout: "
+        "0.3\n"
+        "  arms:\n    - {name: cosy, brand_voice: warm and cosy}\n    - "
+        "{name: crisp, brand_voice: short and crisp}\n"
+    )
+    request = parse_job(
+        _inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(folder), "--dry-run", "--no-dedup"]
+    )
     [plan] = [plan_run(c) for c in request.configs]
     e = plan["experiment"]
-    assert e["method"] == "declared" and e["shares"] == {"cosy": 0.5, "crisp": 0.5} and e["source"] == "computed"
+    assert (
+        e["method"] == "declared" and e["shares"] == {"cosy": 0.5, "crisp": 0.5} and e["source"] == "computed"
+    )
     # By hand: the users the hash puts in the holdout owe no copy; the others' rows are the plan's rows.
     assign = Assigner("voice_1", 0.3, Layout.contiguous({"cosy": 0.5, "crisp": 0.5}))
     pairs = pd.read_parquet(sample_dir / "pairs.parquet")
     pairs = pairs[pairs.campaign_id == "winter_sale"]
-    rows = {(p.user_id, p.product_id, ch) for p in pairs.itertuples()
-            for ch in ([p.channel] if isinstance(p.channel, str) else ["push", "sms"]) if ch in ("push", "sms")}
+    rows = {
+        (p.user_id, p.product_id, ch)
+        for p in pairs.itertuples()
+        for ch in ([p.channel] if isinstance(p.channel, str) else ["push", "sms"])
+        if ch in ("push", "sms")
+    }
     held = {r for r in rows if assign.arm_of(r[0]) == HOLDOUT}
     assert 0 < len(held) < len(rows)
     assert e["holdout_rows"] == len(held) and plan["total"]["rows"] == len(rows) - len(held)
-    assert e["rows_by_arm"] == {arm: len([r for r in rows if assign.arm_of(r[0]) == arm]) for arm in ("cosy", "crisp")}
+    assert e["rows_by_arm"] == {
+        arm: len([r for r in rows if assign.arm_of(r[0]) == arm]) for arm in ("cosy", "crisp")
+    }
     assert not (tmp_path / "out").exists()  # nothing pinned, nothing written
     assert job.main(_inputs(sample_dir, tmp_path) + ["--campaigns-dir", str(folder), "--dry-run"]) == 0
     assert "experiment voice_1: declared allocation" in capsys.readouterr().out

@@ -66,17 +66,23 @@ def _assigner(manifest: dict) -> Assigner:
 
 
 def _arms_by_row(rows: pa.Table) -> dict[tuple, str]:
-    return {k[:4]: k[4] for k in zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL,
-                                                                      C.VARIANT, C.ARM)))}
+    return {
+        k[:4]: k[4]
+        for k in zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT, C.ARM)))
+    }
 
 
-def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_client, s3_bucket, sample_dir, tmp_path,
-                                                            stand_in_model, monkeypatch):
+def test_an_experiment_runs_nightly_and_learns_from_feedback(
+    s3_server, s3_client, s3_bucket, sample_dir, tmp_path, stand_in_model, monkeypatch
+):
     from benchmarks.cpu_side import echo_generate_stage
 
     pairs, expected = owed_pairs(sample_dir, 40)
-    pairs = pairs.set_column(pairs.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID,
-                             pa.array(["spring"] * pairs.num_rows, pa.string()))
+    pairs = pairs.set_column(
+        pairs.column_names.index(C.CAMPAIGN_ID),
+        C.CAMPAIGN_ID,
+        pa.array(["spring"] * pairs.num_rows, pa.string()),
+    )
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
     folder = tmp_path / "configs"
     folder.mkdir()
@@ -87,6 +93,7 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_clien
     def lost(ds):
         def fail(batch):
             raise RuntimeError("engine lost")
+
         return ds.map_batches(fail, batch_format="pyarrow")
 
     def build(*args, **kwargs):  # the instant engine; what the run asked of it is kept
@@ -97,11 +104,29 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_clien
     out, feedback = f"s3://{s3_bucket}/out", f"s3://{s3_bucket}/feedback"
 
     def night(run_date: str, *extra: str) -> int:
-        return nightly_job.main(["--campaigns-dir", str(folder), "--pairs", f"s3://{s3_bucket}/in/pairs.parquet",
-                                 "--users", f"s3://{s3_bucket}/in/users.parquet",
-                                 "--products", f"s3://{s3_bucket}/in/products.parquet", "--output", out,
-                                 "--s3-endpoint", s3_server, "--run-date", run_date, "--model", stand_in_model,
-                                 "--feedback", feedback, *extra])
+        return nightly_job.main(
+            [
+                "--campaigns-dir",
+                str(folder),
+                "--pairs",
+                f"s3://{s3_bucket}/in/pairs.parquet",
+                "--users",
+                f"s3://{s3_bucket}/in/users.parquet",
+                "--products",
+                f"s3://{s3_bucket}/in/products.parquet",
+                "--output",
+                out,
+                "--s3-endpoint",
+                s3_server,
+                "--run-date",
+                run_date,
+                "--model",
+                stand_in_model,
+                "--feedback",
+                feedback,
+                *extra,
+            ]
+        )
 
     # Night 1: no feedback table yet, so the declared (equal) shares.
     assert night(NIGHT1) == 0
@@ -129,10 +154,14 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_clien
     listed = sorted(zip(*(held[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL))))
     assert listed == sorted(k[:3] for k in expected if k[0] in holdout_users)
     assert set(held[C.ARM].to_pylist()) == {HOLDOUT} and not set(held[C.ROW_ID].to_pylist()) & set(
-        rows[C.ROW_ID].to_pylist())
-    assert manifest["rows"]["holdout"] == held.num_rows == sum(f["rows"] for f in manifest["files"]["holdout"])
+        rows[C.ROW_ID].to_pylist()
+    )
+    assert (
+        manifest["rows"]["holdout"] == held.num_rows == sum(f["rows"] for f in manifest["files"]["holdout"])
+    )
     assert manifest["rows"]["copies"] == rows.num_rows
-    # Each arm wrote with its own voice (its own template versions); the crisp arm's sampling reached the engine.
+    # Each arm wrote with its own voice (its own template versions); the crisp arm's sampling reached the
+    # engine.
     versions = {}
     for a, v in zip(rows[C.ARM].to_pylist(), rows[C.TEMPLATE_VERSION].to_pylist()):
         versions.setdefault(a, set()).add(v)
@@ -153,13 +182,31 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(s3_server, s3_clien
     ts = dt.datetime(2026, 12, 1, 18, tzinfo=dt.timezone.utc)
     cosy = rows.filter(pc.equal(rows[C.ARM], "cosy"))[C.ROW_ID].to_pylist()
     ids = rows[C.ROW_ID].to_pylist() + held[C.ROW_ID].to_pylist()
-    events = pa.table({"row_id": ids + cosy, "event_type": ["impression"] * len(ids) + ["click"] * len(cosy),
-                       "ts": pa.array([ts] * (len(ids) + len(cosy)), pa.timestamp("us", tz="UTC"))})
+    events = pa.table(
+        {
+            "row_id": ids + cosy,
+            "event_type": ["impression"] * len(ids) + ["click"] * len(cosy),
+            "ts": pa.array([ts] * (len(ids) + len(cosy)), pa.timestamp("us", tz="UTC")),
+        }
+    )
     buf = io.BytesIO()
     pq.write_table(events, buf)
     s3_client.put_object(Bucket=s3_bucket, Key="events/part-0.parquet", Body=buf.getvalue())
-    assert ingest_feedback.main(["--events", f"s3://{s3_bucket}/events/", "--runs", out, "--output", feedback,
-                                 "--s3-endpoint", s3_server]) == 0
+    assert (
+        ingest_feedback.main(
+            [
+                "--events",
+                f"s3://{s3_bucket}/events/",
+                "--runs",
+                out,
+                "--output",
+                feedback,
+                "--s3-endpoint",
+                s3_server,
+            ]
+        )
+        == 0
+    )
 
     # Night 2 dies in its first pass, after the allocation was pinned and the rows staged. The table
     # then goes away: the resumed process keeps the pinned allocation (recomputed it would be "declared").
@@ -210,9 +257,16 @@ def test_two_arms_never_share_a_copy_and_each_keys_its_own_template(sample_dir):
     user = users[C.USER_ID][0].as_py()
     templates = load_templates()
     arms = {"cosy": apply_campaign(templates, "warm and cosy", [], ["push"]), "crisp": templates}
-    rows = pa.table({C.USER_ID: [user] * 4, C.PRODUCT_ID: ["P00001"] * 4, C.CHANNEL: ["push"] * 4,
-                     C.CAMPAIGN_ID: ["spring"] * 4, C.VARIANT: pa.array([0] * 4, pa.int32()),
-                     C.ARM: ["crisp", "crisp", "sampled", "cosy"]})
+    rows = pa.table(
+        {
+            C.USER_ID: [user] * 4,
+            C.PRODUCT_ID: ["P00001"] * 4,
+            C.CHANNEL: ["push"] * 4,
+            C.CAMPAIGN_ID: ["spring"] * 4,
+            C.VARIANT: pa.array([0] * 4, pa.int32()),
+            C.ARM: ["crisp", "crisp", "sampled", "cosy"],
+        }
+    )
     keys = dedup.prompt_keys(rows, users, templates, arms).to_pylist()
     assert keys[0] == keys[1]  # one arm, one prompt: generated once
     assert keys[2] != keys[0]  # the same prompt in another arm (say, other sampling) is its own copy
@@ -227,11 +281,15 @@ def test_an_experiment_needs_its_campaign_and_no_run_label(tmp_path):
     from factory.errors import UsageError
 
     config = tmp_path / "job.yaml"
-    config.write_text("experiment:\n  experiment_id: voice_1\n  arms:\n    - {name: a, brand_voice: warm}\n"
-                      "    - {name: b, brand_voice: crisp}\n")
+    config.write_text(
+        "experiment:\n  experiment_id: voice_1\n  arms:\n    - {name: a, brand_voice: warm}\n"
+        "    - {name: b, brand_voice: crisp}\n"
+    )
     with pytest.raises(UsageError, match="an experiment belongs to one campaign"):
         parse_job(["--config", str(config)])
-    with pytest.raises(UsageError, match="--run-label backfill_1 would publish the experiment's night outside"):
+    with pytest.raises(
+        UsageError, match="--run-label backfill_1 would publish the experiment's night outside"
+    ):
         parse_job(["--config", str(config), "--campaign", "spring", "--run-label", "backfill_1"])
     [job] = parse_job(["--config", str(config), "--campaign", "spring"]).configs
     assert job.experiment.arm_names == ["a", "b"] and json.loads(job.model_dump_json())["experiment"]["arms"]

@@ -37,17 +37,26 @@ def gate_for(spec: dict[str, Any]) -> tuple[QualityGate, dict[str, str]]:
     users = pa.Table.from_pylist([{C.USER_ID: uid, **u} for uid, u in spec["users"].items()])
     offers = [Offer(**o) for o in spec["campaign"]["offers"]]
     templates = apply_campaign(load_templates(), None, [o.text for o in offers], ["push"])
-    gate = QualityGate(products, users, QualityPolicy(), templates, offers=offers,
-                       competitors=spec["campaign"]["competitors"])
+    gate = QualityGate(
+        products,
+        users,
+        QualityPolicy(),
+        templates,
+        offers=offers,
+        competitors=spec["campaign"]["competitors"],
+    )
     return gate, {uid: u["locale"] for uid, u in spec["users"].items()}
 
 
 def judge(rows: list[list[str]]) -> list[dict[str, Any]]:
     """Each copy's verdict: status, reasons, the published text."""
     gate, locales = gate_for(probe())
-    batch = pa.Table.from_pylist([
-        {C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.LOCALE: locales[u], C.TEXT: text}
-        for p, u, ch, text in rows])
+    batch = pa.Table.from_pylist(
+        [
+            {C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.LOCALE: locales[u], C.TEXT: text}
+            for p, u, ch, text in rows
+        ]
+    )
     return gate(batch).select([C.STATUS, C.REASONS, C.REASON_DETAILS, C.TEXT]).to_pylist()
 
 
@@ -60,8 +69,11 @@ def figures() -> dict[str, Any]:
             "copies": len(verdicts),
             "accepted": sum(v[C.STATUS] == C.ACCEPTED for v in verdicts),
             "caught_for_its_reason": sum(bool(set(group["codes"]) & set(v[C.REASONS])) for v in verdicts),
-            "missed": [(row[3], v[C.STATUS], v[C.REASONS]) for row, v in zip(group["copies"], verdicts)
-                       if v[C.STATUS] == C.ACCEPTED or not set(group["codes"]) & set(v[C.REASONS])],
+            "missed": [
+                (row[3], v[C.STATUS], v[C.REASONS])
+                for row, v in zip(group["copies"], verdicts)
+                if v[C.STATUS] == C.ACCEPTED or not set(group["codes"]) & set(v[C.REASONS])
+            ],
         }
     benign = judge(spec["benign"])
     return {
@@ -70,8 +82,11 @@ def figures() -> dict[str, Any]:
         "hostile_accepted": sum(k["accepted"] for k in kinds.values()),
         "benign_total": len(benign),
         "benign_accepted": sum(v[C.STATUS] == C.ACCEPTED for v in benign),
-        "benign_not_accepted": [(row[3], v[C.STATUS], v[C.REASON_DETAILS])
-                                for row, v in zip(spec["benign"], benign) if v[C.STATUS] != C.ACCEPTED],
+        "benign_not_accepted": [
+            (row[3], v[C.STATUS], v[C.REASON_DETAILS])
+            for row, v in zip(spec["benign"], benign)
+            if v[C.STATUS] != C.ACCEPTED
+        ],
         "benign_status": dict(Counter(v[C.STATUS] for v in benign)),
     }
 
@@ -79,7 +94,11 @@ def figures() -> dict[str, Any]:
 def test_the_probe_is_big_enough_and_bilingual():
     spec = probe()
     hostile = [row for group in spec["hostile"].values() for row in group["copies"]]
-    assert len(spec["hostile"]) >= MIN_KINDS and len(hostile) >= MIN_HOSTILE and len(spec["benign"]) >= MIN_BENIGN
+    assert (
+        len(spec["hostile"]) >= MIN_KINDS
+        and len(hostile) >= MIN_HOSTILE
+        and len(spec["benign"]) >= MIN_BENIGN
+    )
     for rows in [g["copies"] for g in spec["hostile"].values()] + [spec["benign"]]:
         locales = {spec["users"][u]["locale"][:2] for _, u, _, _ in rows}
         assert locales == {"en", "zh"}  # every kind in both languages
@@ -102,7 +121,9 @@ def test_benign_copies_are_accepted():
 def test_invisible_characters_never_reach_the_published_text():
     rows = probe()["hostile"]["invisible_characters"]["copies"]
     for verdict in judge(rows):
-        assert not any(ch in verdict[C.TEXT] for ch in "\u200b\u200c\u202e\u202c\u2066\u2069\u2060\ufeff\u00ad")
+        assert not any(
+            ch in verdict[C.TEXT] for ch in "\u200b\u200c\u202e\u202c\u2066\u2069\u2060\ufeff\u00ad"
+        )
 
 
 if __name__ == "__main__":
@@ -113,6 +134,8 @@ if __name__ == "__main__":
         for missed in k["missed"]:
             print("    MISSED", missed)
     print(f"hostile: {result['hostile_accepted']} of {result['hostile_total']} accepted")
-    print(f"benign: {result['benign_accepted']} of {result['benign_total']} accepted {result['benign_status']}")
+    print(
+        f"benign: {result['benign_accepted']} of {result['benign_total']} accepted {result['benign_status']}"
+    )
     for row in result["benign_not_accepted"]:
         print("    NOT ACCEPTED", row)

@@ -23,9 +23,13 @@ import jobs.ingest_feedback as ingest_feedback_job
 import jobs.nightly_copy as nightly_job
 from tests.conftest import REPO, job_env
 
-JOBS = {"nightly_copy": nightly_job.main, "build_profiles": build_profiles_job.main,
-        "extract_facts": extract_facts_job.main, "backfill_campaign": backfill_job.main,
-        "ingest_feedback": ingest_feedback_job.main}
+JOBS = {
+    "nightly_copy": nightly_job.main,
+    "build_profiles": build_profiles_job.main,
+    "extract_facts": extract_facts_job.main,
+    "backfill_campaign": backfill_job.main,
+    "ingest_feedback": ingest_feedback_job.main,
+}
 
 
 _RAY_INIT = ray.init  # the real one, for the case that may start Ray
@@ -64,17 +68,31 @@ def world(tmp_path, sample_dir):
     import pyarrow.parquet as pq
 
     (tmp_path / "delivery").mkdir()
-    pq.write_table(pa.table({"row_id": ["r1"], "event_type": ["click"],
-                             "ts": pa.array([dt.datetime(2026, 12, 1)], pa.timestamp("us"))}),
-                   tmp_path / "delivery" / "e.parquet")
-    pq.write_table(pa.table({"row_id": ["r1"], "event_type": ["click"], "ts": ["yesterday"]}),
-                   tmp_path / "text-ts.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "row_id": ["r1"],
+                "event_type": ["click"],
+                "ts": pa.array([dt.datetime(2026, 12, 1)], pa.timestamp("us")),
+            }
+        ),
+        tmp_path / "delivery" / "e.parquet",
+    )
+    pq.write_table(
+        pa.table({"row_id": ["r1"], "event_type": ["click"], "ts": ["yesterday"]}),
+        tmp_path / "text-ts.parquet",
+    )
     (tmp_path / "no-runs").mkdir()
     campaigns = tmp_path / "campaigns"
     campaigns.mkdir()
     (campaigns / "spring.yaml").write_text("campaign_id: spring\nchannels: [push, fax]\n")
-    return {"tmp": str(tmp_path), "sample": str(sample_dir), "pairs": str(sample_dir / "pairs.parquet"),
-            "users": str(sample_dir / "users.parquet"), "products": str(sample_dir / "products.parquet")}
+    return {
+        "tmp": str(tmp_path),
+        "sample": str(sample_dir),
+        "pairs": str(sample_dir / "pairs.parquet"),
+        "users": str(sample_dir / "users.parquet"),
+        "products": str(sample_dir / "products.parquet"),
+    }
 
 
 def _feedback(extra: str) -> str:
@@ -95,65 +113,176 @@ CASES = [
     ("nightly_copy", "--device tpu", 2, "argument --device: invalid choice: 'tpu'"),
     ("nightly_copy", "--run-date 2026-13-01", 2, "'2026-13-01' is not a date (expected YYYY-MM-DD)"),
     ("nightly_copy", "--engine-kwargs [1]", 2, "expected a JSON object"),
-    ("nightly_copy", """--output {tmp}/o --engine-kwargs '{{"max_num_seq": 64}}'""", 2,
-     "--engine-kwargs: vLLM has no engine argument 'max_num_seq' (did you mean 'max_num_seqs'?)"),
+    (
+        "nightly_copy",
+        """--output {tmp}/o --engine-kwargs '{{"max_num_seq": 64}}'""",
+        2,
+        "--engine-kwargs: vLLM has no engine argument 'max_num_seq' (did you mean 'max_num_seqs'?)",
+    ),
     ("nightly_copy", _inputs("--channels push,fax --output {tmp}/out"), 2, "--channels: no template for fax"),
-    ("nightly_copy", "--pairs {pairs}", 2, "--pairs, --users and --products go together; missing: products, users"),
+    (
+        "nightly_copy",
+        "--pairs {pairs}",
+        2,
+        "--pairs, --users and --products go together; missing: products, users",
+    ),
     ("nightly_copy", "--campaign 'bad name!'", 2, "--campaign: 'bad name!': use letters, digits"),
     # config and campaign files
-    ("nightly_copy", "--config {tmp}/typo.yaml", 2,
-     "typo.yaml line 2: chanels: unknown setting 'chanels' (did you mean 'channels'?)"),
+    (
+        "nightly_copy",
+        "--config {tmp}/typo.yaml",
+        2,
+        "typo.yaml line 2: chanels: unknown setting 'chanels' (did you mean 'channels'?)",
+    ),
     ("nightly_copy", "--config {tmp}/broken.yaml", 2, "broken.yaml line 3, column 1: not valid YAML"),
     ("nightly_copy", "--config {tmp}/list.yaml", 2, "list.yaml: --config file is a mapping of settings"),
-    ("nightly_copy", "--config {tmp}/engine.yaml", 2,
-     "engine.yaml line 3: engine.replicas: 0 is out of range: must be at least 1"),
-    ("nightly_copy", "--config {tmp}/engine.yaml --replicas 0", 2,
-     "--replicas: 0 is out of range: must be at least 1"),
+    (
+        "nightly_copy",
+        "--config {tmp}/engine.yaml",
+        2,
+        "engine.yaml line 3: engine.replicas: 0 is out of range: must be at least 1",
+    ),
+    (
+        "nightly_copy",
+        "--config {tmp}/engine.yaml --replicas 0",
+        2,
+        "--replicas: 0 is out of range: must be at least 1",
+    ),
     ("nightly_copy", "--config {tmp}/nowhere.yaml", 2, "nowhere.yaml: no such file (--config file)"),
-    ("nightly_copy", "--campaigns-dir {tmp}/campaigns", 2, "spring.yaml line 2: channels: no template for 'fax'"),
+    (
+        "nightly_copy",
+        "--campaigns-dir {tmp}/campaigns",
+        2,
+        "spring.yaml line 2: channels: no template for 'fax'",
+    ),
     ("nightly_copy", "--campaigns-dir {tmp}/no-such-dir", 2, "no-such-dir: no such folder (--campaigns-dir)"),
     # paths
-    ("nightly_copy", "--pairs {tmp}/missing.parquet --users {users} --products {products} --output {tmp}/o", 2,
-     "missing.parquet"),
-    ("nightly_copy", "--pairs {tmp}/pairs.csv --users {users} --products {products} --output {tmp}/o", 2,
-     "pairs.csv"),
-    ("nightly_copy", "--output {tmp}/a-file.txt", 2, "--output {tmp}/a-file.txt: this is a file, not a folder"),
-    ("nightly_copy", "--output {tmp}/a-file.txt/sub", 2, "a-file.txt is a file, so the folder cannot be made"),
-    ("nightly_copy", "--output gs://bucket/x", 2, "gs://bucket/x: only local paths and s3:// URIs are supported"),
+    (
+        "nightly_copy",
+        "--pairs {tmp}/missing.parquet --users {users} --products {products} --output {tmp}/o",
+        2,
+        "missing.parquet",
+    ),
+    (
+        "nightly_copy",
+        "--pairs {tmp}/pairs.csv --users {users} --products {products} --output {tmp}/o",
+        2,
+        "pairs.csv",
+    ),
+    (
+        "nightly_copy",
+        "--output {tmp}/a-file.txt",
+        2,
+        "--output {tmp}/a-file.txt: this is a file, not a folder",
+    ),
+    (
+        "nightly_copy",
+        "--output {tmp}/a-file.txt/sub",
+        2,
+        "a-file.txt is a file, so the folder cannot be made",
+    ),
+    (
+        "nightly_copy",
+        "--output gs://bucket/x",
+        2,
+        "gs://bucket/x: only local paths and s3:// URIs are supported",
+    ),
     ("nightly_copy", "--templates {tmp}/no-templates", 2, "no-templates"),
     # model folders
-    ("nightly_copy", "--output {tmp}/o --model {tmp}/no-such-model", 2, "no-such-model: no such model folder"),
+    (
+        "nightly_copy",
+        "--output {tmp}/o --model {tmp}/no-such-model",
+        2,
+        "no-such-model: no such model folder",
+    ),
     ("nightly_copy", "--output {tmp}/o --model {tmp}/a-file.txt", 2, "this is a file, not a model folder"),
-    ("nightly_copy", "--output {tmp}/o --model {tmp}/model-no-config", 2, "not a model folder (no config.json"),
+    (
+        "nightly_copy",
+        "--output {tmp}/o --model {tmp}/model-no-config",
+        2,
+        "not a model folder (no config.json",
+    ),
     ("nightly_copy", "--output {tmp}/o --model {tmp}/model-no-weights", 2, "no weights in the folder"),
     # the other jobs
-    ("build_profiles", "--events {tmp}/e --products {products} --output {tmp}/p --half-life-days -1", 2,
-     "--half-life-days: -1.0 is out of range"),
-    ("build_profiles", "--events {tmp}/e --products {products} --output {tmp}/a-file.txt", 2,
-     "--output {tmp}/a-file.txt: this is a file, not a folder"),
+    (
+        "build_profiles",
+        "--events {tmp}/e --products {products} --output {tmp}/p --half-life-days -1",
+        2,
+        "--half-life-days: -1.0 is out of range",
+    ),
+    (
+        "build_profiles",
+        "--events {tmp}/e --products {products} --output {tmp}/a-file.txt",
+        2,
+        "--output {tmp}/a-file.txt: this is a file, not a folder",
+    ),
     ("build_profiles", "--evnts {tmp}/e --products {products} --output {tmp}/p", 2, "did you mean --events?"),
     ("extract_facts", "--facts {tmp}/facts --limit 0", 2, "--limit: 0 is out of range: must be at least 1"),
-    ("extract_facts", "--facts {tmp}/a-file.txt", 2, "--facts {tmp}/a-file.txt: this is a file, not a folder"),
+    (
+        "extract_facts",
+        "--facts {tmp}/a-file.txt",
+        2,
+        "--facts {tmp}/a-file.txt: this is a file, not a folder",
+    ),
     ("extract_facts", "--facts {tmp}/facts --model ./no/such/model", 2, "no such model folder"),
     ("backfill_campaign", "--start 2026-13-01 --end 2026-11-02", 2, "--start: '2026-13-01' is not a date"),
     ("backfill_campaign", "--start 2026-11-01 --ned 2026-11-02", 2, "did you mean --end?"),
-    ("ingest_feedback", _feedback("--partitions 0"), 2, "--partitions: 0 is out of range: must be at least 1"),
-    ("ingest_feedback", "--evnts {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/f", 2, "did you mean --events?"),
+    (
+        "ingest_feedback",
+        _feedback("--partitions 0"),
+        2,
+        "--partitions: 0 is out of range: must be at least 1",
+    ),
+    (
+        "ingest_feedback",
+        "--evnts {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/f",
+        2,
+        "did you mean --events?",
+    ),
     ("ingest_feedback", _feedback("--since 2026-13-01"), 2, "--since: '2026-13-01' is not a date"),
-    ("ingest_feedback", _feedback("--since 2026-12-05 --until 2026-12-01"), 2,
-     "--until: 2026-12-01 is before --since 2026-12-05"),
-    ("ingest_feedback", _feedback("--campaign 'bad name!'"), 2, "--campaign: 'bad name!': use letters, digits"),
-    ("ingest_feedback", "--events {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/a-file.txt", 2,
-     "--output {tmp}/a-file.txt: this is a file, not a folder"),
-    ("ingest_feedback", "--events {tmp}/no-events --runs {tmp}/no-runs --output {tmp}/f", 2,
-     "delivery events: {tmp}/no-events does not exist"),
-    ("ingest_feedback", "--events {pairs} --runs {tmp}/no-runs --output {tmp}/f", 2,
-     "delivery events: {pairs}: missing required column(s) row_id, event_type, ts"),
-    ("ingest_feedback", "--events {tmp}/text-ts.parquet --runs {tmp}/no-runs --output {tmp}/f", 2,
-     "column 'ts' must be a timestamp, found string"),
+    (
+        "ingest_feedback",
+        _feedback("--since 2026-12-05 --until 2026-12-01"),
+        2,
+        "--until: 2026-12-01 is before --since 2026-12-05",
+    ),
+    (
+        "ingest_feedback",
+        _feedback("--campaign 'bad name!'"),
+        2,
+        "--campaign: 'bad name!': use letters, digits",
+    ),
+    (
+        "ingest_feedback",
+        "--events {tmp}/delivery --runs {tmp}/no-runs --output {tmp}/a-file.txt",
+        2,
+        "--output {tmp}/a-file.txt: this is a file, not a folder",
+    ),
+    (
+        "ingest_feedback",
+        "--events {tmp}/no-events --runs {tmp}/no-runs --output {tmp}/f",
+        2,
+        "delivery events: {tmp}/no-events does not exist",
+    ),
+    (
+        "ingest_feedback",
+        "--events {pairs} --runs {tmp}/no-runs --output {tmp}/f",
+        2,
+        "delivery events: {pairs}: missing required column(s) row_id, event_type, ts",
+    ),
+    (
+        "ingest_feedback",
+        "--events {tmp}/text-ts.parquet --runs {tmp}/no-runs --output {tmp}/f",
+        2,
+        "column 'ts' must be a timestamp, found string",
+    ),
     ("ingest_feedback", _feedback(""), 2, "--runs {tmp}/no-runs: no published runs"),
-    ("ingest_feedback", "--events {tmp}/delivery --runs gs://b/nightly --output {tmp}/f", 2,
-     "gs://b/nightly: only local paths and s3:// URIs are supported"),
+    (
+        "ingest_feedback",
+        "--events {tmp}/delivery --runs gs://b/nightly --output {tmp}/f",
+        2,
+        "gs://b/nightly: only local paths and s3:// URIs are supported",
+    ),
 ]
 
 
@@ -191,20 +320,42 @@ def _s3_case(s3_server, bucket: str, extra: list[str]) -> list[str]:
 
 def test_an_endpoint_where_nothing_answers(s3_server, world, capsys):  # s3_server: its test credentials
     code = nightly_job.main(["--output", "s3://bucket/x", "--s3-endpoint", "http://127.0.0.1:1"])
-    _check(capsys, code, 2, "--output s3://bucket/x: nothing answers at the S3 endpoint http://127.0.0.1:1 "
-           "(connection refused)", world)
+    _check(
+        capsys,
+        code,
+        2,
+        "--output s3://bucket/x: nothing answers at the S3 endpoint http://127.0.0.1:1 (connection refused)",
+        world,
+    )
 
 
 def test_a_missing_bucket(s3_server, world, capsys):
     code = nightly_job.main(_s3_case(s3_server, "no-such-bucket", []))
-    err = _check(capsys, code, 2, "--output s3://no-such-bucket/nightly: bucket 'no-such-bucket' does not exist", world)
+    err = _check(
+        capsys, code, 2, "--output s3://no-such-bucket/nightly: bucket 'no-such-bucket' does not exist", world
+    )
     assert "create the bucket, or fix its name" in err
 
 
 def test_a_missing_input_bucket(s3_server, s3_bucket, world, capsys):
-    code = nightly_job.main(["--pairs", "s3://no-such-input/pairs.parquet", "--users", world["users"],
-                             "--products", world["products"], *_s3_case(s3_server, s3_bucket, [])])
-    _check(capsys, code, 2, "--pairs s3://no-such-input/pairs.parquet: bucket 'no-such-input' does not exist", world)
+    code = nightly_job.main(
+        [
+            "--pairs",
+            "s3://no-such-input/pairs.parquet",
+            "--users",
+            world["users"],
+            "--products",
+            world["products"],
+            *_s3_case(s3_server, s3_bucket, []),
+        ]
+    )
+    _check(
+        capsys,
+        code,
+        2,
+        "--pairs s3://no-such-input/pairs.parquet: bucket 'no-such-input' does not exist",
+        world,
+    )
 
 
 def test_missing_credentials(s3_server, s3_bucket, world, capsys, monkeypatch, tmp_path):
@@ -226,10 +377,22 @@ def iam_checks(s3_server, s3_bucket):
 
     iam = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1")
     iam.create_user(UserName="reader")
-    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
-                       "Resource": [f"arn:aws:s3:::{s3_bucket}", f"arn:aws:s3:::{s3_bucket}/*"]}]}))
+    iam.put_user_policy(
+        UserName="reader",
+        PolicyName="read-only",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:ListBucket", "s3:GetObject"],
+                        "Resource": [f"arn:aws:s3:::{s3_bucket}", f"arn:aws:s3:::{s3_bucket}/*"],
+                    }
+                ],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     saved = settings.INITIAL_NO_AUTH_ACTION_COUNT
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
@@ -245,7 +408,9 @@ def iam_checks(s3_server, s3_bucket):
 def test_credentials_the_store_refuses(s3_server, s3_bucket, iam_checks, world, capsys):
     # The session's test keys belong to no IAM user: the store says it does not know them.
     code = nightly_job.main(_s3_case(s3_server, s3_bucket, []))
-    err = _check(capsys, code, 2, f"--output s3://{s3_bucket}/nightly: the store answered InvalidAccessKeyId", world)
+    err = _check(
+        capsys, code, 2, f"--output s3://{s3_bucket}/nightly: the store answered InvalidAccessKeyId", world
+    )
     assert "check AWS_ACCESS_KEY_ID or AWS_PROFILE" in err
     assert iam_checks["SecretAccessKey"] not in err
 
@@ -259,7 +424,9 @@ def test_no_permission_to_write(s3_server, s3_bucket, iam_checks, world, capsys,
     assert iam_checks["SecretAccessKey"] not in err and iam_checks["AccessKeyId"] not in err
 
 
-def test_a_dry_run_reads_but_does_not_write_the_output(s3_server, s3_bucket, iam_checks, world, capsys, monkeypatch):
+def test_a_dry_run_reads_but_does_not_write_the_output(
+    s3_server, s3_bucket, iam_checks, world, capsys, monkeypatch
+):
     """The read-only user may plan a run: a dry run promises to write nothing,
     probe included. It counts on Ray (its workers read the pairs with the
     same read-only credentials), so this one case may start Ray."""
@@ -276,13 +443,33 @@ def test_a_dry_run_reads_but_does_not_write_the_output(s3_server, s3_bucket, iam
 
 
 def test_other_jobs_check_their_stores(s3_server, world, capsys):
-    code = build_profiles_job.main(["--events", "s3://no-such-events/e", "--products", world["products"],
-                                    "--output", f"{world['tmp']}/p", "--s3-endpoint", s3_server])
+    code = build_profiles_job.main(
+        [
+            "--events",
+            "s3://no-such-events/e",
+            "--products",
+            world["products"],
+            "--output",
+            f"{world['tmp']}/p",
+            "--s3-endpoint",
+            s3_server,
+        ]
+    )
     _check(capsys, code, 2, "--events s3://no-such-events/e: bucket 'no-such-events' does not exist", world)
     code = extract_facts_job.main(["--facts", "s3://bucket/facts", "--s3-endpoint", "http://127.0.0.1:1"])
     _check(capsys, code, 2, "--facts s3://bucket/facts: nothing answers at the S3 endpoint", world)
-    code = ingest_feedback_job.main(["--events", f"{world['tmp']}/delivery", "--runs", "s3://no-such-runs/nightly",
-                                     "--output", f"{world['tmp']}/f", "--s3-endpoint", s3_server])
+    code = ingest_feedback_job.main(
+        [
+            "--events",
+            f"{world['tmp']}/delivery",
+            "--runs",
+            "s3://no-such-runs/nightly",
+            "--output",
+            f"{world['tmp']}/f",
+            "--s3-endpoint",
+            s3_server,
+        ]
+    )
     _check(capsys, code, 2, "--runs s3://no-such-runs/nightly: bucket 'no-such-runs' does not exist", world)
 
 
@@ -297,26 +484,31 @@ def test_the_write_probe_leaves_nothing_behind(s3_server, s3_bucket, s3_client):
 # --------------------------------------------------------------------------- failures later in the run
 
 
-def test_storage_that_fails_mid_run_is_one_line_and_exit_1(s3_server, s3_bucket, world, capsys, monkeypatch,
-                                                           tmp_path):
+def test_storage_that_fails_mid_run_is_one_line_and_exit_1(
+    s3_server, s3_bucket, world, capsys, monkeypatch, tmp_path
+):
     """A store that goes away after the checks: after its retries the job
     names the object and the store's answer; the traceback is in the log."""
     from factory.storage import put_bytes, resolve
     from tests.s3_faults import FaultyS3Proxy
 
     with FaultyS3Proxy(s3_server) as proxy:
+
         def run_into_an_outage(config):
             proxy.outage = True
-            put_bytes(resolve(f"s3://{s3_bucket}/mid-run/copies/part-00001.parquet", proxy.url,
-                              s3_max_attempts=2), b"rows")
+            put_bytes(
+                resolve(f"s3://{s3_bucket}/mid-run/copies/part-00001.parquet", proxy.url, s3_max_attempts=2),
+                b"rows",
+            )
 
         monkeypatch.setattr(nightly_job, "run", run_into_an_outage)
         code = nightly_job.main(["--output", f"s3://{s3_bucket}/mid-run", "--s3-endpoint", proxy.url])
     out, err = capsys.readouterr()
     assert code == 1, err
     first, *rest = err.strip().splitlines()
-    assert first.startswith(f"error: storage failed on s3://{s3_bucket}/mid-run/copies/part-00001.parquet: "
-                            "SlowDown"), err
+    assert first.startswith(
+        f"error: storage failed on s3://{s3_bucket}/mid-run/copies/part-00001.parquet: SlowDown"
+    ), err
     assert "Traceback" not in out + err
     [log] = list((tmp_path / "logs").glob("nightly_copy-*.log"))
     assert rest == [f"  full traceback in {log}"]
@@ -352,9 +544,14 @@ def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
 
 def test_the_console_of_a_real_process(world, tmp_path):
     """The table's first case as a user runs it: a process, its console, no Ray."""
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "nightly_copy.py"), "--limit", "-3"], cwd=tmp_path,
-                          env=job_env(COPY_FACTORY_LOG_DIR=str(tmp_path / "logs")), capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "nightly_copy.py"), "--limit", "-3"],
+        cwd=tmp_path,
+        env=job_env(COPY_FACTORY_LOG_DIR=str(tmp_path / "logs")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --limit: -3 is out of range: must be at least 1"
     assert proc.stdout == ""
@@ -398,6 +595,10 @@ def test_an_s3_model_folder_is_checked(s3_server, s3_bucket, s3_client):
 
 def test_the_table_covers_every_job_and_enough_mistakes():
     assert {job for job, *_ in CASES} == set(JOBS)
-    stores = [t for t in globals() if t.startswith("test_") and ("bucket" in t or "credentials" in t
-                                                                 or "permission" in t or "endpoint" in t)]
+    stores = [
+        t
+        for t in globals()
+        if t.startswith("test_")
+        and ("bucket" in t or "credentials" in t or "permission" in t or "endpoint" in t)
+    ]
     assert len(CASES) + len(stores) >= 25

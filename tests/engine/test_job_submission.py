@@ -30,11 +30,26 @@ def ray_head(tmp_path):
     """A real `ray start --head` with its dashboard (the job API lives there)."""
     gcs_port, dash_port = _free_port(), _free_port()
     # The head's PATH decides which `python` a job's entrypoint runs: this venv's.
-    env = job_env(RAY_USAGE_STATS_ENABLED="0", PATH=os.pathsep.join([str(Path(PYTHON).parent), os.environ["PATH"]]))
+    env = job_env(
+        RAY_USAGE_STATS_ENABLED="0", PATH=os.pathsep.join([str(Path(PYTHON).parent), os.environ["PATH"]])
+    )
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-                    "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dash_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     try:
         yield f"http://127.0.0.1:{dash_port}"
     finally:
@@ -51,9 +66,28 @@ def test_job_submitted_to_a_ray_head_succeeds(ray_head, tmp_path):
     out = tmp_path / "out"
     submission_id = f"nightly-copy-test-{int(time.time())}"
     env = job_env(RAY_AUTH_MODE="token", RAY_ADDRESS=ray_head)
-    command = [RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", str(REPO), "--",
-               "python", "jobs/nightly_copy.py", "--limit", "4", "--channels", "push,ad_headline",
-               "--output", str(out), "--run-date", "2026-11-21", "--campaign", "winter_sale"]
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "jobs/nightly_copy.py",
+        "--limit",
+        "4",
+        "--channels",
+        "push,ad_headline",
+        "--output",
+        str(out),
+        "--run-date",
+        "2026-11-21",
+        "--campaign",
+        "winter_sale",
+    ]
     # A fresh head's dashboard agent can take a while to register on a loaded
     # machine ("No available agent to submit job", seen once in CI); a
     # scheduler would retry, so the test does too. Nothing was submitted then.
@@ -63,15 +97,21 @@ def test_job_submitted_to_a_ray_head_succeeds(ray_head, tmp_path):
         if "No available agent" not in logs:
             break
         time.sleep(5)
-    status = subprocess.run([RAY, "job", "status", submission_id], env=env, capture_output=True, text=True,
-                            timeout=120)
+    status = subprocess.run(
+        [RAY, "job", "status", submission_id], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "succeeded" in (status.stdout + status.stderr).lower(), logs[-5000:]
     assert submit.returncode == 0
     assert "rows written" in logs
 
     # A second submission with the same id is refused: the nightly schedule's guard.
-    again = subprocess.run([RAY, "job", "submit", "--submission-id", submission_id, "--no-wait", "--",
-                            "python", "-c", "pass"], env=env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [RAY, "job", "submit", "--submission-id", submission_id, "--no-wait", "--", "python", "-c", "pass"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode != 0
 
     attempt = out / "runs" / "date=2026-11-21" / "campaign=winter_sale" / "attempt=0001"
