@@ -420,7 +420,7 @@ class Executor:
             if state.action != "published":
                 return None
             rows, attempt, manifest = _read_published(target)
-        except Exception as exc:  # storage errors after the client's retries: this date only
+        except Exception as exc:  # noqa: BLE001 - storage errors after the client's retries: this date only
             self.say(f"[{day}] cannot read the run's state at {target.run.uri}: {exc}")
             return DateResult(day.isoformat(), FAILED, target.run_id, error=f"state unreadable: {exc}")
         self.say(f"[{day}] skipped: {target.run_id} is already published (attempt {attempt}, {rows} rows)")
@@ -482,7 +482,7 @@ class Executor:
         elif code == 0:
             try:
                 result.rows, result.attempt, result.manifest = _read_published(child.target)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any read failure fails this date only, not the backfill
                 result.error = f"exit 0 but the manifest is unreadable: {exc}"
             else:
                 if result.manifest:
@@ -595,10 +595,12 @@ def build_parser():
     p = JobParser(
         prog="backfill_campaign",
         allow_abbrev=False,
-        description="Regenerate a campaign for past dates: one nightly_copy.py run per date (its own process, "
-        "its own run id), skipping dates already published. Idempotent: rerun the same command and failed dates "
-        "resume. Every other flag (after '--' or not known here) goes to the nightly job unchanged, e.g. "
-        "-- --output s3://bucket/nightly --pairs ... --channels push,sms.",
+        description=(
+            "Regenerate a campaign for past dates: one nightly_copy.py run per date (its own process, "
+            "its own run id), skipping dates already published. Idempotent: rerun the same command and "
+            "failed dates resume. Every other flag (after '--' or not known here) goes to the nightly job "
+            "unchanged, e.g. -- --output s3://bucket/nightly --pairs ... --channels push,sms."
+        ),
         epilog="Exit status: 0 every date published or skipped; 1 a date failed (the table says which; rerun "
         "to resume); 2 bad arguments, found before any date runs; 130 stopped by Ctrl-C/SIGTERM.",
     )
