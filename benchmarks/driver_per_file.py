@@ -143,7 +143,8 @@ def main(args: argparse.Namespace) -> None:
                 held[n].append(peak)
     print(f"driver's finish per copies file ({args.rows} rows each; median of {args.runs} runs, local disk)")
     print(
-        f"{'files':>7} {'total ms':>10} {'ms/file':>8} {'held MiB':>9} {'KB/file':>8} {'manifest KB/file':>17}"
+        f"{'files':>7} {'total ms':>10} {'ms/file':>8} {'held MiB':>9} {'KB/file':>8} "
+        f"{'manifest KB/file':>17}"
     )
     per_file_ms, per_file_bytes = [], []
     for n in args.files:
@@ -160,7 +161,8 @@ def main(args: argparse.Namespace) -> None:
         files = rows // ROWS_PER_FILE
         print(
             f"  {rows // 1_000_000}M rows: {files:,} files -> {files * ms / 1000:.1f} s, "
-            f"{files * per_file / 2**20:.0f} MiB held, manifest {files * manifest[args.files[-1]] / args.files[-1] / 2**20:.1f} MiB"
+            f"{files * per_file / 2**20:.0f} MiB held, manifest "
+            f"{files * manifest[args.files[-1]] / args.files[-1] / 2**20:.1f} MiB"
         )
 
 

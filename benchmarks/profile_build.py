@@ -247,7 +247,8 @@ def main() -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / gib:.0f} GiB"
     print(f"\ngenerated {args.events:,} events in {generated:.1f} s under {folder}")
     print(
-        "| events | profiles | files | build s | events/s | peak RSS driver+Ray | peak PSS driver+Ray | machine | date |"
+        "| events | profiles | files | build s | events/s | peak RSS driver+Ray | peak PSS driver+Ray "
+        "| machine | date |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     print(

@@ -138,7 +138,7 @@ def run(
                 zip(*[x.to_pylist() for x in pa.compute.value_counts(out[C.STATUS]).flatten()])
             )
         batch = out
-    for name, prof in profiles.items():
+    for _name, prof in profiles.items():
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(30)
         print(s.getvalue(), file=sys.stderr)

@@ -4,7 +4,7 @@ the bucket's own users (now). Inputs: the synthetic ones ``cpu_side.py``
 caches (run it once with ``--cache`` for the size you want).
 
     .venv/bin/python benchmarks/stage_signatures.py --inputs /tmp/cpucache/pairs-10000000-seed-11 --pairs 100000
-"""
+"""  # noqa: E501 - a command to copy whole; the docstring is also --help's text
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     mine = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
     filtering = time.perf_counter() - started
     print(
-        f"bucket: {pairs.num_rows:,} pairs; users table: {users.num_rows:,}; the bucket's users: {mine.num_rows:,} "
+        f"bucket: {pairs.num_rows:,} pairs; users table: {users.num_rows:,}; "
+        f"the bucket's users: {mine.num_rows:,} "
         f"(picked in {filtering * 1000:.0f} ms)"
     )
     for name, table in (("every user", users), ("the bucket's users", mine)):
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
         for f in fields:
             dedup.profile_signatures(table, f)
         print(
-            f"signatures over {name}: {time.perf_counter() - started:.1f} s ({len(fields)} template field sets)"
+            f"signatures over {name}: {time.perf_counter() - started:.1f} s "
+            f"({len(fields)} template field sets)"
         )
     return 0
 

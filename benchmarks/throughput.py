@@ -294,7 +294,10 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
     marg_tok = _mean(bare_runs, "marginal_output_tokens_per_s") if has_marginal else float("nan")
     first = bare_runs[0]
     lines = [
-        "| contender | rows | start-up s | steady rows/s | steady output tok/s | vs bare vLLM (rows/s, tok/s) |",
+        (
+            "| contender | rows | start-up s | steady rows/s | steady output tok/s "
+            "| vs bare vLLM (rows/s, tok/s) |"
+        ),
         "|---|---:|---:|---:|---:|---:|",
     ]
     for label, run in zip(("before", "after"), bare_runs):
@@ -304,31 +307,36 @@ def report(bare_runs: list[dict], small: dict, big: dict, hf: dict) -> str:
         )
         if has_marginal:
             lines.append(
-                f"| bare vLLM, marginal {run['small_rows']}->{run['rows']} rows ({label}) | {run['rows']} | | "
+                f"| bare vLLM, marginal {run['small_rows']}->{run['rows']} rows ({label}) "
+                f"| {run['rows']} | | "
                 f"{run['marginal_rows_per_s']:.2f} | {run['marginal_output_tokens_per_s']:.1f} | |"
             )
     lines += [
         f"| factory pipeline, marginal {small['rows']}->{big['rows']} rows | {big['rows']} | "
-        f"{big['wall_s'] - steady_s * big['rows'] / rows:.0f} (fixed costs) | {pipe_rows_s:.2f} | {pipe_tok_s:.1f} | "
+        f"{big['wall_s'] - steady_s * big['rows'] / rows:.0f} (fixed costs) | "
+        f"{pipe_rows_s:.2f} | {pipe_tok_s:.1f} | "
         f"{pipe_rows_s / one_rows:.2f}, {pipe_tok_s / one_tok:.2f} (one call); "
         f"{pipe_rows_s / marg_rows:.2f}, {pipe_tok_s / marg_tok:.2f} (marginal) |",
-        f"| HF `model.generate`, one prompt at a time | {hf['rows']} | {hf['startup_s']} | {hf['rows_per_s']:.2f} | "
-        f"{hf['output_tokens_per_s']:.1f} | {hf['rows_per_s'] / one_rows:.2f}, {hf['output_tokens_per_s'] / one_tok:.2f} |",
+        f"| HF `model.generate`, one prompt at a time | {hf['rows']} | {hf['startup_s']} | "
+        f"{hf['rows_per_s']:.2f} | {hf['output_tokens_per_s']:.1f} | "
+        f"{hf['rows_per_s'] / one_rows:.2f}, {hf['output_tokens_per_s'] / one_tok:.2f} |",
         "",
         (
-            f"bare vLLM before / after the pipeline: {bare_runs[0]['rows_per_s']:.2f} / {bare_runs[-1]['rows_per_s']:.2f} "
-            f"rows/s (drift {100 * (bare_runs[-1]['rows_per_s'] / bare_runs[0]['rows_per_s'] - 1):+.1f} %; more than "
-            "a few % means the machine's speed moved during the run)"
+            f"bare vLLM before / after the pipeline: {bare_runs[0]['rows_per_s']:.2f} / "
+            f"{bare_runs[-1]['rows_per_s']:.2f} rows/s "
+            f"(drift {100 * (bare_runs[-1]['rows_per_s'] / bare_runs[0]['rows_per_s'] - 1):+.1f} %; "
+            "more than a few % means the machine's speed moved during the run)"
         )
         if len(bare_runs) > 1
         else "bare vLLM ran once (--bare-once): machine drift is not measured",
         "pipeline / bare vLLM (mean of before and after), target >= 0.90:",
-        f"  against one call over all prompts: {pipe_rows_s / one_rows:.2f}x rows/s, {pipe_tok_s / one_tok:.2f}x "
-        "output tokens/s",
+        f"  against one call over all prompts: {pipe_rows_s / one_rows:.2f}x rows/s, "
+        f"{pipe_tok_s / one_tok:.2f}x output tokens/s",
         f"  like for like, both marginal over the same rows: {pipe_rows_s / marg_rows:.2f}x rows/s, "
         f"{pipe_tok_s / marg_tok:.2f}x output tokens/s",
         f"pipeline / HF loop: {pipe_rows_s / hf['rows_per_s']:.1f}x rows/s (target >= 8)",
-        f"prefix-cache hit rate: bare {first['prefix_cache_hit_rate']}, pipeline {big['prefix_cache_hit_rate']}; "
+        f"prefix-cache hit rate: bare {first['prefix_cache_hit_rate']}, "
+        f"pipeline {big['prefix_cache_hit_rate']}; "
         f"mean prompt tokens: bare {first['mean_prompt_tokens']}",
         "pipeline prompt/output tokens per channel: " + json.dumps(big["by_channel"]),
         "RATIOS "

@@ -422,7 +422,7 @@ class Executor:
             if state.action != "published":
                 return None
             rows, attempt, manifest = _read_published(target)
-        except Exception as exc:  # storage errors after the client's retries: this date only
+        except Exception as exc:  # noqa: BLE001 - storage errors after the client's retries: this date only
             self.say(f"[{day}] cannot read the run's state at {target.run.uri}: {exc}")
             return DateResult(day.isoformat(), FAILED, target.run_id, error=f"state unreadable: {exc}")
         self.say(f"[{day}] skipped: {target.run_id} is already published (attempt {attempt}, {rows} rows)")
@@ -484,7 +484,7 @@ class Executor:
         elif code == 0:
             try:
                 result.rows, result.attempt, result.manifest = _read_published(child.target)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any read failure fails this date only, not the backfill
                 result.error = f"exit 0 but the manifest is unreadable: {exc}"
             else:
                 if result.manifest:

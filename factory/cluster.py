@@ -53,10 +53,10 @@ def check_shared_storage(paths: dict[str, Optional[str]], shared_filesystem: boo
         return
     flags = ", ".join(f"{flag} {uri}" for flag, uri in local.items())
     raise UsageError(
-        f"{flags}: a local path, and this Ray cluster has {len(nodes)} nodes: workers on the other nodes would "
-        "read and write their own disks",
-        "give a shared store (s3://bucket/prefix), or pass --shared-filesystem if the path is on a filesystem "
-        "every node mounts (NFS, EFS, Lustre)",
+        f"{flags}: a local path, and this Ray cluster has {len(nodes)} nodes: "
+        "workers on the other nodes would read and write their own disks",
+        "give a shared store (s3://bucket/prefix), or pass --shared-filesystem if the path is on a "
+        "filesystem every node mounts (NFS, EFS, Lustre)",
     )
 
 

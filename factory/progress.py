@@ -99,7 +99,7 @@ class ProgressLog:
         while not self._stop.wait(self.every):
             try:
                 self.sample(log=True)
-            except Exception as exc:  # progress must never fail a run
+            except Exception as exc:  # noqa: BLE001 - progress must never fail a run
                 logger.debug("progress sample failed: %s", exc)
 
     def sample(self, log: bool) -> dict[str, Any]:

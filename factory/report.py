@@ -67,7 +67,8 @@ CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC",sans-serif;
  margin:0;color:#1c1c1c;background:#fafafa}
 main{max-width:1100px;margin:0 auto;padding:24px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h1{font-size:22px;margin:0 0 4px} \
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:14px;margin:14px 0 4px}
 .sub{color:#555;margin:0 0 16px}
 .figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:8px}
@@ -274,7 +275,8 @@ def reasons_chart(reasons: Mapping[str, Any], before: Optional[Mapping[str, Any]
             f'<rect class="after" x="{label_w}" y="{y + 5}" width="{bar_w * after_n / top:.2f}" '
             f'height="{row_h - 12}" fill="{AFTER_COLOR}"><title>{esc(reason)}: {after_n:,} after repair'
             f"</title></rect>"
-            f'<text x="{label_w + bar_w + 6}" y="{y + 14}">{after_n:,} (before repair {before_n:,})</text></g>'
+            f'<text x="{label_w + bar_w + 6}" y="{y + 14}">{after_n:,} (before repair {before_n:,})'
+            "</text></g>"
         )
     svg = _svg(label_w + bar_w + 170, height, "Rejection and review reasons", "".join(parts), "reasons")
     caption = "Reasons on final verdicts (a row can have several), and on the first draft before repair"
@@ -323,7 +325,10 @@ def length_panel(channel: str, lengths: list[int], limit: Optional[int], limits_
     xmin = bins[0][0]
     scale = plot_w / (xmax - xmin)
     parts = [
-        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
+        (
+            f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" '
+            'stroke="#999"/>'
+        ),
         f'<text x="{left - 4}" y="{top_pad + 8}" text-anchor="end">{ymax:g}</text>',
         f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
         f'<text x="{left}" y="{h - 6}">{max(xmin, 0)}</text>',
@@ -433,7 +438,10 @@ def _line_panel(
     ymax = nice_max(max(ys)) if ys and max(ys) > 0 else 1.0
     pts = [(left + plot_w * x / xmax, top_pad + plot_h - plot_h * y / ymax) for x, y in zip(xs, ys)]
     parts = [
-        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
+        (
+            f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" '
+            'stroke="#999"/>'
+        ),
         f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#999"/>',
         f'<text x="{left - 4}" y="{top_pad + 8}" text-anchor="end">{ymax:,.6g}</text>',
         f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
@@ -603,8 +611,8 @@ def samples_table(copies: pa.Table, products: pa.Table, per_channel: int) -> str
             f'<td class="facts">{esc(_attributes_text(product.get("attributes")))}</td></tr>'
         )
     note = (
-        f"Up to {per_channel} copies a channel, accepted, review and rejected in turn, with the product facts "
-        "they were written from (copy text is the model's output, shown as plain text)."
+        f"Up to {per_channel} copies a channel, accepted, review and rejected in turn, with the product "
+        "facts they were written from (copy text is the model's output, shown as plain text)."
     )
     return (
         f'<section id="samples"><p class="sub">{esc(note)}</p>'

@@ -48,9 +48,15 @@ def report(result: IngestResult) -> str:
     return "\n".join(
         [
             "",
-            f"Feedback table written in {result.seconds:.0f} s: {result.keys} key(s) from {result.runs} published run(s)",
+            (
+                f"Feedback table written in {result.seconds:.0f} s: {result.keys} key(s) "
+                f"from {result.runs} published run(s)"
+            ),
             f"  table:      {result.table_uri}",
-            f"  events:     {result.events_read} read, {result.events_counted} counted, {result.events_rejected} set aside",
+            (
+                f"  events:     {result.events_read} read, {result.events_counted} counted, "
+                f"{result.events_rejected} set aside"
+            ),
             f"  counted:    {totals}",
             f"  set aside:  {reasons}"
             + (f"   ({result.output_uri}/rejects/)" if result.events_rejected else ""),

@@ -70,7 +70,8 @@ class ArmConfig(BaseModel):
     templates: Optional[str] = Field(
         default=None,
         description="A folder of prompt templates for this arm (relative to the working directory, "
-        "like --templates); channels it has no template for use the campaign's. Default: the campaign's templates.",
+        "like --templates); channels it has no template for use the campaign's. "
+        "Default: the campaign's templates.",
     )
     sampling: ArmSampling = Field(
         default_factory=ArmSampling, description="Temperature and top_p of this arm."
@@ -85,8 +86,8 @@ class ArmConfig(BaseModel):
         default=None,
         gt=0,
         le=1,
-        description="Share of the experiment's non-holdout users. allocation fixed: every night; thompson: the "
-        "first night (before any feedback). Give every arm's share or none (equal shares).",
+        description="Share of the experiment's non-holdout users. allocation fixed: every night; "
+        "thompson: the first night (before any feedback). Give every arm's share or none (equal shares).",
     )
 
     @field_validator("name")

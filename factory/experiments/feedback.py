@@ -252,7 +252,7 @@ class IngestResult:
     totals: dict[str, int] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- the driver: footers and manifests
+# -------------------------------------------------------------------------- the driver: footers and manifests
 
 
 def check_events(loc: Location) -> inputs.ParquetInput:
@@ -270,7 +270,8 @@ def check_events(loc: Location) -> inputs.ParquetInput:
 
 
 def child_folders(loc: Location, prefix: str) -> list[tuple[str, Location]]:
-    """The folders right under ``loc`` whose names start with ``prefix``: (rest of the name, folder), sorted."""
+    """The folders right under ``loc`` whose names start with ``prefix``: (rest of the name,
+    folder), sorted."""
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
     out = []
     for info in infos:

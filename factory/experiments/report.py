@@ -106,12 +106,15 @@ def arms_table(view: ExperimentView) -> str:
             view.holdout if is_holdout else (shares.get(arm, 0.0) * (1 - view.holdout) if shares else None)
         )
         body.append(
-            f'<tr class="arm" data-arm="{esc(arm)}" data-impressions="{s.impressions}" data-clicks="{s.clicks}" '
+            f'<tr class="arm" data-arm="{esc(arm)}" data-impressions="{s.impressions}" '
+            f'data-clicks="{s.clicks}" '
             f'data-conversions="{s.conversions}">'
             f'<td><span class="st" style="background:{color}">{esc(arm)}</span></td>'
-            f'<td class="num">{fmt_int(s.impressions)}</td><td class="num">{"—" if is_holdout else fmt_int(s.clicks)}</td>'
+            f'<td class="num">{fmt_int(s.impressions)}</td>'
+            f'<td class="num">{"—" if is_holdout else fmt_int(s.clicks)}</td>'
             f'<td class="num">{"—" if is_holdout else _rate(wilson(s.clicks, s.impressions))}</td>'
-            f'<td class="num">{fmt_int(s.conversions)}</td><td class="num">{_rate(wilson(s.conversions, s.impressions))}</td>'
+            f'<td class="num">{fmt_int(s.conversions)}</td>'
+            f'<td class="num">{_rate(wilson(s.conversions, s.impressions))}</td>'
             f'<td class="num lift">{"baseline" if is_holdout else _lift(up)}</td>'
             f'<td class="num">{"—" if is_holdout or arm not in best else f"{100 * best[arm]:.1f}%"}</td>'
             f'<td class="num">{"—" if share is None else f"{100 * share:.1f}%"}</td></tr>'
@@ -168,7 +171,10 @@ def experiment_block(view: ExperimentView) -> str:
         f"{100 * view.holdout:.1f}% of users · tonight's allocation: {method}"
     )
     if latest.get("seed") is not None:
-        sub += f" (seed {latest['seed']}, {latest.get('draws')} draws, floor {100 * float(latest.get('floor', 0)):.1f}%)"
+        sub += (
+            f" (seed {latest['seed']}, {latest.get('draws')} draws, "
+            f"floor {100 * float(latest.get('floor', 0)):.1f}%)"
+        )
     return (
         f'<section class="experiment" id="experiment-{esc(view.experiment_id)}" '
         f'data-experiment="{esc(view.experiment_id)}"><h3>{esc(view.experiment_id)}</h3>'

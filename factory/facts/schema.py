@@ -32,7 +32,7 @@ MAX_MATERIAL_CHARS = 32
 # which xgrammar cannot combine), so the engine enforces all of it. Without it
 # the bundled model answered "{{name}}" five times for most products (seen
 # with vLLM and with transformers, greedy).
-POINT_PATTERN = r'^[^{}<>\[\]"\\]{1,%d}$' % MAX_POINT_CHARS
+POINT_PATTERN = rf'^[^{{}}<>\[\]"\\]{{1,{MAX_POINT_CHARS}}}$'
 SellingPoint = Annotated[str, StringConstraints(strip_whitespace=True, pattern=POINT_PATTERN)]
 Material = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MATERIAL_CHARS)

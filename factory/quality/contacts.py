@@ -331,8 +331,8 @@ _SOCIAL = regex.compile(r"(?<![\w@.])@[A-Za-z][\w.]{2,29}(?![\w@])(?!\.[a-z])")
 # Latin tokens one of the handle patterns needs; copy without any (and without
 # Chinese or a "+") skips the regex, which costs ~20 us a row.
 _HANDLE_WORDS = frozenset(
-    "chat wechat weixin whatsapp whats telegram tele signal viber kakao kakaotalk snapchat snap instagram insta "
-    "ig tiktok douyin facebook messenger line qq vx wx tg dm pm inbox dms slide".split()
+    "chat wechat weixin whatsapp whats telegram tele signal viber kakao kakaotalk snapchat snap instagram "
+    "insta ig tiktok douyin facebook messenger line qq vx wx tg dm pm inbox dms slide".split()
 )
 
 
@@ -354,9 +354,9 @@ _PROFILE_EMAIL = regex.compile(r"([\w.+-]+)@[\w-]+(?:\.[\w-]+)+")
 _NAME_PART = regex.compile(r"[a-z]{3,}")
 # Words an address is often made of that are no one's name.
 _NOT_NAMES = frozenset(
-    "mail email info shop store sales service support team hello contact admin user test official love fan fans "
-    "the and real its not work home life style news club vip cool happy lucky best baby girl boy king queen star "
-    "online web net box office".split()
+    "mail email info shop store sales service support team hello contact admin user test official love fan "
+    "fans the and real its not work home life style news club vip cool happy lucky best baby girl boy king "
+    "queen star online web net box office".split()
 )
 
 

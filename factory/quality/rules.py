@@ -219,8 +219,8 @@ _REFUSAL = regex.compile(
     r"作为(?:一个)?(?:AI|人工智能|语言模型|助手)|我无法|我不能|抱歉"
 )
 _PLACEHOLDER = regex.compile(
-    r"^requirements?\b|</?product>|\{[a-z_]+\}|\[(?:product(?: name)?|brand(?: name)?|name|title|price|customer(?: name)?|"
-    r"user(?: name)?|first name|link|url)\]|\bplaceholder\b",
+    r"^requirements?\b|</?product>|\{[a-z_]+\}|\[(?:product(?: name)?|brand(?: name)?|name|title|price|"
+    r"customer(?: name)?|user(?: name)?|first name|link|url)\]|\bplaceholder\b",
     regex.IGNORECASE,
 )
 _CHATTER = regex.compile(

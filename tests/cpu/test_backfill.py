@@ -75,7 +75,7 @@ FAKE_JOB = textwrap.dedent("""
     if code:
         print("error: the fake job failed on purpose", file=sys.stderr)
     sys.exit(code)
-""")
+""")  # noqa: E501 - a script's text, kept as the fake job runs it
 
 
 @pytest.fixture

@@ -233,11 +233,14 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
                 C.ROUTE,
             )(batch)
         owed = staging.stage_rows(plan, attempt, n_buckets)
-        read = lambda loc, cols: sorted(
-            tuple(r.values())
-            for f in list_files(loc, ".parquet")
-            for r in read_parquet(loc.join(f.base_name), columns=cols).to_pylist()
-        )
+
+        def read(loc, cols):
+            return sorted(
+                tuple(r.values())
+                for f in list_files(loc, ".parquet")
+                for r in read_parquet(loc.join(f.base_name), columns=cols).to_pylist()
+            )
+
         assert not list_files(attempt.checked)  # work files cleared
         return (
             owed,

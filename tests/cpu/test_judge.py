@@ -12,6 +12,7 @@ import pytest
 
 from factory import columns as C
 from factory.cli import parse_config
+from factory.errors import UsageError
 from factory.facts.schema import json_schema_for
 from factory.quality.policy import QualityPolicy
 from factory.quality.summary import quality_summary
@@ -95,7 +96,10 @@ def stand_in_judge(batch: pa.Table) -> pa.Table:
     )
 
 
-def run(rows, policy=QualityPolicy(), draft=1, sample=1.0):
+DEFAULT_POLICY = QualityPolicy()
+
+
+def run(rows, policy=DEFAULT_POLICY, draft=1, sample=1.0):
     asked = JudgeRequests(PRODUCTS, USERS, sample=sample)(gated(rows))
     return ApplyJudgement(policy, draft)(stand_in_judge(asked))
 
@@ -199,7 +203,7 @@ def test_judge_flags():
     config = parse_config(["--judge", "--judge-sample", "0.2", "--judge-model", "/models/judge"])
     assert config.judge and config.judge_sample == 0.2 and config.judge_model == "/models/judge"
     assert parse_config([]).judge is False
-    with pytest.raises(Exception):
+    with pytest.raises(UsageError):
         parse_config(["--judge-sample", "0"])
 
 

@@ -209,7 +209,10 @@ def test_profile_table_has_exactly_the_allow_listed_columns():
 # --- per-event checks ---------------------------------------------------------
 
 
-def _batch(rows: list[dict], ts_type=pa.timestamp("us", tz="UTC")) -> pa.Table:
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+def _batch(rows: list[dict], ts_type=UTC_MICROS) -> pa.Table:
     n = len(rows)
     return pa.table(
         {

@@ -487,7 +487,7 @@ def test_matches_brute_force_reference_on_random_tables():
         for i in range(6)
     ]
     products.append(product_row("P6", None, None))
-    for trial in range(2):
+    for _trial in range(2):
         rows = []
         for _ in range(300):
             if rng.random() < 0.5:
