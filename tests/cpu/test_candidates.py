@@ -160,6 +160,7 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(
 
         return lambda ds: ds.map_batches(fail, batch_format="pyarrow")
 
+    ray.shutdown()  # an earlier module's shared Ray (conftest's local_ray) may still be up
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         monkeypatch.setattr(passes, "_choose", lost)

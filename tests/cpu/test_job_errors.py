@@ -39,6 +39,8 @@ _RAY_INIT = ray.init  # the real one, for the case that may start Ray
 def no_ray(monkeypatch, tmp_path):
     import ray
 
+    ray.shutdown()  # an earlier module's shared Ray (conftest's local_ray): this checks the job starts none
+
     def refuse(*args, **kwargs):
         raise AssertionError("Ray must not start for a job that cannot run")
 

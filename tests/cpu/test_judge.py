@@ -228,6 +228,7 @@ def test_the_stage_composes_on_ray_data_with_a_stand_in_engine():
 
     rows = gated(ROWS)
     columns = rows.column_names
+    ray.shutdown()  # an earlier module's shared Ray (conftest's local_ray) may still be up
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         stage = build_judge_stage(
