@@ -65,6 +65,9 @@ COPY_LENGTH_LIMIT = "copy_length_limit"
 JUDGE_VERDICT = "judge_verdict"
 JUDGE_TOKENS = "judge_tokens"
 
+# A row's identity as every pass carries it: its id, the pair, channel, variant and arm.
+ROW_KEY = (ROW_ID, USER_ID, PRODUCT_ID, CHANNEL, CAMPAIGN_ID, VARIANT, EXPERIMENT_ID, ARM)
+
 ACCEPTED, REVIEW, REJECTED = "accepted", "review", "rejected"
 STATUSES = (ACCEPTED, REVIEW, REJECTED)
 

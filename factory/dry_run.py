@@ -55,16 +55,7 @@ BYTES_PER_TOKEN = 4.0
 LOCALE_EXCLUDED = "locale_not_in_campaign"
 NOTHING_OWED = "channel_not_in_run"
 _BUCKET = "__bucket"
-SAMPLE_COLUMNS = (
-    C.ROW_ID,
-    C.USER_ID,
-    C.PRODUCT_ID,
-    C.CHANNEL,
-    C.CAMPAIGN_ID,
-    C.VARIANT,
-    C.EXPERIMENT_ID,
-    C.ARM,
-)
+SAMPLE_COLUMNS = C.ROW_KEY
 
 
 def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]:

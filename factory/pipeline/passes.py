@@ -85,28 +85,10 @@ def run_passes(passes: Sequence[Pass], progress, num_cpus: float, rows_per_file:
 # --------------------------------------------------------------------------- the three passes
 
 # Keys every generated row carries through the engine stage.
-ROW_KEYS = [
-    C.ROW_ID,
-    C.USER_ID,
-    C.PRODUCT_ID,
-    C.CHANNEL,
-    C.CAMPAIGN_ID,
-    C.VARIANT,
-    C.EXPERIMENT_ID,
-    C.ARM,
-    C.LOCALE,
-    C.TEMPLATE_VERSION,
-]
+ROW_KEYS = [*C.ROW_KEY, C.LOCALE, C.TEMPLATE_VERSION]
 # What the repair pass needs of a rejected row: its keys, its chat and why it failed.
 REPAIR_QUEUE_COLUMNS = (
-    C.ROW_ID,
-    C.USER_ID,
-    C.PRODUCT_ID,
-    C.CHANNEL,
-    C.CAMPAIGN_ID,
-    C.VARIANT,
-    C.EXPERIMENT_ID,
-    C.ARM,
+    *C.ROW_KEY,
     C.LOCALE,
     C.TEMPLATE_VERSION,
     "brand",
