@@ -12,7 +12,10 @@ def test_ray_keeps_the_head_node_it_started_where_it_was():
     assert hasattr(worker, "_global_node"), (
         "ray._private.worker._global_node moved: re-check ray_started_head"
     )
-    assert internals.ray_started_head() is False  # no Ray started in this process yet
+    import ray
+
+    ray.shutdown()  # an earlier module's shared Ray (conftest's local_ray) may still be up
+    assert internals.ray_started_head() is False  # no Ray started in this process now
     # (that a started Ray answers True: tests/cpu/test_ray_session.py, in a process of its own)
 
 
