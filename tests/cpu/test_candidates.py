@@ -98,6 +98,7 @@ def test_candidates_need_room_and_randomness():
     assert JobConfig().candidates == 1
 
 
+@pytest.mark.slow  # the whole job twice (a killed process, then the resume): make test, not test-fast
 def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(
     s3_server, s3_client, s3_bucket, sample_dir, tmp_path, monkeypatch
 ):

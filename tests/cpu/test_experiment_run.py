@@ -72,6 +72,7 @@ def _arms_by_row(rows: pa.Table) -> dict[tuple, str]:
     }
 
 
+@pytest.mark.slow  # the whole job over two nights: make test, not test-fast
 def test_an_experiment_runs_nightly_and_learns_from_feedback(
     s3_server, s3_client, s3_bucket, sample_dir, tmp_path, stand_in_model, monkeypatch
 ):
