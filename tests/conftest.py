@@ -58,12 +58,25 @@ def s3_server():
             os.environ[k] = v
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_across_modules():
+    """A module's Ray (``local_ray``) ends with the module: a test module never
+    finds another's Ray. One left up would be this process's own, and a later test
+    that runs ``ray stop`` (tests/engine/test_job_submission.py) would take the
+    test process down with it: Ray ends a driver whose raylet dies."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture
 def local_ray(s3_server):
-    """One local Ray for every test that needs one: the first starts it and the rest
-    reuse it (a start-up costs seconds on 2 cores). A test or job that stops Ray
-    (the two-node cluster's fixture, a job's own shutdown) makes the next one start
-    it again. s3_server first: Ray's workers inherit the S3 credentials at init."""
+    """One local Ray for every test of a module that needs one: the first starts it
+    and the rest reuse it (a start-up costs seconds on 2 cores); it is stopped with
+    the module (``no_ray_across_modules``). A test or job that stops Ray (the two-node
+    cluster's fixture, a job's own shutdown) makes the next one start it again.
+    s3_server first: Ray's workers inherit the S3 credentials at init."""
     import ray
 
     if not ray.is_initialized():
