@@ -36,7 +36,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
-from factory import dedup
 from factory.config import JobConfig
 from factory.dead_letters import DUPLICATE_PAIR
 from factory.pipeline import owed, staging
@@ -216,15 +215,9 @@ class TallyBucket:
                 c["dead_letters"][reason] += 1
         good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[staging.LOCALE_EXCLUDED])))
         good = good.select(list(staging.STAGED_PAIR_COLUMNS))
-        users = self._users.filter(pc.is_in(self._users[C.USER_ID], value_set=pc.unique(good[C.USER_ID])))
-        keys = (
-            dedup.PromptKeys(users, self._templates, self._arm_templates)
-            if config.dedup_prompts and good.num_rows
-            else None
-        )
-        decided = staging.bucket_rows(
-            good, config, users, keys, self._arms
-        )  # no holdout folder: counted only
+        users, keys = staging.bucket_keys(good, self._users, config, self._templates, self._arm_templates)
+        # No holdout folder: the dry run counts the holdout, it writes nothing.
+        decided = staging.bucket_rows(good, config, users, keys, self._arms)
         self._count_pairs(decided, campaigns)
         if self._arms is not None and config.campaign:  # an experiment is one campaign's
             campaigns[config.campaign]["holdout_rows"] += decided.holdout

@@ -346,14 +346,7 @@ def _stage_bucket_task(
         if names
         else STAGED_PAIR_SCHEMA.empty_table()
     )
-    # Only this bucket's users: the prompt keys' per-user signatures are Python
-    # work per user, and every bucket computing them for the whole table made
-    # staging grow with buckets x users (1M users, a 100k-pair bucket: 44.0 s
-    # against 2.7 s; benchmarks/stage_signatures.py, RESULTS section 11).
-    users = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
-    keys = (
-        dedup.PromptKeys(users, templates, arm_templates) if config.dedup_prompts and pairs.num_rows else None
-    )
+    users, keys = bucket_keys(pairs, users, config, templates, arm_templates)
     rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys, arms)
     return rows, followers, owes.text()
 
@@ -380,6 +373,23 @@ class BucketRows:
     @property
     def followers(self) -> pa.Table:
         return self.rows.filter(pc.is_valid(self.rows[C.DEDUP_OF]))
+
+
+def bucket_keys(
+    pairs: pa.Table, users: pa.Table, config: JobConfig, templates, arm_templates=None
+) -> tuple[pa.Table, dedup.PromptKeys | None]:
+    """A bucket's own users, and its prompt keys (None with --no-dedup or no
+    pairs): what ``bucket_rows`` needs, for the run and the dry run alike.
+
+    Only this bucket's users: the prompt keys' per-user signatures are Python
+    work per user, and every bucket computing them for the whole table made
+    staging grow with buckets x users (1M users, a 100k-pair bucket: 44.0 s
+    against 2.7 s; benchmarks/stage_signatures.py, RESULTS section 11)."""
+    users = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
+    keys = (
+        dedup.PromptKeys(users, templates, arm_templates) if config.dedup_prompts and pairs.num_rows else None
+    )
+    return users, keys
 
 
 def bucket_rows(
