@@ -66,6 +66,7 @@ def count(inputs: dict[str, str]) -> dict:
     from factory.config import build_config
     from factory.model import ensure_bundled_model
     from factory.pipeline import prepare, prompt_stages
+    from factory.pipeline.plan import users_on_driver
 
     # The job's own prepare and stages: its templates and lookup tables, with
     # the catalog's facts on each product, as the prompts the engine would get.
@@ -83,7 +84,7 @@ def count(inputs: dict[str, str]) -> dict:
     join, render = prompt_stages(plan)
     joined = join(pq.read_table(inputs["pairs"]))
     rendered = render(joined)
-    keys = dedup.prompt_keys(joined, plan.users, plan.templates)
+    keys = dedup.prompt_keys(joined, users_on_driver(plan), plan.templates)
     lead = dedup.leaders(joined[C.ROW_ID].to_pylist(), keys)
     keys = keys.to_pylist()
     prompts = rendered[C.MESSAGES].to_pylist()

@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
+from factory.ray_session import deref
 
 CANDIDATE = "candidate"  # the draw number within the group, 0-based
 CANDIDATE_RANK = "candidate_rank"
@@ -155,9 +156,8 @@ class ChooseCandidates:
     counter the kept rows count as finished, as the gate counts them."""
 
     def __init__(self, products, counter: Any = None):
-        import ray
 
-        products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
+        products = deref(products)
         self._products = products.select(
             [c for c in (C.PRODUCT_ID, "attributes", "selling_points") if c in products.column_names]
         )

@@ -39,7 +39,9 @@ from factory import columns as C
 from factory.config import JobConfig
 from factory.dead_letters import DUPLICATE_PAIR
 from factory.pipeline import owed, staging
+from factory.pipeline.plan import users_named
 from factory.prompts import PromptTemplate
+from factory.ray_session import deref
 from factory.stages.join import JoinProfiles
 from factory.stages.render import RenderPrompts, tokens_per_char_factor
 
@@ -64,20 +66,24 @@ def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any
 
     from factory.cluster import check_shared_storage
     from factory.pipeline import experiment
-    from factory.pipeline.plan import prepare
+    from factory.pipeline.plan import load_users, prepare
     from factory.ray_session import configure_ray_data, start_or_join
 
     plan = prepare(config)  # every check that can fail does so before Ray starts
     # An experiment's night as the run would plan it (nothing pinned): who is in which arm, who gets no copy.
     night = experiment.night(plan, plan.run.join("_dry_run"), pin=False)
     start_or_join(dashboard=config.ray_dashboard)
-    # Ray's workers read the pairs: on a cluster the path must mean the same to each (factory/cluster.py).
-    check_shared_storage({"--pairs": plan.pairs.loc.uri}, config.shared_filesystem)
+    # Ray's workers read the pairs and the users: on a cluster a path must mean the same to each
+    # (factory/cluster.py).
+    check_shared_storage(
+        {"--pairs": plan.pairs.loc.uri, "--users": plan.users_input.loc.uri}, config.shared_filesystem
+    )
     configure_ray_data()
     # The campaign's voice and declared offers are in every system prompt (prepare), so in the token estimate
     # too.
     templates = plan.templates
-    lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
+    load_users(plan)
+    lookups = {"users": plan.users, "products": ray.put(plan.products)}
     counts, per_channel, samples = tally(plan, lookups, sample_rows, experiment.ArmRows.of(plan, night))
     counter = TokenCounter(plan.model_source)
     per_channel = _token_estimates(per_channel, samples, plan, config, templates, counter)
@@ -187,14 +193,13 @@ class TallyBucket:
         arms=None,
         arm_templates=None,
     ):
-        import ray
 
         self._config = config
         self._templates = templates
         self._arms, self._arm_templates = arms, arm_templates or {}
         self._sample_rows = sample_rows
         # Ray Data hands constructor arguments over as they are: a ref is fetched here, once per actor.
-        self._users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        self._users = deref(users)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
@@ -330,8 +335,9 @@ def _token_estimates(
     """Per (campaign, channel): rows owed, rows sent to the engine (the rest
     reuse an identical prompt's copy), and for the engine rows prompt tokens
     (the sample's mean, scaled up) and output tokens at the cap."""
+    sampled_users = sorted({r[C.USER_ID] for rows in samples.values() for r in rows if r[C.USER_ID]})
     join = JoinProfiles(
-        plan.users,
+        users_named(plan, sampled_users),  # the sample's users only: the table stays on Ray
         plan.products,
         config.channels,
         list(templates),

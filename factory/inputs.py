@@ -79,6 +79,14 @@ class TableReport:
     # Values with broken UTF-8 outside the key, replaced (U+FFFD), per column.
     repaired_text: dict[str, int] = field(default_factory=dict)
 
+    def log(self) -> None:
+        """What was dropped or repaired, as warnings (on the driver: a table
+        read by a Ray task reports through its returned report)."""
+        for problem, count in self.problems.items():
+            logger.warning("%s: %d row(s) dropped: %s", self.name, count, problem)
+        for column, count in self.repaired_text.items():
+            logger.warning("%s: %d value(s) of %r had broken UTF-8, replaced", self.name, count, column)
+
 
 # An id is a short key; anything longer is a broken export, not an id.
 MAX_KEY_BYTES = 256
@@ -239,7 +247,8 @@ def _check_fields(schema: pa.Schema, contract: Contract, shown: str) -> None:
 
 
 def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.Table, TableReport]:
-    """Read users or products on the driver: contract columns only, one row per key.
+    """Read users or products: contract columns only, one row per key (the
+    caller logs the report: ``TableReport.log``).
 
     A row whose key is null, malformed or a repeat of an earlier row's is
     dropped and reported with its file and row number. Broken UTF-8 elsewhere
@@ -252,8 +261,12 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
     tables, shown_files = [], []
     for path in checked.files:
         present = [c for c in contract.columns if c in checked.names[path]]
-        tables.append(retry_io(pq.read_table, path, filesystem=loc.fs, columns=present, attempts=attempts))
         shown_files.append(_display(loc, path))
+        try:
+            table = retry_io(pq.read_table, path, filesystem=loc.fs, columns=present, attempts=attempts)
+        except (OSError, pa.ArrowException) as exc:  # a sound footer over a damaged page
+            raise InputError(f"{contract.name}: cannot read {shown_files[-1]}: {exc}") from exc
+        tables.append(table)
     # Where each file's rows start in the concatenation: a rejected row's file and row, from its position.
     starts = np.cumsum([0] + [t.num_rows for t in tables])
     report = TableReport(contract.name, rows_read=int(starts[-1]))
@@ -302,10 +315,6 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
     if not keep.all():  # a copy of the whole table only when there is something to drop
         table = table.filter(pa.array(keep))
     report.rows_kept = table.num_rows
-    for problem, count in report.problems.items():
-        logger.warning("%s: %d row(s) dropped: %s", contract.name, count, problem)
-    for column, count in report.repaired_text.items():
-        logger.warning("%s: %d value(s) of %r had broken UTF-8, replaced", contract.name, count, column)
     return table, report
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from factory import console, internals
 
@@ -43,6 +44,15 @@ logger = logging.getLogger(__name__)
 ENGINE_PASS_POLL_SECONDS = 0.5
 
 _started_here = False
+
+
+def deref(value: Any) -> Any:
+    """The value behind an object ref, else ``value`` itself. Ray resolves
+    top-level refs in a task's arguments, but Ray Data hands a stage's
+    constructor and function arguments over as they are."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 def start_or_join(dashboard: bool = False) -> None:

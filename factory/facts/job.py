@@ -55,7 +55,8 @@ def prepare(config: FactsJobConfig) -> Prepared:
     check_place(config.products, "--products", where)
     check_place(config.facts, "--facts", where, write=True)
     products_uri = config.products or str(sample_data.generate(model.cache_root() / "sample_data").products)
-    products, _ = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
+    products, report = inputs.read_lookup_table(resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID)
+    report.log()
     if config.limit is not None:
         products = products.slice(0, config.limit)
     store = FactsStore(resolve(config.facts, **where))

@@ -13,7 +13,7 @@ from factory.footer import read_footers
 from factory.pipeline import experiment, finish, publishing, resume, staging
 from factory.pipeline.finish import RunResult
 from factory.pipeline.passes import RunContext, candidates_folder, generation_passes, run_passes
-from factory.pipeline.plan import prepare
+from factory.pipeline.plan import load_users, prepare
 from factory.progress import ProgressLog
 from factory.publish import choose_attempt, config_hash, record_process, update_process
 from factory.ray_session import configure_ray_data, start_or_join
@@ -45,7 +45,12 @@ def run(config: JobConfig) -> RunResult:
     start_or_join(dashboard=config.ray_dashboard)  # joins the cluster under `ray job submit`
     # On a cluster of many nodes a path must mean the same to every worker (factory/cluster.py).
     check_shared_storage(
-        {"--pairs": plan.pairs.loc.uri, "--output": plan.output.uri, "--facts": config.facts},
+        {
+            "--pairs": plan.pairs.loc.uri,
+            "--users": plan.users_input.loc.uri,
+            "--output": plan.output.uri,
+            "--facts": config.facts,
+        },
         config.shared_filesystem,
     )
     configure_ray_data()
@@ -71,12 +76,13 @@ def run(config: JobConfig) -> RunResult:
             cpu_stage_num_cpus=config.cpu_stage_num_cpus,
         )
         plan.products = attach_facts(plan.products, facts)
-    lookups = {"users": ray.put(plan.users), "products": ray.put(plan.products)}
+    load_users(plan)  # read and checked on Ray: the driver holds a reference
+    lookups = {"users": plan.users, "products": ray.put(plan.products)}
 
     # Pass 1 and staging (CPU only): cheap, so a resumed attempt redoes them
     # (same input, same result).
     buckets = staging.check_pairs(plan, attempt, lookups, fresh=not resumed)
-    owed = staging.stage_rows(plan, attempt, buckets, lookups["users"], night)
+    owed = staging.stage_rows(plan, attempt, buckets, night)
     dead = read_footers(attempt.dead_letters)  # final once staged
     if sum(f.rows for f in dead):
         logger.warning(

@@ -1,7 +1,9 @@
 """Planning, on the driver, before Ray or an engine starts: the config's
-templates, the inputs' schemas and footers, the lookup tables, the model and
+templates, the inputs' schemas and footers, the products table, the model and
 every store checked; then which pairs the run is about (its scope) and how
-its work is cut into blocks, files and actor pools."""
+its work is cut into blocks, files and actor pools. The users table, which
+grows with the audience, is read and checked on Ray once it is up
+(``load_users``): the driver holds a reference, never the rows."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from factory.errors import UsageError
 from factory.facts.extract import NO_FACTS, attach_facts
 from factory.preflight import check_engine_kwargs, check_place
 from factory.prompts import PromptTemplate, apply_campaign, load_templates
+from factory.ray_session import deref
 from factory.storage import Location, resolve, retry_io
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ class Plan:
     config: JobConfig
     templates: dict[str, PromptTemplate]
     pairs: inputs.ParquetInput
-    users: pa.Table
+    users_input: inputs.ParquetInput  # checked schema; its rows are read on Ray (load_users)
     products: pa.Table
     table_reports: list[inputs.TableReport]
     output: Location
@@ -45,6 +48,10 @@ class Plan:
     model_source: str
     judge_model_source: str  # the judge's model (--judge-model), else the run's
     experiment: Any = None  # a PlannedExperiment (factory/pipeline/experiment.py) when the campaign has one
+    # Set by load_users: object refs to the checked users table and, with
+    # --locales, to the ids of the users whose locale the run does not write.
+    users: Any = None
+    locale_excluded: Any = None
 
 
 def run_location(output: Location, config: JobConfig) -> Location:
@@ -86,10 +93,11 @@ def prepare(config: JobConfig) -> Plan:
     check_place(config.feedback, "--feedback", where)
     check_engine_kwargs(config.engine.engine_kwargs)
     pairs = inputs.check_schema(resolve(pairs_uri, **where), inputs.PAIRS)
-    users, users_report = inputs.read_lookup_table(resolve(users_uri, **where), inputs.USERS, C.USER_ID)
+    users = inputs.check_schema(resolve(users_uri, **where), inputs.USERS)
     products, products_report = inputs.read_lookup_table(
         resolve(products_uri, **where), inputs.PRODUCTS, C.PRODUCT_ID
     )
+    products_report.log()
 
     out = resolve(config.output, **where)
     model_source = model.resolve_model(config.model, where)
@@ -101,9 +109,9 @@ def prepare(config: JobConfig) -> Plan:
         config=config,
         templates=templates,
         pairs=pairs,
-        users=users,
+        users_input=users,
         products=products,
-        table_reports=[users_report, products_report],
+        table_reports=[products_report],  # load_users puts the users' report first
         output=out,
         run=run_location(out, config),
         model_source=model_source,
@@ -112,6 +120,70 @@ def prepare(config: JobConfig) -> Plan:
         else model_source,
         experiment=planned_experiment,
     )
+
+
+def load_users(plan: Plan) -> None:
+    """Read and check the users table in a Ray task, after Ray is up: at
+    millions of users it was the driver's largest object (benchmarks/RESULTS.md
+    section 14). The table stays in the object store; the driver gets its
+    report (rows kept, what was dropped and where) and the count of users
+    outside ``--locales``. Sets ``plan.users`` and ``plan.locale_excluded``."""
+    import ray
+
+    config = plan.config
+    read = ray.remote(_read_users).options(num_returns=3, num_cpus=config.cpu_stage_num_cpus)
+    plan.users, excluded, report = read.remote(plan.users_input.loc, config.locales)
+    try:
+        report, n_excluded = ray.get(report)
+    except ray.exceptions.RayTaskError as exc:  # a file that cannot be read: its own clear error
+        raise (exc.cause if isinstance(exc.cause, UsageError) else exc) from None
+    report.log()
+    plan.table_reports.insert(0, report)
+    plan.locale_excluded = excluded if n_excluded else None
+    if config.locales is not None:
+        logger.info(
+            "Locales %s: %d of %d user(s) are out of scope",
+            ", ".join(config.locales),
+            n_excluded,
+            report.rows_kept,
+        )
+
+
+def _read_users(loc: Location, locales: list[str] | None):
+    """``load_users``'s task: the checked table, the ids of the users whose
+    locale the run does not write (or None) and (report, how many ids)."""
+    from factory.config import locale_allowed
+
+    users, report = inputs.read_lookup_table(loc, inputs.USERS, C.USER_ID)
+    if locales is None:
+        return users, None, (report, 0)
+    # A handful of distinct locales: each is judged once, then matched as a column.
+    distinct = pc.unique(users[C.LOCALE]).to_pylist()
+    allowed = pa.array([v for v in distinct if locale_allowed(v, locales)], pa.string())
+    written = pc.is_in(users[C.LOCALE], value_set=allowed, skip_nulls=not locale_allowed(None, locales))
+    excluded = users[C.USER_ID].filter(pc.invert(pc.fill_null(written, False))).combine_chunks()
+    return users, excluded, (report, len(excluded))
+
+
+def users_named(plan: Plan, user_ids: list[str]) -> pa.Table:
+    """The checked users with these ids (a sample's few), taken on Ray: the
+    driver never holds the whole table."""
+    import ray
+
+    return ray.get(ray.remote(_take_users).remote(plan.users, pa.array(user_ids, pa.string())))
+
+
+def _take_users(users: pa.Table, user_ids: pa.Array) -> pa.Table:
+    return users.filter(pc.is_in(users[C.USER_ID], value_set=user_ids))
+
+
+def users_on_driver(plan: Plan) -> pa.Table:
+    """The whole checked users table in this process: for benchmarks and
+    tools at sample size, never the run (``load_users``)."""
+    if plan.users is not None:
+        return deref(plan.users)
+    users, _ = inputs.read_lookup_table(plan.users_input.loc, inputs.USERS, C.USER_ID)
+    return users
 
 
 def prompt_stages(plan: Plan):
@@ -123,7 +195,7 @@ def prompt_stages(plan: Plan):
     config = plan.config
     return (
         JoinProfiles(
-            plan.users,
+            users_on_driver(plan),
             plan.products,
             config.channels,
             list(plan.templates),
@@ -148,7 +220,7 @@ def scope_filter(batch: pa.Table, campaign: str | None, user_ids, product_ids, e
     for column, values, keep in (
         (C.USER_ID, user_ids, True),
         (C.PRODUCT_ID, product_ids, True),
-        (C.USER_ID, excluded_users, False),
+        (C.USER_ID, deref(excluded_users), False),
     ):
         if values is None:
             continue
@@ -159,29 +231,14 @@ def scope_filter(batch: pa.Table, campaign: str | None, user_ids, product_ids, e
 
 
 def scope(plan: Plan) -> dict[str, Any]:
-    """Arguments of ``scope_filter``; empty when the run takes every pair."""
-    from factory.config import locale_allowed
-
+    """Arguments of ``scope_filter``; empty when the run takes every pair.
+    Needs ``load_users`` first (the locales' excluded users are its ref)."""
     config = plan.config
     ids = {"user_ids": config.user_ids, "product_ids": config.product_ids}
-    excluded = None
-    if config.locales is not None:
-        users = plan.users
-        excluded = [
-            u
-            for u, loc in zip(users[C.USER_ID].to_pylist(), users[C.LOCALE].to_pylist())
-            if not locale_allowed(loc, config.locales)
-        ]
-        logger.info(
-            "Locales %s: %d of %d user(s) are out of scope",
-            ", ".join(config.locales),
-            len(excluded),
-            users.num_rows,
-        )
     found = {
         "campaign": config.campaign,
         **{k: pa.array(v, pa.string()) if v is not None else None for k, v in ids.items()},
-        "excluded_users": pa.array(excluded, pa.string()) if excluded else None,
+        "excluded_users": plan.locale_excluded,
     }
     return found if any(v is not None for v in found.values()) else {}
 

@@ -37,6 +37,7 @@ from factory.pipeline.plan import (
     stage_pool,
 )
 from factory.publish import Attempt
+from factory.ray_session import deref
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.join import row_id
 from factory.stages.write import Sink, WriteParquetFiles
@@ -175,7 +176,8 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
 LOCALE_EXCLUDED = "__locale_excluded"
 
 
-def _mark_locale_excluded(batch: pa.Table, excluded_users: pa.Array | None) -> pa.Table:
+def _mark_locale_excluded(batch: pa.Table, excluded_users) -> pa.Table:
+    excluded_users = deref(excluded_users)  # plan.locale_excluded: an object ref
     if excluded_users is None:
         hit = pa.array([False] * batch.num_rows, pa.bool_())
     else:
@@ -296,19 +298,18 @@ def product_buckets(products: pa.ChunkedArray, n_buckets: int) -> pa.Array:
 # --------------------------------------------------------------------------- staging
 
 
-def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, users=None, night=None) -> Fingerprint:
+def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, night=None) -> Fingerprint:
     """Turn the checked pairs into the unique rows the run owes; return their
     fingerprint (``rows`` is how many). Each bucket is staged by its own Ray
     task, anywhere in the cluster. Done from pass 1's output (keys only), so
-    every process of an attempt stages the same rows. ``users`` is the users
-    table or an object ref to it. ``night``: the experiment's NightPlan, whose
+    every process of an attempt stages the same rows. ``night``: the experiment's NightPlan, whose
     pinned allocation puts every row's user in an arm or the holdout."""
     import ray
 
     config = plan.config
     for loc in (attempt.pairs, attempt.followers, holdout_folder(attempt)):
         delete_dir_if_exists(loc)
-    users = ray.put(plan.users) if users is None else users
+    users = plan.users  # an object ref (load_users), or a table in tests
     arms = ArmRows.of(plan, night)
     arm_templates = plan.experiment.arm_templates if night else None
     task = ray.remote(_stage_bucket_task).options(num_cpus=config.cpu_stage_num_cpus)

@@ -48,7 +48,7 @@ from factory.profiles.aggregate import (
     catalog_facts,
     profiles_table,
 )
-from factory.ray_session import start_or_join
+from factory.ray_session import deref, start_or_join
 from factory.storage import DEFAULT_MAX_ATTEMPTS, Location, list_files, put_bytes, resolve, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -158,11 +158,13 @@ def prepare(config: ProfileJobConfig) -> Plan:
     products, report = inputs.read_lookup_table(
         config.resolve(config.products), inputs.PRODUCTS, C.PRODUCT_ID
     )
+    report.log()
     problems = {"products": report.problems} if report.problems else {}
     partitions = config.partitions or max(1, min(MAX_FILES, -(-events.rows // EVENTS_PER_FILE)))
     users = _users_table(None, partitions)
     if config.users:
         table, report = inputs.read_lookup_table(config.resolve(config.users), inputs.USERS, C.USER_ID)
+        report.log()
         users = _users_table(table, partitions)
         if report.problems:
             problems["users"] = report.problems
@@ -204,10 +206,9 @@ class BuildPartition:
     """One bucket's checked events in, its profile and rejects files out, one stats row back."""
 
     def __init__(self, catalog, users, settings: dict, output: Location, partitions: int):
-        import ray
 
-        catalog = ray.get(catalog) if isinstance(catalog, ray.ObjectRef) else catalog
-        self._users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        catalog = deref(catalog)
+        self._users = deref(users)
         self._catalog = catalog_facts(catalog)
         self._settings = ProfileSettings.model_validate(settings)
         self._output = output

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from factory import columns as C
 from factory import inputs
 from factory.profiles.aggregate import EVENT_TYPES, PRODUCT_EVENTS, SEARCH, Event
+from factory.ray_session import deref
 
 EVENT_TYPE = "event_type"
 QUERY = "query"
@@ -138,9 +139,8 @@ class CheckEvents:
     The catalog's product ids arrive once per actor."""
 
     def __init__(self, product_ids, cutoff_micros: int, partitions: int):
-        import ray
 
-        ids = ray.get(product_ids) if isinstance(product_ids, ray.ObjectRef) else product_ids
+        ids = deref(product_ids)
         self._product_ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
         self._cutoff = cutoff_micros
         self._partitions = partitions

@@ -23,6 +23,7 @@ from factory import columns as C
 from factory.dead_letters import UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
 from factory.inputs import MAX_KEY_BYTES, malformed_reasons
 from factory.lookup import KeyIndex
+from factory.ray_session import deref
 
 
 class ReadPairs:
@@ -59,10 +60,9 @@ class CheckPairs:
     Lookups arrive once per actor, like the join's."""
 
     def __init__(self, users: pa.Table, products: pa.Table, known_channels: Sequence[str]):
-        import ray
 
-        users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
-        products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
+        users = deref(users)
+        products = deref(products)
         self._users = KeyIndex(users[C.USER_ID])
         self._products = KeyIndex(products[C.PRODUCT_ID])
         self._known = set(known_channels)

@@ -16,6 +16,7 @@ from factory.quality.contacts import profile_names
 from factory.quality.policy import Offer, QualityPolicy
 from factory.quality.rules import Copy, ProductFacts, RuleBook
 from factory.quality.text import gsm_friendly
+from factory.ray_session import deref
 from factory.stages.finalize import clean_text
 
 _PRODUCT_FIELDS = (
@@ -90,10 +91,9 @@ class QualityGate:
         offers: Sequence[Offer] = (),
         competitors: Sequence[str] = (),
     ):
-        import ray
 
-        products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
-        users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        products = deref(products)
+        users = deref(users)
         self._policy = policy
         self._draft = draft
         self._counter = counter

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from factory import columns as C
 from factory.dead_letters import NULL_PRODUCT_ID, NULL_USER_ID, UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
 from factory.lookup import KeyIndex
+from factory.ray_session import deref
 
 USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
 # Facts are attached by the pipeline (factory.facts), not read from the catalog.
@@ -40,12 +41,11 @@ class JoinProfiles:
         campaign: Optional[str],
         run_id: str = "",
     ):
-        import ray
 
         # Ray resolves top-level ObjectRefs for tasks, but Ray Data hands
         # constructor arguments through its own wrapper: resolve here.
-        self._users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
-        self._products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
+        self._users = deref(users)
+        self._products = deref(products)
         self._user_index = KeyIndex(self._users[C.USER_ID])
         self._product_index = KeyIndex(self._products[C.PRODUCT_ID])
         self._channels = list(channels)

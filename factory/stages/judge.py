@@ -47,6 +47,7 @@ from factory.facts.schema import facts_text, json_schema_for
 from factory.prompts import format_value
 from factory.quality import policy as P
 from factory.quality.policy import QualityPolicy
+from factory.ray_session import deref
 
 # Reply cap: the schema bounds a reply near 150 tokens (three claims of 80
 # characters and a reason of 120); one cut off here is "unparsed", not guessed.
@@ -159,10 +160,9 @@ class JudgeRequests:
     _PRODUCT_FIELDS = ("title", "brand", "category", "attributes", "selling_points", C.FACTS)
 
     def __init__(self, products: pa.Table, users: pa.Table, sample: float = 1.0):
-        import ray
 
-        products = ray.get(products) if isinstance(products, ray.ObjectRef) else products
-        users = ray.get(users) if isinstance(users, ray.ObjectRef) else users
+        products = deref(products)
+        users = deref(users)
         fields = [f for f in self._PRODUCT_FIELDS if f in products.column_names]
         self._products = dict(zip(products[C.PRODUCT_ID].to_pylist(), products.select(fields).to_pylist()))
         interests = (

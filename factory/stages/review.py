@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
+from factory.ray_session import deref
 
 REVIEW_COPY_COLUMNS = (
     C.ROW_ID,
@@ -55,9 +56,7 @@ class ReviewRows:
 
     def _table(self) -> pa.Table:
         if self._products is None:
-            import ray
-
-            products = ray.get(self._source) if isinstance(self._source, ray.ObjectRef) else self._source
+            products = deref(self._source)
             products = products.select(
                 [C.PRODUCT_ID] + [c for c in REVIEW_PRODUCT_COLUMNS if c in products.column_names]
             )

@@ -88,6 +88,78 @@ def test_lookup_rows_with_bad_keys_are_rejected_with_file_and_row(tmp_path):
     assert report.repaired_text == {"age_band": 1}
 
 
+def test_the_users_table_is_read_and_checked_on_ray_and_the_driver_holds_a_reference(tmp_path, local_ray):
+    import ray
+
+    from factory.inputs import check_schema
+    from factory.pipeline.plan import load_users, scope, users_named
+
+    rows = [
+        {C.USER_ID: "U1", C.LOCALE: "en-US"},
+        {C.USER_ID: None, C.LOCALE: "en-US"},
+        {C.USER_ID: "U2", C.LOCALE: "zh-CN"},
+        {C.USER_ID: "U3", C.LOCALE: None},
+        {C.USER_ID: "U4", C.LOCALE: "en_GB"},
+        {C.USER_ID: "U2", C.LOCALE: "en-US"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "users.parquet")
+    users_input = check_schema(resolve(str(tmp_path / "users.parquet")), USERS)
+
+    plan = _users_plan(users_input, locales=["en"])
+    load_users(plan)
+    assert isinstance(plan.users, ray.ObjectRef)  # the rows stay in the object store
+    assert ray.get(plan.users)[C.USER_ID].to_pylist() == ["U1", "U2", "U3", "U4"]
+    report = plan.table_reports[0]
+    assert (report.name, report.rows_read, report.rows_kept) == ("users", 6, 4)
+    assert [(r["reason"], r["source_row"]) for r in report.rejects] == [
+        ("null_user_id", 1),
+        ("duplicate_user_id", 5),
+    ]
+    # --locales en: a zh-CN user and one with no locale are out of scope, as ids on Ray.
+    assert ray.get(plan.locale_excluded).to_pylist() == ["U2", "U3"]
+    assert scope(plan)["excluded_users"] is plan.locale_excluded
+    assert users_named(plan, ["U4", "U9"])[C.USER_ID].to_pylist() == ["U4"]
+
+    every_locale = _users_plan(users_input)
+    load_users(every_locale)
+    assert every_locale.locale_excluded is None and scope(every_locale) == {}
+
+
+def test_a_users_file_damaged_past_its_footer_is_a_clear_error_from_ray(tmp_path, local_ray):
+    import pytest
+
+    from factory.inputs import InputError, check_schema
+    from factory.pipeline.plan import load_users
+
+    path = tmp_path / "users.parquet"
+    pq.write_table(pa.table({C.USER_ID: [f"U{i}" for i in range(2000)], C.LOCALE: ["en-US"] * 2000}), path)
+    users_input = check_schema(resolve(str(path)), USERS)  # the footer is sound
+    damaged = bytearray(path.read_bytes())
+    damaged[8 : len(damaged) // 2] = b"\x55" * (len(damaged) // 2 - 8)
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=f"(?s)users: cannot read {path}: .*page header"):
+        load_users(_users_plan(users_input))
+
+
+def _users_plan(users_input, **settings):
+    """A plan with only what ``load_users`` reads."""
+    from factory.config import JobConfig
+    from factory.pipeline.plan import Plan
+
+    return Plan(
+        config=JobConfig(**settings),
+        templates={},
+        pairs=None,
+        users_input=users_input,
+        products=None,
+        table_reports=[],
+        output=None,
+        run=None,
+        model_source="",
+        judge_model_source="",
+    )
+
+
 def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path, local_ray):
     from types import SimpleNamespace
 
