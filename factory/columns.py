@@ -23,6 +23,11 @@ PRODUCTS_OPTIONAL = ("attributes", "selling_points")
 # Attached by the pipeline, not read from the catalog: the product's facts as
 # JSON (factory.facts), extracted or else the catalog's selling points.
 FACTS = "facts"
+# What a row knows of its product, wherever a stage reads the catalog: its
+# columns besides the id, then its facts.
+PRODUCT_FIELDS = (
+    ("title", "brand", "category", "price", "currency", "description") + PRODUCTS_OPTIONAL + (FACTS,)
+)
 
 # --- Output rows ----------------------------------------------------------------
 # Stable id of one output row: a hash of run id, campaign, user, product,

@@ -19,17 +19,6 @@ from factory.quality.text import gsm_friendly
 from factory.ray_session import deref
 from factory.stages.finalize import clean_text
 
-_PRODUCT_FIELDS = (
-    "title",
-    "brand",
-    "category",
-    "price",
-    "currency",
-    "description",
-    "attributes",
-    "selling_points",
-    C.FACTS,
-)
 _PROFILE_TEXT_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
 # Read only for the names in its address: a copy that greets "Jane" learned it
 # from somewhere the prompt never showed (profile fields are scrubbed).
@@ -121,7 +110,7 @@ class QualityGate:
         than every rule together)."""
         missing = _missing(self._facts, indexes)
         if missing:
-            fields = [f for f in _PRODUCT_FIELDS if f in self._products.column_names]
+            fields = [f for f in C.PRODUCT_FIELDS if f in self._products.column_names]
             records = self._products.select(fields).take(pa.array(missing, pa.int64())).to_pylist()
             self._facts.update(zip(missing, map(ProductFacts.from_record, records)))
         return self._facts

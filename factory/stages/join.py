@@ -16,10 +16,6 @@ from factory.lookup import KeyIndex
 from factory.ray_session import deref
 
 USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
-# Facts are attached by the pipeline (factory.facts), not read from the catalog.
-PRODUCT_COLUMNS = tuple(c for c in C.PRODUCTS_REQUIRED + C.PRODUCTS_OPTIONAL if c != C.PRODUCT_ID) + (
-    C.FACTS,
-)
 
 
 class JoinProfiles:
@@ -114,7 +110,7 @@ class JoinProfiles:
         p = product_idx.take(take)
         for col in USER_PROFILE_COLUMNS:
             out[col] = self._users[col].take(u)
-        for col in PRODUCT_COLUMNS:
+        for col in C.PRODUCT_FIELDS:
             if col in self._products.column_names:
                 out[col] = self._products[col].take(p)
         return pa.table(out)

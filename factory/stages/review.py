@@ -30,17 +30,6 @@ REVIEW_COPY_COLUMNS = (
     C.TEMPLATE_VERSION,
     C.RUN_ID,
 )
-REVIEW_PRODUCT_COLUMNS = (
-    "title",
-    "brand",
-    "category",
-    "price",
-    "currency",
-    "description",
-    "attributes",
-    "selling_points",
-    C.FACTS,
-)
 REVIEW_DESCRIPTION_CHARS = 1_000
 
 
@@ -58,7 +47,7 @@ class ReviewRows:
         if self._products is None:
             products = deref(self._source)
             products = products.select(
-                [C.PRODUCT_ID] + [c for c in REVIEW_PRODUCT_COLUMNS if c in products.column_names]
+                [C.PRODUCT_ID] + [c for c in C.PRODUCT_FIELDS if c in products.column_names]
             )
             if "description" in products.column_names:
                 cut = pc.utf8_slice_codeunits(products["description"], 0, REVIEW_DESCRIPTION_CHARS)
