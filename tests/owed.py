@@ -42,6 +42,22 @@ def upload_inputs(client, bucket: str, prefix: str, pairs: pa.Table, sample_dir:
         client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=buf.getvalue())
 
 
+def s3_job_args(bucket: str, endpoint: str, output: str, prefix: str = "in") -> list[str]:
+    """The nightly job's input, output and endpoint flags for what ``upload_inputs`` put there."""
+    return [
+        "--pairs",
+        f"s3://{bucket}/{prefix}/pairs.parquet",
+        "--users",
+        f"s3://{bucket}/{prefix}/users.parquet",
+        "--products",
+        f"s3://{bucket}/{prefix}/products.parquet",
+        "--output",
+        output,
+        "--s3-endpoint",
+        endpoint,
+    ]
+
+
 def check_exactly_once(rows: pa.Table, expected: Counter) -> None:
     got = Counter(zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
     assert got == expected

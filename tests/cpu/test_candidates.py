@@ -119,7 +119,7 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(
     from factory.pipeline import passes
     from factory.quality.metrics import attribute_coverage_rows
     from factory.reader import read_published
-    from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
+    from tests.owed import CHANNELS, check_exactly_once, owed_pairs, s3_job_args, upload_inputs
 
     pairs, expected = owed_pairs(sample_dir, 24)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
@@ -131,16 +131,7 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(
     monkeypatch.setattr(passes, "build_generate_stage", cpu_side.echo_generate_stage(reject_share=share))
     out = f"s3://{s3_bucket}/out"
     args = [
-        "--pairs",
-        f"s3://{s3_bucket}/in/pairs.parquet",
-        "--users",
-        f"s3://{s3_bucket}/in/users.parquet",
-        "--products",
-        f"s3://{s3_bucket}/in/products.parquet",
-        "--output",
-        out,
-        "--s3-endpoint",
-        s3_server,
+        *s3_job_args(s3_bucket, s3_server, out),
         "--run-date",
         "2026-12-01",
         "--channels",

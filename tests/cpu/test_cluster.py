@@ -16,7 +16,7 @@ from factory.errors import UsageError
 from factory.pipeline import passes
 from factory.reader import read_published
 from tests.conftest import REPO
-from tests.owed import CHANNELS, check_exactly_once, owed_pairs, upload_inputs
+from tests.owed import CHANNELS, check_exactly_once, owed_pairs, s3_job_args, upload_inputs
 
 RUN_DATE = "2026-11-30"
 
@@ -85,16 +85,7 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(
     out = f"s3://{s3_bucket}/out"
     code = nightly_job.main(
         [
-            "--pairs",
-            f"s3://{s3_bucket}/in/pairs.parquet",
-            "--users",
-            f"s3://{s3_bucket}/in/users.parquet",
-            "--products",
-            f"s3://{s3_bucket}/in/products.parquet",
-            "--output",
-            out,
-            "--s3-endpoint",
-            s3_server,
+            *s3_job_args(s3_bucket, s3_server, out),
             "--run-date",
             RUN_DATE,
             "--channels",
@@ -171,16 +162,7 @@ def test_a_run_that_died_resumes_on_two_nodes_and_publishes_every_row_once(
 
     out = f"s3://{s3_bucket}/out"
     args = [
-        "--pairs",
-        f"s3://{s3_bucket}/in/pairs.parquet",
-        "--users",
-        f"s3://{s3_bucket}/in/users.parquet",
-        "--products",
-        f"s3://{s3_bucket}/in/products.parquet",
-        "--output",
-        out,
-        "--s3-endpoint",
-        s3_server,
+        *s3_job_args(s3_bucket, s3_server, out),
         "--run-date",
         RUN_DATE,
         "--channels",
@@ -257,16 +239,7 @@ def test_a_campaign_no_pair_has_exits_2_and_names_the_campaigns(
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
     code = nightly_job.main(
         [
-            "--pairs",
-            f"s3://{s3_bucket}/in/pairs.parquet",
-            "--users",
-            f"s3://{s3_bucket}/in/users.parquet",
-            "--products",
-            f"s3://{s3_bucket}/in/products.parquet",
-            "--output",
-            f"s3://{s3_bucket}/out",
-            "--s3-endpoint",
-            s3_server,
+            *s3_job_args(s3_bucket, s3_server, f"s3://{s3_bucket}/out"),
             "--run-date",
             RUN_DATE,
             "--campaign",

@@ -26,7 +26,7 @@ from factory.experiments.assign import HOLDOUT, Assigner, Layout
 from factory.pipeline import passes
 from factory.reader import read_published
 from jobs import ingest_feedback
-from tests.owed import owed_pairs, upload_inputs
+from tests.owed import owed_pairs, s3_job_args, upload_inputs
 
 NIGHT1, NIGHT2 = "2026-12-01", "2026-12-02"
 CAMPAIGN = """\
@@ -109,16 +109,7 @@ def test_an_experiment_runs_nightly_and_learns_from_feedback(
             [
                 "--campaigns-dir",
                 str(folder),
-                "--pairs",
-                f"s3://{s3_bucket}/in/pairs.parquet",
-                "--users",
-                f"s3://{s3_bucket}/in/users.parquet",
-                "--products",
-                f"s3://{s3_bucket}/in/products.parquet",
-                "--output",
-                out,
-                "--s3-endpoint",
-                s3_server,
+                *s3_job_args(s3_bucket, s3_server, out),
                 "--run-date",
                 run_date,
                 "--model",
