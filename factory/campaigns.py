@@ -146,6 +146,11 @@ class CampaignConfig(BaseModel):
     variants: Optional[Annotated[(int, *JobConfig.model_fields["variants"].metadata)]] = Field(
         default=None, description="Copies per (pair, channel), 1-10. Default: the job's."
     )
+    candidates: Optional[Annotated[(int, *JobConfig.model_fields["candidates"].metadata)]] = Field(
+        default=None,
+        description="Draws per (pair, channel), the best --variants kept, 1-16. Default: the job's "
+        "(1; docs/quality-gate.md says when more pay).",
+    )
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig, description="Temperature, top_p, max_tokens."
     )
@@ -329,7 +334,7 @@ class CampaignConfig(BaseModel):
     def job_values(self) -> dict[str, Any]:
         """What this campaign sets in a JobConfig (the ``--config`` file's shape)."""
         values: dict[str, Any] = {"campaign": self.campaign_id, "channels": list(self.channels)}
-        for name in ("locales", "brand_voice", "variants", "competitors"):
+        for name in ("locales", "brand_voice", "variants", "candidates", "competitors"):
             if getattr(self, name) is not None:
                 values[name] = getattr(self, name)
         if self.offers is not None:

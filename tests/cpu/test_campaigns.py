@@ -109,6 +109,11 @@ def test_runs_campaigns_active_on_the_run_date(day, active):
             "11 is out of range: must be at most 10",
         ),
         (
+            "campaign_id: spring\nchannels: [push]\ncandidates: 17\n",
+            "candidates",
+            "17 is out of range: must be at most 16",
+        ),
+        (
             "campaign_id: spring\nchannels: [push]\nsampling: {temperature: 3}\n",
             "sampling.temperature",
             "must be at most 2",
@@ -242,7 +247,7 @@ def test_precedence_defaults_config_file_campaign_flags(tmp_path):
         **{
             "spring.yaml": GOOD.format(id="spring")
             + (
-                "variants: 2\nsampling: {temperature: 0.7}\nbrand_voice: calm\n"
+                "variants: 2\ncandidates: 4\nsampling: {temperature: 0.7}\nbrand_voice: calm\n"
                 "quality:\n  banned_terms: [doorbuster]\n  limits: {sms: {max: 2}}\n  repair: false\n"
             )
         },
@@ -259,6 +264,7 @@ def test_precedence_defaults_config_file_campaign_flags(tmp_path):
         c.campaign == "spring"
         and c.channels == ["push", "sms"]
         and c.variants == 2
+        and c.candidates == 4  # a campaign may draw more than the job's default
         and c.brand_voice == "calm"
     )
     assert c.engine.temperature == 0.7 and c.engine.batch_size == 8  # campaign over file, file kept otherwise
