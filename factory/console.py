@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from factory import internals
+
 # Loggers whose own console handlers we quieten (they do not pass records on to the root logger).
 LIBRARY_LOGGERS = ("ray", "ray.data", "vllm")
 # Loggers of the job itself: their INFO lines are what the console is for.
@@ -60,6 +62,11 @@ def quiet_libraries(job_log: logging.Handler | None) -> None:
                 handler.addFilter(ErrorsOnly())
         if job_log is not None and not logger.propagate and job_log not in logger.handlers:
             logger.addHandler(job_log)
+    # With a handler on "ray.llm", Ray LLM's module loggers made from now on pass
+    # their lines up to ray's (quieted) handlers instead of printing on their own.
+    llm = logging.getLogger(internals.RAY_LLM_LOGGER)
+    if not llm.handlers:
+        llm.addHandler(logging.NullHandler())
 
 
 def _has(handler: logging.Handler, kind: type) -> bool:

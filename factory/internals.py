@@ -38,6 +38,13 @@ def llm_telemetry_actor() -> Optional[tuple[str, str]]:
     return (name, namespace) if name and namespace else None
 
 
+# Ray LLM gives each of its module loggers ("ray.llm.<module>") a console
+# handler of its own, at INFO, unless this logger already has a handler
+# (``ray.llm._internal.common.observability.logging._setup_logger``): its
+# "No cloud storage mirror configured" then reached the quiet console.
+RAY_LLM_LOGGER = "ray.llm"
+
+
 # Ray Data's executor waits on its running tasks with this fixed timeout.
 EXECUTOR_WAIT_CONSTANT = "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"
 

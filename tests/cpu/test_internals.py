@@ -41,3 +41,23 @@ def test_ray_llms_output_record_can_be_wrapped():
     import inspect
 
     assert list(inspect.signature(cls.from_vllm_engine_output).parameters) == ["output"]
+
+
+def test_ray_llms_module_loggers_defer_to_a_handler_on_ray_llm():
+    """console.quiet_libraries relies on it: with a handler on ``ray.llm`` a
+    module logger Ray LLM makes has none of its own and passes lines up."""
+    import logging
+
+    from ray.llm._internal.common.observability.logging import get_logger
+
+    parent = logging.getLogger(internals.RAY_LLM_LOGGER)
+    before = list(parent.handlers)
+    parent.handlers[:] = []
+    try:
+        alone = get_logger("factory_probe_without")
+        assert alone.handlers and not alone.propagate  # what printed on the quiet console
+        parent.addHandler(logging.NullHandler())
+        deferring = get_logger("factory_probe_with")
+        assert not deferring.handlers and deferring.propagate
+    finally:
+        parent.handlers[:] = before
