@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from factory import columns as C
 from factory.facts.schema import facts_text, json_schema_for
+from factory.lookup import KeyIndex
 from factory.prompts import format_value
 from factory.quality import policy as P
 from factory.quality.policy import QualityPolicy
@@ -160,31 +161,37 @@ class JudgeRequests:
     _PRODUCT_FIELDS = ("title", "brand", "category", "attributes", "selling_points", C.FACTS)
 
     def __init__(self, products: pa.Table, users: pa.Table, sample: float = 1.0):
-
-        products = deref(products)
-        users = deref(users)
-        fields = [f for f in self._PRODUCT_FIELDS if f in products.column_names]
-        self._products = dict(zip(products[C.PRODUCT_ID].to_pylist(), products.select(fields).to_pylist()))
-        interests = (
-            users["interests"].to_pylist() if "interests" in users.column_names else [None] * users.num_rows
-        )
-        self._interests = dict(zip(users[C.USER_ID].to_pylist(), interests))
+        # Indexed once per actor, read per batch (factory/lookup.py): a dict of every
+        # user's interests cost each judge actor a Python object per user.
+        products, users = deref(products), deref(users)
+        self._products = products.select([f for f in self._PRODUCT_FIELDS if f in products.column_names])
+        self._product_index = KeyIndex(products[C.PRODUCT_ID])
+        self._interests = users["interests"] if "interests" in users.column_names else None
+        self._user_index = KeyIndex(users[C.USER_ID])
         self._sample = sample
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         statuses, texts = batch[C.STATUS].to_pylist(), batch[C.TEXT].to_pylist()
-        row_ids, products, users = (batch[c].to_pylist() for c in (C.ROW_ID, C.PRODUCT_ID, C.USER_ID))
-        messages = []
-        for status, text, row_id, product, user in zip(statuses, texts, row_ids, products, users):
-            wanted = status != C.REJECTED and text and sampled(row_id, self._sample)
-            messages.append(
-                json.dumps(
-                    build_messages(self._products.get(product, {}), self._interests.get(user), text),
-                    ensure_ascii=False,
-                )
-                if wanted
-                else None
-            )
+        row_ids = batch[C.ROW_ID].to_pylist()
+        wanted = [
+            status != C.REJECTED and bool(text) and sampled(row_id, self._sample)
+            for status, text, row_id in zip(statuses, texts, row_ids)
+        ]
+        if not any(wanted):
+            return _set(batch, C.JUDGE_MESSAGES, pa.nulls(batch.num_rows, pa.string()))
+        at = self._product_index.positions(batch[C.PRODUCT_ID])
+        products = self._products.take(at).to_pylist()
+        known = at.is_valid().to_pylist()
+        if self._interests is None:
+            interests = [None] * batch.num_rows
+        else:
+            interests = self._interests.take(self._user_index.positions(batch[C.USER_ID])).to_pylist()
+        messages = [
+            json.dumps(build_messages(product if found else {}, interest, text), ensure_ascii=False)
+            if want
+            else None
+            for want, product, found, interest, text in zip(wanted, products, known, interests, texts)
+        ]
         return _set(batch, C.JUDGE_MESSAGES, pa.array(messages, pa.string()))
 
 
