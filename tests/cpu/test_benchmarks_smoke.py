@@ -199,3 +199,13 @@ def test_lookup_compares_index_in_with_the_key_index():
     assert proc.returncode == 0, proc.stderr[-3000:]
     [row] = [line for line in proc.stdout.splitlines() if line.startswith("| 1,000 |")]
     assert len(row.split("|")) == 7
+
+
+@pytest.mark.slow  # two Ray Data pipelines and a hash shuffle: make test, not test-fast
+def test_users_join_compares_the_broadcast_and_the_hash_join_on_the_same_rows(tmp_path):
+    figures = _run("users_join.py", tmp_path)
+    assert figures["pairs"] == 3000 and figures["users"] == 300
+    assert figures["same_rows"] is True  # the contenders attach the same profiles
+    for name in ("broadcast", "hash_join"):
+        [run] = figures["runs"][name]
+        assert run["seconds"] > 0 and run["workers_peak_rss_sum_mib"] > 0
