@@ -7,7 +7,8 @@ wrong and what would be right. The full traceback of a failure goes to the
 job's log file, whose path the last line gives; the console stays readable.
 
     0  done (published, or already was)
-    1  failed: storage that kept failing after its retries, or a bug
+    1  failed: storage that kept failing after its retries (busy or down,
+       not refusing: worth a rerun), or a bug
     2  a flag, a config or campaign file, a path, a store or a model folder
        that cannot work, found before Ray or an engine starts
     3  another process published the run first
@@ -44,12 +45,12 @@ class UsageError(ValueError):
 class StorageError(OSError):
     """A store that still failed after its retries: the object and the store's answer."""
 
-    def __init__(self, uri: str, answer: str):
-        self.uri, self.answer = uri, answer
+    def __init__(self, uri: str, answer: str, code: str = ""):
+        self.uri, self.answer, self.code = uri, answer, code
         super().__init__(f"{uri}: {answer}")
 
-    def __reduce__(self):  # raised in Ray workers: pickled with its own two arguments
-        return type(self), (self.uri, self.answer)
+    def __reduce__(self):  # raised in Ray workers: pickled with its own arguments
+        return type(self), (self.uri, self.answer, self.code)
 
 
 class Conflict(RuntimeError):
@@ -111,15 +112,52 @@ def storage_failure(exc: BaseException) -> Optional[StorageError]:
     for cause in _causes(exc):
         if isinstance(cause, StorageError):
             return cause
-        module = type(cause).__module__
-        if module.startswith(("botocore", "boto3")):
+        if type(cause).__module__.startswith(("botocore", "boto3")):
             return StorageError(_botocore_object(cause), _first_line(str(cause)))
-        if isinstance(cause, OSError) and any(m in str(cause) for m in _STORAGE_MARKERS):
-            text = _first_line(str(cause))
-            found = _PYARROW_OBJECT.search(text)
-            uri = f"s3://{found['bucket']}/{found['key'] or ''}".rstrip("/") if found else "S3"
-            return StorageError(uri, text[found.end() :].lstrip(": ") if found else text)
-    return None
+        if isinstance(cause, OSError):
+            found = _pyarrow_failure(str(cause))
+            if found:
+                return found
+    return _failure_in_worker_traceback(exc)
+
+
+def _pyarrow_failure(text: str) -> Optional[StorageError]:
+    """pyarrow's words for a store's failure, naming the object where they do."""
+    if not any(m in text for m in _STORAGE_MARKERS):
+        return None
+    text = _first_line(text)
+    found = _PYARROW_OBJECT.search(text)
+    uri = f"s3://{found['bucket']}/{found['key'] or ''}".rstrip("/") if found else "S3"
+    return StorageError(uri, text[found.end() :].lstrip(": ") if found else text)
+
+
+# An exception line of a Python traceback: "module.Type: message".
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.+)$")
+
+
+def _failure_in_worker_traceback(exc: BaseException) -> Optional[StorageError]:
+    """A store's failure told only in the text of a Ray worker's traceback.
+
+    Ray Data (checked against 2.60) raises a map stage's exception as
+    ``UserCodeException(...) from original``, and the original does not
+    survive the trip to the driver (``__cause__`` is not pickled): what the
+    worker met is left only in the traceback text Ray puts in the error's
+    message. Our own StorageError there names the object, so it wins."""
+    ray_errors = [c for c in _causes(exc) if type(c).__module__.startswith("ray.")]
+    found: list[StorageError] = []
+    for error in ray_errors:
+        for line in str(error).splitlines():
+            match = _EXCEPTION_LINE.match(line.strip())
+            if not match:
+                continue
+            kind, message = match["type"], match["message"]
+            if kind.rsplit(".", 1)[-1] == StorageError.__name__ and ": " in message:
+                return StorageError(*message.split(": ", 1))
+            if kind.startswith("botocore."):
+                found.append(StorageError("S3", message))
+            elif kind.endswith("Error"):
+                found.extend(filter(None, [_pyarrow_failure(message)]))
+    return found[0] if found else None
 
 
 def _botocore_object(exc: BaseException) -> str:

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory import columns as C
-from factory.errors import UsageError
-from factory.storage import Location, retry_io
+from factory.errors import StorageError, UsageError
+from factory.storage import Location, is_transient, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +137,21 @@ def malformed_reasons(
     return reasons
 
 
+def _store_failure(exc: BaseException, uri: str) -> Optional[StorageError]:
+    """A store that was busy or down when an input was read is not a broken
+    input: it fails the run as storage (exit 1, worth a retry), not as a
+    mistake to fix (exit 2)."""
+    if not is_transient(exc):
+        return None
+    return StorageError(uri, " ".join(str(exc).split())[:400])
+
+
 def list_parquet_files(loc: Location, name: str) -> list[str]:
     """The Parquet files at a file or folder location, sorted for determinism."""
     try:
         info = loc.fs.get_file_info(loc.path)
     except OSError as exc:
-        raise InputError(f"{name}: cannot reach {loc.uri}: {exc}") from exc
+        raise _store_failure(exc, loc.uri) or InputError(f"{name}: cannot reach {loc.uri}: {exc}") from exc
     if info.type.name == "File":
         return [loc.path]
     if info.type.name != "Directory":
@@ -195,7 +204,8 @@ def check_schema(loc: Location, contract: Contract) -> ParquetInput:
             )
             schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # unreadable, truncated, not Parquet
-            raise InputError(f"{contract.name}: cannot read {shown}: {exc}") from exc
+            failed = _store_failure(exc, shown)
+            raise failed or InputError(f"{contract.name}: cannot read {shown}: {exc}") from exc
         _check_fields(schema, contract, shown)
         names[path] = schema.names
         rows += meta.num_rows
@@ -265,7 +275,9 @@ def read_lookup_table(loc: Location, contract: Contract, key: str) -> tuple[pa.T
         try:
             table = retry_io(pq.read_table, path, filesystem=loc.fs, columns=present, attempts=attempts)
         except (OSError, pa.ArrowException) as exc:  # a sound footer over a damaged page
-            raise InputError(f"{contract.name}: cannot read {shown_files[-1]}: {exc}") from exc
+            raise _store_failure(exc, shown_files[-1]) or InputError(
+                f"{contract.name}: cannot read {shown_files[-1]}: {exc}"
+            ) from exc
         tables.append(table)
     # Where each file's rows start in the concatenation: a rejected row's file and row, from its position.
     starts = np.cumsum([0] + [t.num_rows for t in tables])

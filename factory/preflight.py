@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from factory.errors import UsageError
-from factory.storage import Location, S3Options, encryption, resolve
+from factory.errors import StorageError, UsageError
+from factory.storage import TRANSIENT_CODES, Location, S3Options, encryption, resolve
 
 # The probe object an output check writes and deletes (a name no reader lists: leading "_").
 PROBE_PREFIX = "_write_check-"
@@ -137,6 +137,8 @@ def check_s3(loc: Location, flag: str, *, write: bool = False) -> None:
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         code = {"403": "AccessDenied", "404": "NoSuchBucket"}.get(code, code)
+        if code in TRANSIENT_CODES:  # busy or down now: a storage failure worth a retry, not a mistake
+            raise StorageError(loc.uri, f"{code}: {error.get('Message') or exc}", code=code) from None
         says = _SAYS.get(code, "the store answered {code}").format(bucket=bucket, action=action, code=code)
         fix = _FIX.get(code, "{message}").format(
             action=action, message=error.get("Message") or "see the store's docs"

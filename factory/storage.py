@@ -15,11 +15,13 @@ backoff (AWS "standard" mode) up to ``max_attempts`` before an error surfaces.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlparse
@@ -45,6 +47,22 @@ TRANSIENT_MARKERS = (
     "Connection reset",
     "timed out",
 )
+
+
+# A store's codes for the same: it is busy or broken now, not refusing this request.
+TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "500", "503"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a store's answer worth another try later (throttled,
+    5xx, a dropped connection), as opposed to one that names a mistake (no
+    such bucket, access denied, not Parquet)."""
+    if isinstance(exc, FileNotFoundError):
+        return False
+    code = getattr(exc, "code", "") or getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code in TRANSIENT_CODES or any(m in str(exc) for m in TRANSIENT_MARKERS)
 
 
 class AlreadyExists(FileExistsError):
@@ -147,6 +165,22 @@ def _bucket_key(loc: Location) -> tuple[str, str]:
     return bucket, key
 
 
+@contextlib.contextmanager
+def _boto_naming(loc: Location):
+    """A boto3 call on ``loc`` whose failure (after the client's retries) is
+    raised as a StorageError naming ``loc``, with the store's code kept."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        raise StorageError(loc.uri, f"{code}: {error.get('Message') or exc}", code=code) from exc
+    except BotoCoreError as exc:  # the connection itself
+        raise StorageError(loc.uri, str(exc)) from exc
+
+
 def encryption(loc: Location) -> dict[str, str]:
     """The server-side encryption arguments of every object written to ``loc``."""
     options = loc.s3 or S3Options()
@@ -165,8 +199,6 @@ def put_bytes(
 
     ``exclusive`` fails with AlreadyExists if something is there already."""
     if loc.is_s3:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = _bucket_key(loc)
         kwargs = {"Bucket": bucket, "Key": key, "Body": data}
         if content_type:
@@ -175,15 +207,12 @@ def put_bytes(
             kwargs["IfNoneMatch"] = "*"
         kwargs.update(encryption(loc))
         try:
-            s3_client(loc).put_object(**kwargs)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "")
-            if exclusive and code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            with _boto_naming(loc):
+                s3_client(loc).put_object(**kwargs)
+        except StorageError as exc:
+            if exclusive and exc.code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                 raise AlreadyExists(loc.uri) from None
-            raise StorageError(loc.uri, f"{code}: {error.get('Message') or exc}") from exc
-        except BotoCoreError as exc:  # the connection itself, after the client's retries
-            raise StorageError(loc.uri, str(exc)) from exc
+            raise
         return len(data)
     folder = os.path.dirname(loc.path)
     os.makedirs(folder, exist_ok=True)
@@ -216,11 +245,8 @@ def retry_io(fn, *args, attempts: int = DEFAULT_MAX_ATTEMPTS, **kwargs):
             return fn(*args, **kwargs)
         except OSError as exc:
             message = str(exc)
-            if (
-                attempt == attempts
-                or isinstance(exc, FileNotFoundError)
-                or not any(m in message for m in TRANSIENT_MARKERS)
-            ):
+            # A StorageError has had its retries already.
+            if attempt == attempts or isinstance(exc, StorageError) or not is_transient(exc):
                 raise
             logger.warning(
                 "Transient storage error, try %d of %d in %.1f s: %s",
@@ -263,6 +289,30 @@ def _naming(loc: Location, fn, *args, **kwargs):
         raise StorageError(loc.uri, " ".join(str(exc).split())[:400]) from exc
 
 
+def read_parquet_part(
+    fs: pafs.FileSystem,
+    path: str,
+    group: Optional[int] = None,
+    columns: Optional[Sequence[str]] = None,
+    *,
+    present_only: bool = False,
+) -> pa.Table:
+    """Row group ``group`` of the Parquet file at ``path`` on ``fs`` (the
+    whole file when None), as the Ray tasks that read inputs take it: with
+    retries, and a store's failure named (pyarrow's own words for a read
+    leave the object out). ``present_only`` reads those of ``columns`` the
+    file has, leaving the others to the caller."""
+    is_s3 = isinstance(fs, pafs.S3FileSystem)
+    loc = Location(fs, path, f"s3://{path}" if is_s3 else path, S3Options() if is_s3 else None)
+
+    def read() -> pa.Table:
+        f = pq.ParquetFile(path, filesystem=fs)
+        wanted = [c for c in columns if c in f.schema_arrow.names] if present_only and columns else columns
+        return f.read(columns=wanted) if group is None else f.read_row_group(group, columns=wanted)
+
+    return _naming(loc, retry_io, read, attempts=3 if is_s3 else 1)
+
+
 def read_parquet(loc: Location, columns=None, filters=None) -> pa.Table:
     """One Parquet file, read whole (with retries) and parsed in memory."""
     return pq.read_table(pa.BufferReader(read_bytes(loc)), columns=columns, filters=filters)
@@ -300,13 +350,14 @@ def delete_dir_if_exists(loc: Location) -> None:
         # keeps the parent "directory" alive); delete the keys directly.
         bucket, prefix = _bucket_key(loc)
         client = s3_client(loc)
-        pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
-        )
-        for page in pages:
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        with _boto_naming(loc):
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+            )
+            for page in pages:
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
         return
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.Directory:
@@ -320,16 +371,9 @@ def delete_file(loc: Location) -> None:
     if loc.is_s3:
         # boto3, not pyarrow: pyarrow's delete_file leaves a marker object
         # for the emptied "directory" (as delete_dir does, above).
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = _bucket_key(loc)
-        try:
+        with _boto_naming(loc):
             s3_client(loc).delete_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise StorageError(loc.uri, f"{error.get('Code', '')}: {error.get('Message') or exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(loc.uri, str(exc)) from exc
         return
     if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
         loc.fs.delete_file(loc.path)

@@ -83,7 +83,15 @@ from factory.experiments.table import (
     TABLE,
     digest,
 )
-from factory.storage import DEFAULT_MAX_ATTEMPTS, Location, list_files, put_bytes, resolve, write_parquet
+from factory.storage import (
+    DEFAULT_MAX_ATTEMPTS,
+    Location,
+    list_files,
+    put_bytes,
+    read_parquet_part,
+    resolve,
+    write_parquet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -380,7 +388,7 @@ class ReadEvents:
         return pa.concat_tables(tables)
 
     def read(self, path: str, group: int, first: int) -> pa.Table:
-        table = pq.ParquetFile(path, filesystem=self._fs).read_row_group(group, columns=list(EVENTS.columns))
+        table = read_parquet_part(self._fs, path, group, EVENTS.columns)
         n = table.num_rows
         ids_raw = table[C.ROW_ID].cast(pa.binary()).to_pylist()
         reasons = inputs.malformed_reasons(table[C.ROW_ID], C.ROW_ID)
@@ -427,9 +435,8 @@ class ReadPublished:
         return pa.concat_tables([self.read(p) for p in batch["file"]])
 
     def read(self, path: str) -> pa.Table:
-        f = pq.ParquetFile(path, filesystem=self._fs)
-        present = [c for c in PUBLISHED_COLUMNS if c in f.schema_arrow.names]
-        table = f.read(columns=present)
+        table = read_parquet_part(self._fs, path, None, PUBLISHED_COLUMNS, present_only=True)
+        present = table.column_names
         n = table.num_rows
         ids = table[C.ROW_ID].cast(pa.string())
         cols = {k: (table[k].cast(pa.string()) if k in present else pa.nulls(n, pa.string())) for k in KEY}

@@ -13,7 +13,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from factory import columns as C
 from factory import inputs, model, sample_data
@@ -24,7 +23,7 @@ from factory.facts.extract import NO_FACTS, attach_facts
 from factory.preflight import check_engine_kwargs, check_place
 from factory.prompts import PromptTemplate, apply_campaign, load_templates
 from factory.ray_session import deref
-from factory.storage import Location, resolve, retry_io
+from factory.storage import Location, read_parquet_part, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -258,14 +257,9 @@ def row_group_items(
                 if found >= limit:
                     return items
                 if campaign and C.CAMPAIGN_ID in pairs.names[path]:
-                    column = retry_io(
-                        # Called at once, inside this iteration: the loop variables are the current ones.
-                        lambda: (
-                            pq.ParquetFile(path, filesystem=pairs.loc.fs)  # noqa: B023
-                            .read_row_group(group, columns=[C.CAMPAIGN_ID])[C.CAMPAIGN_ID]  # noqa: B023
-                            .to_pylist()
-                        )
-                    )
+                    column = read_parquet_part(pairs.loc.fs, path, group, [C.CAMPAIGN_ID])[
+                        C.CAMPAIGN_ID
+                    ].to_pylist()
                     hits = [i for i, c in enumerate(column) if c == campaign]
                 else:
                     hits = list(range(n))

@@ -24,6 +24,7 @@ from factory import columns as C
 from factory import inputs
 from factory.profiles.aggregate import EVENT_TYPES, PRODUCT_EVENTS, SEARCH, Event
 from factory.ray_session import deref
+from factory.storage import read_parquet_part
 
 EVENT_TYPE = "event_type"
 QUERY = "query"
@@ -120,7 +121,7 @@ class ReadEvents:
         tables = []
         for path, group, first in zip(batch["file"], batch["row_group"], batch["first_row"]):
             present = [c for c in EVENTS.columns if c in self._names[path]]
-            table = pq.ParquetFile(path, filesystem=self._fs).read_row_group(int(group), columns=present)
+            table = read_parquet_part(self._fs, path, int(group), present)
             n = table.num_rows
             for col in EVENTS.columns:
                 if col not in present:

@@ -17,13 +17,13 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from factory import columns as C
 from factory.dead_letters import UNKNOWN_CHANNEL, UNKNOWN_PRODUCT, UNKNOWN_USER
 from factory.inputs import MAX_KEY_BYTES, malformed_reasons
 from factory.lookup import KeyIndex
 from factory.ray_session import deref
+from factory.storage import read_parquet_part
 
 
 class ReadPairs:
@@ -43,8 +43,7 @@ class ReadPairs:
         for path, group, first, take in zip(
             batch["file"], batch["row_group"], batch["first_row"], batch["take"]
         ):
-            f = pq.ParquetFile(path, filesystem=self._fs)
-            table = f.read_row_group(int(group), columns=self._columns)
+            table = read_parquet_part(self._fs, path, int(group), self._columns)
             if take < table.num_rows:
                 table = table.slice(0, int(take))
             n = table.num_rows

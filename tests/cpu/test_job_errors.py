@@ -517,6 +517,16 @@ def test_storage_that_fails_mid_run_is_one_line_and_exit_1(
     assert "Traceback" in log.read_text() and "SlowDown" in log.read_text()
 
 
+def test_a_store_that_is_throttling_at_the_checks_is_a_storage_failure(s3_server, s3_bucket, world, capsys):
+    """Busy is not wrong: exit 1 (a rerun will do), not 2 (a mistake to fix)."""
+    from tests.s3_faults import FaultyS3Proxy
+
+    with FaultyS3Proxy(s3_server) as proxy:
+        proxy.outage = True
+        code = nightly_job.main(_s3_case(proxy.url, s3_bucket, []))
+    _check(capsys, code, 1, f"error: storage failed on s3://{s3_bucket}/nightly: SlowDown", world)
+
+
 def test_a_pyarrow_storage_error_from_a_ray_task_names_the_object(s3_server, s3_bucket):
     """What a Ray Data task raises when S3 is gone (pyarrow's words, wrapped by Ray)."""
     import ray.exceptions

@@ -41,3 +41,74 @@ def test_an_outage_longer_than_the_retry_budget_fails_with_the_storage_error(s3_
             put_bytes(out.join("during.json"), b"{}")
         assert time.time() - started < 30  # bounded by the budget, not hanging
         assert proxy.counts["errors"] >= 3  # it did retry
+
+
+def test_an_outage_while_clearing_a_folder_names_the_folder(s3_server, s3_bucket):
+    from factory.errors import StorageError
+    from factory.storage import delete_dir_if_exists
+
+    with FaultyS3Proxy(s3_server) as proxy:
+        folder = resolve(f"s3://{s3_bucket}/faults/clear", proxy.url, s3_max_attempts=2)
+        put_bytes(folder.join("a.json"), b"{}")
+        proxy.outage = True
+        with pytest.raises(StorageError) as caught:
+            delete_dir_if_exists(folder)
+    assert caught.value.uri == folder.uri
+    assert caught.value.code == "SlowDown"
+
+
+def test_an_input_the_store_cannot_serve_now_is_a_storage_failure_not_a_bad_input(s3_server, s3_bucket):
+    """Throttled or down is worth a rerun (exit 1); a broken input is the user's to fix (exit 2)."""
+    from factory.errors import EXIT_FAILED, exit_code
+    from factory.inputs import PAIRS, InputError, check_schema
+
+    with FaultyS3Proxy(s3_server) as proxy:
+        pairs = resolve(f"s3://{s3_bucket}/faults/in/pairs.parquet", proxy.url, s3_max_attempts=2)
+        write_parquet(pairs, pa.table({"user_id": ["U1"], "product_id": ["P1"]}))
+        proxy.outage = True
+        with pytest.raises(OSError) as caught:
+            check_schema(pairs, PAIRS)
+    assert not isinstance(caught.value, InputError)
+    assert exit_code(caught.value) == EXIT_FAILED
+    assert caught.value.uri == pairs.uri
+
+
+class _ReadsOneFile:
+    """A Ray Data stage that reads the file its row names, as the input stages do."""
+
+    def __init__(self, fs, named: bool):
+        self._fs, self._named = fs, named
+
+    def __call__(self, batch):
+        import pyarrow.parquet as pq
+
+        from factory.storage import read_parquet_part
+
+        path = str(batch["path"][0])
+        if self._named:
+            return read_parquet_part(self._fs, path, 0)
+        return pq.ParquetFile(path, filesystem=self._fs).read_row_group(0)  # pyarrow's own words
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["read_parquet_part", "pyarrow"])
+def test_a_ray_data_stage_that_meets_an_outage_ends_the_job_as_a_storage_failure(
+    local_ray, s3_server, s3_bucket, named
+):
+    """Ray Data (2.60) hands the driver a UserCodeException whose cause is lost
+    in transit: the store's answer must still be found, and the file named."""
+    import ray
+
+    from factory.errors import EXIT_FAILED, exit_code, storage_failure
+
+    with FaultyS3Proxy(s3_server) as proxy:
+        part = resolve(f"s3://{s3_bucket}/faults/ray/{named}.parquet", proxy.url, s3_max_attempts=2)
+        write_parquet(part, pa.table({"i": list(range(10))}))
+        proxy.outage = True
+        rows = ray.data.from_items([{"path": part.path}])
+        with pytest.raises(Exception) as caught:
+            rows.map_batches(_ReadsOneFile, fn_constructor_args=(part.fs, named), concurrency=1).take_all()
+    assert exit_code(caught.value) == EXIT_FAILED, caught.value
+    failed = storage_failure(caught.value)
+    if named:
+        assert failed.uri == part.uri, failed
+    assert "SLOW_DOWN" in failed.answer or "503" in failed.answer, failed.answer

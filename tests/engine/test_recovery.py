@@ -294,7 +294,9 @@ def test_storage_faults_are_retried_and_an_outage_fails_without_a_manifest(
     assert rc == 1, text[-3000:]
     # One line names the object and the store's answer (boto3 says SlowDown, pyarrow
     # SLOW_DOWN: whichever client met the outage first); the traceback is in the log file.
-    [said] = [line for line in text.splitlines() if line.startswith("error: ")]
+    said = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1, text[-5000:]
+    said = said[0]
     assert said.startswith(f"error: storage failed on s3://{s3_bucket}/"), said
     assert "SlowDown" in said or "SLOW_DOWN" in said or "503" in said, said
     assert "full traceback in " in text
