@@ -39,7 +39,7 @@ from factory import columns as C
 from factory.config import JobConfig
 from factory.dead_letters import DUPLICATE_PAIR
 from factory.pipeline import owed, staging
-from factory.pipeline.plan import users_named
+from factory.pipeline.plan import LOCALE_EXCLUDED_COLUMN, users_named
 from factory.prompts import PromptTemplate
 from factory.ray_session import deref
 from factory.stages.join import JoinProfiles
@@ -209,7 +209,7 @@ class TallyBucket:
         campaigns: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
         labels = owed.row_campaigns(batch[C.CAMPAIGN_ID], config.campaign).to_pylist()
         for label, out, reason in zip(
-            labels, batch[staging.LOCALE_EXCLUDED].to_pylist(), batch[C.REASON].to_pylist()
+            labels, batch[LOCALE_EXCLUDED_COLUMN].to_pylist(), batch[C.REASON].to_pylist()
         ):
             c = campaigns[label]
             if out:
@@ -218,7 +218,7 @@ class TallyBucket:
             c["pairs"] += 1
             if reason is not None:
                 c["dead_letters"][reason] += 1
-        good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[staging.LOCALE_EXCLUDED])))
+        good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[LOCALE_EXCLUDED_COLUMN])))
         good = good.select(list(staging.STAGED_PAIR_COLUMNS))
         users, keys = staging.bucket_keys(good, self._users, config, self._templates, self._arm_templates)
         # No holdout folder: the dry run counts the holdout, it writes nothing.

@@ -112,6 +112,10 @@ def storage_failure(exc: BaseException) -> Optional[StorageError]:
     for cause in _causes(exc):
         if isinstance(cause, StorageError):
             return cause
+        if type(cause).__module__.startswith("ray."):
+            # Ray's wrapper (``RayTaskError(OSError)`` is an OSError too): its
+            # text starts with the worker's name; what it wraps comes next.
+            continue
         if type(cause).__module__.startswith(("botocore", "boto3")):
             return StorageError(_botocore_object(cause), _first_line(str(cause)))
         if isinstance(cause, OSError):

@@ -26,13 +26,12 @@ from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from factory import columns as C
 from factory.dedup import WORK_COLUMNS, WorkTally
 from factory.fingerprint import Fingerprint
 from factory.quality.summary import JUDGE_COLUMNS, VERDICT_COLUMNS, QualityTally
-from factory.storage import Location, list_files, read_parquet, retry_io
+from factory.storage import Location, list_files, read_metadata, read_parquet
 
 FINGERPRINT = b"copy_factory.row_id_fingerprint"
 COPY_STATS = b"copy_factory.copy_stats"
@@ -123,7 +122,7 @@ def read_footers(folder: Location) -> list[Footer]:
 
     def one(info) -> Footer:
         loc = folder.join(info.base_name)
-        metadata = retry_io(pq.read_metadata, loc.path, filesystem=loc.fs, attempts=3)
+        metadata = read_metadata(loc)
         return Footer(loc, info.base_name, metadata.num_rows, info.size, dict(metadata.metadata or {}))
 
     if len(infos) <= 1:

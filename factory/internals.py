@@ -71,3 +71,25 @@ def ray_llm_output_class() -> Any:
         return None
     cls = getattr(stage, "vLLMOutputData", None)
     return cls if callable(getattr(cls, "from_vllm_engine_output", None)) else None
+
+
+def ray_data_filesystem(fs: Any, max_attempts: int) -> Any:
+    """``fs`` for ``ray.data.read_parquet``, tried ``max_attempts`` times per
+    operation instead of Ray Data's 10.
+
+    Ray Data wraps every filesystem it reads in its own retrying one
+    (``ray.data._internal.util.RetryingPyFileSystem``: 10 tries, up to 32 s
+    apart, about 160 s per file operation over pyarrow's own retries); given
+    one already wrapped, it keeps it. With S3 down, a read of the run's
+    staged files then took minutes past the job's ``--s3-max-attempts``
+    (seen: over 7 minutes with 2). Where it moved, ``fs`` is returned as it
+    is and Ray Data's own tries apply."""
+    try:
+        from ray.data._internal.util import RetryingPyFileSystem
+        from ray.data.context import DataContext
+    except ImportError:
+        return fs
+    if not callable(getattr(RetryingPyFileSystem, "wrap", None)):
+        return fs
+    errors = DataContext.get_current().retried_io_errors
+    return RetryingPyFileSystem.wrap(fs, retryable_errors=errors, max_attempts=max_attempts)

@@ -259,10 +259,11 @@ def retry_io(fn, *args, attempts: int = DEFAULT_MAX_ATTEMPTS, **kwargs):
             delay = min(delay * 2, 10.0)
 
 
-def _attempts(loc: Location) -> int:
-    # pyarrow already retries each request up to max_attempts; these outer
-    # tries are for a body cut off mid-read, so a few are enough (more would
-    # multiply the wait in a real outage: seen 8 x 50 s).
+def outer_attempts(loc: Location) -> int:
+    """Tries of a whole read on ``loc``, ours or Ray Data's. pyarrow already
+    retries each request up to max_attempts; these outer tries are for a body
+    cut off mid-read, so a few are enough (more would multiply the wait in a
+    real outage: seen 8 x 50 s)."""
     return min(3, loc.s3.max_attempts) if loc.s3 else 1
 
 
@@ -274,7 +275,7 @@ def read_bytes(loc: Location) -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
             return f.read()
 
-    return _naming(loc, retry_io, read, attempts=_attempts(loc))
+    return _naming(loc, retry_io, read, attempts=outer_attempts(loc))
 
 
 def _naming(loc: Location, fn, *args, **kwargs):
@@ -313,6 +314,13 @@ def read_parquet_part(
     return _naming(loc, retry_io, read, attempts=3 if is_s3 else 1)
 
 
+def read_metadata(loc: Location) -> pq.FileMetaData:
+    """A Parquet file's footer (rows, row groups, key-value metadata), with
+    retries; a store's failure names the file (pyarrow's words for the
+    footer's ranged GET leave it out)."""
+    return _naming(loc, retry_io, pq.read_metadata, loc.path, filesystem=loc.fs, attempts=outer_attempts(loc))
+
+
 def read_parquet(loc: Location, columns=None, filters=None) -> pa.Table:
     """One Parquet file, read whole (with retries) and parsed in memory."""
     return pq.read_table(pa.BufferReader(read_bytes(loc)), columns=columns, filters=filters)
@@ -332,7 +340,7 @@ def list_files(loc: Location, suffix: str = "") -> list[pafs.FileInfo]:
         retry_io,
         loc.fs.get_file_info,
         pafs.FileSelector(loc.path, recursive=True, allow_not_found=True),
-        attempts=_attempts(loc),
+        attempts=outer_attempts(loc),
     )
     return sorted(
         (

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,6 +21,7 @@ from factory.cluster import stage_actors
 from factory.config import JobConfig
 from factory.errors import UsageError
 from factory.facts.extract import NO_FACTS, attach_facts
+from factory.lookup import KeyIndex
 from factory.preflight import check_engine_kwargs, check_place
 from factory.prompts import PromptTemplate, apply_campaign, load_templates
 from factory.ray_session import deref
@@ -209,28 +211,63 @@ def prompt_stages(plan: Plan):
 # --------------------------------------------------------------------------- the run's scope
 
 
-def scope_filter(batch: pa.Table, campaign: str | None, user_ids, product_ids, excluded_users) -> pa.Table:
+# Appended by ``InScope(mark_excluded=True)`` (the dry run counts these pairs instead of dropping them).
+LOCALE_EXCLUDED_COLUMN = "__locale_excluded"
+
+
+class InScope:
     """The pairs this run is about: its campaign, the users and products it
     names, users whose locale it writes. Pairs outside are not this run's
-    business (not dead letters); unknown ids still reach the checks."""
-    mask = (
-        pc.equal(batch[C.CAMPAIGN_ID], campaign) if campaign and C.CAMPAIGN_ID in batch.column_names else None
-    )
-    for column, values, keep in (
-        (C.USER_ID, user_ids, True),
-        (C.PRODUCT_ID, product_ids, True),
-        (C.USER_ID, deref(excluded_users), False),
+    business (not dead letters); unknown ids still reach the checks.
+
+    The id sets are indexed once per actor: ``pc.is_in`` hashes its whole
+    value set on every call (1M excluded users: 122 ms per 10k-pair block,
+    against 6 ms looked up in an index built once in 46 ms; this machine,
+    2026-12-05). Ids are compared as bytes: these rows are not checked yet,
+    and a broken key must not stop the block. ``mark_excluded`` keeps the
+    other locales' pairs, flagged in LOCALE_EXCLUDED_COLUMN."""
+
+    def __init__(
+        self, campaign=None, user_ids=None, product_ids=None, excluded_users=None, mark_excluded=False
     ):
-        if values is None:
-            continue
-        hit = pc.is_in(batch[column], value_set=values)
-        hit = hit if keep else pc.invert(hit)
-        mask = hit if mask is None else pc.and_(mask, hit)
-    return batch if mask is None else batch.filter(pc.fill_null(mask, False))
+        def index(values) -> KeyIndex | None:
+            values = deref(values)
+            return (
+                None
+                if values is None
+                else KeyIndex(pc.unique(pa.array(values, pa.string()).cast(pa.binary())))
+            )
+
+        self._campaign = campaign
+        self._within = [(C.USER_ID, index(user_ids)), (C.PRODUCT_ID, index(product_ids))]
+        self._excluded = index(excluded_users)
+        self._mark_excluded = mark_excluded
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keep = np.ones(batch.num_rows, dtype=bool)
+        if self._campaign and C.CAMPAIGN_ID in batch.column_names:
+            keep &= pc.fill_null(pc.equal(batch[C.CAMPAIGN_ID], self._campaign), False).to_numpy()
+        for column, index in self._within:
+            if index is not None:
+                keep &= self._found(index, batch[column])
+        excluded = (
+            self._found(self._excluded, batch[C.USER_ID])
+            if self._excluded is not None
+            else np.zeros(batch.num_rows, dtype=bool)
+        )
+        if self._mark_excluded:
+            return batch.filter(pa.array(keep)).append_column(
+                LOCALE_EXCLUDED_COLUMN, pa.array(excluded[keep])
+            )
+        return batch.filter(pa.array(keep & ~excluded))
+
+    @staticmethod
+    def _found(index: KeyIndex, ids) -> np.ndarray:
+        return pc.is_valid(index.positions(ids.cast(pa.binary()))).to_numpy(zero_copy_only=False)
 
 
 def scope(plan: Plan) -> dict[str, Any]:
-    """Arguments of ``scope_filter``; empty when the run takes every pair.
+    """Arguments of ``InScope``; empty when the run takes every pair.
     Needs ``load_users`` first (the locales' excluded users are its ref)."""
     config = plan.config
     ids = {"user_ids": config.user_ids, "product_ids": config.product_ids}

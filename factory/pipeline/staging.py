@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from factory import columns as C
-from factory import dead_letters, dedup, footer, inputs
+from factory import dead_letters, dedup, footer, inputs, internals
 from factory.config import JobConfig
 from factory.fingerprint import Fingerprint
 from factory.pipeline.experiment import ArmRows, holdout_folder
@@ -29,19 +29,25 @@ from factory.pipeline.owed import CAMPAIGN, Owed, owed_rows
 from factory.pipeline.plan import (
     ROWS_PER_FILE,
     ConfigError,
+    InScope,
     Plan,
     input_pairs,
     row_group_items,
     scope,
-    scope_filter,
     stage_pool,
 )
 from factory.publish import Attempt
-from factory.ray_session import deref
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.join import row_id
 from factory.stages.write import Sink, WriteParquetFiles
-from factory.storage import Location, delete_dir_if_exists, list_files, read_parquet, write_parquet
+from factory.storage import (
+    Location,
+    delete_dir_if_exists,
+    list_files,
+    outer_attempts,
+    read_parquet,
+    write_parquet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +82,14 @@ def write(
 
 
 def read(files: list[str], folder: Location, num_cpus: float, **kwargs):
-    """The run's own Parquet files as a Dataset. Their paths hold
-    ``date=``, ``campaign=`` and ``attempt=``: read as Hive partitions they
-    would add (or override!) columns of those names, so they are not."""
+    """Parquet files under ``folder`` as a Dataset, tried as often as the
+    job's own reads. The run's paths hold ``date=``, ``campaign=`` and
+    ``attempt=``: read as Hive partitions they would add (or override!)
+    columns of those names, so no file is read as partitioned."""
     import ray
 
-    return ray.data.read_parquet(files, filesystem=folder.fs, partitioning=None, num_cpus=num_cpus, **kwargs)
+    fs = internals.ray_data_filesystem(folder.fs, outer_attempts(folder))
+    return ray.data.read_parquet(files, filesystem=fs, partitioning=None, num_cpus=num_cpus, **kwargs)
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -139,7 +147,7 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
     """Every pair in scope, read with its provenance and checked. With
     ``mark_locale_excluded`` (the dry run, which counts them) the pairs of
     users whose locale the run does not write are kept, marked in
-    LOCALE_EXCLUDED, instead of dropped."""
+    LOCALE_EXCLUDED_COLUMN, instead of dropped."""
     import ray
 
     config = plan.config
@@ -152,16 +160,12 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
         ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy", num_cpus=light
     )
     found = scope(plan)
-    excluded = found.get("excluded_users") if mark_locale_excluded else None
-    if excluded is not None:
-        found = {**found, "excluded_users": None}
-    if found and any(v is not None for v in found.values()):
-        ds = ds.map_batches(scope_filter, fn_kwargs=found, batch_format="pyarrow", num_cpus=light)
-    if mark_locale_excluded:
+    if found or mark_locale_excluded:
         ds = ds.map_batches(
-            _mark_locale_excluded,
-            fn_kwargs={"excluded_users": excluded},
+            InScope,
+            fn_constructor_kwargs=dict(**found, mark_excluded=mark_locale_excluded),
             batch_format="pyarrow",
+            compute=stage_pool(config),
             num_cpus=light,
         )
     return ds.map_batches(
@@ -173,28 +177,12 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
     )
 
 
-LOCALE_EXCLUDED = "__locale_excluded"
-
-
-def _mark_locale_excluded(batch: pa.Table, excluded_users) -> pa.Table:
-    excluded_users = deref(excluded_users)  # plan.locale_excluded: an object ref
-    if excluded_users is None:
-        hit = pa.array([False] * batch.num_rows, pa.bool_())
-    else:
-        hit = pc.fill_null(pc.is_in(batch[C.USER_ID], value_set=excluded_users), False)
-    return batch.append_column(LOCALE_EXCLUDED, hit)
-
-
 def campaigns_in(pairs: inputs.ParquetInput, num_cpus: float) -> str:
     """The campaigns the pairs name, as one line for an error (counted by Ray, not the driver)."""
-    import ray
-
     files = [f for f in pairs.files if C.CAMPAIGN_ID in pairs.names[f]]
     if not files:
         return "the pairs have no campaign_id column: leave --campaign out to take every pair"
-    names = ray.data.read_parquet(
-        files, filesystem=pairs.loc.fs, columns=[C.CAMPAIGN_ID], num_cpus=num_cpus
-    ).unique(C.CAMPAIGN_ID)
+    names = read(files, pairs.loc, num_cpus, columns=[C.CAMPAIGN_ID]).unique(C.CAMPAIGN_ID)
     names = sorted(n for n in names if n is not None)
     shown = ", ".join(names[:LISTED_CAMPAIGNS]) + (
         f" and {len(names) - LISTED_CAMPAIGNS} more" if len(names) > LISTED_CAMPAIGNS else ""

@@ -382,20 +382,33 @@ def test_progress_line_has_rows_rate_tokens_and_eta():
     assert "ETA unknown" in log.line({"t": 5.0, "phase": "starting", "rows_done": 0, "output_tokens": 0})
 
 
-def test_scope_filter_keeps_the_runs_pairs_and_lets_unknown_ids_reach_the_checks():
-    from factory.pipeline.plan import scope_filter as _scope_filter
+def test_in_scope_keeps_the_runs_pairs_and_lets_unknown_ids_reach_the_checks():
+    from factory.pipeline.plan import LOCALE_EXCLUDED_COLUMN, InScope
 
     batch = pa.table(
         {
-            C.USER_ID: ["U1", "U2", "U3", None, "U9"],
-            C.PRODUCT_ID: ["P1", "P2", "P1", "P1", "P1"],
-            C.CAMPAIGN_ID: ["a", "a", "b", "a", "a"],
+            C.USER_ID: ["U1", "U2", "U3", None, "U9", "U1"],
+            C.PRODUCT_ID: ["P1", "P2", "P1", "P1", "P1", "P1"],
+            C.CAMPAIGN_ID: ["a", "a", "b", "a", "a", None],
         }
     )
-    keep = _scope_filter(batch, "a", None, pa.array(["P1"]), pa.array(["U2"]))
-    # U3 is another campaign, U2 sells P2 and is excluded by locale; the null
-    # and the unknown user stay, for pass 1 to send to the dead letters.
+    keep = InScope("a", None, pa.array(["P1"]), pa.array(["U2"]))(batch)
+    # U3 is another campaign, U2 sells P2 and is excluded by locale, the last
+    # pair names no campaign; the null and the unknown user stay, for pass 1
+    # to send to the dead letters.
     assert keep[C.USER_ID].to_pylist() == ["U1", None, "U9"]
-    only = _scope_filter(batch, None, pa.array(["U1", "U3"]), None, None)
-    assert only[C.USER_ID].to_pylist() == ["U1", "U3"]
-    assert _scope_filter(batch, None, None, None, None) is batch
+    only = InScope(None, ["U1", "U3", "U1"])(batch)
+    assert only[C.USER_ID].to_pylist() == ["U1", "U3", "U1"]
+    assert InScope()(batch).equals(batch)
+    # The dry run keeps the other locales' pairs, flagged, to count them.
+    marked = InScope(excluded_users=pa.array(["U2", "U9"]), mark_excluded=True)(batch)
+    assert marked[LOCALE_EXCLUDED_COLUMN].to_pylist() == [False, True, False, False, True, False]
+
+
+def test_in_scope_takes_a_key_that_is_not_valid_text_to_the_checks():
+    from factory.pipeline.plan import InScope
+
+    broken = pa.array([b"U1", b"\xff\xfe", b"U2"], pa.binary()).view(pa.string())  # as a damaged file reads
+    batch = pa.table({C.USER_ID: broken, C.PRODUCT_ID: ["P1", "P1", "P1"]})
+    kept = InScope(excluded_users=pa.array(["U2"]))(batch)
+    assert kept.num_rows == 2 and kept[C.USER_ID].cast(pa.binary()).to_pylist()[1] == b"\xff\xfe"

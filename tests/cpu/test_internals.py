@@ -61,3 +61,15 @@ def test_ray_llms_module_loggers_defer_to_a_handler_on_ray_llm():
         assert not deferring.handlers and deferring.propagate
     finally:
         parent.handlers[:] = before
+
+
+def test_ray_data_keeps_a_filesystem_wrapped_with_our_tries():
+    """staging.read hands Ray Data a filesystem already wrapped with the job's
+    tries; Ray Data must keep it (not wrap it again with its own 10)."""
+    import pyarrow.fs as pafs
+    from ray.data._internal.util import RetryingPyFileSystem
+
+    fs = internals.ray_data_filesystem(pafs.LocalFileSystem(), max_attempts=2)
+    assert isinstance(fs, RetryingPyFileSystem), "RetryingPyFileSystem moved: re-check ray_data_filesystem"
+    assert fs.handler._max_attempts == 2
+    assert RetryingPyFileSystem.wrap(fs, retryable_errors=["x"]) is fs  # what read_parquet does with it

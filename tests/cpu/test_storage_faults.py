@@ -112,3 +112,24 @@ def test_a_ray_data_stage_that_meets_an_outage_ends_the_job_as_a_storage_failure
     if named:
         assert failed.uri == part.uri, failed
     assert "SLOW_DOWN" in failed.answer or "503" in failed.answer, failed.answer
+
+
+def test_a_ray_task_that_meets_an_outage_names_the_object_not_the_task(local_ray, s3_server, s3_bucket):
+    """Ray's RayTaskError(OSError) is an OSError whose text starts with the
+    worker's name; the object is in what it wraps (seen: 'storage failed on
+    S3: ray::_fetch_parquet_file_info() (pid=...)')."""
+    import ray
+
+    from factory.errors import storage_failure
+
+    def head(fs, path):
+        return fs.get_file_info(path)
+
+    with FaultyS3Proxy(s3_server) as proxy:
+        gone = resolve(f"s3://{s3_bucket}/faults/task/part-1.parquet", proxy.url, s3_max_attempts=1)
+        proxy.outage = True
+        with pytest.raises(OSError) as caught:
+            ray.get(ray.remote(head).remote(gone.fs, gone.path))
+    failed = storage_failure(caught.value)
+    assert failed.uri == gone.uri, failed
+    assert "ray::" not in failed.answer and ("503" in failed.answer or "SLOW_DOWN" in failed.answer), failed
