@@ -206,6 +206,8 @@ class TallyBucket:
         for name in (C.CHANNEL, C.CAMPAIGN_ID):
             if name not in batch.column_names:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
+        if LOCALE_EXCLUDED_COLUMN not in batch.column_names:  # a run without a scope: no stage flagged any
+            batch = batch.append_column(LOCALE_EXCLUDED_COLUMN, pa.array([False] * batch.num_rows))
         campaigns: dict[str, dict[str, Any]] = defaultdict(_campaign_counts)
         labels = owed.row_campaigns(batch[C.CAMPAIGN_ID], config.campaign).to_pylist()
         for label, out, reason in zip(

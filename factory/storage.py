@@ -112,16 +112,31 @@ class Location:
 
 
 def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
-    kwargs: dict = {
-        "region": options.region,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
-    }
+    kwargs: dict = {"region": options.region}
     endpoint = options.endpoint_url
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**kwargs)
+    return _S3FileSystem(options, **kwargs)
+
+
+class _S3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem, retrying ``options.max_attempts`` times in
+    every process it is sent to.
+
+    pyarrow (checked against 26.0.1; apache/arrow GH-47348) pickles an
+    S3FileSystem without its retry strategy: in a Ray worker it retried 3
+    times, whatever ``--s3-max-attempts`` said. Pickled as its options, it
+    is built again whole."""
+
+    def __init__(self, options: S3Options, **kwargs):
+        retries = pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)
+        super().__init__(retry_strategy=retries, **kwargs)
+        self.options = options
+
+    def __reduce__(self):
+        return s3_filesystem, (self.options,)
 
 
 def resolve(

@@ -147,7 +147,8 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
     """Every pair in scope, read with its provenance and checked. With
     ``mark_locale_excluded`` (the dry run, which counts them) the pairs of
     users whose locale the run does not write are kept, marked in
-    LOCALE_EXCLUDED_COLUMN, instead of dropped."""
+    LOCALE_EXCLUDED_COLUMN, instead of dropped (no such column when the
+    run has no scope: nothing is excluded)."""
     import ray
 
     config = plan.config
@@ -160,7 +161,8 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
         ReadPairs(pairs.loc.fs, pairs.columns, display), batch_size=1, batch_format="numpy", num_cpus=light
     )
     found = scope(plan)
-    if found or mark_locale_excluded:
+    if any(found.get(k) is not None for k in ("user_ids", "product_ids", "excluded_users")):
+        # Id sets to index: on an actor pool, indexed once per actor.
         ds = ds.map_batches(
             InScope,
             fn_constructor_kwargs=dict(**found, mark_excluded=mark_locale_excluded),
@@ -168,6 +170,8 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
             compute=stage_pool(config),
             num_cpus=light,
         )
+    elif found:  # a campaign alone: nothing to index, a task beside the read
+        ds = ds.map_batches(InScope(**found), batch_format="pyarrow", num_cpus=light)
     return ds.map_batches(
         CheckPairs,
         fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),

@@ -133,3 +133,23 @@ def test_a_ray_task_that_meets_an_outage_names_the_object_not_the_task(local_ray
     failed = storage_failure(caught.value)
     assert failed.uri == gone.uri, failed
     assert "ray::" not in failed.answer and ("503" in failed.answer or "SLOW_DOWN" in failed.answer), failed
+
+
+def test_a_ray_worker_tries_s3_as_often_as_the_job_says(local_ray, s3_server, s3_bucket):
+    """pyarrow 26 pickles an S3 filesystem without its retry strategy: a worker
+    then tried 3 times whatever --s3-max-attempts said (apache/arrow GH-47348)."""
+    import ray
+
+    def head(fs, path):
+        try:
+            fs.get_file_info(path)
+        except OSError:
+            return "failed"
+
+    with FaultyS3Proxy(s3_server) as proxy:
+        proxy.outage = True
+        for tries in (1, 4):
+            loc = resolve(f"s3://{s3_bucket}/faults/tries", proxy.url, s3_max_attempts=tries)
+            before = proxy.counts["errors"]
+            assert ray.get(ray.remote(head).remote(loc.fs, loc.path)) == "failed"
+            assert proxy.counts["errors"] - before == tries
