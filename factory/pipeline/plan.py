@@ -221,11 +221,12 @@ class InScope:
     business (not dead letters); unknown ids still reach the checks.
 
     The id sets are indexed once per actor: ``pc.is_in`` hashes its whole
-    value set on every call (1M excluded users: 122 ms per 10k-pair block,
-    against 6 ms looked up in an index built once in 46 ms; this machine,
-    2026-12-05). Ids are compared as bytes: these rows are not checked yet,
-    and a broken key must not stop the block. ``mark_excluded`` keeps the
-    other locales' pairs, flagged in LOCALE_EXCLUDED_COLUMN."""
+    value set on every call (1M excluded users: 130 CPU-ms per 10k-pair
+    block, against 20 ms looked up in an index built once in 248 ms;
+    ``benchmarks/scope_lookup.py``, RESULTS section 16). Ids are compared
+    as bytes: these rows are not checked yet, and a broken key must not stop
+    the block. ``mark_excluded`` keeps the other locales' pairs, flagged in
+    LOCALE_EXCLUDED_COLUMN."""
 
     def __init__(
         self, campaign=None, user_ids=None, product_ids=None, excluded_users=None, mark_excluded=False

@@ -5,6 +5,7 @@ catch a benchmark broken by a change to the pipeline or the stages.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,19 @@ def test_users_join_compares_the_broadcast_and_the_hash_join_on_the_same_rows(tm
     for name in ("broadcast", "hash_join"):
         [run] = figures["runs"][name]
         assert run["seconds"] > 0 and run["workers_peak_rss_sum_mib"] > 0
+
+
+def test_scope_lookup_keeps_the_same_rows_both_ways():
+    """The script exits non-zero when the indexed scope and the baseline keep different rows."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scope_lookup.py"), "--smoke"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout)
+    assert 0 < figures["rows_kept"] < figures["blocks"] * figures["pairs_per_block"]
+    assert set(figures["cpu_ms_per_block"]) == {"is_in_per_block", "indexed_once"}
