@@ -1,0 +1,136 @@
+"""S3 going down for good at every point of a run: does the job always say so?
+
+    .venv/bin/python -m tests.outage_sweep                 # every 3rd request, 0..120
+    .venv/bin/python -m tests.outage_sweep --after 33 51    # just these points
+
+A development tool, not a test (a run is 15 s to 3 min; the sweep takes
+10-30 minutes). Each point is one run of the nightly job with the instant
+stand-in engine (``tests.stand_in_job``), inputs and output on moto's S3
+behind ``FaultyS3Proxy``: the proxy forwards the first N requests, then
+answers every request 503 SlowDown. The job must exit 1 with one line
+``error: storage failed on s3://<the bucket>/...`` that names the object.
+One line per point; the console of a point that fails is kept beside
+``--keep`` for reading. This is what found the failure CI met on
+2026-12-05 (a store failing under a Ray Data stage ended the job in a bare
+traceback) and the five other ways of saying it badly fixed with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import PYTHON, REPO, RUN_MARKER, S3_ACCESS_KEY, S3_SECRET_KEY, job_env, reap
+from tests.owed import CHANNELS, owed_pairs, upload_inputs
+from tests.s3_faults import FaultyS3Proxy
+
+BUCKET = "outage-sweep"
+
+
+class OutageAfter(FaultyS3Proxy):
+    """Forwards ``after`` requests, then answers every one 503."""
+
+    def __init__(self, upstream: str, after: int):
+        super().__init__(upstream)
+        self.after = after
+
+    def _fate(self) -> str:
+        with self._lock:
+            if self.counts["forwarded"] >= self.after:
+                self.outage = True
+        return super()._fate()
+
+
+def one_point(endpoint: str, after: int, model: Path, keep: Path) -> bool:
+    with OutageAfter(endpoint, after) as proxy:
+        marker = uuid.uuid4().hex
+        env = job_env(**{RUN_MARKER: marker, "COPY_FACTORY_LOG_DIR": str(keep / "logs")})
+        env["RAY_ADDRESS"] = "local"
+        inputs = [f"--{name}=s3://{BUCKET}/in/{name}.parquet" for name in ("pairs", "users", "products")]
+        cmd = [
+            PYTHON,
+            "-m",
+            "tests.stand_in_job",
+            *inputs,
+            f"--output=s3://{BUCKET}/out-{after}",
+            f"--s3-endpoint={proxy.url}",
+            f"--channels={','.join(CHANNELS)}",
+            "--batch-size=4",
+            "--rows-per-file=3",
+            "--no-repair",
+            "--s3-max-attempts=2",
+            f"--model={model}",
+        ]
+        started = time.time()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+        finally:
+            reap(marker)
+    console = proc.stdout + proc.stderr
+    said = [line for line in console.splitlines() if line.startswith("error: ")]
+    ok = (
+        proc.returncode == 1
+        and len(said) == 1
+        and said[0].startswith(f"error: storage failed on s3://{BUCKET}/")
+    )
+    print(
+        f"after {after:>3} requests: exit {proc.returncode}, {time.time() - started:.0f} s, "
+        f"{'ok' if ok else 'NOT OK'}: {said[0][:200] if said else '(no error line)'}",
+        flush=True,
+    )
+    if not ok:
+        (keep / f"console-after-{after}.txt").write_text(console)
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--after", type=int, nargs="*", default=list(range(0, 121, 3)), help="Requests before the outage."
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="Where failing consoles and logs go (a temp folder)."
+    )
+    args = parser.parse_args(argv)
+    from moto.server import ThreadedMotoServer
+
+    from factory import sample_data
+
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="outage-sweep-"))
+    keep.mkdir(parents=True, exist_ok=True)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1"
+    )
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        sample = keep / "sample"
+        sample.mkdir(exist_ok=True)
+        sample_data.generate(sample)
+        pairs, _ = owed_pairs(sample, 6)
+        upload_inputs(s3, BUCKET, "in", pairs, sample)
+        model = keep / "stand-in-model"  # the stand-in engine loads nothing; the checks want a folder
+        model.mkdir(exist_ok=True)
+        (model / "config.json").write_text("{}")
+        (model / "model.safetensors").touch()
+        results = [one_point(endpoint, after, model, keep) for after in args.after]
+    finally:
+        server.stop()
+    print(f"{sum(results)} of {len(results)} points ok; consoles of the others in {keep}")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
