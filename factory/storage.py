@@ -61,7 +61,10 @@ def is_transient(exc: BaseException) -> bool:
     such bucket, access denied, not Parquet)."""
     if isinstance(exc, FileNotFoundError):
         return False
-    code = getattr(exc, "code", "") or getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    response = getattr(exc, "response", None)  # botocore's ClientError: a dict
+    code = getattr(exc, "code", "") or (
+        response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+    )
     return code in TRANSIENT_CODES or any(m in str(exc) for m in TRANSIENT_MARKERS)
 
 
