@@ -419,7 +419,7 @@ class Executor:
             return None
         try:
             state = choose_attempt(target.run)
-            if state.action != "published":
+            if state.action != "published" or not state.finished:  # the job finishes a stopped publish
                 return None
             rows, attempt, manifest = _read_published(target)
         except Exception as exc:  # noqa: BLE001 - storage errors after the client's retries: this date only

@@ -97,6 +97,9 @@ class RunState:
     attempt: Attempt
     action: str  # "new", "resume" or "published"
     published: Optional[Attempt] = None  # the newest published attempt, if any
+    # "published" only: its _SUCCESS is there, the last step of publishing
+    # (factory.pipeline.publishing.finish_publishing); False: a rerun finishes it.
+    finished: bool = True
 
 
 def abandoned_attempts(run: Location, current: int) -> list[dict[str, Any]]:
@@ -154,7 +157,7 @@ def choose_attempt(run: Location, force: bool = False) -> RunState:
     newest = Attempt(run, numbers[-1])
     if not _exists(newest.manifest):
         return RunState(newest, "resume", published)
-    return RunState(newest, "published", published)
+    return RunState(newest, "published", published, finished=_exists(newest.base.join(SUCCESS)))
 
 
 def config_hash(config_json: str) -> str:
@@ -195,7 +198,9 @@ def read_history(attempt: Attempt) -> list[dict[str, Any]]:
 
 
 def publish(attempt: Attempt, manifest: dict[str, Any]) -> None:
-    """Write the manifest exclusively, then ``_SUCCESS``. Raises PublishConflict
+    """Write the manifest exclusively: from then on the attempt is published
+    (the latest pointer, then ``_SUCCESS``, follow it:
+    ``factory.pipeline.publishing.finish_publishing``). Raises PublishConflict
     if another writer's manifest got there first."""
     body = json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=2, ensure_ascii=False).encode()
     try:
@@ -204,7 +209,6 @@ def publish(attempt: Attempt, manifest: dict[str, Any]) -> None:
         raise PublishConflict(
             f"{attempt.manifest.uri} already exists: another writer published attempt {attempt.number} first"
         ) from exc
-    put_bytes(attempt.base.join(SUCCESS), b"")
 
 
 def update_latest(output: Location, campaign: str, pointer: dict[str, Any]) -> bool:

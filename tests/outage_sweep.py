@@ -40,11 +40,11 @@ class OutageAfter(FaultyS3Proxy):
         super().__init__(upstream)
         self.after = after
 
-    def _fate(self) -> str:
+    def _fate(self, method: str = "", path: str = "") -> str:
         with self._lock:
             if self.counts["forwarded"] >= self.after:
                 self.outage = True
-        return super()._fate()
+        return super()._fate(method, path)
 
 
 def one_point(endpoint: str, after: int, model: Path, keep: Path) -> bool:

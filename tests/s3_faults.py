@@ -40,7 +40,7 @@ class FaultyS3Proxy:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fate = proxy._fate()
+                fate = proxy._fate(self.command, self.path)
                 if fate == "drop":
                     self.close_connection = True
                     self.connection.close()
@@ -78,7 +78,9 @@ class FaultyS3Proxy:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def _fate(self) -> str:
+    def _fate(self, method: str = "", path: str = "") -> str:
+        """What happens to this request (``method`` and ``path`` are for
+        subclasses that fail on a particular one)."""
         with self._lock:
             if self.outage:
                 self.counts["errors"] += 1

@@ -10,7 +10,7 @@
                    reuse; one loop runs them
     resume.py      what an earlier process of the attempt already wrote
     finish.py      exactly once, review queue, summary, report (from footers)
-    publishing.py  the manifest, _SUCCESS, the latest pointer
+    publishing.py  the manifest, then the latest pointer and _SUCCESS (finished by a rerun)
     driver.py      run(): the steps above, in order
 
 The output layout: docs/output.md. The passes as a picture: docs/architecture.md.

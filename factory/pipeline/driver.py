@@ -17,7 +17,7 @@ from factory.pipeline.plan import load_users, prepare
 from factory.progress import ProgressLog
 from factory.publish import choose_attempt, config_hash, record_process, update_process
 from factory.ray_session import configure_ray_data, start_or_join
-from factory.storage import delete_dir_if_exists, resolve
+from factory.storage import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def run(config: JobConfig) -> RunResult:
     plan = prepare(config)  # every check that can fail does so before Ray or the engine starts
     state = choose_attempt(plan.run, force=config.force)
     if state.action == "published":
-        return publishing.already_published(plan, state.attempt, started)
+        return publishing.already_published(plan, state.attempt, started, state.finished)
     attempt, resumed = state.attempt, state.action == "resume"
     logger.info(
         "%s attempt %d of run %s at %s",
@@ -138,5 +138,4 @@ def run(config: JobConfig) -> RunResult:
     summary = finish.write_summary(plan, attempt, result, device)
     report_file = finish.write_report(plan, attempt, files, summary, experiment.views(plan, night))
     publishing.publish_run(plan, attempt, result, summary, device, dead, report_file)
-    delete_dir_if_exists(attempt.work)
     return result

@@ -1,5 +1,9 @@
-"""Publishing: the manifest (exclusively: one writer wins), then _SUCCESS,
-then the campaign's latest pointer (the layout: ``factory.publish``)."""
+"""Publishing: the manifest (exclusively: one writer wins), then the
+campaign's latest pointer, the work files removed and, last, _SUCCESS (the
+layout: ``factory.publish``). Those come after the run is published and are
+safe to repeat: a process stopped among them (killed, or a store that went
+down) leaves them to the next run of the same command, which finds the run
+published without its _SUCCESS and finishes them."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from factory.footer import Footer
 from factory.pipeline.finish import RunResult
 from factory.pipeline.plan import Plan
 from factory.publish import (
+    SUCCESS,
     SUMMARY,
     Attempt,
     abandoned_attempts,
@@ -20,7 +25,7 @@ from factory.publish import (
     read_history,
     update_latest,
 )
-from factory.storage import read_bytes
+from factory.storage import delete_dir_if_exists, put_bytes, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +82,7 @@ def publish_run(
         "published_at": now(),
     }
     publish(attempt, manifest)
-    relative = attempt.manifest.uri[len(plan.output.uri.rstrip("/")) + 1 :]
-    moved = update_latest(
-        plan.output,
-        config.campaign_label,
-        {
-            "run_id": config.run_id,
-            "run_date": config.run_date.isoformat(),
-            "attempt": attempt.number,
-            "manifest": relative,
-            "published_at": manifest["published_at"],
-        },
-    )
+    moved = finish_publishing(plan, attempt, manifest["published_at"])
     logger.info(
         "Published %s (attempt %d): %s%s",
         config.run_id,
@@ -98,21 +92,46 @@ def publish_run(
     )
 
 
+def finish_publishing(plan: Plan, attempt: Attempt, published_at: str) -> bool:
+    """What follows a published manifest, each step safe to repeat: the
+    campaign's latest pointer (unless a later run date holds it: returns
+    False), the attempt's work files removed, and last ``_SUCCESS``, which
+    says all of it is done (``choose_attempt``'s ``finished``)."""
+    config = plan.config
+    moved = update_latest(
+        plan.output,
+        config.campaign_label,
+        {
+            "run_id": config.run_id,
+            "run_date": config.run_date.isoformat(),
+            "attempt": attempt.number,
+            "manifest": attempt.manifest.uri[len(plan.output.uri.rstrip("/")) + 1 :],
+            "published_at": published_at,
+        },
+    )
+    delete_dir_if_exists(attempt.work)
+    put_bytes(attempt.base.join(SUCCESS), b"")
+    return moved
+
+
 def now() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def already_published(plan: Plan, attempt: Attempt, started: float) -> RunResult:
+def already_published(plan: Plan, attempt: Attempt, started: float, finished: bool = True) -> RunResult:
     manifest = json.loads(read_bytes(attempt.manifest))
     logger.info(
-        "Run %s is already published (attempt %d): %s. Nothing to do; --force runs it again as a "
-        "new attempt.",
+        "Run %s is already published (attempt %d): %s. Nothing to generate; --force runs it again "
+        "as a new attempt.",
         plan.config.run_id,
         attempt.number,
         attempt.manifest.uri,
     )
+    if not finished:  # the publishing process stopped after its manifest: finish what it left
+        logger.info("Finishing its publishing: the latest pointer, work files, _SUCCESS")
+        finish_publishing(plan, attempt, manifest["published_at"])
     return RunResult(
         run_id=manifest["run_id"],
         attempt=attempt.number,

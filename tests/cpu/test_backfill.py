@@ -23,7 +23,7 @@ import pytest
 import jobs.backfill_campaign as backfill_job
 from factory import backfill as B
 from factory.config import check_name
-from factory.publish import Attempt, publish
+from factory.publish import SUCCESS, Attempt, publish
 from factory.reader import run_location
 from factory.storage import put_bytes, resolve
 from tests.conftest import REPO, S3_SECRET_KEY
@@ -37,9 +37,9 @@ D1, D2, D3, D4 = "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"
 FAKE_JOB = textwrap.dedent("""
     import argparse, json, os, sys, time
     from pathlib import Path
-    from factory.publish import choose_attempt, publish
+    from factory.publish import SUCCESS, choose_attempt, publish
     from factory.reader import run_location
-    from factory.storage import resolve
+    from factory.storage import put_bytes, resolve
 
     p = argparse.ArgumentParser()
     for flag in ("--run-date", "--output", "--campaign", "--run-label", "--s3-endpoint"):
@@ -72,6 +72,7 @@ FAKE_JOB = textwrap.dedent("""
         attempt = choose_attempt(run, force=args.force).attempt
         publish(attempt, {"run_id": f"{day}_{label}", "run_date": day, "campaign": label,
                           "attempt": attempt.number, "rows": {"copies": spec["rows"]}, "files": {"copies": []}})
+        put_bytes(attempt.base.join(SUCCESS), b"")  # publishing complete, as the job's last step
     if code:
         print("error: the fake job failed on purpose", file=sys.stderr)
     sys.exit(code)
@@ -96,8 +97,11 @@ def fake_job(tmp_path, monkeypatch):
     return [sys.executable, str(script)], behave, state
 
 
-def _publish(output: str, day: str, label: str, rows: int, s3_endpoint=None, attempt: int = 1) -> str:
-    """A real published run, written the way the job publishes one."""
+def _publish(
+    output: str, day: str, label: str, rows: int, s3_endpoint=None, attempt: int = 1, finished: bool = True
+) -> str:
+    """A real published run, written the way the job publishes one (``finished``
+    False: a publisher that stopped after its manifest, before ``_SUCCESS``)."""
     run = run_location(resolve(output, s3_endpoint), day, label)
     at = Attempt(run, attempt)
     publish(
@@ -111,6 +115,8 @@ def _publish(output: str, day: str, label: str, rows: int, s3_endpoint=None, att
             "files": {"copies": []},
         },
     )
+    if finished:
+        put_bytes(at.base.join(SUCCESS), b"")
     return at.manifest.uri
 
 
@@ -454,6 +460,19 @@ def test_an_unfinished_attempt_is_run_again_and_force_runs_published_dates(fake_
         ("published", 2),
         ("published", 3),
     ]
+
+
+def test_a_date_published_without_its_success_marker_is_run_again(fake_job, tmp_path):
+    """Its publisher stopped after the manifest: the job, run again, finishes the
+    publishing (tests/cpu/test_storage_faults.py); a complete date is skipped."""
+    job, behave, state = fake_job
+    out = str(tmp_path / "out")
+    _publish(out, D1, "all", rows=3, finished=False)
+    _publish(out, D2, "all", rows=3)
+    behave({D1: {"exit": 0}})
+    code, log = _run(["--dates", f"{D1},{D2}", "--", "--output", out], job)
+    assert code == 0, log
+    assert sorted(_calls(state)) == [D1]
 
 
 def test_a_subset_backfill_does_not_see_the_nightly_run_of_its_dates(fake_job, tmp_path):

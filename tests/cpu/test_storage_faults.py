@@ -153,3 +153,64 @@ def test_a_ray_worker_tries_s3_as_often_as_the_job_says(local_ray, s3_server, s3
             before = proxy.counts["errors"]
             assert ray.get(ray.remote(head).remote(loc.fs, loc.path)) == "failed"
             assert proxy.counts["errors"] - before == tries
+
+
+class _DownAfterTheManifest(FaultyS3Proxy):
+    """S3 answers 503 to everything once a manifest has been written."""
+
+    def _fate(self, method: str = "", path: str = "") -> str:
+        fate = super()._fate(method, path)
+        if method == "PUT" and path.split("?")[0].endswith("/manifest.json") and fate == "forward":
+            self.outage = True  # this PUT goes through; every request after it fails
+        return fate
+
+
+@pytest.mark.slow  # two whole runs of the job: make test, not test-fast
+def test_a_run_stopped_after_its_manifest_is_finished_by_the_next_run(
+    s3_server, s3_bucket, s3_client, sample_dir, tmp_path
+):
+    """Published, but _SUCCESS and the latest pointer never written: the rerun
+    must write them, or readers that follow the pointer miss the night."""
+    import subprocess
+    import uuid
+
+    from tests.conftest import PYTHON, REPO, RUN_MARKER, job_env, reap
+    from tests.owed import owed_pairs, s3_job_args, upload_inputs
+
+    pairs, _ = owed_pairs(sample_dir, 4)
+    upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
+    model = tmp_path / "stand-in-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").touch()
+
+    def job(endpoint: str) -> subprocess.CompletedProcess:
+        marker = uuid.uuid4().hex
+        env = job_env(**{RUN_MARKER: marker, "COPY_FACTORY_LOG_DIR": str(tmp_path / "logs")})
+        env["RAY_ADDRESS"] = "local"
+        cmd = [PYTHON, "-m", "tests.stand_in_job", *s3_job_args(s3_bucket, endpoint, f"s3://{s3_bucket}/out")]
+        cmd += ["--run-date=2026-12-05", "--channels=push,sms", "--s3-max-attempts=2", f"--model={model}"]
+        try:
+            return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            reap(marker)
+
+    def keys() -> list[str]:
+        listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    with _DownAfterTheManifest(s3_server) as proxy:
+        stopped = job(proxy.url)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert "error: storage failed on s3://" in stopped.stderr
+    assert any(k.endswith("/manifest.json") for k in keys())
+    assert not any(k.endswith("/_SUCCESS") or k.startswith("out/latest/") for k in keys())
+
+    again = job(s3_server)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already published" in again.stdout + again.stderr
+    assert "Finishing its publishing" in again.stdout + again.stderr
+    found = keys()
+    assert any(k.endswith("/attempt=0001/_SUCCESS") for k in found), found
+    assert "out/latest/campaign=all.json" in found
+    assert not any("/_work/" in k for k in found), found
