@@ -62,3 +62,15 @@ def check_exactly_once(rows: pa.Table, expected: Counter) -> None:
     got = Counter(zip(*(rows[c].to_pylist() for c in (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.VARIANT))))
     assert got == expected
     assert len(set(rows[C.ROW_ID].to_pylist())) == rows.num_rows
+
+
+def publish_as_the_job_does(attempt, manifest: dict, finished: bool = True) -> None:
+    """A run published the way the nightly job publishes one: the manifest, then
+    (``finished``) ``_SUCCESS``, the last step of publishing. Without it: a
+    publisher that stopped after its manifest, which the next run finishes."""
+    from factory.publish import SUCCESS, publish
+    from factory.storage import put_bytes
+
+    publish(attempt, manifest)
+    if finished:
+        put_bytes(attempt.base.join(SUCCESS), b"")

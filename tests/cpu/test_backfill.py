@@ -23,10 +23,11 @@ import pytest
 import jobs.backfill_campaign as backfill_job
 from factory import backfill as B
 from factory.config import check_name
-from factory.publish import SUCCESS, Attempt, publish
+from factory.publish import Attempt
 from factory.reader import run_location
 from factory.storage import put_bytes, resolve
 from tests.conftest import REPO, S3_SECRET_KEY
+from tests.owed import publish_as_the_job_does
 
 TODAY = dt.date(2026, 11, 25)
 D1, D2, D3, D4 = "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"
@@ -37,9 +38,10 @@ D1, D2, D3, D4 = "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"
 FAKE_JOB = textwrap.dedent("""
     import argparse, json, os, sys, time
     from pathlib import Path
-    from factory.publish import SUCCESS, choose_attempt, publish
+    from factory.publish import choose_attempt
     from factory.reader import run_location
-    from factory.storage import put_bytes, resolve
+    from factory.storage import resolve
+    from tests.owed import publish_as_the_job_does
 
     p = argparse.ArgumentParser()
     for flag in ("--run-date", "--output", "--campaign", "--run-label", "--s3-endpoint"):
@@ -70,9 +72,8 @@ FAKE_JOB = textwrap.dedent("""
         label = args.run_label or args.campaign or "all"
         run = run_location(resolve(args.output, args.s3_endpoint), day, label)
         attempt = choose_attempt(run, force=args.force).attempt
-        publish(attempt, {"run_id": f"{day}_{label}", "run_date": day, "campaign": label,
+        publish_as_the_job_does(attempt, {"run_id": f"{day}_{label}", "run_date": day, "campaign": label,
                           "attempt": attempt.number, "rows": {"copies": spec["rows"]}, "files": {"copies": []}})
-        put_bytes(attempt.base.join(SUCCESS), b"")  # publishing complete, as the job's last step
     if code:
         print("error: the fake job failed on purpose", file=sys.stderr)
     sys.exit(code)
@@ -104,7 +105,7 @@ def _publish(
     False: a publisher that stopped after its manifest, before ``_SUCCESS``)."""
     run = run_location(resolve(output, s3_endpoint), day, label)
     at = Attempt(run, attempt)
-    publish(
+    publish_as_the_job_does(
         at,
         {
             "run_id": f"{day}_{label}",
@@ -114,9 +115,8 @@ def _publish(
             "rows": {"copies": rows, "dead_letters": 0, "review": 0},
             "files": {"copies": []},
         },
+        finished,
     )
-    if finished:
-        put_bytes(at.base.join(SUCCESS), b"")
     return at.manifest.uri
 
 

@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory import columns as C
-from factory.publish import Attempt, publish
+from factory.publish import Attempt
 from factory.reader import read_published, run_location
 from factory.storage import resolve
 from tests.conftest import PYTHON, REPO, RUN_MARKER, S3_SECRET_KEY, job_env, reap
+from tests.owed import publish_as_the_job_does
 from tests.s3_faults import FaultyS3Proxy
 
 pytestmark = pytest.mark.engine
@@ -100,7 +101,7 @@ def test_backfill_skips_published_fails_midway_and_the_rerun_completes(
     out = f"s3://{s3_bucket}/nightly"
     # Date 1 was published before (by an earlier nightly run): a real manifest where the job puts one.
     run_1 = run_location(resolve(out, s3_server), D1, CAMPAIGN)
-    publish(
+    publish_as_the_job_does(
         Attempt(run_1, 1),
         {
             "run_id": f"{D1}_{CAMPAIGN}",
