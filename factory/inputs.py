@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from factory import columns as C
 from factory.errors import StorageError, UsageError
-from factory.storage import Location, is_transient, retry_io
+from factory.storage import Location, is_transient, named_failure, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +141,7 @@ def _store_failure(exc: BaseException, uri: str) -> Optional[StorageError]:
     """A store that was busy or down when an input was read is not a broken
     input: it fails the run as storage (exit 1, worth a retry), not as a
     mistake to fix (exit 2)."""
-    if not is_transient(exc):
-        return None
-    return StorageError(uri, " ".join(str(exc).split())[:400])
+    return named_failure(uri, exc) if is_transient(exc) else None
 
 
 def list_parquet_files(loc: Location, name: str) -> list[str]:

@@ -305,7 +305,12 @@ def _naming(loc: Location, fn, *args, **kwargs):
     except OSError as exc:
         if not loc.is_s3:
             raise
-        raise StorageError(loc.uri, " ".join(str(exc).split())[:400]) from exc
+        raise named_failure(loc.uri, exc) from exc
+
+
+def named_failure(uri: str, exc: BaseException) -> StorageError:
+    """``exc``, a store's failure on ``uri``, as the StorageError that names it (its text on one line)."""
+    return StorageError(uri, " ".join(str(exc).split())[:400])
 
 
 def read_parquet_part(
@@ -321,15 +326,16 @@ def read_parquet_part(
     retries, and a store's failure named (pyarrow's own words for a read
     leave the object out). ``present_only`` reads those of ``columns`` the
     file has, leaving the others to the caller."""
-    is_s3 = isinstance(fs, pafs.S3FileSystem)
-    loc = Location(fs, path, f"s3://{path}" if is_s3 else path, S3Options() if is_s3 else None)
+    # Ours carries its options (the job's tries); a bare pyarrow one gets the defaults.
+    options = getattr(fs, "options", S3Options()) if isinstance(fs, pafs.S3FileSystem) else None
+    loc = Location(fs, path, f"s3://{path}" if options else path, options)
 
     def read() -> pa.Table:
         f = pq.ParquetFile(path, filesystem=fs)
         wanted = [c for c in columns if c in f.schema_arrow.names] if present_only and columns else columns
         return f.read(columns=wanted) if group is None else f.read_row_group(group, columns=wanted)
 
-    return _naming(loc, retry_io, read, attempts=3 if is_s3 else 1)
+    return _naming(loc, retry_io, read, attempts=outer_attempts(loc))
 
 
 def read_metadata(loc: Location) -> pq.FileMetaData:

@@ -134,3 +134,40 @@ def reap(marker: str, settle_seconds: float = 1.0) -> None:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     time.sleep(settle_seconds)
+
+
+def make_stand_in_model(folder: Path) -> Path:
+    """A folder of a model's shape, for the instant stand-in engine (it loads
+    nothing; the job's checks want a config and weights)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").touch()
+    return folder
+
+
+@pytest.fixture
+def stand_in_model(tmp_path) -> str:
+    return str(make_stand_in_model(tmp_path / "stand-in-model"))
+
+
+def run_stand_in_job(args: list[str], log_dir: Path, timeout: float = 600, **env: str):
+    """``python -m tests.stand_in_job ARGS`` (the nightly job on the instant
+    engine) in a process of its own, with its own local Ray and its log under
+    ``log_dir``; whatever it leaves behind is reaped. A CompletedProcess."""
+    import subprocess
+    import uuid
+
+    marker = uuid.uuid4().hex
+    env = job_env(**{RUN_MARKER: marker, "COPY_FACTORY_LOG_DIR": str(log_dir)}, **env)
+    env["RAY_ADDRESS"] = "local"  # its own local Ray, never a cluster running on this machine
+    try:
+        return subprocess.run(
+            [PYTHON, "-m", "tests.stand_in_job", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        reap(marker)

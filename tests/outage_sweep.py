@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from tests.conftest import PYTHON, REPO, RUN_MARKER, S3_ACCESS_KEY, S3_SECRET_KEY, job_env, reap
-from tests.owed import CHANNELS, owed_pairs, upload_inputs
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, make_stand_in_model, run_stand_in_job
+from tests.owed import CHANNELS, owed_pairs, s3_job_args, upload_inputs
 from tests.s3_faults import FaultyS3Proxy
 
 BUCKET = "outage-sweep"
@@ -49,17 +47,8 @@ class OutageAfter(FaultyS3Proxy):
 
 def one_point(endpoint: str, after: int, model: Path, keep: Path) -> bool:
     with OutageAfter(endpoint, after) as proxy:
-        marker = uuid.uuid4().hex
-        env = job_env(**{RUN_MARKER: marker, "COPY_FACTORY_LOG_DIR": str(keep / "logs")})
-        env["RAY_ADDRESS"] = "local"
-        inputs = [f"--{name}=s3://{BUCKET}/in/{name}.parquet" for name in ("pairs", "users", "products")]
-        cmd = [
-            PYTHON,
-            "-m",
-            "tests.stand_in_job",
-            *inputs,
-            f"--output=s3://{BUCKET}/out-{after}",
-            f"--s3-endpoint={proxy.url}",
+        args = [
+            *s3_job_args(BUCKET, proxy.url, f"s3://{BUCKET}/out-{after}"),
             f"--channels={','.join(CHANNELS)}",
             "--batch-size=4",
             "--rows-per-file=3",
@@ -68,10 +57,7 @@ def one_point(endpoint: str, after: int, model: Path, keep: Path) -> bool:
             f"--model={model}",
         ]
         started = time.time()
-        try:
-            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-        finally:
-            reap(marker)
+        proc = run_stand_in_job(args, keep / "logs", timeout=1200)
     console = proc.stdout + proc.stderr
     said = [line for line in console.splitlines() if line.startswith("error: ")]
     ok = (
@@ -121,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_data.generate(sample)
         pairs, _ = owed_pairs(sample, 6)
         upload_inputs(s3, BUCKET, "in", pairs, sample)
-        model = keep / "stand-in-model"  # the stand-in engine loads nothing; the checks want a folder
-        model.mkdir(exist_ok=True)
-        (model / "config.json").write_text("{}")
-        (model / "model.safetensors").touch()
+        model = make_stand_in_model(keep / "stand-in-model")
         results = [one_point(endpoint, after, model, keep) for after in args.after]
     finally:
         server.stop()

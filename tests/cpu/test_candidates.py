@@ -119,14 +119,12 @@ def test_the_run_draws_k_gates_all_and_publishes_each_owed_rows_best(
     from factory.pipeline import passes
     from factory.quality.metrics import attribute_coverage_rows
     from factory.reader import read_published
+    from tests.conftest import make_stand_in_model
     from tests.owed import CHANNELS, check_exactly_once, owed_pairs, s3_job_args, upload_inputs
 
     pairs, expected = owed_pairs(sample_dir, 24)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
-    model = tmp_path / "stand-in-model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (model / "model.safetensors").touch()
+    model = make_stand_in_model(tmp_path / "stand-in-model")
     share = 0.5
     monkeypatch.setattr(passes, "build_generate_stage", cpu_side.echo_generate_stage(reject_share=share))
     out = f"s3://{s3_bucket}/out"

@@ -40,16 +40,6 @@ def two_nodes(s3_server):  # s3_server first: the raylets inherit its test crede
         cluster.shutdown()
 
 
-@pytest.fixture
-def stand_in_model(tmp_path) -> str:
-    """A folder of a model's shape: the instant engine loads nothing."""
-    folder = tmp_path / "stand-in-model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").touch()
-    return str(folder)
-
-
 @pytest.mark.slow  # a two-node Ray cluster: make test, not test-fast
 def test_local_paths_are_refused_on_a_cluster_of_two_nodes(two_nodes, tmp_path, stand_in_model, capsys):
     from factory.cluster import check_shared_storage

@@ -7,12 +7,9 @@ instant stand-in engine, and reads exactly what a person at the terminal sees.
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-
 import pytest
 
-from tests.conftest import PYTHON, REPO, RUN_MARKER, job_env, reap
+from tests.conftest import make_stand_in_model, run_stand_in_job
 
 # Lines of Ray, Ray Data and their workers that a default run must not show.
 CHATTER = (
@@ -27,33 +24,9 @@ CHATTER = (
 
 
 def _run(tmp_path, *flags: str, **env: str) -> tuple[int, str]:
-    marker = uuid.uuid4().hex
-    env = job_env(**{RUN_MARKER: marker, "COPY_FACTORY_LOG_DIR": str(tmp_path / "logs")}, **env)
-    env["RAY_ADDRESS"] = "local"  # its own local Ray, never a cluster running on this machine
-    stand_in = tmp_path / "stand-in-model"
-    stand_in.mkdir(exist_ok=True)
-    (stand_in / "config.json").write_text("{}")
-    (stand_in / "model.safetensors").touch()
-    cmd = [
-        PYTHON,
-        "-m",
-        "tests.stand_in_job",
-        "--output",
-        str(tmp_path / "out"),
-        "--model",
-        str(stand_in),
-        "--limit",
-        "6",
-        "--channels",
-        "push,sms",
-        "--progress-every-seconds",
-        "1",
-        *flags,
-    ]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        reap(marker)
+    model = make_stand_in_model(tmp_path / "stand-in-model")
+    args = [f"--output={tmp_path / 'out'}", f"--model={model}", "--limit=6", "--channels=push,sms"]
+    proc = run_stand_in_job([*args, "--progress-every-seconds=1", *flags], tmp_path / "logs", **env)
     return proc.returncode, proc.stdout + proc.stderr
 
 

@@ -167,33 +167,20 @@ class _DownAfterTheManifest(FaultyS3Proxy):
 
 @pytest.mark.slow  # two whole runs of the job: make test, not test-fast
 def test_a_run_stopped_after_its_manifest_is_finished_by_the_next_run(
-    s3_server, s3_bucket, s3_client, sample_dir, tmp_path
+    s3_server, s3_bucket, s3_client, sample_dir, stand_in_model, tmp_path
 ):
     """Published, but _SUCCESS and the latest pointer never written: the rerun
     must write them, or readers that follow the pointer miss the night."""
-    import subprocess
-    import uuid
-
-    from tests.conftest import PYTHON, REPO, RUN_MARKER, job_env, reap
+    from tests.conftest import run_stand_in_job
     from tests.owed import owed_pairs, s3_job_args, upload_inputs
 
     pairs, _ = owed_pairs(sample_dir, 4)
     upload_inputs(s3_client, s3_bucket, "in", pairs, sample_dir)
-    model = tmp_path / "stand-in-model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (model / "model.safetensors").touch()
 
-    def job(endpoint: str) -> subprocess.CompletedProcess:
-        marker = uuid.uuid4().hex
-        env = job_env(**{RUN_MARKER: marker, "COPY_FACTORY_LOG_DIR": str(tmp_path / "logs")})
-        env["RAY_ADDRESS"] = "local"
-        cmd = [PYTHON, "-m", "tests.stand_in_job", *s3_job_args(s3_bucket, endpoint, f"s3://{s3_bucket}/out")]
-        cmd += ["--run-date=2026-12-05", "--channels=push,sms", "--s3-max-attempts=2", f"--model={model}"]
-        try:
-            return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        finally:
-            reap(marker)
+    def job(endpoint: str):
+        args = s3_job_args(s3_bucket, endpoint, f"s3://{s3_bucket}/out")
+        args += ["--run-date=2026-12-05", "--channels=push,sms", "--s3-max-attempts=2"]
+        return run_stand_in_job([*args, f"--model={stand_in_model}"], tmp_path / "logs")
 
     def keys() -> list[str]:
         listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/")
