@@ -40,7 +40,6 @@ from factory import columns as C
 from factory.inputs import USERS, read_lookup_table
 from factory.lookup import KeyIndex
 from factory.ray_session import deref
-from factory.stages.join import USER_PROFILE_COLUMNS
 from factory.storage import resolve
 
 
@@ -50,7 +49,7 @@ class AttachUsers:
     def __init__(self, users):
         users = deref(users)
         self._index = KeyIndex(users[C.USER_ID])
-        self._profiles = users.select([c for c in USER_PROFILE_COLUMNS if c in users.column_names])
+        self._profiles = users.select([c for c in C.USER_COLUMNS if c in users.column_names])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         found = self._profiles.take(self._index.positions(batch[C.USER_ID]))
@@ -74,7 +73,7 @@ def broadcast(ray, files: list[str], users_ref):
 
 
 def hash_join(ray, files: list[str], users: pa.Table, partitions: int):
-    profile = [c for c in USER_PROFILE_COLUMNS if c in users.column_names]
+    profile = [c for c in C.USER_COLUMNS if c in users.column_names]
     right = ray.data.from_arrow(users.select([C.USER_ID, *profile]))
     return _pairs(ray, files).join(right, join_type="left_outer", num_partitions=partitions, on=(C.USER_ID,))
 

@@ -17,6 +17,9 @@ PAIRS_OPTIONAL = (CHANNEL, CAMPAIGN_ID)
 USERS_REQUIRED = (USER_ID, LOCALE)
 USERS_LIST_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
 USERS_OPTIONAL = USERS_LIST_FIELDS + ("age_band", "loyalty_tier")
+# What a row carries of its user from pass 1 on (factory/stages/users.py), the
+# user's id aside: every later stage reads the user from the row.
+USER_COLUMNS = (LOCALE,) + USERS_OPTIONAL
 
 PRODUCTS_REQUIRED = (PRODUCT_ID, "title", "category", "brand", "price", "currency", "description")
 PRODUCTS_OPTIONAL = ("attributes", "selling_points")
@@ -131,3 +134,5 @@ ROUTE_COPIES, ROUTE_REPAIR = "copies", "repair"
 # (ReuseCopy sets them; the copies' footer adds them up, factory/footer.py).
 SAVED_PROMPT_TOKENS = "__saved_prompt_tokens"
 SAVED_OUTPUT_TOKENS = "__saved_output_tokens"
+# Pass 1: true where the users table has the pair's user, null where it has not.
+USER_FOUND = "__user_found"

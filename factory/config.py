@@ -285,6 +285,15 @@ class JobConfig(_Strict):
         "per "
         "8 CPUs of the cluster, at least 2, so the CPU side keeps up with tens of engine nodes.",
     )
+    users_join_rows: int = Field(
+        default=250_000,
+        ge=0,
+        description="A users table of at least this many users reaches the pairs through Ray Data's hash "
+        "join, where each worker holds only its share of the users; a smaller one is broadcast (one copy per "
+        "node) and looked up by an index built once per actor. 0: always the join. Measured (benchmarks/"
+        "RESULTS.md section 15): the two cost the same at 100,000 users; at 1M the join takes 0.64x the "
+        "time.",
+    )
     shared_filesystem: bool = Field(
         default=False,
         description="Local pairs, output and facts paths are on a filesystem every node of the cluster "

@@ -41,7 +41,6 @@ from factory.dead_letters import DUPLICATE_PAIR
 from factory.pipeline import owed, staging
 from factory.pipeline.plan import LOCALE_EXCLUDED_COLUMN, users_named
 from factory.prompts import PromptTemplate
-from factory.ray_session import deref
 from factory.stages.join import JoinProfiles
 from factory.stages.render import RenderPrompts, tokens_per_char_factor
 
@@ -130,7 +129,6 @@ def tally(
         fn_constructor_kwargs={
             "config": config,
             "templates": plan.templates,
-            "users": lookups["users"],
             "sample_rows": sample_rows,
             "arms": arms,
             "arm_templates": plan.experiment.arm_templates if plan.experiment else None,
@@ -188,7 +186,6 @@ class TallyBucket:
         self,
         config: JobConfig,
         templates: dict[str, PromptTemplate],
-        users,
         sample_rows: int,
         arms=None,
         arm_templates=None,
@@ -198,8 +195,6 @@ class TallyBucket:
         self._templates = templates
         self._arms, self._arm_templates = arms, arm_templates or {}
         self._sample_rows = sample_rows
-        # Ray Data hands constructor arguments over as they are: a ref is fetched here, once per actor.
-        self._users = deref(users)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
@@ -222,7 +217,7 @@ class TallyBucket:
                 c["dead_letters"][reason] += 1
         good = batch.filter(pc.and_(pc.is_null(batch[C.REASON]), pc.invert(batch[LOCALE_EXCLUDED_COLUMN])))
         good = good.select(list(staging.STAGED_PAIR_COLUMNS))
-        users, keys = staging.bucket_keys(good, self._users, config, self._templates, self._arm_templates)
+        users, keys = staging.bucket_keys(good, config, self._templates, self._arm_templates)
         # No holdout folder: the dry run counts the holdout, it writes nothing.
         decided = staging.bucket_rows(good, config, users, keys, self._arms)
         self._count_pairs(decided, campaigns)

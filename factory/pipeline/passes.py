@@ -248,7 +248,8 @@ def candidates_folder(attempt: Attempt):
 
 def _first_drafts(ctx: RunContext, also: Sequence = ()):
     """The staged rows not written yet (nor queued for repair, nor in
-    ``also``: drawn already), joined with their profiles."""
+    ``also``: drawn already), joined with their products (their users ride
+    on the rows: staging wrote them there)."""
     attempt, config = ctx.attempt, ctx.plan.config
     todo = resume.remaining(
         attempt,
@@ -272,12 +273,22 @@ def _first_drafts(ctx: RunContext, also: Sequence = ()):
         todo.folder,
         ctx.light,
         override_num_blocks=blocks,
-        columns=[C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT, C.EXPERIMENT_ID, C.ARM],
+        columns=[
+            C.USER_ID,
+            C.PRODUCT_ID,
+            C.CHANNEL,
+            C.CAMPAIGN_ID,
+            C.VARIANT,
+            C.EXPERIMENT_ID,
+            C.ARM,
+            *C.USER_COLUMNS,
+        ],
     )
     ds = ds.map_batches(
         JoinProfiles,
         fn_constructor_kwargs=dict(
-            **ctx.lookups,
+            users=None,
+            products=ctx.lookups["products"],
             channels=config.channels,
             known_channels=list(ctx.plan.templates),
             variants=config.variants,

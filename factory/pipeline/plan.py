@@ -50,9 +50,11 @@ class Plan:
     judge_model_source: str  # the judge's model (--judge-model), else the run's
     experiment: Any = None  # a PlannedExperiment (factory/pipeline/experiment.py) when the campaign has one
     # Set by load_users: object refs to the checked users table and, with
-    # --locales, to the ids of the users whose locale the run does not write.
+    # --locales, to the ids of the users whose locale the run does not write;
+    # and how many users the table holds.
     users: Any = None
     locale_excluded: Any = None
+    users_rows: int = 0
 
 
 def run_location(output: Location, config: JobConfig) -> Location:
@@ -140,6 +142,7 @@ def load_users(plan: Plan) -> None:
         raise (exc.cause if isinstance(exc.cause, UsageError) else exc) from None
     report.log()
     plan.table_reports.insert(0, report)
+    plan.users_rows = report.rows_kept
     plan.locale_excluded = excluded if n_excluded else None
     if config.locales is not None:
         logger.info(

@@ -32,6 +32,7 @@ from factory.pipeline.plan import (
     InScope,
     Plan,
     input_pairs,
+    join_partitions,
     row_group_items,
     scope,
     stage_pool,
@@ -39,6 +40,7 @@ from factory.pipeline.plan import (
 from factory.publish import Attempt
 from factory.stages.check import CheckPairs, ReadPairs
 from factory.stages.join import row_id
+from factory.stages.users import JOIN_KEY, AttachUsers, after_join, join_key, user_side
 from factory.stages.write import Sink, WriteParquetFiles
 from factory.storage import (
     Location,
@@ -51,10 +53,16 @@ from factory.storage import (
 
 logger = logging.getLogger(__name__)
 
-# What pass 1 keeps of a servable pair for the generation passes.
-STAGED_PAIR_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW)
+# What pass 1 keeps of a servable pair for staging: its key, where it came
+# from and its user (pass 1 attached the user: factory/stages/users.py).
+STAGED_PAIR_COLUMNS = (
+    *(C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.SOURCE, C.SOURCE_ROW),
+    *C.USER_COLUMNS,
+)
 STAGED_PAIR_SCHEMA = pa.schema(
-    [(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:-1]] + [(C.SOURCE_ROW, pa.int64())]
+    [(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:5]]
+    + [(C.SOURCE_ROW, pa.int64())]
+    + [(c, pa.list_(pa.string()) if c in inputs.USERS.list_fields else pa.string()) for c in C.USER_COLUMNS]
 )
 # What a staged row keeps: its key (the row id is added from it).
 STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)
@@ -172,13 +180,43 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
         )
     elif found:  # a campaign alone: nothing to index, a task beside the read
         ds = ds.map_batches(InScope(**found), batch_format="pyarrow", num_cpus=light)
-    return ds.map_batches(
+    return with_users(ds, plan).map_batches(
         CheckPairs,
-        fn_constructor_kwargs=dict(**lookups, known_channels=list(plan.templates)),
+        fn_constructor_kwargs=dict(products=lookups["products"], known_channels=list(plan.templates)),
         batch_format="pyarrow",
         compute=stage_pool(config),
         num_cpus=light,
     )
+
+
+def with_users(ds, plan: Plan):
+    """Each pair with its user's columns (factory/stages/users.py): a users
+    table of ``--users-join-rows`` users or more through Ray Data's hash
+    join, where each reduce task holds only its share of the users; a
+    smaller one broadcast and looked up by an index built once per actor."""
+    import ray
+
+    config = plan.config
+    light = config.cpu_stage_num_cpus
+    if plan.users_rows < config.users_join_rows:
+        return ds.map_batches(
+            AttachUsers,
+            fn_constructor_kwargs={"users": plan.users},
+            batch_format="pyarrow",
+            compute=stage_pool(config),
+            num_cpus=light,
+        )
+    users = ray.data.from_arrow_refs([plan.users]).map_batches(
+        user_side, batch_format="pyarrow", num_cpus=light
+    )
+    joined = ds.map_batches(join_key, batch_format="pyarrow", num_cpus=light).join(
+        users,
+        join_type="left_outer",
+        on=(JOIN_KEY,),
+        num_partitions=join_partitions(input_pairs(plan)),
+        aggregator_ray_remote_args={"num_cpus": light},
+    )
+    return joined.map_batches(after_join, batch_format="pyarrow", num_cpus=light)
 
 
 def campaigns_in(pairs: inputs.ParquetInput, num_cpus: float) -> str:
@@ -220,7 +258,7 @@ def route_checked(batch: pa.Table, run_id: str, run_date, campaign: str | None, 
     for name in (C.CHANNEL, C.CAMPAIGN_ID):
         if name not in good.column_names:
             good = good.append_column(name, pa.nulls(good.num_rows, pa.string()))
-    staged = good.select(list(STAGED_PAIR_COLUMNS))
+    staged = staged_pair_shape(good)
     dead_rows = dead_rows.append_column(C.ROUTE, pa.array(["dead_letters"] * n, pa.string()))
     bucket_names = pa.array([bucket_name(b) for b in range(n_buckets)], pa.string())
     staged = staged.append_column(
@@ -301,13 +339,10 @@ def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, night=None) -> Fing
     config = plan.config
     for loc in (attempt.pairs, attempt.followers, holdout_folder(attempt)):
         delete_dir_if_exists(loc)
-    users = plan.users  # an object ref (load_users), or a table in tests
     arms = ArmRows.of(plan, night)
     arm_templates = plan.experiment.arm_templates if night else None
     task = ray.remote(_stage_bucket_task).options(num_cpus=config.cpu_stage_num_cpus)
-    pending = [
-        task.remote(attempt, b, config, plan.templates, users, arms, arm_templates) for b in range(n_buckets)
-    ]
+    pending = [task.remote(attempt, b, config, plan.templates, arms, arm_templates) for b in range(n_buckets)]
     owed = reused = done = 0
     fingerprint = Fingerprint()
     while pending:
@@ -329,7 +364,7 @@ def stage_rows(plan: Plan, attempt: Attempt, n_buckets: int, night=None) -> Fing
 
 
 def _stage_bucket_task(
-    attempt: Attempt, bucket: int, config: JobConfig, templates, users, arms=None, arm_templates=None
+    attempt: Attempt, bucket: int, config: JobConfig, templates, arms=None, arm_templates=None
 ) -> tuple[int, int, str]:
     """A Ray task: stage one bucket's pairs; (rows, followers, owed fingerprint as text)."""
     folder = attempt.checked.join(bucket_name(bucket))
@@ -339,7 +374,7 @@ def _stage_bucket_task(
         if names
         else STAGED_PAIR_SCHEMA.empty_table()
     )
-    users, keys = bucket_keys(pairs, users, config, templates, arm_templates)
+    users, keys = bucket_keys(pairs, config, templates, arm_templates)
     rows, followers, owes = stage_bucket(pairs, bucket, config, users, attempt, keys, arms)
     return rows, followers, owes.text()
 
@@ -369,20 +404,36 @@ class BucketRows:
 
 
 def bucket_keys(
-    pairs: pa.Table, users: pa.Table, config: JobConfig, templates, arm_templates=None
+    pairs: pa.Table, config: JobConfig, templates, arm_templates=None
 ) -> tuple[pa.Table, dedup.PromptKeys | None]:
     """A bucket's own users, and its prompt keys (None with --no-dedup or no
     pairs): what ``bucket_rows`` needs, for the run and the dry run alike.
 
-    Only this bucket's users: the prompt keys' per-user signatures are Python
-    work per user, and every bucket computing them for the whole table made
-    staging grow with buckets x users (1M users, a 100k-pair bucket: 44.0 s
-    against 2.7 s; benchmarks/stage_signatures.py, RESULTS section 11)."""
-    users = users.filter(pc.is_in(users[C.USER_ID], value_set=pc.unique(pairs[C.USER_ID])))
+    Only this bucket's users, taken from its pairs (pass 1 attached them):
+    the prompt keys' per-user signatures are Python work per user, and every
+    bucket computing them for the whole table made staging grow with
+    buckets x users (1M users, a 100k-pair bucket: 44.0 s against 2.7 s;
+    benchmarks/stage_signatures.py, RESULTS section 11)."""
+    users = bucket_users(pairs)
     keys = (
         dedup.PromptKeys(users, templates, arm_templates) if config.dedup_prompts and pairs.num_rows else None
     )
     return users, keys
+
+
+def bucket_users(pairs: pa.Table) -> pa.Table:
+    """One row per user of ``pairs`` (the first pair's): its id and columns."""
+    ids = pairs[C.USER_ID].combine_chunks().dictionary_encode()
+    _, first = np.unique(ids.indices.to_numpy(zero_copy_only=False), return_index=True)
+    return pairs.select([C.USER_ID, *C.USER_COLUMNS]).take(pa.array(first, pa.int64()))
+
+
+def with_user_columns(rows: pa.Table, users: pa.Table) -> pa.Table:
+    """``rows`` with their user's columns, from ``bucket_users``."""
+    at = pc.index_in(rows[C.USER_ID], value_set=users[C.USER_ID])
+    for name in C.USER_COLUMNS:
+        rows = rows.append_column(name, users[name].take(at))
+    return rows
 
 
 def bucket_rows(
@@ -448,8 +499,12 @@ def stage_bucket(
             followers.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, followers[CAMPAIGN]
         ).drop_columns([CAMPAIGN])
         _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
+    # The engine's rows carry their user to the join (JoinProfiles in the
+    # first-drafts pass); followers take their leader's copy.
     _write_chunks(
-        attempt.pairs, decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), f"part-{bucket:05d}"
+        attempt.pairs,
+        with_user_columns(decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), users),
+        f"part-{bucket:05d}",
     )
     if len(decided.owing.duplicate_pairs):
         dup = decided.pairs.take(decided.owing.duplicate_pairs)

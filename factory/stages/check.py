@@ -56,13 +56,13 @@ class ReadPairs:
 class CheckPairs:
     """Adds ``reason`` to each pair: null for a pair that can be served.
 
-    Lookups arrive once per actor, like the join's."""
+    The pairs arrive with their users attached (``factory.stages.users``:
+    ``USER_FOUND`` null where the users table has no such user); the
+    products table arrives once per actor, indexed once."""
 
-    def __init__(self, users: pa.Table, products: pa.Table, known_channels: Sequence[str]):
+    def __init__(self, products: pa.Table, known_channels: Sequence[str]):
 
-        users = deref(users)
         products = deref(products)
-        self._users = KeyIndex(users[C.USER_ID])
         self._products = KeyIndex(products[C.PRODUCT_ID])
         self._known = set(known_channels)
 
@@ -86,10 +86,9 @@ class CheckPairs:
         # Only well-formed keys are looked up.
         clean = pa.array([i for i in range(n) if reasons[i] is None], pa.int64())
         rows = batch.take(clean)
-        user_idx = self._users.positions(rows[C.USER_ID])
         product_idx = self._products.positions(rows[C.PRODUCT_ID])
         channels = rows[C.CHANNEL].to_pylist() if C.CHANNEL in rows.column_names else [None] * rows.num_rows
-        no_user = pc.is_null(user_idx).to_numpy(zero_copy_only=False)
+        no_user = pc.is_null(rows[C.USER_FOUND]).to_numpy(zero_copy_only=False)
         no_product = pc.is_null(product_idx).to_numpy(zero_copy_only=False)
         for j, i in enumerate(clean.to_pylist()):
             if no_user[j]:

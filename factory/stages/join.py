@@ -15,8 +15,6 @@ from factory.dead_letters import NULL_PRODUCT_ID, NULL_USER_ID, UNKNOWN_CHANNEL,
 from factory.lookup import KeyIndex
 from factory.ray_session import deref
 
-USER_PROFILE_COLUMNS = (C.LOCALE,) + C.USERS_OPTIONAL
-
 
 class JoinProfiles:
     """Pairs in, one row per (pair, channel, variant) out, profiles attached.
@@ -25,11 +23,15 @@ class JoinProfiles:
     profile, so the driver can send it to the dead letters; good rows have
     ``reason`` null. The lookup tables arrive once per worker (constructor),
     and the join itself is vectorized (an index built once per actor, then ``take``).
+
+    ``users``: the users table to look each pair's user up in, or None when
+    the rows carry their user's columns (``C.USER_COLUMNS``: the run's staged
+    rows, which pass 1 gave their users; factory/stages/users.py).
     """
 
     def __init__(
         self,
-        users: pa.Table,
+        users: Optional[pa.Table],
         products: pa.Table,
         channels: Sequence[str],
         known_channels: Sequence[str],
@@ -42,7 +44,7 @@ class JoinProfiles:
         # constructor arguments through its own wrapper: resolve here.
         self._users = deref(users)
         self._products = deref(products)
-        self._user_index = KeyIndex(self._users[C.USER_ID])
+        self._user_index = KeyIndex(self._users[C.USER_ID]) if self._users is not None else None
         self._product_index = KeyIndex(self._products[C.PRODUCT_ID])
         self._channels = list(channels)
         self._known = set(known_channels)
@@ -56,7 +58,7 @@ class JoinProfiles:
 
         n = batch.num_rows
         user_ids, product_ids = batch[C.USER_ID], batch[C.PRODUCT_ID]
-        user_idx = self._user_index.positions(user_ids)
+        user_idx = self._user_index.positions(user_ids) if self._user_index is not None else None
         product_idx = self._product_index.positions(product_ids)
         pair_channels = batch[C.CHANNEL].to_pylist() if C.CHANNEL in batch.column_names else [None] * n
         campaigns = batch[C.CAMPAIGN_ID].to_pylist() if C.CAMPAIGN_ID in batch.column_names else [None] * n
@@ -106,10 +108,10 @@ class JoinProfiles:
             if col in batch.column_names:
                 out[col] = batch[col].take(take)
         # Dead rows carry null indexes: take() yields nulls for them.
-        u = user_idx.take(take)
+        u = user_idx.take(take) if user_idx is not None else None
         p = product_idx.take(take)
-        for col in USER_PROFILE_COLUMNS:
-            out[col] = self._users[col].take(u)
+        for col in C.USER_COLUMNS:
+            out[col] = self._users[col].take(u) if self._users is not None else batch[col].take(take)
         for col in C.PRODUCT_FIELDS:
             if col in self._products.column_names:
                 out[col] = self._products[col].take(p)
@@ -134,7 +136,12 @@ def row_id(
 def _reasons(user_ids, product_ids, user_idx, product_idx, pair_channels, known) -> list[Optional[str]]:
     null_user = pc.is_null(user_ids).to_numpy(zero_copy_only=False)
     null_product = pc.is_null(product_ids).to_numpy(zero_copy_only=False)
-    no_user = pc.is_null(user_idx).to_numpy(zero_copy_only=False)
+    # No users table: the rows carry their (known) users.
+    no_user = (
+        pc.is_null(user_idx).to_numpy(zero_copy_only=False)
+        if user_idx is not None
+        else np.zeros(len(null_user), dtype=bool)
+    )
     no_product = pc.is_null(product_idx).to_numpy(zero_copy_only=False)
     reasons: list[Optional[str]] = [None] * len(null_user)
     for i in np.flatnonzero(null_user | null_product | no_user | no_product):

@@ -5,12 +5,26 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory import columns as C
 from factory.inputs import USERS, malformed_reasons, read_lookup_table
 from factory.stages.check import CheckPairs, ReadPairs
+from factory.stages.users import AttachUsers
 from factory.storage import resolve
+
+
+def _with_users(pairs: pa.Table, users: pa.Table) -> pa.Table:
+    """``pairs`` as pass 1 hands them to staging: each with its user's columns
+    (the users table given the contract's absent columns as nulls, as the input check does)."""
+    absent = {
+        c: pa.nulls(users.num_rows, pa.list_(pa.string()) if c in USERS.list_fields else pa.string())
+        for c in C.USER_COLUMNS
+        if c not in users.column_names
+    }
+    full = pa.table({**{c: users[c] for c in users.column_names}, **absent})
+    return AttachUsers(full)(pairs).drop_columns([C.USER_FOUND])
 
 
 def _text(values) -> pa.Array:
@@ -35,12 +49,12 @@ def test_check_pairs_reasons_and_printable_dead_letters():
     users, products = pa.table({C.USER_ID: ["U1", "U2"]}), pa.table({C.PRODUCT_ID: ["P1"]})
     batch = pa.table(
         {
-            C.USER_ID: _text(["U1", "U2", b"\xff", "U" * 400, "U9", "U1"]),
-            C.PRODUCT_ID: _text(["P1", "P1", "P1", "P1", "P1", "P9"]),
-            C.CHANNEL: _text([None, "sms", None, None, None, "push"]),
+            C.USER_ID: _text(["U1", "U2", b"\xff", "U" * 400, "U9", "U1", "U9"]),
+            C.PRODUCT_ID: _text(["P1", "P1", "P1", "P1", "P1", "P9", "P9"]),
+            C.CHANNEL: _text([None, "sms", None, None, None, "push", "push"]),
         }
     )
-    out = CheckPairs(users, products, ["push", "sms", "ad_headline"])(batch).to_pylist()
+    out = CheckPairs(products, ["push", "sms", "ad_headline"])(AttachUsers(users)(batch)).to_pylist()
     assert [r[C.REASON] for r in out] == [
         None,
         None,
@@ -48,6 +62,7 @@ def test_check_pairs_reasons_and_printable_dead_letters():
         "too_long_user_id",
         "unknown_user_id",
         "unknown_product_id",
+        "unknown_user_id",  # an unknown user is named before an unknown product
     ]
     assert out[2][C.USER_ID] == "\ufffd" and len(out[3][C.USER_ID].encode()) <= 260
 
@@ -186,13 +201,13 @@ def test_duplicate_and_overlapping_pairs_owe_each_row_once(tmp_path, local_ray):
             C.SOURCE_ROW: pa.array([0, 7, 3, 5, 9], pa.int64()),
         }
     )
-    write_parquet(attempt.checked.join("bucket=00000", "part-x.parquet"), staged)
     from factory.prompts import load_templates
 
     users = pa.table(
         {C.USER_ID: ["U1", "U2"], C.LOCALE: ["en-US", "en-US"], "interests": [["tea"], ["hiking"]]}
     )  # different profiles: no prompt is shared
-    plan = SimpleNamespace(config=config, users=users, templates=load_templates())
+    write_parquet(attempt.checked.join("bucket=00000", "part-x.parquet"), _with_users(staged, users))
+    plan = SimpleNamespace(config=config, templates=load_templates())
     assert _stage_rows(plan, attempt, 1).rows == 3  # U1xP1 push+sms, U2xP1 sms
     rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet")).to_pylist()
     assert sorted((r[C.USER_ID], r[C.CHANNEL], r[C.VARIANT]) for r in rows) == [
@@ -235,9 +250,9 @@ def test_rows_with_an_identical_prompt_are_staged_as_followers_of_the_first(tmp_
         (False, ["U1", "U2", "U3"], []),
     ):
         attempt = Attempt(resolve(str(tmp_path / str(dedup_on))), 1)
-        write_parquet(attempt.checked.join("bucket=00000", "part-x.parquet"), staged)
+        write_parquet(attempt.checked.join("bucket=00000", "part-x.parquet"), _with_users(staged, users))
         config = JobConfig(channels=["push"], run_date="2026-11-20", dedup_prompts=dedup_on)
-        plan = SimpleNamespace(config=config, users=users, templates=load_templates())
+        plan = SimpleNamespace(config=config, templates=load_templates())
         assert _stage_rows(plan, attempt, 1).rows == 3
         rows = read_parquet(attempt.pairs.join("part-00000-00000.parquet"))
         assert sorted(rows[C.USER_ID].to_pylist()) == generated
@@ -284,7 +299,6 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
     )
     plan = SimpleNamespace(
         config=JobConfig(channels=["push", "sms"], run_date="2026-11-20"),
-        users=users,
         templates=load_templates(),
     )
 
@@ -292,7 +306,7 @@ def test_staging_in_buckets_owes_the_same_rows_as_staging_at_once(tmp_path, loca
         attempt = Attempt(resolve(str(tmp_path / folder)), 1)
         # Pass 1 writes several batches, each split by product bucket, as its writer routes them.
         for k in range(4):
-            checked = staged.slice(k * 100, 100)
+            checked = _with_users(staged.slice(k * 100, 100), users)
             checked = checked.append_column(C.REASON, pa.nulls(checked.num_rows, pa.string()))  # all servable
             batch = staging.route_checked(checked, "r", None, None, n_buckets)
             WriteParquetFiles(
@@ -421,3 +435,72 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
     assert row[C.DRAFT] == 2 and "date" not in row and "campaign" not in row
     # The leader's provenance stays behind: "model" would be a LoRA adapter's name to Ray LLM.
     assert not {C.MODEL, C.RUN_ID, C.RUN_DATE, C.GENERATED_AT} & set(row)
+
+
+def test_users_reach_the_pairs_the_same_through_the_hash_join_and_the_broadcast(local_ray):
+    """A large users table meets the pairs in Ray Data's hash join, a small
+    one is broadcast: the checked pairs must not tell which. Unknown users,
+    null ids and broken UTF-8 reach CheckPairs alike, and the join's large
+    Arrow types do not leak into what staging writes."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from factory.config import JobConfig
+    from factory.pipeline.staging import with_users
+
+    users = pa.table(
+        {
+            C.USER_ID: ["U1", "U2", "U3"],
+            C.LOCALE: ["en-US", "de-DE", "fr-FR"],
+            **{c: pa.array([["tea"], None, ["a", "b"]], pa.list_(pa.string())) for c in C.USERS_LIST_FIELDS},
+            "age_band": ["25-34", None, "55+"],
+            "loyalty_tier": [None, "gold", None],
+        }
+    )
+    pairs = pa.table(
+        {
+            C.USER_ID: _text(["U1", "U9", None, b"\xff", "U3", "U1", "U2"] * 30),
+            C.PRODUCT_ID: _text(["P1"] * 210),
+            C.SOURCE_ROW: pa.array(range(210), pa.int64()),
+        }
+    )
+    products = pa.table({C.PRODUCT_ID: ["P1"]})
+
+    def checked(join_rows: int) -> pa.Table:
+        plan = SimpleNamespace(
+            config=JobConfig(run_date="2026-11-20", users_join_rows=join_rows),
+            users=ray.put(users),
+            users_rows=users.num_rows,
+            pairs=SimpleNamespace(files=[], row_groups={}),
+        )
+        ds = with_users(ray.data.from_arrow(pairs).repartition(4), plan)
+        out = pa.concat_tables(
+            [
+                CheckPairs(products, ["push"])(t)
+                for t in ds.iter_batches(batch_format="pyarrow", batch_size=None)
+            ]
+        )
+        return out.sort_by(C.SOURCE_ROW)
+
+    broadcast, joined = checked(join_rows=10), checked(join_rows=0)
+    assert joined.to_pylist() == broadcast.to_pylist()
+    assert [r[C.REASON] for r in joined.to_pylist()[:7]] == [
+        None,
+        "unknown_user_id",
+        "null_user_id",
+        "invalid_utf8_user_id",
+        None,
+        None,
+        None,
+    ]
+    good = joined.filter(pc.is_null(joined[C.REASON]))
+    assert good.slice(0, 4).select([C.USER_ID, C.LOCALE, "interests", "loyalty_tier"]).to_pylist() == [
+        {C.USER_ID: "U1", C.LOCALE: "en-US", "interests": ["tea"], "loyalty_tier": None},
+        {C.USER_ID: "U3", C.LOCALE: "fr-FR", "interests": ["a", "b"], "loyalty_tier": None},
+        {C.USER_ID: "U1", C.LOCALE: "en-US", "interests": ["tea"], "loyalty_tier": None},
+        {C.USER_ID: "U2", C.LOCALE: "de-DE", "interests": None, "loyalty_tier": "gold"},
+    ]
+    # What staging reads: the run's own types, whichever way the users came.
+    for name in C.USER_COLUMNS + (C.USER_ID,):
+        assert not str(joined.schema.field(name).type).startswith("large"), name
