@@ -523,6 +523,7 @@ def run_benchmark(
     pairs_per_block: int | None = None,
     timeline: Path | None = None,
     two_nodes: bool = False,
+    users_join_rows: int | None = None,
 ) -> dict[str, Any]:
     import ray
 
@@ -551,6 +552,8 @@ def run_benchmark(
         engine={"device": "cpu"},
         # Both nodes of --two-nodes are raylets on this machine: its disk is shared.
         shared_filesystem=two_nodes,
+        # The run's own threshold unless told (0: the users always through the hash join).
+        **({"users_join_rows": users_join_rows} if users_join_rows is not None else {}),
     )
     passes.build_generate_stage = echo_generate_stage(reject_share)
     if pairs_per_block:  # an experiment: the pipeline's block size for the join onwards
@@ -634,6 +637,7 @@ def run_benchmark(
         "machine": host,  # load_avg_at_start tells whether the machine was quiet
         "pairs": n_pairs,
         "nodes": 2 if two_nodes else 1,
+        "users_join_rows": getattr(config, "users_join_rows", None),
         "pairs_per_block": plan.rows_per_block(
             n_pairs, config.engine.replicas, generate.concurrent_batches(config.engine)
         ),
@@ -713,6 +717,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="Run on a local cluster of two nodes (ray.cluster_utils): a head without CPUs, "
         "as in production, and one worker node.",
     )
+    parser.add_argument(
+        "--users-join-rows",
+        type=int,
+        default=None,
+        help="The job's --users-join-rows (default: the job's; 0 sends the users through the hash join).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this file.")
     parser.add_argument(
         "--timeline",
@@ -738,6 +748,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             pairs_per_block=args.pairs_per_block,
             timeline=args.timeline,
             two_nodes=args.two_nodes,
+            users_join_rows=args.users_join_rows,
         )
     finally:
         if args.output is None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu_side import machine, synthetic_inputs  # noqa: E402
-from stage_micro import build_stages, staged_pairs  # noqa: E402
+from stage_micro import build_stages, quality_gate, staged_pairs  # noqa: E402
 
 import factory  # noqa: E402
 from factory import columns as C  # noqa: E402
@@ -63,11 +63,11 @@ def probe_batch(rows: int):
     users = pa.Table.from_pylist([{C.USER_ID: k, **v} for k, v in spec["users"].items()])
     copies = [r for g in spec["hostile"].values() for r in g["copies"]] + spec["benign"]
     copies = (copies * (rows // len(copies) + 1))[:rows]
+    # Each row carries its user's profile, as the run's rows do.
+    fields = (C.LOCALE, *C.USERS_LIST_FIELDS, "email")
+    profile = {uid: {f: u.get(f) for f in fields} for uid, u in spec["users"].items()}
     batch = pa.Table.from_pylist(
-        [
-            {C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.TEXT: t, C.LOCALE: spec["users"][u]["locale"]}
-            for p, u, ch, t in copies
-        ]
+        [{C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.TEXT: t, **profile[u]} for p, u, ch, t in copies]
     )
     extra = {}
     if "offers" in inspect.signature(QualityGate).parameters:
@@ -77,7 +77,7 @@ def probe_batch(rows: int):
             "offers": [Offer(**o) for o in spec["campaign"]["offers"]],
             "competitors": spec["campaign"]["competitors"],
         }
-    return batch, lambda: QualityGate(products, users, QualityPolicy(), load_templates(), **extra)
+    return batch, lambda: quality_gate(products, users, QualityPolicy(), load_templates(), **extra)
 
 
 def main(argv: list[str] | None = None) -> dict:

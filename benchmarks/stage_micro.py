@@ -69,6 +69,7 @@ def build_stages(paths: dict[str, str], out_dir: Path, reject_share: float) -> d
         C.VARIANT,
         C.LOCALE,
         C.TEMPLATE_VERSION,
+        *C.USERS_LIST_FIELDS,  # the user's profile, which the gate reads from the row
     ]
     return {
         "JoinProfiles": JoinProfiles(
@@ -82,10 +83,20 @@ def build_stages(paths: dict[str, str], out_dir: Path, reject_share: float) -> d
         ),
         "RenderPrompts": RenderPrompts(templates),
         "EchoEngine": EchoEngine(keys + [C.MESSAGES, C.STOP, "brand"], reject_share),
-        "QualityGate": QualityGate(products, users, config.quality, templates, draft=1),
+        "QualityGate": quality_gate(products, users, config.quality, templates, draft=1),
         "FinalizeRows": FinalizeRows("bench", RUN_DATE, "echo"),
         "WriteParquetFiles": WriteParquetFiles({"copies": Sink(resolve(str(out_dir)))}),
     }
+
+
+def quality_gate(products, users, policy, templates, **kwargs):
+    """The gate as this tree builds it: rows carry their user's profile; an
+    older tree's gate (benchmarks compare against exports) took the users table."""
+    import inspect
+
+    if "users" in inspect.signature(QualityGate).parameters:
+        return QualityGate(products, users, policy, templates, **kwargs)
+    return QualityGate(products, policy, templates, **kwargs)
 
 
 def staged_pairs(paths: dict[str, str], rows: int) -> pa.Table:

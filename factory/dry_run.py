@@ -82,8 +82,8 @@ def plan_run(config: JobConfig, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any
     # too.
     templates = plan.templates
     load_users(plan)
-    lookups = {"users": plan.users, "products": ray.put(plan.products)}
-    counts, per_channel, samples = tally(plan, lookups, sample_rows, experiment.ArmRows.of(plan, night))
+    arms = experiment.ArmRows.of(plan, night)
+    counts, per_channel, samples = tally(plan, ray.put(plan.products), sample_rows, arms)
     counter = TokenCounter(plan.model_source)
     per_channel = _token_estimates(per_channel, samples, plan, config, templates, counter)
     planned = _assemble(config, plan, templates, counts, per_channel, counter, sample_rows)
@@ -106,9 +106,7 @@ def _experiment(night, counts) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the tally, on Ray Data
 
 
-def tally(
-    plan, lookups: dict[str, Any], sample_rows: int = SAMPLE_ROWS, arms=None
-) -> tuple[dict, dict, dict]:
+def tally(plan, products, sample_rows: int = SAMPLE_ROWS, arms=None) -> tuple[dict, dict, dict]:
     """Counts per campaign, rows per (campaign, channel) and the token sample,
     from one record per product bucket (see the module). ``arms``: an
     experiment's arm step (staging's ArmRows): holdout rows are counted apart."""
@@ -116,7 +114,7 @@ def tally(
 
     config = plan.config
     n_buckets = staging.stage_buckets(plan)
-    checked = staging.checked_pairs(plan, lookups, mark_locale_excluded=True).map_batches(
+    checked = staging.checked_pairs(plan, products, mark_locale_excluded=True).map_batches(
         _with_bucket,
         fn_kwargs={"n_buckets": n_buckets},
         batch_format="pyarrow",

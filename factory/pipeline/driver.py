@@ -77,11 +77,11 @@ def run(config: JobConfig) -> RunResult:
         )
         plan.products = attach_facts(plan.products, facts)
     load_users(plan)  # read and checked on Ray: the driver holds a reference
-    lookups = {"users": plan.users, "products": ray.put(plan.products)}
+    products = ray.put(plan.products)
 
     # Pass 1 and staging (CPU only): cheap, so a resumed attempt redoes them
     # (same input, same result).
-    buckets = staging.check_pairs(plan, attempt, lookups, fresh=not resumed)
+    buckets = staging.check_pairs(plan, attempt, products, fresh=not resumed)
     owed = staging.stage_rows(plan, attempt, buckets, night)
     dead = read_footers(attempt.dead_letters)  # final once staged
     if sum(f.rows for f in dead):
@@ -97,7 +97,7 @@ def run(config: JobConfig) -> RunResult:
 
     progress = ProgressLog(owed.rows, config.progress_every_seconds, already_done=written.copies)
     with progress:  # its counter exists from here on
-        ctx = RunContext(plan, attempt, lookups, device, resumed, counter=progress.counter)
+        ctx = RunContext(plan, attempt, products, device, resumed, counter=progress.counter)
         rows = run_passes(generation_passes(ctx), progress, config.cpu_stage_num_cpus, config.rows_per_file)
 
     files = finish.check_exactly_once(attempt, owed)

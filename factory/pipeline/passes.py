@@ -84,13 +84,12 @@ def run_passes(passes: Sequence[Pass], progress, num_cpus: float, rows_per_file:
 
 # --------------------------------------------------------------------------- the three passes
 
-# Keys every generated row carries through the engine stage.
-ROW_KEYS = [*C.ROW_KEY, C.LOCALE, C.TEMPLATE_VERSION]
+# What every generated row carries through the engine stage: its keys, and
+# its user's profile, which the gate and the judge read (factory/stages/users.py).
+ROW_KEYS = [*C.ROW_KEY, C.LOCALE, C.TEMPLATE_VERSION, *C.USERS_LIST_FIELDS]
 # What the repair pass needs of a rejected row: its keys, its chat and why it failed.
 REPAIR_QUEUE_COLUMNS = (
-    *C.ROW_KEY,
-    C.LOCALE,
-    C.TEMPLATE_VERSION,
+    *ROW_KEYS,
     "brand",
     C.MESSAGES,
     C.MAX_TOKENS,
@@ -107,7 +106,7 @@ class RunContext:
 
     plan: Plan
     attempt: Attempt
-    lookups: dict[str, Any]  # object refs of the users and products tables
+    products: Any  # an object ref of the products table
     device: str
     resumed: bool  # whether an earlier process of the attempt wrote rows (resume.remaining)
     counter: Any = None  # the progress counter the gate bumps
@@ -121,7 +120,7 @@ class RunContext:
             self.attempt.copies,
             finalize,
             footer.copies_entries,
-            beside=Sink(self.attempt.review, ReviewRows(self.lookups["products"])),
+            beside=Sink(self.attempt.review, ReviewRows(self.products)),
         )
 
     @property
@@ -288,7 +287,7 @@ def _first_drafts(ctx: RunContext, also: Sequence = ()):
         JoinProfiles,
         fn_constructor_kwargs=dict(
             users=None,
-            products=ctx.lookups["products"],
+            products=ctx.products,
             channels=config.channels,
             known_channels=list(ctx.plan.templates),
             variants=config.variants,
@@ -408,8 +407,7 @@ class Judge:
             ctx.plan.judge_model_source,
             ctx.device,
             config.quality,
-            ctx.lookups["products"],
-            ctx.lookups["users"],
+            ctx.products,
             passthrough=tuple(ds.schema().names),
             sample=config.judge_sample,
             draft=self._draft,
@@ -428,7 +426,7 @@ def _choose(ctx: RunContext) -> Stage:
     a whole gathered block at a time."""
     return lambda ds: ds.map_batches(
         cand.ChooseCandidates,
-        fn_constructor_kwargs=dict(products=ctx.lookups["products"], counter=ctx.counter),
+        fn_constructor_kwargs=dict(products=ctx.products, counter=ctx.counter),
         batch_size=None,
         batch_format="pyarrow",
         compute=stage_pool(ctx.plan.config),
@@ -441,8 +439,7 @@ def _gate(ctx: RunContext, draft: int, counted: bool = True) -> Stage:
     return lambda ds: ds.map_batches(
         QualityGate,
         fn_constructor_kwargs=dict(
-            products=ctx.lookups["products"],
-            users=ctx.lookups["users"],
+            products=ctx.products,
             policy=plan.config.quality,
             templates=ctx.every_template,
             draft=draft,

@@ -86,7 +86,9 @@ def with_leaders(followers, copies: Location, num_cpus: float, rows: int):
     # The leader's copy, not its provenance: the follower's own is stamped when
     # it is written (and a "model" column would name a LoRA adapter to Ray
     # LLM's engine stage, which the judge's pass runs these rows through).
-    leaders = leaders.drop_columns([c for c in OWN_COLUMNS if c != C.ROW_ID] + list(PROVENANCE_COLUMNS))
+    leaders = leaders.drop_columns(
+        [c for c in OWN_COLUMNS if c != C.ROW_ID and c in C.OUTPUT_COLUMNS] + list(PROVENANCE_COLUMNS)
+    )
     return followers.select_columns(list(OWN_COLUMNS)).join(
         leaders,
         join_type="left_outer",

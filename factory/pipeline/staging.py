@@ -103,7 +103,7 @@ def read(files: list[str], folder: Location, num_cpus: float, **kwargs):
 # --------------------------------------------------------------------------- pass 1
 
 
-def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bool) -> int:
+def check_pairs(plan: Plan, attempt: Attempt, products, fresh: bool) -> int:
     """Pass 1: every pair in scope checked; dead letters written, servable
     pairs written to their product's bucket. Returns the number of buckets.
     A ``--campaign`` that no pair has is a usage error (the attempt is
@@ -113,7 +113,7 @@ def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bo
     for loc in (attempt.dead_letters, attempt.checked):
         delete_dir_if_exists(loc)
     n_buckets = stage_buckets(plan)
-    checked = checked_pairs(plan, lookups).map_batches(
+    checked = checked_pairs(plan, products).map_batches(
         route_checked,
         fn_kwargs={
             "run_id": config.run_id,
@@ -151,7 +151,7 @@ def check_pairs(plan: Plan, attempt: Attempt, lookups: dict[str, Any], fresh: bo
     return n_buckets
 
 
-def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: bool = False):
+def checked_pairs(plan: Plan, products, mark_locale_excluded: bool = False):
     """Every pair in scope, read with its provenance and checked. With
     ``mark_locale_excluded`` (the dry run, which counts them) the pairs of
     users whose locale the run does not write are kept, marked in
@@ -182,7 +182,7 @@ def checked_pairs(plan: Plan, lookups: dict[str, Any], mark_locale_excluded: boo
         ds = ds.map_batches(InScope(**found), batch_format="pyarrow", num_cpus=light)
     return with_users(ds, plan).map_batches(
         CheckPairs,
-        fn_constructor_kwargs=dict(products=lookups["products"], known_channels=list(plan.templates)),
+        fn_constructor_kwargs=dict(products=products, known_channels=list(plan.templates)),
         batch_format="pyarrow",
         compute=stage_pool(config),
         num_cpus=light,
@@ -494,13 +494,14 @@ def stage_bucket(
     rows = decided.rows
     owed_fingerprint = Fingerprint.of(rows[C.ROW_ID].to_pylist())  # what the copies must add up to (finish)
     followers = decided.followers
+    # Every staged row carries its user: the engine's rows to the join
+    # (JoinProfiles in the first-drafts pass), followers to the gate (a row
+    # reusing a leader's copy is judged for its own user).
     if followers.num_rows:
         followers = followers.set_column(
             followers.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, followers[CAMPAIGN]
         ).drop_columns([CAMPAIGN])
-        _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
-    # The engine's rows carry their user to the join (JoinProfiles in the
-    # first-drafts pass); followers take their leader's copy.
+        _write_chunks(attempt.followers, with_user_columns(followers, users), f"part-{bucket:05d}")
     _write_chunks(
         attempt.pairs,
         with_user_columns(decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), users),

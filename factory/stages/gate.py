@@ -19,9 +19,11 @@ from factory.quality.text import gsm_friendly
 from factory.ray_session import deref
 from factory.stages.finalize import clean_text
 
-_PROFILE_TEXT_FIELDS = ("interests", "recent_views", "recent_searches", "recent_purchases")
-# Read only for the names in its address: a copy that greets "Jane" learned it
-# from somewhere the prompt never showed (profile fields are scrubbed).
+# The user's profile text, as the row carries it (pass 1 attached the user; the passes keep these columns).
+_PROFILE_TEXT_FIELDS = C.USERS_LIST_FIELDS
+# Read only for the names in its address, where a row has one: a copy that
+# greets "Jane" learned it from somewhere the prompt never showed (profile
+# fields are scrubbed).
 _PROFILE_EMAIL_FIELDS = ("email",)
 _PLACEHOLDER = regex.compile(r"\{[a-z_]+\}")
 _PRODUCT_BLOCK = regex.compile(r"<product>.*?</product>", regex.DOTALL)
@@ -62,7 +64,8 @@ class QualityGate:
     ``status`` is ``rejected`` if any finding's severity is reject, else
     ``review`` if any is review, else ``accepted``. On the first draft a
     rejected row is routed to the repair queue when the policy repairs.
-    The lookup tables arrive once per actor, like the join's.
+    The products table arrives once per actor, indexed once; each row
+    carries its user's profile (``C.USERS_LIST_FIELDS``).
 
     With a progress ``counter`` (an actor handle) each judged block is
     reported as it leaves: the gate already holds the finished rows, and a
@@ -72,7 +75,6 @@ class QualityGate:
     def __init__(
         self,
         products: pa.Table,
-        users: pa.Table,
         policy: QualityPolicy,
         templates: Mapping[str, PromptTemplate],
         draft: int = 1,
@@ -82,7 +84,6 @@ class QualityGate:
     ):
 
         products = deref(products)
-        users = deref(users)
         self._policy = policy
         self._draft = draft
         self._counter = counter
@@ -97,12 +98,8 @@ class QualityGate:
         )
         self._products = products
         self._product_index = KeyIndex(products[C.PRODUCT_ID])
-        self._users = users
-        self._user_index = KeyIndex(users[C.USER_ID])
-        self._profile_fields = [f for f in _PROFILE_TEXT_FIELDS if f in users.column_names]
-        self._email_fields = [f for f in _PROFILE_EMAIL_FIELDS if f in users.column_names]
         self._facts: dict[int, ProductFacts] = {}
-        self._profiles: dict[int, tuple[str, frozenset[str]]] = {}
+        self._profiles: dict[str, tuple[str, frozenset[str]]] = {}
 
     def _load_facts(self, indexes: list) -> dict[int, ProductFacts]:
         """The batch's products as facts, built once per actor: the rows not
@@ -115,29 +112,34 @@ class QualityGate:
             self._facts.update(zip(missing, map(ProductFacts.from_record, records)))
         return self._facts
 
-    def _load_profiles(self, indexes: list) -> dict[int, tuple[str, frozenset[str]]]:
+    def _load_profiles(self, batch: pa.Table, user_ids: list) -> dict[str, tuple[str, frozenset[str]]]:
         """The batch's users' profile text (lower-cased) and the names in
-        their e-mail addresses, like ``_load_facts``."""
-        missing = _missing(self._profiles, indexes)
+        their e-mail addresses, from the columns the rows carry, built once
+        per user and actor like ``_load_facts``."""
+        missing = _missing(self._profiles, user_ids)
         if missing:
-            fields = self._profile_fields + self._email_fields
-            records = self._users.select(fields).take(pa.array(missing, pa.int64())).to_pylist()
-            for index, record in zip(missing, records):
-                parts, emails = [], []
-                for f in fields:
+            profile = [f for f in _PROFILE_TEXT_FIELDS if f in batch.column_names]
+            emails = [f for f in _PROFILE_EMAIL_FIELDS if f in batch.column_names]
+            first: dict[str, int] = {}
+            for i, user in enumerate(user_ids):
+                first.setdefault(user, i)
+            at = pa.array([first[u] for u in missing], pa.int64())
+            records = batch.select(profile + emails).take(at).to_pylist()
+            for user, record in zip(missing, records):
+                parts, addresses = [], []
+                for f in profile + emails:
                     value = record[f]
-                    (parts if f in self._profile_fields else emails).extend(
+                    (parts if f in profile else addresses).extend(
                         value if isinstance(value, list) else [value]
                     )
                 text = "\n".join(str(p) for p in parts if p).lower()
-                names = profile_names("\n".join(str(p) for p in parts + emails if p))
-                self._profiles[index] = (text, names)
+                names = profile_names("\n".join(str(p) for p in parts + addresses if p))
+                self._profiles[user] = (text, names)
         return self._profiles
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         product_idx = self._product_index.positions(batch[C.PRODUCT_ID]).to_pylist()
-        user_idx = self._user_index.positions(batch[C.USER_ID]).to_pylist()
         texts = batch[C.TEXT].to_pylist()
         channels, locales = batch[C.CHANNEL].to_pylist(), batch[C.LOCALE].to_pylist()
         user_ids = batch[C.USER_ID].to_pylist()
@@ -156,7 +158,7 @@ class QualityGate:
                 C.ROUTE,
             )
         }
-        all_facts, profiles = self._load_facts(product_idx), self._load_profiles(user_idx)
+        all_facts, profiles = self._load_facts(product_idx), self._load_profiles(batch, user_ids)
         no_facts = ProductFacts.from_record({})
         no_profile = ("", frozenset())
         for i in range(n):
@@ -164,7 +166,7 @@ class QualityGate:
             if self._policy.limits_for(channels[i]).unit == "sms_segments":
                 text = gsm_friendly(text)  # a curly quote must not turn the SMS into UCS-2
             facts = all_facts[product_idx[i]] if product_idx[i] is not None else no_facts
-            user_source, user_names = profiles[user_idx[i]] if user_idx[i] is not None else no_profile
+            user_source, user_names = profiles[user_ids[i]] if user_ids[i] is not None else no_profile
             copy = Copy(
                 text=text,
                 channel=channels[i],
@@ -215,8 +217,8 @@ class QualityGate:
         return batch
 
 
-def _missing(cache: dict, indexes: list) -> list[int]:
-    """The indexes the batch needs that ``cache`` lacks. A cache that would
+def _missing(cache: dict, indexes: list) -> list:
+    """The indexes (or ids) the batch needs that ``cache`` lacks. A cache that would
     pass ``_CACHED_ROWS`` is emptied first (then the batch needs them all),
     so a huge catalog cannot grow the actor."""
     wanted = {i for i in indexes if i is not None}

@@ -156,18 +156,16 @@ def sampled(row_id: str, share: float) -> bool:
 
 class JudgeRequests:
     """Adds the judge's chat (JSON, ``C.JUDGE_MESSAGES``) to the sampled rows
-    the gate did not reject; null for the rest. Lookups arrive once per actor."""
+    the gate did not reject; null for the rest. The products table arrives
+    once per actor; the user's interests ride on the row."""
 
     _PRODUCT_FIELDS = ("title", "brand", "category", "attributes", "selling_points", C.FACTS)
 
-    def __init__(self, products: pa.Table, users: pa.Table, sample: float = 1.0):
-        # Indexed once per actor, read per batch (factory/lookup.py): a dict of every
-        # user's interests cost each judge actor a Python object per user.
-        products, users = deref(products), deref(users)
+    def __init__(self, products: pa.Table, sample: float = 1.0):
+        # Indexed once per actor, read per batch (factory/lookup.py).
+        products = deref(products)
         self._products = products.select([f for f in self._PRODUCT_FIELDS if f in products.column_names])
         self._product_index = KeyIndex(products[C.PRODUCT_ID])
-        self._interests = users["interests"] if "interests" in users.column_names else None
-        self._user_index = KeyIndex(users[C.USER_ID])
         self._sample = sample
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -182,10 +180,9 @@ class JudgeRequests:
         at = self._product_index.positions(batch[C.PRODUCT_ID])
         products = self._products.take(at).to_pylist()
         known = at.is_valid().to_pylist()
-        if self._interests is None:
-            interests = [None] * batch.num_rows
-        else:
-            interests = self._interests.take(self._user_index.positions(batch[C.USER_ID])).to_pylist()
+        interests = (
+            batch["interests"].to_pylist() if "interests" in batch.column_names else [None] * batch.num_rows
+        )
         messages = [
             json.dumps(build_messages(product if found else {}, interest, text), ensure_ascii=False)
             if want
@@ -300,7 +297,6 @@ def build_judge_stage(
     device: str,
     policy: QualityPolicy,
     products,
-    users,
     passthrough: tuple[str, ...],
     sample: float = 1.0,
     draft: int = 1,
@@ -345,7 +341,7 @@ def build_judge_stage(
         # Two branches of ``ds``: Ray Data runs what feeds them once per branch.
         to_judge = ds.map_batches(_split, fn_kwargs={"sample": sample, "judged": True}, **light).map_batches(
             JudgeRequests,
-            fn_constructor_kwargs={"products": products, "users": users, "sample": sample},
+            fn_constructor_kwargs={"products": products, "sample": sample},
             compute=compute,
             **light,
         )

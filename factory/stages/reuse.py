@@ -7,8 +7,9 @@ import pyarrow.compute as pc
 
 from factory import columns as C
 
-# What a reusing row takes as its own rather than from its leader.
-OWN_COLUMNS = (C.ROW_ID, C.USER_ID, C.CAMPAIGN_ID, C.VARIANT, C.DEDUP_OF)
+# What a reusing row takes as its own rather than from its leader: its
+# identity, and its user's profile (staging wrote it on the row) for the gate.
+OWN_COLUMNS = (C.ROW_ID, C.USER_ID, C.CAMPAIGN_ID, C.VARIANT, C.DEDUP_OF, *C.USERS_LIST_FIELDS)
 
 
 def reuse_copy(batch: pa.Table) -> pa.Table:

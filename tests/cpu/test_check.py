@@ -421,6 +421,8 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
                     C.CAMPAIGN_ID: "c",
                     C.VARIANT: 0,
                     C.DEDUP_OF: "b1",
+                    # Its own user's profile, as staging writes it: the gate judges the row for U2.
+                    **{f: ["tea"] for f in C.USERS_LIST_FIELDS},
                 }
             ]
         )
@@ -433,6 +435,7 @@ def test_followers_meet_their_leaders_rows_in_a_join(local_ray, tmp_path):
     assert (row[C.ROW_ID], row[C.USER_ID], row[C.TEXT], list(row[C.REASONS])) == ("f1", "U2", "Hi", ["x"])
     assert (row[C.SAVED_PROMPT_TOKENS], row[C.NUM_INPUT_TOKENS]) == (50, 0)
     assert row[C.DRAFT] == 2 and "date" not in row and "campaign" not in row
+    assert list(row["interests"]) == ["tea"]
     # The leader's provenance stays behind: "model" would be a LoRA adapter's name to Ray LLM.
     assert not {C.MODEL, C.RUN_ID, C.RUN_DATE, C.GENERATED_AT} & set(row)
 

@@ -84,6 +84,9 @@ def test_the_run_on_two_nodes_publishes_every_owed_row_once(
             stand_in_model,
             "--rows-per-file",
             "7",
+            # The users reach the pairs through Ray Data's hash join, as a large table's do.
+            "--users-join-rows",
+            "0",
         ]
     )
     assert code == 0

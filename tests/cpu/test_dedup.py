@@ -299,7 +299,7 @@ def test_work_figures_count_reuse_savings_cache_and_prompt_tokens():
 def _beside_leaders(followers: pa.Table, leaders: pa.Table) -> pa.Table:
     """What ``resume.with_leaders`` hands the reuse stage (its join, in pyarrow)."""
     at = pc.index_in(followers[C.DEDUP_OF], value_set=leaders[C.ROW_ID])
-    lead = leaders.drop_columns(list(OWN_COLUMNS)).take(at)
+    lead = leaders.drop_columns([c for c in OWN_COLUMNS if c in leaders.column_names]).take(at)
     own = followers.select(list(OWN_COLUMNS))
     return pa.table({**{c: own[c] for c in own.column_names}, **{c: lead[c] for c in lead.column_names}})
 
@@ -336,6 +336,7 @@ def test_reuse_copy_takes_the_leaders_copy_under_its_own_identity():
                 C.CAMPAIGN_ID: "c",
                 C.VARIANT: 0,
                 C.DEDUP_OF: "L1",
+                **{f: ["lamps"] for f in C.USERS_LIST_FIELDS},  # its own user's profile, for the gate
             }
         ]
     )

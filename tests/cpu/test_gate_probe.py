@@ -32,30 +32,28 @@ def probe() -> dict[str, Any]:
     return yaml.safe_load(PROBE.read_text(encoding="utf-8"))
 
 
-def gate_for(spec: dict[str, Any]) -> tuple[QualityGate, dict[str, str]]:
+def gate_for(spec: dict[str, Any]) -> tuple[QualityGate, dict[str, dict[str, Any]]]:
+    """The gate, and per user what a row carries of its user (the profile lists, the locale and,
+    here, an e-mail address)."""
     products = pa.Table.from_pylist([{C.PRODUCT_ID: pid, **p} for pid, p in spec["products"].items()])
-    users = pa.Table.from_pylist([{C.USER_ID: uid, **u} for uid, u in spec["users"].items()])
     offers = [Offer(**o) for o in spec["campaign"]["offers"]]
     templates = apply_campaign(load_templates(), None, [o.text for o in offers], ["push"])
     gate = QualityGate(
         products,
-        users,
         QualityPolicy(),
         templates,
         offers=offers,
         competitors=spec["campaign"]["competitors"],
     )
-    return gate, {uid: u["locale"] for uid, u in spec["users"].items()}
+    fields = (C.LOCALE, *C.USERS_LIST_FIELDS, "email")
+    return gate, {uid: {f: u.get(f) for f in fields} for uid, u in spec["users"].items()}
 
 
 def judge(rows: list[list[str]]) -> list[dict[str, Any]]:
     """Each copy's verdict: status, reasons, the published text."""
-    gate, locales = gate_for(probe())
+    gate, users = gate_for(probe())
     batch = pa.Table.from_pylist(
-        [
-            {C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, C.LOCALE: locales[u], C.TEXT: text}
-            for p, u, ch, text in rows
-        ]
+        [{C.PRODUCT_ID: p, C.USER_ID: u, C.CHANNEL: ch, **users[u], C.TEXT: text} for p, u, ch, text in rows]
     )
     return gate(batch).select([C.STATUS, C.REASONS, C.REASON_DETAILS, C.TEXT]).to_pylist()
 

@@ -42,7 +42,6 @@ PRODUCTS = pa.Table.from_pylist(
         }
     ]
 )
-USERS = pa.Table.from_pylist([{C.USER_ID: "U1", "interests": ["skincare", "yoga"]}])
 REPLIES = {
     "fine": {
         "unsupported_claims": [],
@@ -70,6 +69,7 @@ def gated(rows):
     base = {
         C.PRODUCT_ID: "P1",
         C.USER_ID: "U1",
+        "interests": ["skincare", "yoga"],  # the user's profile rides on the row
         C.CHANNEL: "push",
         C.REASONS: [],
         C.REASON_DETAILS: [],
@@ -100,7 +100,7 @@ DEFAULT_POLICY = QualityPolicy()
 
 
 def run(rows, policy=DEFAULT_POLICY, draft=1, sample=1.0):
-    asked = JudgeRequests(PRODUCTS, USERS, sample=sample)(gated(rows))
+    asked = JudgeRequests(PRODUCTS, sample=sample)(gated(rows))
     return ApplyJudgement(policy, draft)(stand_in_judge(asked))
 
 
@@ -237,7 +237,6 @@ def test_the_stage_composes_on_ray_data_with_a_stand_in_engine():
             "cpu",
             QualityPolicy(),
             ray.put(PRODUCTS),
-            ray.put(USERS),
             passthrough=tuple(columns),
             processor=stand_in_engine,
             compute=ray.data.ActorPoolStrategy(size=1),
@@ -249,3 +248,12 @@ def test_the_stage_composes_on_ray_data_with_a_stand_in_engine():
     assert out["r2"][C.REASONS] == ["unsupported_claim"] and out["r2"][C.JUDGE_TOKENS] == 100
     assert out["r4"][C.JUDGE_VERDICT] is None and out["r4"][C.ROUTE] == C.ROUTE_REPAIR
     assert out["r5"][C.JUDGE_VERDICT] == "unparsed" and out["r1"][C.JUDGE_VERDICT] == "pass"
+
+
+def test_the_judge_is_told_the_interests_the_row_carries():
+    def asked_about(rows):
+        [messages] = JudgeRequests(PRODUCTS)(rows)[C.JUDGE_MESSAGES].to_pylist()
+        return json.loads(messages)[-1]["content"]
+
+    assert "Customer interests: skincare, yoga" in asked_about(gated([ROWS[0]]))
+    assert "Customer interests: none" in asked_about(gated([ROWS[0]]).drop_columns(["interests"]))

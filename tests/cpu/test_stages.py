@@ -210,13 +210,15 @@ def _generated(texts, channel="push", finish="stop", product="P1"):
             C.NUM_OUTPUT_TOKENS: [2] * n,
             C.FINISH_REASON: finish if isinstance(finish, list) else [finish] * n,
             C.MESSAGES: ['[{"role": "user", "content": "Write."}]'] * n,
+            # The user's profile rides on the row (pass 1 attached it).
+            **{f: USERS[f].to_pylist() * n for f in C.USERS_LIST_FIELDS},
             "extra": [1] * n,
         }
     )
 
 
 def test_gate_then_finalize_gives_the_output_schema_and_verdicts():
-    gate = QualityGate(PRODUCTS, USERS, QualityPolicy(), load_templates())
+    gate = QualityGate(PRODUCTS, QualityPolicy(), load_templates())
     gated = gate(
         _generated(
             [
@@ -244,7 +246,7 @@ def test_gate_then_finalize_gives_the_output_schema_and_verdicts():
 
 def test_gate_severity_and_repair_follow_the_policy():
     policy = QualityPolicy(severity={"banned_claim": "review", "foreign_brand": "off"}, repair=False)
-    gated = QualityGate(PRODUCTS, USERS, policy, load_templates())(
+    gated = QualityGate(PRODUCTS, policy, load_templates())(
         _generated(
             ["The best Voltis watch", "Pair it with Stride Running Shoes today", ""],
             finish=["length", "stop", "length"],
@@ -259,14 +261,14 @@ def test_gate_makes_an_sms_gsm7_when_only_typography_stands_in_the_way():
     text = (
         "Voltis Smart Watch – up to 30 hours of battery. It’s here: " + "x" * 80
     )  # 140 chars, dash+apostrophe
-    gated = QualityGate(PRODUCTS, USERS, QualityPolicy(), load_templates())(_generated([text], channel="sms"))
+    gated = QualityGate(PRODUCTS, QualityPolicy(), load_templates())(_generated([text], channel="sms"))
     row = gated.to_pylist()[0]
     assert row[C.TEXT].startswith("Voltis Smart Watch - up to") and "It's" in row[C.TEXT]
     assert row[C.COPY_LENGTH_LIMIT] == 160 and "length_exceeded" not in row[C.REASONS]
 
 
 def test_repair_prompt_feeds_the_reasons_back():
-    gated = QualityGate(PRODUCTS, USERS, QualityPolicy(), load_templates())(
+    gated = QualityGate(PRODUCTS, QualityPolicy(), load_templates())(
         _generated(["The best watch. Only $49.99!"])
     )
     retry = RenderRepair()(gated)
