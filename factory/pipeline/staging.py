@@ -428,10 +428,10 @@ def bucket_users(pairs: pa.Table) -> pa.Table:
     return pairs.select([C.USER_ID, *C.USER_COLUMNS]).take(pa.array(first, pa.int64()))
 
 
-def with_user_columns(rows: pa.Table, users: pa.Table) -> pa.Table:
-    """``rows`` with their user's columns, from ``bucket_users``."""
+def with_user_columns(rows: pa.Table, users: pa.Table, columns=C.USER_COLUMNS) -> pa.Table:
+    """``rows`` with their user's ``columns``, from ``bucket_users``."""
     at = pc.index_in(rows[C.USER_ID], value_set=users[C.USER_ID])
-    for name in C.USER_COLUMNS:
+    for name in columns:
         rows = rows.append_column(name, users[name].take(at))
     return rows
 
@@ -495,13 +495,14 @@ def stage_bucket(
     owed_fingerprint = Fingerprint.of(rows[C.ROW_ID].to_pylist())  # what the copies must add up to (finish)
     followers = decided.followers
     # Every staged row carries its user: the engine's rows to the join
-    # (JoinProfiles in the first-drafts pass), followers to the gate (a row
-    # reusing a leader's copy is judged for its own user).
+    # (JoinProfiles in the first-drafts pass), followers their profile to the
+    # gate (a row reusing a leader's copy is judged for its own user).
     if followers.num_rows:
         followers = followers.set_column(
             followers.column_names.index(C.CAMPAIGN_ID), C.CAMPAIGN_ID, followers[CAMPAIGN]
         ).drop_columns([CAMPAIGN])
-        _write_chunks(attempt.followers, with_user_columns(followers, users), f"part-{bucket:05d}")
+        followers = with_user_columns(followers, users, C.USERS_LIST_FIELDS)
+        _write_chunks(attempt.followers, followers, f"part-{bucket:05d}")
     _write_chunks(
         attempt.pairs,
         with_user_columns(decided.engine_rows.drop_columns([CAMPAIGN, C.DEDUP_OF]), users),
