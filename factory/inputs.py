@@ -44,6 +44,12 @@ class Contract:
     def columns(self) -> tuple[str, ...]:
         return self.required + self.optional
 
+    def type_of(self, column: str) -> pa.DataType:
+        """The Arrow type a checked table gives ``column``."""
+        if column in self.list_fields:
+            return pa.list_(pa.string())
+        return pa.float64() if column in self.numeric_fields else pa.string()
+
 
 PAIRS = Contract(
     "pairs", C.PAIRS_REQUIRED, C.PAIRS_OPTIONAL, string_fields=C.PAIRS_REQUIRED + C.PAIRS_OPTIONAL
@@ -346,15 +352,9 @@ def _conform_raw(table: pa.Table, contract: Contract) -> pa.Table:
 
 def _conform(table: pa.Table, contract: Contract, report: Optional[TableReport] = None) -> pa.Table:
     """Add absent optional columns as nulls and give every column its contract type."""
-    target = {
-        **{c: pa.string() for c in contract.string_fields},
-        **{c: pa.list_(pa.string()) for c in contract.list_fields},
-        **{c: pa.float64() for c in contract.numeric_fields},
-        **{c: pa.string() for c in contract.json_fields},
-    }
     arrays, names = [], []
     for col in contract.columns:
-        typ = target.get(col, pa.string())
+        typ = contract.type_of(col)
         if col not in table.column_names:
             arrays.append(pa.nulls(table.num_rows, typ))
         elif col in contract.json_fields:

@@ -62,7 +62,7 @@ STAGED_PAIR_COLUMNS = (
 STAGED_PAIR_SCHEMA = pa.schema(
     [(c, pa.string()) for c in STAGED_PAIR_COLUMNS[:5]]
     + [(C.SOURCE_ROW, pa.int64())]
-    + [(c, pa.list_(pa.string()) if c in inputs.USERS.list_fields else pa.string()) for c in C.USER_COLUMNS]
+    + [(c, inputs.USERS.type_of(c)) for c in C.USER_COLUMNS]
 )
 # What a staged row keeps: its key (the row id is added from it).
 STAGED_ROW_COLUMNS = (C.USER_ID, C.PRODUCT_ID, C.CHANNEL, C.CAMPAIGN_ID, C.VARIANT)

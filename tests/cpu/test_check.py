@@ -18,11 +18,8 @@ from factory.storage import resolve
 def _with_users(pairs: pa.Table, users: pa.Table) -> pa.Table:
     """``pairs`` as pass 1 hands them to staging: each with its user's columns
     (the users table given the contract's absent columns as nulls, as the input check does)."""
-    absent = {
-        c: pa.nulls(users.num_rows, pa.list_(pa.string()) if c in USERS.list_fields else pa.string())
-        for c in C.USER_COLUMNS
-        if c not in users.column_names
-    }
+    present = users.column_names
+    absent = {c: pa.nulls(len(users), USERS.type_of(c)) for c in C.USER_COLUMNS if c not in present}
     full = pa.table({**{c: users[c] for c in users.column_names}, **absent})
     return AttachUsers(full)(pairs).drop_columns([C.USER_FOUND])
 
